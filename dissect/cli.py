@@ -1,0 +1,49 @@
+"""The ``dissect`` command line: one subcommand per stage, each in ``dissect.commands``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import DissectError
+
+#: Subcommand name -> module in dissect.commands defining HELP, add_arguments(parser), run(args).
+COMMANDS = {
+    "layers": "layers",
+    "run": "run",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="dissect",
+        description="Network dissection: what each unit of a trained CNN has learned.",
+    )
+    parser.add_argument("--version", action="version", version=f"dissect {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"dissect.commands.{module_name}")
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status (2 for errors the user can fix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except DissectError as error:
+        print(f"dissect {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dissect {args.command}: interrupted; finished work is saved.", file=sys.stderr)
+        return 130

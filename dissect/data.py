@@ -1,0 +1,257 @@
+"""Image sources (folders, Broden directories, the synthetic world) and preprocessing.
+
+Every source is a random-access, deterministic list of images: index ``i`` always names the same
+image, so shards and resumed runs agree. ``open_data(spec)`` turns a DATA spec into a source.
+"""
+
+from __future__ import annotations
+
+import abc
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DissectError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageReadError(Exception):
+    """An image that cannot be read; the pass skips it and records ``str(error)``."""
+
+
+class ImageSource(abc.ABC):
+    """A deterministic, random-access collection of RGB images.
+
+    Subclasses implement ``__len__``, ``image_id`` and ``read_rgb``. Sources with image-level
+    labels set ``classes`` and implement ``label``; sources with dense concept masks (Broden, the
+    synthetic world) also implement the concept-mask API of :mod:`dissect.datasets`.
+    """
+
+    #: The DATA spec that reopens this source (written to the manifest).
+    spec: str = ""
+    #: Names of the image-level classes, or None when the source has no labels.
+    classes: Sequence[str] | None = None
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def image_id(self, index: int) -> str:
+        """A stable name for image ``index`` (a relative path, or a generated id)."""
+
+    @abc.abstractmethod
+    def read_rgb(self, index: int) -> np.ndarray:
+        """Return image ``index`` as an (H, W, 3) uint8 array; raise ImageReadError if unreadable."""
+
+    def label(self, index: int) -> int:
+        """Return the class index of image ``index`` (only for labelled sources)."""
+        raise DissectError(f"DATA {self.spec!r} has no image-level labels.")
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Convert a PIL image of any mode (grey, palette, RGBA, 16-bit) to (H, W, 3) uint8."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max() or 1.0
+        image = Image.fromarray((array / top * 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8; raise ImageReadError naming the problem."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise ImageReadError(f"cannot read image: {error}") from error
+
+
+class ImageFolder(ImageSource):
+    """Every image file under a folder, searched recursively, sorted by relative path.
+
+    If every image sits in a first-level sub-folder, the sub-folder names are the classes.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DissectError(f"DATA folder {str(self.root)!r} does not exist or is not a folder.")
+        self.paths = sorted(
+            path.relative_to(self.root)
+            for path in self.root.rglob("*")
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+        )
+        if not self.paths:
+            raise DissectError(
+                f"DATA folder {str(self.root)!r} holds no images "
+                f"(looked for {', '.join(IMAGE_EXTENSIONS)} in any case, recursively)."
+            )
+        self.spec = str(self.root)
+        if all(len(path.parts) == 2 for path in self.paths):
+            self.classes = sorted({path.parts[0] for path in self.paths})
+            self._class_index = {name: i for i, name in enumerate(self.classes)}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image_id(self, index: int) -> str:
+        return self.paths[index].as_posix()
+
+    def read_rgb(self, index: int) -> np.ndarray:
+        return read_image_file(self.root / self.paths[index])
+
+    def label(self, index: int) -> int:
+        if self.classes is None:
+            return super().label(index)
+        return self._class_index[self.paths[index].parts[0]]
+
+
+def open_data(spec: str | ImageSource) -> ImageSource:
+    """Open a DATA spec.
+
+    Parameters
+    ----------
+    spec : str or ImageSource
+        ``synthetic:N`` or ``synthetic:N:SEED`` (the built-in world), a Broden-format directory
+        (it holds ``index.csv``), or a folder of images. A source object is returned as is.
+
+    Returns
+    -------
+    ImageSource
+    """
+    if isinstance(spec, ImageSource):
+        return spec
+    spec = str(spec)
+    if spec.startswith("synthetic:") or spec == "synthetic":
+        from .datasets.synthetic import open_synthetic
+
+        return open_synthetic(spec)
+    path = Path(spec)
+    if (path / "index.csv").is_file():
+        from .datasets.broden import BrodenDataset
+
+        return BrodenDataset(path)
+    if not path.exists():
+        raise DissectError(
+            f"DATA {spec!r} is neither an existing folder nor a spec like 'synthetic:500'. "
+            "Give a folder of images, a Broden directory, or synthetic:N[:SEED]."
+        )
+    return ImageFolder(path)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side to ``image_size``, centre-crop a square, normalise.
+
+    Attributes
+    ----------
+    image_size : int
+        Side of the square network input, in pixels.
+    mean, std : tuple of float
+        Per-channel normalisation applied to values in [0, 1].
+    """
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def display(self, rgb: np.ndarray) -> np.ndarray:
+        """Return the resized, centre-cropped (S, S, 3) uint8 image the network sees."""
+        height, width = rgb.shape[:2]
+        size = self.image_size
+        if (height, width) == (size, size):
+            return rgb
+        scale = size / min(height, width)
+        new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+        resized = np.asarray(
+            Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.uint8
+        )
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        return resized[top : top + size, left : left + size]
+
+    def tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        """Return the normalised (3, S, S) float32 tensor for an (H, W, 3) uint8 image."""
+        array = torch.from_numpy(np.ascontiguousarray(self.display(rgb))).permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (array.float() / 255.0 - mean) / std
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+
+
+class TensorDataset(torch.utils.data.Dataset):
+    """Preprocessed images of a source, for a DataLoader; unreadable images come back as None."""
+
+    def __init__(self, source: ImageSource, preprocess: Preprocess, indices: Sequence[int]):
+        self.source = source
+        self.preprocess = preprocess
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, str]:
+        index = self.indices[position]
+        try:
+            return index, self.preprocess.tensor(self.source.read_rgb(index)), ""
+        except ImageReadError as error:
+            return index, None, str(error)
+
+
+@dataclass
+class Batch:
+    """A batch of readable images plus the images of this batch that were skipped."""
+
+    indices: torch.Tensor
+    images: torch.Tensor
+    skipped: list[tuple[int, str]]
+
+
+def collate(items: list[tuple[int, torch.Tensor | None, str]]) -> Batch:
+    """Stack readable images; keep (index, reason) for unreadable ones."""
+    good = [(index, image) for index, image, _ in items if image is not None]
+    skipped = [(index, reason) for index, image, reason in items if image is None]
+    if good:
+        indices = torch.tensor([index for index, _ in good], dtype=torch.int64)
+        images = torch.stack([image for _, image in good])
+    else:
+        indices = torch.zeros(0, dtype=torch.int64)
+        images = torch.zeros(0)
+    return Batch(indices, images, skipped)
+
+
+def make_loader(
+    source: ImageSource,
+    preprocess: Preprocess,
+    indices: Sequence[int],
+    batch_size: int,
+    workers: int = 0,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``indices`` of ``source`` in order, yielding :class:`Batch` objects."""
+    return torch.utils.data.DataLoader(
+        TensorDataset(source, preprocess, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+    )
+
+
+def warn_skipped(source: ImageSource, skipped: list[tuple[int, str]]) -> None:
+    """Warn once per unreadable image, naming it."""
+    for index, reason in skipped:
+        warnings.warn(f"skipped image {source.image_id(index)!r}: {reason}", stacklevel=2)

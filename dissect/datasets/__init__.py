@@ -1,0 +1,1 @@
+"""Datasets with dense concept masks: the synthetic scene world and Broden directories."""

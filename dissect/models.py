@@ -1,0 +1,293 @@
+"""Resolve a MODEL spec into an ``nn.Module`` in eval mode, safely.
+
+Forms of MODEL:
+
+- a built-in name (``scene-cnn``), see :func:`register_builtin`;
+- ``path/to/file.py:callable`` or ``package.module:callable`` returning an ``nn.Module``, with
+  optional weights (a state dict, loaded with ``weights_only=True``);
+- a ``torch.export`` program saved with ``torch.export.save`` (``.pt2``), turned back into a module
+  tree with ``torch.export.unflatten`` so that forward hooks work on its original layer names.
+
+TorchScript files and fully pickled modules are refused with a message that says how to convert.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pickle
+import sys
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from .errors import DissectError
+
+#: Modules that register built-in models when imported.
+_BUILTIN_MODULES = ("dissect.scene_cnn",)
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A named model shipped with dissect.
+
+    Attributes
+    ----------
+    name : str
+        The MODEL spec that selects it.
+    factory : callable
+        Returns the architecture, untrained.
+    weights : Path or None
+        State-dict file loaded into the architecture (``weights_only=True``).
+    preprocess : Preprocess
+        Input size and normalisation the model was trained with.
+    classes : tuple of str or None
+        Output class names.
+    """
+
+    name: str
+    factory: Callable[[], nn.Module]
+    weights: Path | None
+    preprocess: Preprocess
+    classes: tuple[str, ...] | None = None
+    description: str = ""
+
+
+_BUILTINS: dict[str, BuiltinModel] = {}
+
+
+def register_builtin(entry: BuiltinModel) -> BuiltinModel:
+    """Make ``entry`` loadable by its name."""
+    _BUILTINS[entry.name] = entry
+    return entry
+
+
+def builtin_models() -> dict[str, BuiltinModel]:
+    """All registered built-in models by name."""
+    for module in _BUILTIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+    return dict(_BUILTINS)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for dissection, with the preprocessing it expects.
+
+    Attributes
+    ----------
+    module : nn.Module
+        The network, in eval mode.
+    spec : str
+        The MODEL spec it came from.
+    weights : str or None
+        The weights file given with it.
+    preprocess : Preprocess
+        Default input size and normalisation (a built-in model's own; ImageNet's otherwise).
+    classes : tuple of str or None
+        Output class names, when known.
+    """
+
+    module: nn.Module
+    spec: str
+    weights: str | None = None
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    classes: tuple[str, ...] | None = None
+
+
+def load_model(spec: str, weights: str | None = None) -> LoadedModel:
+    """Load a model from a MODEL spec; see the module docstring for the accepted forms.
+
+    Parameters
+    ----------
+    spec : str
+        The MODEL spec.
+    weights : str, optional
+        A state-dict file for ``file.py:callable`` / ``module:callable`` specs (or to replace a
+        built-in model's weights). Checkpoint dicts holding ``state_dict`` and ``module.``
+        prefixes from DataParallel are handled.
+
+    Returns
+    -------
+    LoadedModel
+    """
+    builtins = builtin_models()
+    if spec in builtins:
+        entry = builtins[spec]
+        module = entry.factory()
+        weights_file = weights or entry.weights
+        if weights_file is not None:
+            load_weights(module, weights_file)
+        return _ready(
+            LoadedModel(module, spec, weights, entry.preprocess, entry.classes)
+        )
+    path = Path(spec)
+    if path.suffix == ".pt2":
+        return _ready(LoadedModel(_load_export(path), spec, weights))
+    if ":" in spec and not path.exists():
+        module = _call_factory(spec)
+        if weights is not None:
+            load_weights(module, weights)
+        return _ready(LoadedModel(module, spec, weights))
+    if path.is_file():
+        _refuse_file(path)
+    names = ", ".join(sorted(builtins)) or "none registered"
+    raise DissectError(
+        f"MODEL {spec!r} is not a built-in name ({names}), a 'file.py:callable' or "
+        "'package.module:callable' spec, or a torch.export '.pt2' file."
+    )
+
+
+def _ready(loaded: LoadedModel) -> LoadedModel:
+    loaded.module.eval()
+    for parameter in loaded.module.parameters():
+        parameter.requires_grad_(False)
+    return loaded
+
+
+def _call_factory(spec: str) -> nn.Module:
+    target, _, name = spec.rpartition(":")
+    if not name.isidentifier():
+        raise DissectError(f"MODEL {spec!r}: {name!r} after ':' is not a Python name.")
+    if target.endswith(".py"):
+        file = Path(target)
+        if not file.is_file():
+            raise DissectError(f"MODEL {spec!r}: file {target!r} does not exist.")
+        module_name = f"_dissect_user_model_{abs(hash(file.resolve()))}"
+        module_spec = importlib.util.spec_from_file_location(module_name, file)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as error:
+            raise DissectError(
+                f"MODEL {spec!r}: cannot import {target!r} ({error}). Check the module path, "
+                "or give a file: path/to/file.py:callable."
+            ) from error
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise DissectError(f"MODEL {spec!r}: {target!r} has no callable named {name!r}.")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise DissectError(
+            f"MODEL {spec!r}: {name}() returned {type(model).__name__}, not a torch nn.Module."
+        )
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict with ``weights_only=True``; unwrap checkpoints and DataParallel.
+
+    Parameters
+    ----------
+    path : path-like
+        A file written by ``torch.save(model.state_dict())`` or a checkpoint dict that holds one
+        under ``state_dict``, ``model_state_dict`` or ``model``.
+
+    Returns
+    -------
+    dict
+        Parameter name to tensor, with any ``module.`` prefix removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DissectError(f"weights file {str(path)!r} does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise DissectError(
+            f"weights file {str(path)!r} is not a plain state dict: it holds pickled Python "
+            "objects, which could run code when loaded, so dissect refuses it. Save the weights "
+            "with torch.save(model.state_dict(), FILE) and pass FILE."
+        ) from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
+        raise DissectError(f"weights file {str(path)!r} is not a readable torch file: {error}")
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping) or not all(
+        isinstance(value, torch.Tensor) for value in state.values()
+    ):
+        raise DissectError(
+            f"weights file {str(path)!r} does not hold a state dict (name -> tensor). Save one "
+            "with torch.save(model.state_dict(), FILE)."
+        )
+    if state and all(key.startswith("module.") for key in state):
+        state = {key[len("module.") :]: value for key, value in state.items()}
+    return dict(state)
+
+
+def load_weights(module: nn.Module, path: str | Path) -> None:
+    """Load a state dict file into ``module``, with an error that lists mismatched keys."""
+    state = read_state_dict(path)
+    result = module.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing from the file: {_few(result.missing_keys)}")
+    if result.unexpected_keys:
+        problems.append(f"not in the model: {_few(result.unexpected_keys)}")
+    if problems:
+        raise DissectError(
+            f"weights file {str(path)!r} does not fit the model ({'; '.join(problems)}). "
+            "Check that MODEL builds the architecture these weights were trained with."
+        )
+
+
+def _few(keys: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _load_export(path: Path) -> nn.Module:
+    if not path.is_file():
+        raise DissectError(f"MODEL {str(path)!r} does not exist.")
+    try:
+        program = torch.export.load(path)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad archive
+        raise DissectError(
+            f"MODEL {str(path)!r} is not a torch.export program saved with torch.export.save: "
+            f"{error}"
+        ) from error
+    return torch.export.unflatten(program)
+
+
+def _refuse_file(path: Path) -> None:
+    """Explain why a bare .pt/.pth/.ts file cannot be a MODEL, whatever it holds."""
+    how = (
+        "Give the architecture as 'file.py:callable' (a function returning the nn.Module) with "
+        "--weights FILE holding torch.save(model.state_dict()), or export it with "
+        "torch.export.save(torch.export.export(model.eval(), (example_input,)), 'model.pt2')."
+    )
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any("/code/" in name or name.endswith("constants.pkl") for name in names):
+            raise DissectError(
+                f"MODEL {str(path)!r} is a TorchScript file. A loaded TorchScript module cannot "
+                f"take the forward hooks that dissection needs. {how}"
+            )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure means: not a plain state dict
+        raise DissectError(
+            f"MODEL {str(path)!r} looks like a pickled Python object (a whole saved module?). "
+            f"Loading pickles can run arbitrary code, so dissect refuses them. {how}"
+        ) from error
+    kind = "a state dict" if isinstance(state, Mapping) else type(state).__name__
+    raise DissectError(f"MODEL {str(path)!r} holds {kind}, not an architecture. {how}")
+
+
+def default_preprocess(loaded: LoadedModel) -> Preprocess:
+    """The preprocessing a model expects (ImageNet statistics unless it is a built-in)."""
+    return loaded.preprocess or Preprocess(224, IMAGENET_MEAN, IMAGENET_STD)
