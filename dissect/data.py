@@ -49,7 +49,7 @@ class ImageSource(abc.ABC):
 
     @abc.abstractmethod
     def read_rgb(self, index: int) -> np.ndarray:
-        """Return image ``index`` as an (H, W, 3) uint8 array; raise ImageReadError if unreadable."""
+        """Return image ``index`` as (H, W, 3) uint8; raise ImageReadError if unreadable."""
 
     def label(self, index: int) -> int:
         """Return the class index of image ``index`` (only for labelled sources)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from .data import Preprocess
 from .errors import DissectError
 
 #: Modules that register built-in models when imported.
@@ -126,9 +126,7 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
         weights_file = weights or entry.weights
         if weights_file is not None:
             load_weights(module, weights_file)
-        return _ready(
-            LoadedModel(module, spec, weights, entry.preprocess, entry.classes)
-        )
+        return _ready(LoadedModel(module, spec, weights, entry.preprocess, entry.classes))
     path = Path(spec)
     if path.suffix == ".pt2":
         return _ready(LoadedModel(_load_export(path), spec, weights))
@@ -211,7 +209,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "with torch.save(model.state_dict(), FILE) and pass FILE."
         ) from error
     except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
-        raise DissectError(f"weights file {str(path)!r} is not a readable torch file: {error}")
+        raise DissectError(
+            f"weights file {str(path)!r} is not a readable torch file: {error}"
+        ) from error
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -286,8 +286,3 @@ def _refuse_file(path: Path) -> None:
         ) from error
     kind = "a state dict" if isinstance(state, Mapping) else type(state).__name__
     raise DissectError(f"MODEL {str(path)!r} holds {kind}, not an architecture. {how}")
-
-
-def default_preprocess(loaded: LoadedModel) -> Preprocess:
-    """The preprocessing a model expects (ImageNet statistics unless it is a built-in)."""
-    return loaded.preprocess or Preprocess(224, IMAGENET_MEAN, IMAGENET_STD)

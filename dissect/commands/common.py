@@ -1,0 +1,70 @@
+"""Arguments shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..data import Preprocess
+from ..errors import DissectError
+from ..models import LoadedModel
+
+
+def split_names(text: str | None) -> list[str] | None:
+    """``"conv3,conv5"`` -> ``["conv3", "conv5"]``; None stays None."""
+    if text is None:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def split_ints(text: str | None, flag: str = "--units") -> list[int] | None:
+    """``"0,3,17"`` -> ``[0, 3, 17]``; None stays None; anything else is a clear error."""
+    names = split_names(text)
+    if names is None:
+        return None
+    try:
+        return [int(name) for name in names]
+    except ValueError as error:
+        raise DissectError(
+            f"{flag} takes comma-separated unit numbers like 0,3,17: {text!r}."
+        ) from error
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL, --weights and preprocessing flags."""
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="built-in name (scene-cnn), file.py:callable or package.module:callable, or a "
+        "torch.export .pt2 file",
+    )
+    parser.add_argument("--weights", help="state-dict file for a file.py:callable MODEL")
+    parser.add_argument(
+        "--image-size", type=int, help="input side in pixels (default: the model's own, else 224)"
+    )
+    parser.add_argument(
+        "--mean", type=_floats3, help="normalisation mean as R,G,B (default ImageNet's)"
+    )
+    parser.add_argument(
+        "--std", type=_floats3, help="normalisation std as R,G,B (default ImageNet's)"
+    )
+
+
+def preprocess_from_args(args: argparse.Namespace, loaded: LoadedModel) -> Preprocess:
+    """The model's preprocessing with any --image-size, --mean, --std overrides."""
+    base = loaded.preprocess
+    size = args.image_size or base.image_size
+    if size < 8:
+        raise DissectError(f"--image-size must be at least 8 pixels, got {size}.")
+    return Preprocess(size, args.mean or base.mean, args.std or base.std)
+
+
+def _floats3(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(value) for value in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected three numbers like 0.5,0.5,0.5, got {text!r}"
+        ) from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers (R,G,B), got {text!r}")
+    return values

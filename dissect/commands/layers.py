@@ -1,0 +1,27 @@
+"""``dissect layers MODEL``: every named layer with its shape and receptive-field geometry."""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from ..geometry import geometry_table
+from ..models import load_model
+from .common import add_model_arguments, preprocess_from_args
+
+HELP = "list every named layer: type, output shape, stride, offset and theoretical receptive field"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_model(args.model, args.weights)
+    preprocess = preprocess_from_args(args, loaded)
+    table = geometry_table(loaded.module, image_size=preprocess.image_size)
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        print(f"# {args.model} at {preprocess.image_size}x{preprocess.image_size} px")
+        print(table.to_string(index=False))
+    return 0

@@ -1,0 +1,45 @@
+"""Fixtures: tiny images and models made by the tests themselves."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+
+TINY_SPEC = f"{TESTS / 'tiny_models.py'}:tiny_net"
+
+
+def make_image_folder(root: Path, count: int = 12, seed: int = 0) -> Path:
+    """Write ``count`` images of mixed modes, sizes and formats, plus one corrupt file."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        height, width = int(rng.integers(20, 48)), int(rng.integers(20, 48))
+        pixels = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+        mode, suffix = [("RGB", ".png"), ("L", ".JPG"), ("RGBA", ".png"), ("RGB", ".bmp")][i % 4]
+        folder = root / ("sub" if i % 3 == 0 else "")
+        folder.mkdir(exist_ok=True)
+        if mode == "L":
+            image = Image.fromarray(pixels[..., 0], "L")
+        else:
+            image = Image.fromarray(pixels[..., : len(mode)], mode)
+        image.save(folder / f"img{i:02d}{suffix}")
+    (root / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def tiny_spec() -> str:
+    return TINY_SPEC

@@ -1,0 +1,62 @@
+"""Image folders and preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dissect.data import ImageFolder, ImageReadError, Preprocess, open_data
+from dissect.errors import DissectError
+
+
+def test_folder_is_recursive_sorted_and_any_case(image_folder):
+    source = open_data(str(image_folder))
+    ids = [source.image_id(i) for i in range(len(source))]
+    assert ids == sorted(ids)
+    assert "broken.jpg" in ids and "notes.txt" not in ids
+    assert any(name.startswith("sub/") for name in ids)
+    assert any(name.endswith(".JPG") for name in ids)
+    assert len(source) == 13
+
+
+def test_grey_and_rgba_become_rgb(image_folder):
+    source = ImageFolder(image_folder)
+    for i in range(len(source)):
+        if source.image_id(i) == "broken.jpg":
+            with pytest.raises(ImageReadError):
+                source.read_rgb(i)
+            continue
+        rgb = source.read_rgb(i)
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+
+
+def test_rgba_composited_on_white(tmp_path):
+    pixels = np.zeros((4, 4, 4), np.uint8)  # fully transparent black
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "clear.png")
+    assert (ImageFolder(tmp_path).read_rgb(0) == 255).all()
+
+
+def test_preprocess_resizes_and_crops_odd_sizes():
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 61, 3), dtype=np.uint8)
+    preprocess = Preprocess(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert preprocess.display(rgb).shape == (32, 32, 3)
+    tensor = preprocess.tensor(rgb)
+    assert tensor.shape == (3, 32, 32)
+    assert -1.0 <= tensor.min() and tensor.max() <= 1.0
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DissectError, match="neither an existing folder"):
+        open_data(str(tmp_path / "missing"))
+    with pytest.raises(DissectError, match="holds no images"):
+        open_data(str(tmp_path))
+
+
+def test_class_subfolders_give_labels(tmp_path):
+    for name in ("beach", "forest"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "a.png")
+    source = ImageFolder(tmp_path)
+    assert source.classes == ["beach", "forest"]
+    assert [source.label(i) for i in range(2)] == [0, 1]
