@@ -1,0 +1,78 @@
+"""Unit labels from every source, and the merged ``labels.csv`` that later stages read.
+
+Each source writes its own table in the dissection directory (``labels_crowd.csv`` from imported
+annotations, ``labels_iou.csv`` from automatic IoU labelling); ``labels.csv`` is rebuilt from them
+with one row per unit, where a crowd label wins over an automatic one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .io import write_csv
+
+#: Columns of every labels table.
+LABEL_COLUMNS = [
+    "layer",
+    "unit",
+    "label",
+    "category",
+    "precision",
+    "iou",
+    "n_annotators",
+    "agreement",
+    "source",
+]
+#: Sources in order of precedence (first wins).
+SOURCES = ("crowd", "iou")
+
+
+def source_path(directory: str | Path, source: str) -> Path:
+    """Where the labels of ``source`` are kept."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown label source {source!r}; expected one of {SOURCES}")
+    return Path(directory) / f"labels_{source}.csv"
+
+
+def write_labels(directory: str | Path, source: str, labels: pd.DataFrame) -> pd.DataFrame:
+    """Store the labels of one source and rebuild ``labels.csv``; return the merged table.
+
+    Parameters
+    ----------
+    directory : path-like
+        The dissection directory.
+    source : str
+        ``crowd`` or ``iou``.
+    labels : DataFrame
+        One row per unit with (a subset of) :data:`LABEL_COLUMNS`; missing columns are empty.
+    """
+    table = labels.reindex(columns=LABEL_COLUMNS).assign(source=source)
+    write_csv(source_path(directory, source), table)
+    return rebuild_labels(directory)
+
+
+def read_labels(directory: str | Path, source: str | None = None) -> pd.DataFrame:
+    """The merged labels (or one source's); an empty table when there are none yet."""
+    path = Path(directory) / "labels.csv" if source is None else source_path(directory, source)
+    if not path.is_file():
+        return pd.DataFrame(columns=LABEL_COLUMNS)
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def rebuild_labels(directory: str | Path) -> pd.DataFrame:
+    """Merge every source's labels into ``labels.csv``, one row per unit, by precedence."""
+    tables = [read_labels(directory, source) for source in SOURCES]
+    tables = [table for table in tables if len(table)]
+    if not tables:
+        merged = pd.DataFrame(columns=LABEL_COLUMNS)
+    else:
+        merged = (
+            pd.concat(tables, ignore_index=True)
+            .drop_duplicates(subset=["layer", "unit"], keep="first")
+            .sort_values(["layer", "unit"], kind="stable")
+            .reset_index(drop=True)
+        )
+    write_csv(Path(directory) / "labels.csv", merged)
+    return merged
