@@ -170,21 +170,28 @@ class Preprocess:
 
     def display(self, rgb: np.ndarray) -> np.ndarray:
         """Return the resized, centre-cropped (S, S, 3) uint8 image the network sees."""
-        height, width = rgb.shape[:2]
+        return self._fit(rgb, Image.Resampling.BILINEAR)
+
+    def display_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Resize and crop an (H, W) integer label map exactly like :meth:`display` (nearest)."""
+        return self._fit(np.asarray(labels, dtype=np.int32), Image.Resampling.NEAREST)
+
+    def _fit(self, array: np.ndarray, resample: Image.Resampling) -> np.ndarray:
+        height, width = array.shape[:2]
         size = self.image_size
         if (height, width) == (size, size):
-            return rgb
+            return array
         scale = size / min(height, width)
         new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
         resized = np.asarray(
-            Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.uint8
+            Image.fromarray(array).resize((new_w, new_h), resample), dtype=array.dtype
         )
         top, left = (new_h - size) // 2, (new_w - size) // 2
         return resized[top : top + size, left : left + size]
 
     def tensor(self, rgb: np.ndarray) -> torch.Tensor:
         """Return the normalised (3, S, S) float32 tensor for an (H, W, 3) uint8 image."""
-        array = torch.from_numpy(np.ascontiguousarray(self.display(rgb))).permute(2, 0, 1)
+        array = torch.from_numpy(np.array(self.display(rgb))).permute(2, 0, 1)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (array.float() / 255.0 - mean) / std

@@ -153,7 +153,10 @@ def collect_stats(
                 for name in config.layers:
                     acts = outputs[name]
                     if name not in stats:
-                        stats[name] = UnitStats(acts.shape[1], config.topk)
+                        stats[name] = UnitStats(
+                            acts.shape[1], config.topk, config.quantile, config.seed,
+                            device=acts.device,
+                        )
                     stats[name].add(acts, batch.indices.to(acts.device))
             bar.update(len(batch.indices) + len(batch.skipped))
     bar.close()
@@ -237,7 +240,7 @@ def write_dissection(
                     "unit": np.arange(len(stats.max())),
                     "max_activation": stats.max(),
                     "mean_activation": stats.mean(),
-                    "threshold": stats.threshold(config.quantile),
+                    "threshold": stats.threshold(),
                     "quantile": config.quantile,
                 }
             )

@@ -1,0 +1,158 @@
+"""Capture the outputs of named layers with forward hooks, and stop the forward early.
+
+A layer name is a module name as in ``model.named_modules()``; its value is the tensor that module
+returns. For ``conv -> ReLU(inplace=True)`` the conv's name means the pre-ReLU response: the hook
+clones it before the in-place ReLU overwrites it. Name the ReLU module to get the rectified value.
+
+    with LayerTrace(model, ["conv3", "conv5"], stop=True) as trace:
+        outputs = trace(images)          # {"conv3": tensor, "conv5": tensor}
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .errors import DissectError
+
+
+class _StopForward(Exception):
+    """Raised inside a hook once every traced layer has produced its output."""
+
+
+def resolve_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
+    """Check layer names against ``module.named_modules()``; return them without duplicates.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network.
+    names : sequence of str
+        Requested layer names.
+
+    Returns
+    -------
+    list of str
+        The names, in the order given, each once.
+
+    Raises
+    ------
+    DissectError
+        If no name is given, or a name is not a module of the network (close matches are listed).
+    """
+    available = [name for name, _ in module.named_modules() if name]
+    if not names:
+        raise DissectError(
+            f"no layer given; the network has {_preview(available)}. "
+            "Pick layers with --layers (see dissect layers MODEL)."
+        )
+    known = set(available)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, available, n=5, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise DissectError(
+                f"layer {name!r} is not in the network; {hint}It has {_preview(available)}. "
+                "dissect layers MODEL lists every layer."
+            )
+    return list(dict.fromkeys(names))
+
+
+def _preview(names: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... ({len(names)} layers)" if len(names) > limit else "")
+
+
+class LayerTrace:
+    """Context manager that records the outputs of named layers during a forward pass.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network.
+    layers : sequence of str
+        Names from ``module.named_modules()`` (checked with :func:`resolve_layers`).
+    stop : bool
+        End the forward as soon as every traced layer has produced its output, so later layers
+        are never computed. The network's own output is then not available.
+    clone : bool
+        Copy each traced output, so in-place operations later in the network cannot change it.
+    detach : bool
+        Detach the kept outputs from the autograd graph (set False to take gradients).
+
+    Notes
+    -----
+    Hooks are removed on exit, even after an error. A module called several times in one forward
+    (a shared ReLU, say) keeps its first output.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        layers: Sequence[str],
+        stop: bool = False,
+        clone: bool = True,
+        detach: bool = True,
+    ):
+        self.module = module
+        self.layers = resolve_layers(module, layers)
+        self.stop = stop
+        self.clone = clone
+        self.detach = detach
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> LayerTrace:
+        modules = dict(self.module.named_modules())
+        for name in self.layers:
+            self._handles.append(modules[name].register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
+            if name in self.outputs:
+                return
+            if not isinstance(output, torch.Tensor):
+                raise DissectError(
+                    f"layer {name!r} returns {type(output).__name__}, not a tensor; "
+                    "trace one of its sub-layers instead (dissect layers MODEL lists them)."
+                )
+            if self.detach:
+                output = output.detach()
+            self.outputs[name] = output.clone() if self.clone else output
+            if self.stop and len(self.outputs) == len(self.layers):
+                raise _StopForward
+
+        return hook
+
+    def __call__(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the network on ``inputs``; return the traced outputs by layer name.
+
+        Raises
+        ------
+        DissectError
+            If a traced layer was never reached by the forward pass.
+        """
+        if not self._handles:
+            raise RuntimeError("LayerTrace must be entered (use it in a with statement)")
+        self.outputs = {}
+        try:
+            self.module(*inputs)
+        except _StopForward:
+            pass
+        missing = [name for name in self.layers if name not in self.outputs]
+        if missing:
+            raise DissectError(
+                f"layer(s) {', '.join(missing)} were never reached by the forward pass "
+                "(defined but unused in forward?); pick layers the network runs."
+            )
+        outputs, self.outputs = self.outputs, {}
+        return outputs
