@@ -2,6 +2,23 @@
 
 __version__ = "0.1.0"
 
+from .data import Preprocess, open_data  # noqa: E402
+from .dissection import Dissection, run_dissection  # noqa: E402
 from .errors import DissectError  # noqa: E402
+from .geometry import LayerGeometry, geometry_table, layer_geometry  # noqa: E402
+from .hooks import LayerTrace  # noqa: E402
+from .models import load_model  # noqa: E402
 
-__all__ = ["DissectError", "__version__"]
+__all__ = [
+    "Dissection",
+    "DissectError",
+    "LayerGeometry",
+    "LayerTrace",
+    "Preprocess",
+    "__version__",
+    "geometry_table",
+    "layer_geometry",
+    "load_model",
+    "open_data",
+    "run_dissection",
+]
