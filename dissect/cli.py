@@ -14,6 +14,8 @@ from .errors import DissectError
 COMMANDS = {
     "layers": "layers",
     "run": "run",
+    "stats": "stats",
+    "segment": "segment",
 }
 
 

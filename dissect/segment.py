@@ -1,0 +1,483 @@
+"""Segment each unit's top images to the region the unit responds to (Zhou et al., 2015).
+
+A unit's activation map on one of its top images is upsampled to the input (bilinear, aligned
+with the layer's stride and offset by :func:`dissect.upsample.upsample_maps`) and thresholded,
+by default at the unit's threshold T from the dissection, optionally at a fraction of the map's
+peak. From the mask come three pictures: the image with everything outside the region dimmed,
+an outline of the region drawn on the image, and a tight crop around it; a grid puts a unit's
+top images side by side.
+
+The pure functions (:func:`threshold_masks`, :func:`peak_thresholds`, :func:`dim_outside`,
+:func:`outline`, :func:`crop_box`, :func:`crop`, :func:`image_grid`) take and return numpy
+arrays. :func:`iter_segments` recomputes the maps of a layer's top images (one forward per image,
+shared by every unit that has it among its top images) and yields a :class:`UnitSegments` per
+unit; :func:`write_segments` writes them under ``segments/<layer>/`` (``dissect segment``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from .data import ImageSource, Preprocess, make_loader
+from .dissection import Dissection, _safe_name, pick_device
+from .errors import DissectError
+from .hooks import LayerTrace
+from .io import atomic_path, write_csv
+from .models import LoadedModel
+from .upsample import upsample_maps
+
+#: Pictures made for every top image, in the order files are written.
+KINDS = ("segmented", "outline", "crop")
+
+
+def threshold_masks(maps: np.ndarray, thresholds: np.ndarray | float) -> np.ndarray:
+    """Where each map exceeds its threshold.
+
+    Parameters
+    ----------
+    maps : ndarray
+        Upsampled activation maps of shape (..., H, W).
+    thresholds : ndarray or float
+        One threshold per map, of shape (...), or one for all.
+
+    Returns
+    -------
+    ndarray of bool
+        Masks of the shape of ``maps``: True strictly above the threshold.
+    """
+    thresholds = np.asarray(thresholds, dtype=np.float32)
+    return np.asarray(maps) > thresholds[..., None, None]
+
+
+def peak_thresholds(maps: np.ndarray, fraction: float) -> np.ndarray:
+    """``fraction`` of each map's peak, as thresholds for :func:`threshold_masks`.
+
+    Parameters
+    ----------
+    maps : ndarray
+        Maps of shape (..., H, W).
+    fraction : float
+        In (0, 1]: 0.5 keeps the pixels above half the image's peak activation.
+
+    Returns
+    -------
+    ndarray
+        Thresholds of shape (...).
+    """
+    if not 0 < fraction <= 1:
+        raise DissectError(f"--peak-fraction must lie in (0, 1], got {fraction}.")
+    return np.asarray(maps).max(axis=(-2, -1)) * np.float32(fraction)
+
+
+def dim_outside(image: np.ndarray, mask: np.ndarray, dim: float = 0.25) -> np.ndarray:
+    """The image with pixels outside ``mask`` darkened to ``dim`` of their brightness.
+
+    Parameters
+    ----------
+    image : ndarray
+        (H, W, 3) uint8.
+    mask : ndarray
+        (H, W) bool: the region kept as it is.
+    dim : float
+        Brightness factor in [0, 1] for the rest (0 is black).
+
+    Returns
+    -------
+    ndarray
+        (H, W, 3) uint8.
+    """
+    factor = np.where(mask[..., None], 1.0, float(dim))
+    return np.round(image.astype(np.float32) * factor).astype(np.uint8)
+
+
+def boundary(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The pixels of ``mask`` within ``width`` pixels of its edge (the image border counts)."""
+    if not mask.any():
+        return np.zeros_like(mask, dtype=bool)
+    inner = ndimage.binary_erosion(mask, iterations=width, border_value=0)
+    return mask & ~inner
+
+
+def outline(
+    image: np.ndarray,
+    mask: np.ndarray,
+    color: tuple[int, int, int] = (255, 255, 0),
+    width: int = 1,
+) -> np.ndarray:
+    """The image with the edge of ``mask`` drawn in ``color``.
+
+    Parameters
+    ----------
+    image : ndarray
+        (H, W, 3) uint8.
+    mask : ndarray
+        (H, W) bool.
+    color : tuple of int
+        RGB of the outline.
+    width : int
+        Line width in pixels, drawn inside the region.
+
+    Returns
+    -------
+    ndarray
+        (H, W, 3) uint8; the image itself where the mask is empty.
+    """
+    result = image.copy()
+    result[boundary(mask, width)] = np.asarray(color, dtype=np.uint8)
+    return result
+
+
+def crop_box(mask: np.ndarray, margin: int = 0) -> tuple[int, int, int, int]:
+    """The tight box ``(top, left, bottom, right)`` (bottom/right exclusive) around ``mask``.
+
+    The box grows by ``margin`` pixels on each side, within the image; an empty mask gives the
+    whole image.
+    """
+    height, width = mask.shape
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(rows) == 0:
+        return 0, 0, height, width
+    return (
+        max(int(rows[0]) - margin, 0),
+        max(int(cols[0]) - margin, 0),
+        min(int(rows[-1]) + 1 + margin, height),
+        min(int(cols[-1]) + 1 + margin, width),
+    )
+
+
+def crop(image: np.ndarray, mask: np.ndarray, margin: int = 0) -> np.ndarray:
+    """The part of ``image`` inside :func:`crop_box` of ``mask``."""
+    top, left, bottom, right = crop_box(mask, margin)
+    return image[top:bottom, left:right]
+
+
+def image_grid(
+    images: Sequence[np.ndarray], columns: int | None = None, pad: int = 2, background: int = 255
+) -> np.ndarray:
+    """Place images side by side, row by row, each at the top left of an equal cell.
+
+    Parameters
+    ----------
+    images : sequence of ndarray
+        (H, W, 3) uint8 images, sizes may differ (crops).
+    columns : int, optional
+        Images per row (default: all in one row).
+    pad : int
+        Pixels between cells and around the grid.
+    background : int
+        Grey level of the padding.
+
+    Returns
+    -------
+    ndarray
+        (rows * (h + pad) + pad, columns * (w + pad) + pad, 3) uint8, where h, w are the
+        largest image sides.
+    """
+    if not images:
+        raise DissectError("no image to put in a grid.")
+    columns = columns or len(images)
+    rows = -(-len(images) // columns)
+    cell_h = max(image.shape[0] for image in images)
+    cell_w = max(image.shape[1] for image in images)
+    grid = np.full(
+        (rows * (cell_h + pad) + pad, columns * (cell_w + pad) + pad, 3), background, np.uint8
+    )
+    for i, image in enumerate(images):
+        top = pad + (i // columns) * (cell_h + pad)
+        left = pad + (i % columns) * (cell_w + pad)
+        grid[top : top + image.shape[0], left : left + image.shape[1]] = image
+    return grid
+
+
+@dataclass
+class UnitSegments:
+    """One unit's top images with the region it responds to.
+
+    Attributes
+    ----------
+    layer : str
+        Layer name.
+    unit : int
+        Unit number.
+    indices : ndarray
+        (K,) dataset index of each top image, best first.
+    scores : ndarray
+        (K,) the unit's peak activation on each.
+    images : ndarray
+        (K, S, S, 3) uint8: the images as the network saw them.
+    maps : ndarray
+        (K, S, S) float32 activation maps upsampled to the input.
+    thresholds : ndarray
+        (K,) the threshold applied to each map.
+    masks : ndarray
+        (K, S, S) bool: the region above threshold.
+    """
+
+    layer: str
+    unit: int
+    indices: np.ndarray
+    scores: np.ndarray
+    images: np.ndarray
+    maps: np.ndarray
+    thresholds: np.ndarray
+    masks: np.ndarray
+
+    def segmented(self, dim: float = 0.25) -> np.ndarray:
+        """(K, S, S, 3) images with the rest dimmed (see :func:`dim_outside`)."""
+        return np.stack(
+            [dim_outside(i, m, dim) for i, m in zip(self.images, self.masks, strict=True)]
+        )
+
+    def outlined(self, color: tuple[int, int, int] = (255, 255, 0)) -> np.ndarray:
+        """(K, S, S, 3) images with the region's outline (see :func:`outline`)."""
+        return np.stack(
+            [outline(i, m, color) for i, m in zip(self.images, self.masks, strict=True)]
+        )
+
+    def crops(self, margin: int = 0) -> list[np.ndarray]:
+        """The tight crop around the region of each top image (sizes differ)."""
+        return [crop(i, m, margin) for i, m in zip(self.images, self.masks, strict=True)]
+
+    def grid(self, dim: float = 0.25, columns: int | None = None) -> np.ndarray:
+        """The segmented top images side by side, as one uint8 image."""
+        return image_grid(list(self.segmented(dim)), columns)
+
+
+def top_maps(
+    module: torch.nn.Module,
+    source: ImageSource,
+    preprocess: Preprocess,
+    layer: str,
+    index: np.ndarray,
+    units: Sequence[int],
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: bool = True,
+) -> np.ndarray:
+    """Recompute the activation maps of units on their top images.
+
+    Each distinct image runs through the network once (stopped at ``layer``), in batches, and
+    serves every unit that has it among its top images.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The dissected network, in eval mode.
+    source : ImageSource
+        The dissected images.
+    preprocess : Preprocess
+        The dissection's preprocessing.
+    layer : str
+        Layer name.
+    index : ndarray
+        (len(units), K) dataset indices of the top images of each unit; -1 marks an empty slot.
+    units : sequence of int
+        The unit of each row of ``index``.
+    batch_size : int
+        Images per forward.
+    device : str
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    ndarray
+        (len(units), K, h, w) float32 maps of each row's unit (zeros in empty slots).
+    """
+    torch_device = pick_device(device)
+    module.to(torch_device)
+    units = np.asarray(units, dtype=np.int64)
+    wanted = np.unique(index[index >= 0])
+    maps: np.ndarray | None = None
+    loader = make_loader(source, preprocess, wanted.tolist(), batch_size)
+    bar = tqdm(total=len(wanted), unit="img", desc=f"maps {layer}", disable=not progress)
+    with torch.inference_mode(), LayerTrace(module, [layer], stop=True) as trace:
+        for batch in loader:
+            if batch.skipped:
+                image, reason = batch.skipped[0]
+                raise DissectError(
+                    f"top image {source.image_id(image)!r} can no longer be read ({reason}); "
+                    "restore it or run dissect run again."
+                )
+            acts = trace(batch.images.to(torch_device))[layer].float().cpu().numpy()
+            if maps is None:
+                maps = np.zeros((*index.shape, *acts.shape[2:]), dtype=np.float32)
+            for image, act in zip(batch.indices.tolist(), acts, strict=True):
+                rows, ranks = np.nonzero(index == image)
+                maps[rows, ranks] = act[units[rows]]
+            bar.update(len(batch.indices))
+    bar.close()
+    if maps is None:
+        raise DissectError(f"layer {layer!r} has no top images to segment.")
+    return maps
+
+
+def iter_segments(
+    dissection: Dissection,
+    layer: str,
+    units: Sequence[int] | None = None,
+    top: int | None = None,
+    *,
+    peak_fraction: float | None = None,
+    model: LoadedModel | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: bool = True,
+) -> Iterator[UnitSegments]:
+    """Segment the top images of units of one layer.
+
+    Parameters
+    ----------
+    dissection : Dissection
+        An opened dissection directory.
+    layer : str
+        A dissected layer.
+    units : sequence of int, optional
+        Units to segment (default: all).
+    top : int, optional
+        How many top images per unit (default: all the dissection kept).
+    peak_fraction : float, optional
+        Threshold each map at this fraction of its own peak instead of the unit's threshold T.
+    model : LoadedModel, optional
+        The dissected model, when the dissection was run on an in-memory model (default:
+        loaded again from the manifest).
+    batch_size : int
+        Images per forward when recomputing the maps.
+    device : str
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    progress : bool
+        Show progress bars.
+
+    Yields
+    ------
+    UnitSegments
+        One per unit, in the order of ``units``; a unit's empty top-K slots (fewer images than
+        K in the data) are left out.
+    """
+    dissection.check_layers([layer])
+    units = dissection.check_units(layer, units)
+    if top is not None and top < 1:
+        raise DissectError(f"--top must be at least 1, got {top}.")
+    if peak_fraction is not None:
+        peak_thresholds(np.zeros((1, 1)), peak_fraction)  # validates before any work
+    topk = dissection.topk(layer)
+    index = topk["index"][units, :top]
+    scores = topk["score"][units, :top]
+    unit_thresholds = dissection.thresholds(layer)[units]
+    loaded = model or dissection.load_model()
+    source = dissection.open_data()
+    preprocess = dissection.preprocess
+    maps = top_maps(
+        loaded.module, source, preprocess, layer, index, units, batch_size, device, progress
+    )
+    geometry = dissection.geometry(layer)
+
+    @functools.lru_cache(maxsize=256)
+    def display(image: int) -> np.ndarray:
+        return preprocess.display(source.read_rgb(image))
+
+    for row, unit in enumerate(tqdm(units, desc=f"segment {layer}", disable=not progress)):
+        keep = index[row] >= 0
+        upsampled = upsample_maps(
+            torch.from_numpy(maps[row][keep][:, None]), geometry, preprocess.image_size
+        )[:, 0].numpy()
+        if peak_fraction is None:
+            thresholds = np.full(len(upsampled), unit_thresholds[row], dtype=np.float32)
+        else:
+            thresholds = peak_thresholds(upsampled, peak_fraction).astype(np.float32)
+        yield UnitSegments(
+            layer=layer,
+            unit=int(unit),
+            indices=index[row][keep],
+            scores=scores[row][keep],
+            images=np.stack([display(int(image)) for image in index[row][keep]]),
+            maps=upsampled,
+            thresholds=thresholds,
+            masks=threshold_masks(upsampled, thresholds),
+        )
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write a uint8 (H, W, 3) array as a PNG file, atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def write_segments(
+    dissection: Dissection,
+    layers: Sequence[str] | None = None,
+    units: Sequence[int] | None = None,
+    top: int | None = None,
+    **options,
+) -> pd.DataFrame:
+    """Write every unit's segmented top images under ``segments/<layer>/``.
+
+    Per unit, ``segments/<layer>/unit<NNNN>/<rank>_segmented.png``, ``_outline.png`` and
+    ``_crop.png`` for each top image, and ``segments/<layer>/unit<NNNN>_grid.png`` with the
+    segmented images side by side; ``segments/<layer>/segments.csv`` lists them. Each file is
+    written atomically as its unit finishes, so an interruption loses at most one unit.
+
+    Parameters
+    ----------
+    dissection : Dissection
+        An opened dissection directory.
+    layers : sequence of str, optional
+        Layers (default: all dissected ones).
+    units : sequence of int, optional
+        Units of each layer (default: all).
+    top : int, optional
+        Top images per unit (default: all kept).
+    **options
+        ``peak_fraction``, ``model``, ``batch_size``, ``device``, ``progress``: see
+        :func:`iter_segments`.
+
+    Returns
+    -------
+    DataFrame
+        ``layer, unit, rank, image_index, image, score, threshold, coverage, crop_top,
+        crop_left, crop_bottom, crop_right``: one row per top image written.
+    """
+    tables = []
+    for layer in dissection.check_layers(layers):
+        folder = dissection.path("segments", _safe_name(layer))
+        rows = []
+        for segments in iter_segments(dissection, layer, units, top, **options):
+            unit_folder = folder / f"unit{segments.unit:04d}"
+            pictures = zip(segments.segmented(), segments.outlined(), segments.crops(), strict=True)
+            for rank, (segmented, outlined, cropped) in enumerate(pictures, start=1):
+                for kind, picture in zip(KINDS, (segmented, outlined, cropped), strict=True):
+                    write_png(unit_folder / f"{rank:02d}_{kind}.png", picture)
+                mask = segments.masks[rank - 1]
+                rows.append(
+                    {
+                        "layer": layer,
+                        "unit": segments.unit,
+                        "rank": rank,
+                        "image_index": int(segments.indices[rank - 1]),
+                        "score": float(segments.scores[rank - 1]),
+                        "threshold": float(segments.thresholds[rank - 1]),
+                        "coverage": float(mask.mean()),
+                        **dict(zip(_BOX, crop_box(mask), strict=True)),
+                    }
+                )
+            write_png(folder / f"unit{segments.unit:04d}_grid.png", segments.grid())
+        table = pd.DataFrame(rows)
+        images = dissection.images().set_index("index")["path"]
+        table.insert(4, "image", images.reindex(table["image_index"]).to_numpy())
+        write_csv(folder / "segments.csv", table)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+_BOX = ("crop_top", "crop_left", "crop_bottom", "crop_right")
