@@ -3,6 +3,9 @@
 Each source writes its own table in the dissection directory (``labels_crowd.csv`` from imported
 annotations, ``labels_iou.csv`` from automatic IoU labelling); ``labels.csv`` is rebuilt from them
 with one row per unit, where a crowd label wins over an automatic one.
+
+``category`` is the semantic type key (see :mod:`dissect.semantics`); ``concept_category`` is the
+category the concept has in its dataset (Broden's ``material``, say), where known.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ LABEL_COLUMNS = [
     "unit",
     "label",
     "category",
+    "concept_category",
     "precision",
     "iou",
     "n_annotators",
