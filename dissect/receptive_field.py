@@ -1,0 +1,795 @@
+"""Empirical receptive fields by occlusion (Zhou et al., ICLR 2015, section 3.2).
+
+For a unit and each of its top images, a patch of random pixel noise (the *occluder*, ``occluder``
+px square) is pasted at every position of a grid with step ``stride`` px (top-left corners
+``0, stride, 2 * stride, ...`` as long as the patch fits in the image). For each position the
+*discrepancy* is measured:
+
+- ``peak`` (default): ``|a_occluded - a_original|`` of the unit at its peak feature position
+  (the ``y, x`` stored with the top image);
+- ``map``: ``sum |a_occluded - a_original|`` over every position of the unit's feature map.
+
+That gives a discrepancy map per image on the grid of occluder centres. Each map is re-centred on
+the input pixel of the unit's peak (:meth:`LayerGeometry.center`): it is sampled at integer pixel
+offsets ``-R..R`` from that pixel by bilinear interpolation between occluder centres (zero beyond
+the outermost centres). The re-centred maps are averaged over the unit's top images: that average
+is the unit's empirical receptive field. Its size, ``rf_empirical``, is the side of the square with
+the same area as the region where the map is at least ``fraction`` (0.5) of its maximum, counted in
+input pixels. It includes the blur of the occluder itself (a unit that sees one pixel responds to
+every occluder covering it). ``rf_theoretical`` is the side of the square with the area of the
+theoretical receptive field (``rf`` of the layer geometry, padding pixels counted).
+
+Speed. The naive method (:func:`discrepancy_maps` with ``method="naive"``) runs one full forward
+per occluder position, per image, per unit. The fast method computes the same numbers with
+
+- one set of occluded passes per *image*, shared by every unit whose top images include it;
+- the forward stopped at the measured layer;
+- occluders that cannot touch the theoretical receptive field of any measured position of the
+  image skipped (their discrepancy is exactly 0 for a convolution/pooling stack);
+- each occluded pass run on a crop of the image: the union of the receptive fields of the feature
+  positions the occluder can touch, its corner aligned to the layer stride so the crop's feature
+  grid coincides with the image's, and flush with the image border wherever such a receptive
+  field reaches past it, so that zero padding is the same as on the whole image. Only positions
+  whose whole receptive field lies in the crop are read;
+- occluded crops streamed in batches of ``batch_size`` whole-image equivalents (more crops per
+  batch when crops are small), never built all at once.
+
+Both paths use the same seeded noise patch, so their maps agree to float32 round-off.
+
+Resume. Results are written per layer, atomically (``receptive_fields/<layer>.npz``). While a layer
+runs, its occluded passes follow a fixed order; every ``checkpoint_seconds`` and on interruption
+the finished passes are saved to ``receptive_fields/<layer>.partial.npz``. A rerun with the same
+parameters skips finished layers and restarts a partial one after its last saved pass, so an
+interruption (Ctrl-C) loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import Preprocess
+from .dissection import Dissection, _safe_name, pick_device
+from .errors import DissectError
+from .geometry import LayerGeometry
+from .hooks import LayerTrace
+from .io import read_npz, write_csv, write_npz
+from .models import LoadedModel
+
+#: Discrepancy measures, see the module docstring.
+DISCREPANCIES = ("peak", "map")
+#: Folder (inside the dissection directory) of the per-layer map files.
+MAPS_FOLDER = "receptive_fields"
+#: Per-unit table and per-layer summary written by :func:`receptive_fields`.
+UNITS_CSV = "receptive_fields.csv"
+LAYERS_CSV = "receptive_fields_layers.csv"
+
+
+@dataclass(frozen=True)
+class OcclusionConfig:
+    """Parameters of the occlusion measurement.
+
+    Attributes
+    ----------
+    top : int
+        Top images used per unit (at most the K kept by ``dissect run``).
+    occluder : int
+        Side of the square noise occluder, in input pixels.
+    stride : int
+        Step of the occluder grid, in input pixels.
+    discrepancy : str
+        ``peak`` or ``map`` (see the module docstring).
+    fraction : float
+        The empirical size counts pixels where the averaged map is at least this fraction of its
+        maximum.
+    batch_size : int
+        Occluded whole images per forward (crops are batched by the same memory).
+    seed : int
+        Seed of the noise patch.
+    """
+
+    top: int = 20
+    occluder: int = 11
+    stride: int = 3
+    discrepancy: str = "peak"
+    fraction: float = 0.5
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.top < 1:
+            raise DissectError(f"--top must be at least 1, got {self.top}.")
+        if self.occluder < 1:
+            raise DissectError(f"--occluder must be at least 1 pixel, got {self.occluder}.")
+        if self.stride < 1:
+            raise DissectError(f"--stride must be at least 1 pixel, got {self.stride}.")
+        if self.discrepancy not in DISCREPANCIES:
+            raise DissectError(
+                f"--discrepancy must be one of {', '.join(DISCREPANCIES)}, "
+                f"got {self.discrepancy!r}."
+            )
+        if not 0 < self.fraction < 1:
+            raise DissectError(
+                f"--fraction must lie strictly between 0 and 1, got {self.fraction}."
+            )
+        if self.batch_size < 1:
+            raise DissectError(f"--batch-size must be at least 1, got {self.batch_size}.")
+
+    def check_image(self, image_size: int) -> None:
+        """Refuse an occluder that does not fit in the network input."""
+        if self.occluder > image_size:
+            raise DissectError(
+                f"--occluder {self.occluder} px is larger than the {image_size} px network "
+                f"input; use at most {image_size}."
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """The (image, unit, peak) triples to occlude, one per unit and top image.
+
+    Attributes
+    ----------
+    image : ndarray of int, shape (M,)
+        Image index in the data source.
+    unit : ndarray of int, shape (M,)
+        Unit (channel) of the layer.
+    y, x : ndarray of int, shape (M,)
+        Peak feature position of the unit on that image.
+    """
+
+    image: np.ndarray
+    unit: np.ndarray
+    y: np.ndarray
+    x: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    @classmethod
+    def from_topk(cls, topk: dict[str, np.ndarray], units: Sequence[int], top: int):
+        """The first ``top`` images of each of ``units`` (empty slots, index -1, left out)."""
+        stored = topk["index"].shape[1]
+        if top > stored:
+            raise DissectError(
+                f"--top {top} exceeds the {stored} top images kept per unit; use --top {stored} "
+                f"or less, or run dissect run again with --topk {top}."
+            )
+        rows = np.repeat(np.asarray(units, dtype=np.int64), top)
+        cols = np.tile(np.arange(top), len(units))
+        keep = topk["index"][rows, cols] >= 0
+        rows, cols = rows[keep], cols[keep]
+        return cls(
+            topk["index"][rows, cols].astype(np.int64),
+            rows,
+            topk["y"][rows, cols].astype(np.int64),
+            topk["x"][rows, cols].astype(np.int64),
+        )
+
+
+def occluder_corners(image_size: int, occluder: int, stride: int) -> np.ndarray:
+    """Top-left coordinates of the occluder along one axis: ``0, stride, ...`` while it fits."""
+    return np.arange(0, image_size - occluder + 1, stride, dtype=np.int64)
+
+
+def noise_patch(preprocess: Preprocess, occluder: int, seed: int) -> torch.Tensor:
+    """The (3, occluder, occluder) noise occluder: uniform random pixels, normalised."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(3, occluder, occluder, generator=generator)
+    mean = torch.tensor(preprocess.mean).view(3, 1, 1)
+    std = torch.tensor(preprocess.std).view(3, 1, 1)
+    return (pixels - mean) / std
+
+
+def discrepancy_maps(
+    module: nn.Module,
+    layer: str,
+    geometry: LayerGeometry,
+    load_image: Callable[[int], torch.Tensor],
+    measurements: Measurements,
+    patch: torch.Tensor,
+    config: OcclusionConfig,
+    *,
+    method: str = "fast",
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    grids: np.ndarray | None = None,
+    done: int = 0,
+    checkpoint: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Discrepancy of every measurement for every occluder position.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network, in eval mode.
+    layer : str
+        The measured layer (a name of ``module.named_modules()``).
+    geometry : LayerGeometry
+        Geometry of ``layer`` at the input size of the images.
+    load_image : callable
+        ``load_image(index)`` returns the preprocessed (3, S, S) tensor of image ``index``.
+    measurements : Measurements
+        Images, units and peak positions to measure.
+    patch : Tensor
+        The (3, o, o) occluder, see :func:`noise_patch`.
+    config : OcclusionConfig
+        Occluder size and stride, discrepancy measure, batch size.
+    method : str
+        ``fast`` (see the module docstring) or ``naive`` (one full forward per occluder position,
+        per measurement, batched by ``config.batch_size``).
+    device : torch.device or str
+        Where the forward passes run.
+    progress : bool
+        Show a tqdm bar of occluded passes.
+    grids : ndarray, optional
+        Fast method only: results of an interrupted run, shape (M, ny, nx), filled in place.
+    done : int
+        Fast method only: occluded passes of ``grids`` already finished, in pass order.
+    checkpoint : callable, optional
+        Fast method only: ``checkpoint(done)`` is called after every batch.
+
+    Returns
+    -------
+    ndarray, shape (M, ny, nx)
+        Float32 discrepancy per measurement and occluder position (rows: occluder corner
+        ``y = 0, stride, ...``; columns likewise for ``x``).
+    """
+    if not geometry.is_spatial or len(geometry.output_shape) != 3:
+        raise DissectError(
+            f"layer {layer!r} has no spatial feature map; occlusion receptive fields need a "
+            "convolution or pooling layer."
+        )
+    size = patch.shape[-1]
+    image_size = _image_size(load_image, measurements)
+    config.check_image(image_size)
+    corners = occluder_corners(image_size, size, config.stride)
+    shape = (len(measurements), len(corners), len(corners))
+    if grids is None:
+        grids = np.zeros(shape, dtype=np.float32)
+    elif grids.shape != shape:
+        raise ValueError(f"grids has shape {grids.shape}, expected {shape}")
+    device = torch.device(device)
+    module.to(device)
+    patch = patch.to(device)
+    runner = _fast if method == "fast" else _naive if method == "naive" else None
+    if runner is None:
+        raise ValueError(f"method must be 'fast' or 'naive', got {method!r}")
+    with torch.inference_mode():
+        runner(
+            module, layer, geometry, load_image, measurements, patch, config, corners,
+            image_size, device, progress, grids, done, checkpoint,
+        )  # fmt: skip
+    return grids
+
+
+def _image_size(load_image, measurements) -> int:
+    if len(measurements) == 0:
+        raise DissectError("no top image to occlude: the selected units have no top images.")
+    return int(load_image(int(measurements.image[0])).shape[-1])
+
+
+def _occlude(image: torch.Tensor, patch: torch.Tensor, y: int, x: int) -> torch.Tensor:
+    occluded = image.clone()
+    occluded[:, y : y + patch.shape[1], x : x + patch.shape[2]] = patch
+    return occluded
+
+
+def _naive(
+    module, layer, geometry, load_image, measurements, patch, config, corners, image_size,
+    device, progress, grids, done, checkpoint,
+) -> None:  # fmt: skip
+    """One full forward per occluder position, per measurement."""
+    positions = [(int(y), int(x)) for y in corners for x in corners]
+    bar = tqdm(total=len(measurements) * len(positions), unit="pass", disable=not progress)
+    with LayerTrace(module, [layer]) as trace:
+        for m in range(len(measurements)):
+            image = load_image(int(measurements.image[m])).to(device)
+            unit, y, x = int(measurements.unit[m]), int(measurements.y[m]), int(measurements.x[m])
+            base = trace(image[None])[layer][0, unit]
+            values = []
+            for start in range(0, len(positions), config.batch_size):
+                chunk = positions[start : start + config.batch_size]
+                batch = torch.stack([_occlude(image, patch, py, px) for py, px in chunk])
+                maps = trace(batch)[layer][:, unit]
+                if config.discrepancy == "peak":
+                    values.append((maps[:, y, x] - base[y, x]).abs())
+                else:
+                    values.append((maps - base).abs().sum((1, 2)))
+                bar.update(len(chunk))
+            grids[m] = torch.cat(values).reshape(len(corners), len(corners)).float().cpu().numpy()
+    bar.close()
+
+
+@dataclass(frozen=True)
+class _AxisPlan:
+    """Per occluder corner along one axis: touched feature positions and the crop to run."""
+
+    first: np.ndarray  # first feature position whose receptive field the occluder touches
+    last: np.ndarray  # last such position (first > last: none)
+    start: np.ndarray  # crop start in input pixels (a multiple of the layer stride)
+    stop: np.ndarray  # crop end (exclusive)
+
+
+def _axis_plan(
+    corners: np.ndarray, occluder: int, image_size: int, rf: int, jump: int, near: int,
+    positions: int,
+) -> _AxisPlan:  # fmt: skip
+    """Crop along one axis for every occluder corner (``near``: input start of position 0's RF).
+
+    The crop covers the receptive fields of every touched position, clipped to the image; its
+    start is a multiple of ``jump`` (so crop position ``j`` is image position ``j + start/jump``);
+    every crop has one of two widths (interior, or flush with the far border).
+    """
+    first = np.ceil((corners - rf + 1 - near) / jump).astype(np.int64)
+    last = np.floor((corners + occluder - 1 - near) / jump).astype(np.int64)
+    first, last = np.maximum(first, 0), np.minimum(last, positions - 1)
+    low = np.maximum(near + first * jump, 0)
+    high = np.minimum(near + last * jump + rf, image_size)
+    start = low // jump * jump
+    touched = first <= last
+    width = int((high - start)[touched].max()) if touched.any() else image_size
+    if width >= image_size:
+        start, stop = np.zeros_like(start), np.full_like(start, image_size)
+    else:
+        stop = start + width
+        far = stop > image_size
+        start[far] = (image_size - width) // jump * jump
+        stop[far] = image_size
+    return _AxisPlan(first, last, start, stop)
+
+
+def _plans(geometry: LayerGeometry, corners, occluder, image_size):
+    plans = []
+    for axis in range(2):
+        jump = geometry.stride[axis]
+        if jump < 1 or not float(jump).is_integer():
+            raise DissectError(
+                f"layer {geometry.name!r} has a stride of {jump} px, not a whole number; "
+                "occlusion needs a convolution or pooling layer with an integer stride."
+            )
+        rf, jump = int(geometry.rf[axis]), int(jump)
+        near = int(round(geometry.offset[axis] - (rf - 1) / 2))
+        plans.append(
+            _axis_plan(
+                corners, occluder, image_size, rf, jump, near, geometry.output_shape[1 + axis]
+            )
+        )
+    return plans
+
+
+def _jobs_for_image(plan_y, plan_x, ys, xs, discrepancy) -> np.ndarray:
+    """Occluder (row, column) pairs to run on one image, as a (J, 2) array."""
+    if discrepancy == "peak":
+        hit_y = (ys[None] >= plan_y.first[:, None]) & (ys[None] <= plan_y.last[:, None])
+        hit_x = (xs[None] >= plan_x.first[:, None]) & (xs[None] <= plan_x.last[:, None])
+        hit = (hit_y.astype(np.float32) @ hit_x.T.astype(np.float32)) > 0
+    else:
+        hit = (plan_y.first <= plan_y.last)[:, None] & (plan_x.first <= plan_x.last)[None]
+    return np.argwhere(hit)
+
+
+def _fast(
+    module, layer, geometry, load_image, measurements, patch, config, corners, image_size,
+    device, progress, grids, done, checkpoint,
+) -> None:  # fmt: skip
+    """Shared, stopped, skipped, cropped and batched occluded passes (module docstring)."""
+    plan_y, plan_x = _plans(geometry, corners, patch.shape[-1], image_size)
+    jump_y, jump_x = int(geometry.stride[0]), int(geometry.stride[1])
+    order = np.argsort(measurements.image, kind="stable")
+    images, first_of = np.unique(measurements.image[order], return_index=True)
+    bounds = np.append(first_of, len(order))
+    per_image = []
+    for i in range(len(images)):
+        members = order[bounds[i] : bounds[i + 1]]
+        jobs = _jobs_for_image(
+            plan_y, plan_x, measurements.y[members], measurements.x[members], config.discrepancy
+        )
+        per_image.append((members, jobs))
+    total = sum(len(jobs) for _, jobs in per_image)
+    bar = tqdm(total=total, initial=done, unit="pass", disable=not progress)
+    chunk_images = max(1, config.batch_size)
+    position = 0
+    with LayerTrace(module, [layer], stop=True) as trace:
+        for chunk_start in range(0, len(images), chunk_images):
+            chunk = range(chunk_start, min(chunk_start + chunk_images, len(images)))
+            count = sum(len(per_image[i][1]) for i in chunk)
+            if position + count <= done:
+                position += count
+                continue
+            # Jobs of the chunk, grouped by crop shape: (image, row, column).
+            jobs = np.concatenate(
+                [np.column_stack([np.full(len(per_image[i][1]), i), per_image[i][1]]) for i in chunk]
+            )
+            heights = plan_y.stop[jobs[:, 1]] - plan_y.start[jobs[:, 1]]
+            widths = plan_x.stop[jobs[:, 2]] - plan_x.start[jobs[:, 2]]
+            jobs = jobs[np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], widths, heights))]
+            tensors = {i: load_image(int(images[i])).to(device) for i in chunk}
+            base = {}
+            for i in chunk:
+                base[i] = trace(tensors[i][None])[layer][0]
+            skip = max(done - position, 0)
+            index = skip
+            while index < len(jobs):
+                row, col = jobs[index, 1], jobs[index, 2]
+                crop = (plan_y.stop[row] - plan_y.start[row], plan_x.stop[col] - plan_x.start[col])
+                limit = max(1, config.batch_size * image_size**2 // (crop[0] * crop[1]))
+                end = index + 1
+                while end < len(jobs) and end - index < limit:
+                    r, c = jobs[end, 1], jobs[end, 2]
+                    if (plan_y.stop[r] - plan_y.start[r], plan_x.stop[c] - plan_x.start[c]) != crop:
+                        break
+                    end += 1
+                batch = jobs[index:end]
+                crops = []
+                for i, r, c in batch:
+                    y0, x0 = plan_y.start[r], plan_x.start[c]
+                    window = tensors[i][:, y0 : plan_y.stop[r], x0 : plan_x.stop[c]]
+                    crops.append(
+                        _occlude(window, patch, int(corners[r] - y0), int(corners[c] - x0))
+                    )
+                maps = trace(torch.stack(crops))[layer]
+                _record(
+                    grids, maps, batch, per_image, measurements, base, plan_y, plan_x,
+                    jump_y, jump_x, config.discrepancy,
+                )  # fmt: skip
+                bar.update(len(batch))
+                index = end
+                if checkpoint is not None:
+                    checkpoint(position + index)
+            position += len(jobs)
+    bar.close()
+
+
+def _record(
+    grids, maps, batch, per_image, measurements, base, plan_y, plan_x, jump_y, jump_x,
+    discrepancy,
+) -> None:  # fmt: skip
+    """Write the discrepancies of one batch of occluded crops into ``grids``."""
+    for b, (i, r, c) in enumerate(batch):
+        members = per_image[i][0]
+        shift_y, shift_x = plan_y.start[r] // jump_y, plan_x.start[c] // jump_x
+        y_lo, y_hi = plan_y.first[r], plan_y.last[r]
+        x_lo, x_hi = plan_x.first[c], plan_x.last[c]
+        if discrepancy == "peak":
+            ys, xs = measurements.y[members], measurements.x[members]
+            hit = (ys >= y_lo) & (ys <= y_hi) & (xs >= x_lo) & (xs <= x_hi)
+            members, ys, xs = members[hit], ys[hit], xs[hit]
+            units = torch.as_tensor(measurements.unit[members], device=maps.device)
+            ys_t = torch.as_tensor(ys, device=maps.device)
+            xs_t = torch.as_tensor(xs, device=maps.device)
+            occluded = maps[b, units, ys_t - int(shift_y), xs_t - int(shift_x)]
+            original = base[i][units, ys_t, xs_t]
+        else:
+            units = torch.as_tensor(measurements.unit[members], device=maps.device)
+            window = maps[
+                b, :, y_lo - shift_y : y_hi - shift_y + 1, x_lo - shift_x : x_hi - shift_x + 1
+            ]
+            diff = (window - base[i][:, y_lo : y_hi + 1, x_lo : x_hi + 1]).abs().sum((1, 2))
+            occluded, original = diff[units], 0
+        grids[members, r, c] = (occluded - original).abs().float().cpu().numpy()
+
+
+def average_maps(
+    grids: np.ndarray,
+    measurements: Measurements,
+    units: Sequence[int],
+    geometry: LayerGeometry,
+    config: OcclusionConfig,
+    radius: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-centre each discrepancy map on its peak and average per unit.
+
+    Parameters
+    ----------
+    grids : ndarray, shape (M, ny, nx)
+        Discrepancy maps from :func:`discrepancy_maps`.
+    measurements : Measurements
+        What each map measured.
+    units : sequence of int
+        Units to average (in this order).
+    geometry : LayerGeometry
+        Geometry of the layer (peak feature position to input pixel).
+    config : OcclusionConfig
+        Occluder size and stride (where the map's samples sit in the image).
+    radius : int
+        The averaged maps cover pixel offsets ``-radius..radius`` from the peak pixel.
+
+    Returns
+    -------
+    maps : ndarray, shape (U, 2 * radius + 1, 2 * radius + 1)
+        Float32 averaged maps, row = vertical offset, column = horizontal offset.
+    counts : ndarray of int, shape (U,)
+        Images averaged per unit (0: the map is all zero).
+    """
+    side = 2 * radius + 1
+    maps = np.zeros((len(units), side, side), dtype=np.float32)
+    counts = np.zeros(len(units), dtype=np.int64)
+    first = (config.occluder - 1) / 2
+    for row, unit in enumerate(units):
+        members = np.flatnonzero(measurements.unit == unit)
+        if len(members) == 0:
+            continue
+        centres = np.array(
+            [geometry.center(measurements.y[m], measurements.x[m]) for m in members]
+        )
+        weights_y = _interpolation(centres[:, 0], first, config.stride, grids.shape[1], radius)
+        weights_x = _interpolation(centres[:, 1], first, config.stride, grids.shape[2], radius)
+        recentred = np.einsum(
+            "mai,mij,mbj->mab", weights_y, grids[members].astype(np.float64), weights_x
+        )
+        maps[row] = recentred.mean(0)
+        counts[row] = len(members)
+    return maps, counts
+
+
+def _interpolation(centres, first, step, samples, radius) -> np.ndarray:
+    """(M, 2R+1, samples) linear-interpolation weights from grid samples to pixel offsets."""
+    offsets = np.arange(-radius, radius + 1)
+    grid = (centres[:, None] + offsets[None] - first) / step
+    low = np.floor(grid).astype(np.int64)
+    frac = grid - low
+    weights = np.zeros((len(centres), len(offsets), samples))
+    m, a = np.indices(low.shape)
+    for index, weight in ((low, 1 - frac), (low + 1, frac)):
+        inside = (index >= 0) & (index < samples)
+        np.add.at(weights, (m[inside], a[inside], index[inside]), weight[inside])
+    return weights
+
+
+def rf_size(maps: np.ndarray, fraction: float) -> np.ndarray:
+    """Side of the square with the area of the region where a map is >= ``fraction`` x its max.
+
+    Parameters
+    ----------
+    maps : ndarray, shape (U, H, W)
+        Averaged maps on a 1-pixel grid.
+    fraction : float
+        Threshold as a fraction of each map's maximum.
+
+    Returns
+    -------
+    ndarray, shape (U,)
+        Size in input pixels; NaN where a map is all zero (the unit never responded).
+    """
+    peak = maps.reshape(len(maps), -1).max(1)
+    area = (maps >= fraction * peak[:, None, None]).reshape(len(maps), -1).sum(1)
+    return np.where(peak > 0, np.sqrt(area), np.nan)
+
+
+def map_radius(geometry: LayerGeometry, config: OcclusionConfig, image_size: int) -> int:
+    """Half-side of the averaged maps: every occluder that can matter, within the image."""
+    if config.discrepancy == "map":
+        return image_size - 1
+    reach = (max(geometry.rf) - 1) / 2 + config.occluder + config.stride
+    return int(min(image_size - 1, math.ceil(reach)))
+
+
+def theoretical_size(geometry: LayerGeometry) -> float:
+    """Side of the square with the area of the theoretical receptive field."""
+    return float(math.sqrt(geometry.rf[0] * geometry.rf[1]))
+
+
+def receptive_fields(
+    dissection: str | Path | Dissection,
+    layers: Sequence[str] | None = None,
+    units: Sequence[int] | None = None,
+    config: OcclusionConfig | None = None,
+    *,
+    model: LoadedModel | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    checkpoint_seconds: float = 60.0,
+) -> pd.DataFrame:
+    """Measure empirical receptive fields of units of a dissection and write them to it.
+
+    Parameters
+    ----------
+    dissection : path-like or Dissection
+        A dissection directory (``dissect run``).
+    layers : sequence of str, optional
+        Layers to measure (default: every dissected layer).
+    units : sequence of int, optional
+        Units to measure in each layer (default: all).
+    config : OcclusionConfig, optional
+        Occlusion parameters (default: 11 px occluder, stride 3, top 20 images, ``peak``).
+    model : LoadedModel, optional
+        The dissected model, when it cannot be reloaded from the manifest's MODEL spec.
+    device : str
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    progress : bool
+        Show progress bars.
+    checkpoint_seconds : float
+        How often unfinished work of a layer is saved.
+
+    Returns
+    -------
+    DataFrame
+        One row per unit: ``layer, unit, rf_empirical, rf_theoretical, n_images, ratio,
+        max_discrepancy, rf_theoretical_h, rf_theoretical_w``. The same rows (plus those of
+        layers measured earlier) are written to ``receptive_fields.csv``; the per-layer summary to
+        ``receptive_fields_layers.csv``, the maps to ``receptive_fields/<layer>.npz``.
+    """
+    config = config or OcclusionConfig()
+    dissection = dissection if isinstance(dissection, Dissection) else Dissection(dissection)
+    layers = dissection.check_layers(layers)
+    chosen = {layer: dissection.check_units(layer, units) for layer in layers}
+    preprocess = dissection.preprocess
+    config.check_image(preprocess.image_size)
+    for layer in layers:
+        Measurements.from_topk(dissection.topk(layer), chosen[layer][:1], config.top)
+    loaded = model or dissection.load_model()
+    source = dissection.open_data()
+    torch_device = pick_device(device)
+    patch = noise_patch(preprocess, config.occluder, config.seed)
+
+    def load_image(index: int) -> torch.Tensor:
+        return preprocess.tensor(source.read_rgb(index))
+
+    frames = []
+    for layer in layers:
+        frames.append(
+            _measure_layer(
+                dissection, layer, chosen[layer], config, loaded.module, load_image, patch,
+                torch_device, progress, checkpoint_seconds,
+            )  # fmt: skip
+        )
+    table = pd.concat(frames, ignore_index=True)
+    path = dissection.path(UNITS_CSV)
+    if path.is_file():
+        previous = pd.read_csv(path)
+        table = pd.concat([previous[~previous["layer"].isin(layers)], table], ignore_index=True)
+    write_csv(path, table)
+    write_csv(dissection.path(LAYERS_CSV), layer_summary(table))
+    return table
+
+
+def layer_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per layer (as the paper's Table 1): theoretical size and empirical mean and std.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Per-unit rows as returned by :func:`receptive_fields`.
+
+    Returns
+    -------
+    DataFrame
+        ``layer, rf_theoretical, rf_empirical_mean, rf_empirical_std, n_units, ratio`` (ratio:
+        empirical mean over theoretical), layers in order of first appearance.
+    """
+    rows = []
+    for layer, group in table.groupby("layer", sort=False):
+        sizes = group["rf_empirical"].dropna()
+        theoretical = float(group["rf_theoretical"].iloc[0])
+        mean = float(sizes.mean()) if len(sizes) else math.nan
+        rows.append(
+            {
+                "layer": layer,
+                "rf_theoretical": theoretical,
+                "rf_empirical_mean": mean,
+                "rf_empirical_std": float(sizes.std(ddof=0)) if len(sizes) else math.nan,
+                "n_units": len(sizes),
+                "ratio": mean / theoretical,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "layer", "rf_theoretical", "rf_empirical_mean", "rf_empirical_std", "n_units", "ratio",
+        ],
+    )  # fmt: skip
+
+
+def maps_path(dissection: Dissection, layer: str) -> Path:
+    """Where the averaged maps of ``layer`` are kept."""
+    return dissection.path(MAPS_FOLDER, f"{_safe_name(layer)}.npz")
+
+
+def load_maps(dissection: str | Path | Dissection, layer: str) -> dict[str, np.ndarray]:
+    """Read ``receptive_fields/<layer>.npz``: ``maps, units, n_images, rf_empirical, radius``...
+
+    Raises
+    ------
+    DissectError
+        If the layer has not been measured.
+    """
+    dissection = dissection if isinstance(dissection, Dissection) else Dissection(dissection)
+    path = maps_path(dissection, layer)
+    if not path.is_file():
+        raise DissectError(
+            f"no receptive fields measured for layer {layer!r} in {str(dissection.directory)!r}; "
+            f"run dissect rf {dissection.directory} --layers {layer}."
+        )
+    return read_npz(path)
+
+
+def _measure_layer(
+    dissection, layer, units, config, module, load_image, patch, device, progress,
+    checkpoint_seconds,
+) -> pd.DataFrame:  # fmt: skip
+    """Measure one layer (or reuse its finished file) and return its per-unit rows."""
+    geometry = dissection.geometry(layer)
+    params = json.dumps({"config": config.to_dict(), "units": list(units)}, sort_keys=True)
+    final = maps_path(dissection, layer)
+    if final.is_file():
+        stored = read_npz(final)
+        if str(stored["params"]) == params:
+            return _rows(layer, geometry, stored)
+    measurements = Measurements.from_topk(dissection.topk(layer), units, config.top)
+    partial = final.with_name(final.stem + ".partial.npz")
+    grids, done = None, 0
+    if partial.is_file():
+        stored = read_npz(partial)
+        if str(stored["params"]) == params:
+            grids, done = stored["grids"], int(stored["done"])
+    state = {"done": done, "saved": time.monotonic()}
+
+    def save() -> None:
+        write_npz(partial, grids=result, done=np.int64(state["done"]), params=np.str_(params))
+        state["saved"] = time.monotonic()
+
+    def checkpoint(finished: int) -> None:
+        state["done"] = finished
+        if time.monotonic() - state["saved"] > checkpoint_seconds:
+            save()
+
+    image_size = dissection.preprocess.image_size
+    corners = len(occluder_corners(image_size, config.occluder, config.stride))
+    result = grids if grids is not None else np.zeros((len(measurements), corners, corners), "f4")
+    if progress:
+        print(f"dissect rf: layer {layer}, {len(units)} unit(s), {len(measurements)} top images")
+    try:
+        discrepancy_maps(
+            module, layer, geometry, load_image, measurements, patch, config,
+            device=device, progress=progress, grids=result, done=done, checkpoint=checkpoint,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        save()
+        raise
+    radius = map_radius(geometry, config, image_size)
+    maps, counts = average_maps(result, measurements, units, geometry, config, radius)
+    arrays = {
+        "maps": maps,
+        "units": np.asarray(units, dtype=np.int64),
+        "n_images": counts,
+        "rf_empirical": rf_size(maps, config.fraction).astype(np.float32),
+        "max_discrepancy": maps.reshape(len(maps), -1).max(1),
+        "radius": np.int64(radius),
+        "rf_theoretical": np.asarray(geometry.rf, dtype=np.int64),
+        "params": np.str_(params),
+    }
+    write_npz(final, **arrays)
+    if partial.is_file():
+        partial.unlink()
+    return _rows(layer, geometry, arrays)
+
+
+def _rows(layer: str, geometry: LayerGeometry, stored: dict[str, np.ndarray]) -> pd.DataFrame:
+    theoretical = theoretical_size(geometry)
+    return pd.DataFrame(
+        {
+            "layer": layer,
+            "unit": stored["units"],
+            "rf_empirical": stored["rf_empirical"].astype(np.float64),
+            "rf_theoretical": theoretical,
+            "n_images": stored["n_images"],
+            "ratio": stored["rf_empirical"].astype(np.float64) / theoretical,
+            "max_discrepancy": stored["max_discrepancy"].astype(np.float64),
+            "rf_theoretical_h": geometry.rf[0],
+            "rf_theoretical_w": geometry.rf[1],
+        }
+    )
