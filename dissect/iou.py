@@ -1,0 +1,506 @@
+"""Automatic unit labels by IoU with dense concept masks (NetDissect, Bau et al. 2017).
+
+For unit k and concept c, over the whole dataset::
+
+    IoU(k, c) = sum |M_k ∩ L_c| / sum |M_k ∪ L_c|
+
+where M_k is the unit's activation map upsampled to the input (aligned by the layer's stride and
+offset) and kept above the unit's threshold T_k, and L_c the pixels labelled c. An image-level
+concept (a scene) covers the whole image. As in NetDissect, the union only counts the unit's area
+on images where the concept's category is annotated, so a unit is not blamed for firing on images
+that carry no part labels, say: ``union = A_k,cat(c) + |L_c| - I_k,c``.
+
+:class:`IoUStats` keeps the three counters (units x concepts, units x categories, concepts), not
+images; it has ``add``, ``merge``, ``state_dict`` and ``from_state_dict`` so shards combine
+exactly. :func:`compute_iou` streams a dataset through the network and checkpoints after every
+batch; :func:`autolabel` writes ``iou/<layer>.npz``, ``iou/concepts.csv`` and the ``iou`` label
+source (``dissect autolabel``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .data import ImageReadError, ImageSource, Preprocess
+from .datasets import CATEGORIES, SegmentedSource
+from .dissection import Dissection, _safe_name, pick_device
+from .errors import DissectError
+from .hooks import LayerTrace
+from .io import atomic_path, read_npz, write_csv, write_npz
+from .labels import write_labels
+from .models import LoadedModel
+from .semantics import DEFAULT_TAXONOMY, Taxonomy
+from .upsample import upsample_maps
+
+#: Bytes of upsampled unit maps handled at once (images are split to stay under it).
+CHUNK_BYTES = 2**28
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class ImageConcepts:
+    """The concept masks of one image, at the network's input size, as concept columns.
+
+    Attributes
+    ----------
+    pixel : Tensor
+        (maps, P) int64: the concept column of every pixel in each label map, -1 where none.
+    image : Tensor
+        (n,) int64: concept columns that cover the whole image.
+    present : Tensor
+        (categories,) bool: the categories annotated on this image.
+    """
+
+    pixel: torch.Tensor
+    image: torch.Tensor
+    present: torch.Tensor
+
+
+class ConceptIndex:
+    """Concept numbers of a :class:`SegmentedSource` as columns 0..C-1, grouped by category.
+
+    Parameters
+    ----------
+    concepts : DataFrame
+        ``number,name,category`` (the source's ``concepts`` table).
+    """
+
+    def __init__(self, concepts: pd.DataFrame):
+        table = concepts[["number", "name", "category"]].reset_index(drop=True)
+        self.table = table.assign(number=table["number"].astype(np.int64))
+        known = [name for name in CATEGORIES if name in set(table["category"])]
+        self.categories = known + sorted(set(table["category"]) - set(known))
+        category_column = {name: i for i, name in enumerate(self.categories)}
+        #: (C,) category column of every concept column.
+        self.category_of = np.array([category_column[c] for c in table["category"]], np.int64)
+        top = int(self.table["number"].max()) if len(table) else 0
+        self._column = np.full(max(top, 0) + 1, -1, dtype=np.int64)
+        self._column[self.table["number"].to_numpy()] = np.arange(len(table))
+        self._category_column = category_column
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def columns(self, numbers: np.ndarray) -> np.ndarray:
+        """Concept numbers -> columns (-1 for 0 and for numbers not in the table)."""
+        numbers = np.asarray(numbers, dtype=np.int64)
+        inside = (numbers >= 0) & (numbers < len(self._column))
+        return np.where(inside, self._column[np.clip(numbers, 0, len(self._column) - 1)], -1)
+
+    def image_concepts(self, segmentation, preprocess: Preprocess) -> ImageConcepts:
+        """Bring one image's :class:`~dissect.datasets.Segmentation` to the network input."""
+        size = preprocess.image_size
+        maps = [
+            self.columns(preprocess.display_labels(label_map)).reshape(-1)
+            for category in segmentation.pixel
+            for label_map in segmentation.pixel[category]
+        ]
+        pixel = np.stack(maps) if maps else np.full((0, size * size), -1, dtype=np.int64)
+        image = self.columns(
+            [number for numbers in segmentation.image.values() for number in numbers]
+        )
+        present = np.zeros(len(self.categories), dtype=bool)
+        for kind in (segmentation.pixel, segmentation.image):
+            for category, values in kind.items():
+                if len(values) and category in self._category_column:
+                    present[self._category_column[category]] = True
+        return ImageConcepts(
+            torch.from_numpy(pixel), torch.from_numpy(image[image >= 0]), torch.from_numpy(present)
+        )
+
+
+class IoUStats:
+    """Mergeable intersection and area counts between unit masks and concept masks.
+
+    Parameters
+    ----------
+    units : int
+        Units of the layer.
+    category_of : array of int
+        (C,) the category column of every concept column.
+    categories : int
+        Number of categories.
+    device : str or torch.device
+        Where the counters live.
+    """
+
+    def __init__(
+        self,
+        units: int,
+        category_of: np.ndarray | torch.Tensor,
+        categories: int,
+        device: torch.device | str = "cpu",
+    ):
+        self.category_of = torch.as_tensor(category_of, dtype=torch.int64, device=device)
+        concepts = len(self.category_of)
+        self.intersection = torch.zeros((units, concepts), dtype=torch.float64, device=device)
+        self.unit_area = torch.zeros((units, categories), dtype=torch.float64, device=device)
+        self.concept_area = torch.zeros(concepts, dtype=torch.float64, device=device)
+        self.images = 0
+
+    def add(self, masks: torch.Tensor, concepts: Sequence[ImageConcepts]) -> None:
+        """Count one batch.
+
+        Parameters
+        ----------
+        masks : Tensor
+            (B, U, P) bool: each unit's thresholded upsampled map of each image, flattened.
+        concepts : sequence of ImageConcepts
+            The concept masks of the same B images, flattened the same way.
+        """
+        device = self.intersection.device
+        masks = masks.to(device)
+        area = masks.sum(-1, dtype=torch.int64).double()  # (B, U)
+        for row, image in enumerate(concepts):
+            present = image.present.to(device)
+            self.unit_area += area[row][:, None] * present.double()[None, :]
+            pixel = image.pixel.to(device)
+            whole = image.image.to(device)
+            found = torch.unique(torch.cat([pixel[pixel >= 0], whole]))
+            if not len(found):
+                continue
+            # (P, n) one-hot of the concepts of this image, maps merged; image-level ones full.
+            onehot = (pixel[:, :, None] == found[None, None, :]).any(0)
+            onehot[:, torch.isin(found, whole)] = True
+            onehot = onehot.float()
+            counts = masks[row].float() @ onehot  # exact: counts stay far below 2**24
+            self.intersection[:, found] += counts.double()
+            self.concept_area[found] += onehot.sum(0).double()
+        self.images += len(concepts)
+
+    def merge(self, other: IoUStats) -> IoUStats:
+        """Add another shard's counts (over different images) to these; return self."""
+        if self.intersection.shape != other.intersection.shape:
+            raise ValueError("cannot merge IoU statistics of different shapes")
+        self.intersection += other.intersection.to(self.intersection.device)
+        self.unit_area += other.unit_area.to(self.unit_area.device)
+        self.concept_area += other.concept_area.to(self.concept_area.device)
+        self.images += other.images
+        return self
+
+    def union(self) -> torch.Tensor:
+        """(U, C) float64 union counts."""
+        unit_area = self.unit_area[:, self.category_of]
+        return unit_area + self.concept_area[None, :] - self.intersection
+
+    def iou(self) -> np.ndarray:
+        """(U, C) float64 IoU of every unit with every concept; 0 where the union is empty."""
+        union = self.union()
+        iou = torch.where(union > 0, self.intersection / union.clamp(min=1), 0.0)
+        return iou.cpu().numpy()
+
+    def state_dict(self) -> dict:
+        """Tensors and numbers only (readable with ``torch.load(..., weights_only=True)``)."""
+        return {
+            "category_of": self.category_of.cpu(),
+            "intersection": self.intersection.cpu(),
+            "unit_area": self.unit_area.cpu(),
+            "concept_area": self.concept_area.cpu(),
+            "images": self.images,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> IoUStats:
+        """Rebuild statistics saved with :meth:`state_dict`."""
+        units, categories = state["unit_area"].shape
+        stats = cls(units, state["category_of"], categories, device)
+        stats.intersection.copy_(state["intersection"])
+        stats.unit_area.copy_(state["unit_area"])
+        stats.concept_area.copy_(state["concept_area"])
+        stats.images = int(state["images"])
+        return stats
+
+
+class _ConceptDataset(torch.utils.data.Dataset):
+    """Preprocessed images with their concept masks; unreadable images come back as None."""
+
+    def __init__(
+        self,
+        source: SegmentedSource,
+        preprocess: Preprocess,
+        index: ConceptIndex,
+        indices: Sequence[int],
+    ):
+        self.source = source
+        self.preprocess = preprocess
+        self.index = index
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        image = self.indices[position]
+        try:
+            tensor = self.preprocess.tensor(self.source.read_rgb(image))
+        except ImageReadError as error:
+            return image, None, None, str(error)
+        concepts = self.index.image_concepts(self.source.segmentation(image), self.preprocess)
+        return image, tensor, concepts, ""
+
+
+def _collate(items):
+    good = [item for item in items if item[1] is not None]
+    skipped = [(item[0], item[3]) for item in items if item[1] is None]
+    images = torch.stack([item[1] for item in good]) if good else None
+    return len(items), images, [item[2] for item in good], skipped
+
+
+def segmented_source(source: ImageSource) -> SegmentedSource:
+    """Return ``source`` if it has concept masks; otherwise a clear error."""
+    if not isinstance(source, SegmentedSource):
+        raise DissectError(
+            f"DATA {source.spec!r} has no concept masks, so units cannot be labelled by IoU. "
+            "Dissect a Broden directory or synthetic:N, or label units by crowd annotation."
+        )
+    if not len(source.concepts):
+        raise DissectError(f"DATA {source.spec!r} defines no concepts; nothing to label.")
+    return source
+
+
+def _fingerprint(dissection: Dissection, layers: Sequence[str], index: ConceptIndex) -> str:
+    """Identifies what a checkpoint was computed for: the pass, the layers, the concepts."""
+    text = "|".join(
+        [
+            str(dissection.manifest.get("created")),
+            str(dissection.manifest.get("n_images")),
+            ",".join(layers),
+            index.table.to_csv(index=False),
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def compute_iou(
+    dissection: Dissection,
+    layers: Sequence[str] | None = None,
+    *,
+    model: LoadedModel | None = None,
+    source: ImageSource | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    workers: int = 0,
+    progress: bool = True,
+    checkpoint: bool = True,
+    restart: bool = False,
+) -> tuple[dict[str, IoUStats], ConceptIndex]:
+    """Stream the dissected images through the network and count IoU for every unit and concept.
+
+    Parameters
+    ----------
+    dissection : Dissection
+        An opened dissection directory (gives thresholds, geometry, preprocessing).
+    layers : sequence of str, optional
+        Layers to label (default: all dissected ones).
+    model : LoadedModel, optional
+        The dissected model (default: loaded again from the manifest).
+    source : ImageSource, optional
+        The dissected data with concept masks (default: opened again from the manifest).
+    batch_size : int
+        Images per forward.
+    device : str
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    workers : int
+        DataLoader worker processes (reading images and masks).
+    progress : bool
+        Show a progress bar.
+    checkpoint : bool
+        Save the counters to ``iou/checkpoint.pt`` after every batch and resume from it, so an
+        interruption loses at most the batch in flight.
+    restart : bool
+        Ignore an existing checkpoint and start from the first image.
+
+    Returns
+    -------
+    (dict of str to IoUStats, ConceptIndex)
+        The counters per layer, and the concept columns they use.
+    """
+    layers = dissection.check_layers(layers)
+    if batch_size < 1:
+        raise DissectError(f"--batch-size must be at least 1, got {batch_size}.")
+    source = segmented_source(source or dissection.open_data())
+    loaded = model or dissection.load_model()
+    preprocess = dissection.preprocess
+    index = ConceptIndex(source.concepts)
+    torch_device = pick_device(device)
+    module = loaded.module.to(torch_device)
+    thresholds = {
+        layer: torch.from_numpy(dissection.thresholds(layer)).to(torch_device) for layer in layers
+    }
+    geometry = {layer: dissection.geometry(layer) for layer in layers}
+    stats = {
+        layer: IoUStats(
+            len(thresholds[layer]), index.category_of, len(index.categories), torch_device
+        )
+        for layer in layers
+    }
+    path = dissection.path("iou", CHECKPOINT)
+    fingerprint = _fingerprint(dissection, layers, index)
+    resume = checkpoint and not restart
+    start = _resume(path, fingerprint, stats, torch_device) if resume else 0
+    size = preprocess.image_size
+    loader = torch.utils.data.DataLoader(
+        _ConceptDataset(source, preprocess, index, range(start, len(source))),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
+    bar = tqdm(total=len(source), initial=start, unit="img", desc="iou", disable=not progress)
+    position = start
+    with torch.inference_mode(), LayerTrace(module, layers, stop=True) as trace:
+        for count, images, concepts, skipped in loader:
+            for image, reason in skipped:
+                warnings.warn(f"skipped image {source.image_id(image)!r}: {reason}", stacklevel=2)
+            if images is not None:
+                outputs = trace(images.to(torch_device))
+                for layer in layers:
+                    acts = outputs[layer]
+                    step = max(1, CHUNK_BYTES // (4 * acts.shape[1] * size * size))
+                    for first in range(0, len(acts), step):
+                        maps = upsample_maps(acts[first : first + step], geometry[layer], size)
+                        masks = maps > thresholds[layer][None, :, None, None]
+                        stats[layer].add(masks.flatten(2), concepts[first : first + step])
+            position += count
+            if checkpoint:
+                _save_checkpoint(path, fingerprint, position, stats)
+            bar.update(count)
+    bar.close()
+    return stats, index
+
+
+def _resume(path: Path, fingerprint: str, stats: dict[str, IoUStats], device) -> int:
+    """Load counters from a matching checkpoint; return the first image still to do."""
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint or set(state["layers"]) != set(stats):
+        return 0
+    for layer in stats:
+        stats[layer] = IoUStats.from_state_dict(state["layers"][layer], device)
+    return int(state["position"])
+
+
+def _save_checkpoint(path: Path, fingerprint: str, position: int, stats) -> None:
+    state = {
+        "fingerprint": fingerprint,
+        "position": position,
+        "layers": {layer: value.state_dict() for layer, value in stats.items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def best_concepts(
+    iou: np.ndarray, index: ConceptIndex, taxonomy: Taxonomy = DEFAULT_TAXONOMY
+) -> pd.DataFrame:
+    """The best concept of every unit, as label rows.
+
+    Parameters
+    ----------
+    iou : ndarray
+        (U, C) IoU of every unit with every concept column.
+    index : ConceptIndex
+        Names and categories of the columns.
+    taxonomy : Taxonomy
+        Maps the concept's dataset category onto a semantic type key.
+
+    Returns
+    -------
+    DataFrame
+        ``unit,label,category,concept_category,iou,concept``; ties go to the lower column.
+    """
+    best = iou.argmax(1)
+    rows = index.table.iloc[best]
+    return pd.DataFrame(
+        {
+            "unit": np.arange(len(iou)),
+            "label": rows["name"].to_numpy(),
+            "category": taxonomy.map_categories(rows["category"].tolist()),
+            "concept_category": rows["category"].to_numpy(),
+            "iou": iou[np.arange(len(iou)), best],
+            "concept": rows["number"].to_numpy(),
+        }
+    )
+
+
+def autolabel(
+    directory: str | Path | Dissection,
+    layers: Sequence[str] | None = None,
+    *,
+    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    **options,
+) -> pd.DataFrame:
+    """Label every unit by its best IoU concept and write the results.
+
+    Writes ``iou/<layer>.npz`` (arrays ``iou``, ``intersection``, ``union`` of shape (U, C)),
+    ``iou/concepts.csv`` (``column,number,name,category``) and the ``iou`` label source, which
+    rebuilds ``labels.csv`` (crowd labels keep precedence).
+
+    Parameters
+    ----------
+    directory : path-like or Dissection
+        The dissection directory.
+    layers : sequence of str, optional
+        Layers to label (default: all).
+    taxonomy : Taxonomy
+        Maps dataset categories onto semantic types for the ``category`` column.
+    **options
+        ``model``, ``source``, ``batch_size``, ``device``, ``workers``, ``progress``,
+        ``checkpoint``, ``restart``: see :func:`compute_iou`.
+
+    Returns
+    -------
+    DataFrame
+        The ``iou`` labels: ``layer,unit,label,category,concept_category,iou,concept``.
+    """
+    dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
+    stats, index = compute_iou(dissection, layers, **options)
+    write_csv(
+        dissection.path("iou", "concepts.csv"),
+        index.table.rename_axis("column").reset_index(),
+    )
+    tables = []
+    for layer, counts in stats.items():
+        iou = counts.iou()
+        write_npz(
+            dissection.path("iou", f"{_safe_name(layer)}.npz"),
+            iou=iou,
+            intersection=counts.intersection.cpu().numpy(),
+            union=counts.union().cpu().numpy(),
+        )
+        tables.append(best_concepts(iou, index, taxonomy).assign(layer=layer))
+    labels = pd.concat(tables, ignore_index=True)
+    labels = labels[["layer", *[c for c in labels.columns if c != "layer"]]]
+    write_labels(dissection.directory, "iou", labels)
+    dissection.path("iou", CHECKPOINT).unlink(missing_ok=True)
+    return labels
+
+
+def read_iou(directory: str | Path | Dissection, layer: str) -> pd.DataFrame:
+    """The unit x concept IoU table of one layer, written by :func:`autolabel`.
+
+    Returns
+    -------
+    DataFrame
+        One row per unit, one column per concept (a (category, name) MultiIndex).
+    """
+    dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
+    dissection.check_layers([layer])
+    path = dissection.path("iou", f"{_safe_name(layer)}.npz")
+    if not path.is_file():
+        raise DissectError(
+            f"layer {layer!r} has no IoU table yet; run dissect autolabel {dissection.directory}."
+        )
+    concepts = pd.read_csv(dissection.path("iou", "concepts.csv"), keep_default_na=False)
+    columns = pd.MultiIndex.from_frame(concepts[["category", "name"]])
+    table = pd.DataFrame(read_npz(path)["iou"], columns=columns)
+    return table.rename_axis("unit")

@@ -1,0 +1,230 @@
+"""IoU labelling against a brute-force computation on a tiny segmented source."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY_SPEC
+
+from dissect.cli import main
+from dissect.data import ImageReadError, Preprocess
+from dissect.datasets import Segmentation, SegmentedSource
+from dissect.dissection import Dissection, run_dissection
+from dissect.iou import CHECKPOINT, ImageConcepts, IoUStats, autolabel, compute_iou, read_iou
+from dissect.labels import read_labels, write_labels
+from dissect.models import load_model
+from dissect.upsample import upsample_maps
+
+PREPROCESS = Preprocess(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+CONCEPTS = pd.DataFrame(
+    {
+        "number": [1, 2, 3, 4, 5, 7, 9],
+        "name": ["red", "blue", "dog", "cat", "leg", "kitchen", "<b>street</b>"],
+        "category": ["color", "color", "object", "object", "part", "scene", "scene"],
+    }
+)
+BROKEN = 4
+
+
+class TinyWorld(SegmentedSource):
+    """Random images of odd sizes with hand-made random label maps; image 4 is unreadable."""
+
+    concepts = CONCEPTS
+    spec = "tiny-world"
+
+    def __init__(self, count: int = 11, fail_at: int | None = None):
+        self.count = count
+        self.fail_at = fail_at
+
+    def __len__(self) -> int:
+        return self.count
+
+    def image_id(self, index: int) -> str:
+        return f"world/{index:03d}"
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng(100 + index)
+
+    def _size(self, index: int) -> tuple[int, int]:
+        return 16 + index % 3 * 4, 16 + index % 2 * 6
+
+    def read_rgb(self, index: int) -> np.ndarray:
+        if index == self.fail_at:
+            raise KeyboardInterrupt
+        if index == BROKEN:
+            raise ImageReadError("corrupt")
+        return self._rng(index).integers(0, 256, (*self._size(index), 3), dtype=np.uint8)
+
+    def segmentation(self, index: int) -> Segmentation:
+        rng = self._rng(index + 1000)
+        shape = self._size(index)
+        colors = rng.choice([0, 1, 2], shape)
+        # Two object maps that overlap, sometimes on the same concept: unions must not count twice.
+        objects = [rng.choice([0, 3, 4], shape), rng.choice([0, 0, 3], shape)]
+        pixel = {"color": [colors], "object": objects}
+        if index % 2 == 0:  # only even images have part annotations
+            pixel["part"] = [rng.choice([0, 5], shape, p=[0.7, 0.3])]
+        image = {"scene": [7] if index % 3 else [9]}
+        if index == 6:  # an image-level concept that also appears at pixel level
+            image["object"] = [3]
+        return Segmentation(pixel=pixel, image=image)
+
+
+def brute_force(spec: str, source: TinyWorld, dissection: Dissection, layer: str) -> np.ndarray:
+    """IoU by definition: per image, per unit, per concept, with numpy sets of pixels."""
+    model = load_model(spec).module
+    thresholds = dissection.thresholds(layer)
+    geometry = dissection.geometry(layer)
+    numbers = CONCEPTS["number"].tolist()
+    categories = dict(zip(CONCEPTS["number"], CONCEPTS["category"], strict=True))
+    units = len(thresholds)
+    inter = np.zeros((units, len(numbers)))
+    unit_area = {name: np.zeros(units) for name in set(categories.values())}
+    concept_area = np.zeros(len(numbers))
+    for i in range(len(source)):
+        if i == BROKEN:
+            continue
+        x = PREPROCESS.tensor(source.read_rgb(i))[None]
+        with torch.no_grad():
+            acts = model.conv1(x)
+            if layer == "conv2":
+                acts = model.conv2(model.pool1(torch.relu(acts)))
+        maps = upsample_maps(acts, geometry, 16)[0].numpy()
+        masks = maps > thresholds[:, None, None]
+        seg = source.segmentation(i)
+        present = {c for c, v in seg.pixel.items() if v} | {c for c, v in seg.image.items() if v}
+        for name in present:
+            unit_area[name] += masks.sum((1, 2))
+        for column, number in enumerate(numbers):
+            region = np.zeros((16, 16), dtype=bool)
+            for maps_of_category in seg.pixel.values():
+                for label_map in maps_of_category:
+                    region |= PREPROCESS.display_labels(label_map) == number
+            if any(number in values for values in seg.image.values()):
+                region[:] = True
+            concept_area[column] += region.sum()
+            for unit in range(units):
+                inter[unit, column] += (masks[unit] & region).sum()
+    union = np.stack([unit_area[categories[n]] for n in numbers], 1) + concept_area - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+@pytest.fixture(scope="module")
+def dissected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("iou") / "run"
+    with pytest.warns(UserWarning, match="world/004"):
+        run_dissection(
+            TINY_SPEC,
+            TinyWorld(),
+            out,
+            ["conv1", "conv2"],
+            topk=3,
+            quantile=0.2,
+            preprocess=PREPROCESS,
+            progress=False,
+        )
+    return Dissection(out)
+
+
+@pytest.fixture(scope="module")
+def expected(dissected):
+    return {
+        layer: brute_force(TINY_SPEC, TinyWorld(), dissected, layer) for layer in ("conv1", "conv2")
+    }
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_iou_matches_brute_force(dissected, expected, batch_size):
+    stats, index = compute_iou(
+        dissected, source=TinyWorld(), batch_size=batch_size, progress=False, checkpoint=False
+    )
+    assert index.table["number"].tolist() == CONCEPTS["number"].tolist()
+    for layer in ("conv1", "conv2"):
+        assert stats[layer].images == 10
+        np.testing.assert_allclose(stats[layer].iou(), expected[layer], rtol=1e-12)
+    assert (expected["conv2"] > 0).any() and (expected["conv2"] < 1).any()  # a real test
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_interrupted_pass_resumes_from_checkpoint(dissected, expected):
+    checkpoint = dissected.path("iou", CHECKPOINT)
+    with pytest.raises(KeyboardInterrupt):
+        compute_iou(dissected, source=TinyWorld(fail_at=7), batch_size=3, progress=False)
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["position"] == 6  # two whole batches kept; the batch in flight lost
+    assert state["layers"]["conv1"]["images"] == 5  # image 4 was skipped
+    stats, _ = compute_iou(dissected, source=TinyWorld(), batch_size=4, progress=False)
+    np.testing.assert_allclose(stats["conv2"].iou(), expected["conv2"], rtol=1e-12)
+    checkpoint.unlink()
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_autolabel_writes_labels_and_tables(dissected, expected):
+    write_labels(
+        dissected.directory,
+        "crowd",
+        pd.DataFrame({"layer": ["conv1"], "unit": [0], "label": ["sky"], "category": ["region"]}),
+    )
+    labels = autolabel(dissected, source=TinyWorld(), batch_size=5, progress=False)
+    assert len(labels) == 4 + 6
+    conv2 = labels[labels["layer"] == "conv2"].reset_index(drop=True)
+    best = expected["conv2"].argmax(1)
+    assert conv2["label"].tolist() == CONCEPTS["name"].to_numpy()[best].tolist()
+    np.testing.assert_allclose(conv2["iou"], expected["conv2"].max(1), rtol=1e-12)
+    categories = CONCEPTS["category"].to_numpy()[best]
+    assert conv2["concept_category"].tolist() == categories.tolist()
+    assert conv2["category"].tolist() == categories.tolist()  # these map onto themselves
+    merged = read_labels(dissected.directory)
+    assert len(merged) == 10
+    first = merged[(merged["layer"] == "conv1") & (merged["unit"] == 0)].iloc[0]
+    assert (first["label"], first["source"]) == ("sky", "crowd")  # crowd labels win
+    table = read_iou(dissected, "conv2")
+    assert table.shape == (6, 7)
+    assert table[("scene", "<b>street</b>")].tolist() == pytest.approx(expected["conv2"][:, 6])
+    assert not dissected.path("iou", CHECKPOINT).exists()
+
+
+def random_batch(rng, count, units=3, pixels=10, concepts=4):
+    masks = torch.from_numpy(rng.random((count, units, pixels)) < 0.4)
+    images = [
+        ImageConcepts(
+            torch.from_numpy(rng.integers(-1, concepts, (2, pixels))),
+            torch.from_numpy(rng.choice(concepts, rng.integers(0, 2), replace=False)),
+            torch.from_numpy(rng.random(2) < 0.7),
+        )
+        for _ in range(count)
+    ]
+    return masks, images
+
+
+def test_stats_merge_and_state_dict_are_exact():
+    rng = np.random.default_rng(0)
+    masks, images = random_batch(rng, 9)
+    category_of = np.array([0, 0, 1, 1])
+    whole = IoUStats(3, category_of, 2)
+    whole.add(masks, images)
+    first, second = IoUStats(3, category_of, 2), IoUStats(3, category_of, 2)
+    first.add(masks[:4], images[:4])
+    second.add(masks[4:], images[4:])
+    buffer = io.BytesIO()
+    torch.save(second.state_dict(), buffer)
+    buffer.seek(0)
+    restored = IoUStats.from_state_dict(torch.load(buffer, weights_only=True))
+    merged = first.merge(restored)
+    assert merged.images == 9
+    np.testing.assert_array_equal(merged.iou(), whole.iou())
+    np.testing.assert_array_equal(merged.intersection.numpy(), whole.intersection.numpy())
+
+
+def test_autolabel_command_explains_missing_masks(tmp_path, image_folder, tiny_spec, capsys):
+    out = tmp_path / "d"
+    argv = ["run", tiny_spec, str(image_folder), "--layers", "conv1", "--out", str(out)]
+    with pytest.warns(UserWarning):
+        assert main([*argv, "--image-size", "16", "--topk", "2"]) == 0
+    assert main(["autolabel", str(out)]) == 2
+    assert "no concept masks" in capsys.readouterr().err
