@@ -15,6 +15,7 @@ COMMANDS = {
     "layers": "layers",
     "run": "run",
     "stats": "stats",
+    "autolabel": "autolabel",
     "segment": "segment",
 }
 
