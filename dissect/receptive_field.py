@@ -411,9 +411,7 @@ def _fast(
                 position += count
                 continue
             # Jobs of the chunk, grouped by crop shape: (image, row, column).
-            jobs = np.concatenate(
-                [np.column_stack([np.full(len(per_image[i][1]), i), per_image[i][1]]) for i in chunk]
-            )
+            jobs = np.concatenate([_tagged(i, per_image[i][1]) for i in chunk])
             heights = plan_y.stop[jobs[:, 1]] - plan_y.start[jobs[:, 1]]
             widths = plan_x.stop[jobs[:, 2]] - plan_x.start[jobs[:, 2]]
             jobs = jobs[np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], widths, heights))]
@@ -452,6 +450,11 @@ def _fast(
                     checkpoint(position + index)
             position += len(jobs)
     bar.close()
+
+
+def _tagged(image: int, jobs: np.ndarray) -> np.ndarray:
+    """Prefix (row, column) jobs with their image: (J, 3)."""
+    return np.column_stack([np.full(len(jobs), image), jobs])
 
 
 def _record(
@@ -523,9 +526,7 @@ def average_maps(
         members = np.flatnonzero(measurements.unit == unit)
         if len(members) == 0:
             continue
-        centres = np.array(
-            [geometry.center(measurements.y[m], measurements.x[m]) for m in members]
-        )
+        centres = np.array([geometry.center(measurements.y[m], measurements.x[m]) for m in members])
         weights_y = _interpolation(centres[:, 0], first, config.stride, grids.shape[1], radius)
         weights_x = _interpolation(centres[:, 1], first, config.stride, grids.shape[2], radius)
         recentred = np.einsum(
@@ -643,8 +644,16 @@ def receptive_fields(
     for layer in layers:
         frames.append(
             _measure_layer(
-                dissection, layer, chosen[layer], config, loaded.module, load_image, patch,
-                torch_device, progress, checkpoint_seconds,
+                dissection,
+                layer,
+                chosen[layer],
+                config,
+                loaded.module,
+                load_image,
+                patch,
+                torch_device,
+                progress,
+                checkpoint_seconds,
             )  # fmt: skip
         )
     table = pd.concat(frames, ignore_index=True)
