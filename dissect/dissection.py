@@ -12,6 +12,7 @@ Later stages (receptive fields, segmentation, labels, report) open it with :clas
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -24,7 +25,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, distributed
+from .checkpoint import (
+    DEFAULT_CHECKPOINT_EVERY,
+    Checkpoint,
+    deferred_interrupts,
+    module_digest,
+    source_digest,
+)
 from .data import ImageSource, Preprocess, make_loader, open_data, warn_skipped
 from .errors import DissectError
 from .geometry import LayerGeometry, layer_geometry
@@ -98,11 +106,72 @@ def default_layers(module: nn.Module) -> list[str]:
 
 @dataclass
 class PassResult:
-    """Statistics of one pass: per layer, and the images that were skipped."""
+    """Statistics of one pass (or of one rank's shard of it) and the images that were skipped.
+
+    Attributes
+    ----------
+    stats : dict of str to UnitStats
+        Per layer; empty until a readable image has been seen.
+    skipped : list of (int, str)
+        Unreadable images (index, reason), by index.
+    seconds : float
+        Time spent in the pass, over all sessions of a resumed run (the slowest rank's).
+    done : int
+        Images of the shard consumed so far (read or skipped).
+    """
 
     stats: dict[str, UnitStats]
     skipped: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
+    done: int = 0
+
+    def merge(self, other: PassResult) -> PassResult:
+        """Fold in the result of another shard (disjoint images); return ``self``."""
+        for name, stats in other.stats.items():
+            if name in self.stats:
+                self.stats[name].merge(stats)
+            else:
+                self.stats[name] = stats
+        self.skipped = sorted(self.skipped + other.skipped)
+        self.seconds = max(self.seconds, other.seconds)
+        self.done += other.done
+        return self
+
+    def state_dict(self) -> dict:
+        """Tensors on the CPU, numbers and strings (for checkpoints and between processes)."""
+        return {
+            "stats": {name: _state_to(s.state_dict(), "cpu") for name, s in self.stats.items()},
+            "skipped": [[index, reason] for index, reason in self.skipped],
+            "seconds": self.seconds,
+            "done": self.done,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> PassResult:
+        """Rebuild a result from :meth:`state_dict`, its statistics on ``device``."""
+        stats = {
+            name: UnitStats.from_state_dict(_state_to(value, device))
+            for name, value in state["stats"].items()
+        }
+        skipped = [(int(index), str(reason)) for index, reason in state["skipped"]]
+        return cls(stats, skipped, float(state["seconds"]), int(state["done"]))
+
+
+def _state_to(state: dict, device: torch.device | str) -> dict:
+    """A nested state dict with its tensors on ``device`` (generator states stay on the CPU)."""
+    moved = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            value = _state_to(value, device)
+        elif isinstance(value, torch.Tensor) and key != "generator":
+            value = value.to(device)
+        moved[key] = value
+    return moved
+
+
+def _merge_states(first: dict, second: dict, device: torch.device) -> dict:
+    merged = PassResult.from_state_dict(first, device)
+    return merged.merge(PassResult.from_state_dict(second, device)).state_dict()
 
 
 def collect_stats(
@@ -112,6 +181,8 @@ def collect_stats(
     config: RunConfig,
     indices: Sequence[int] | None = None,
     progress: bool = True,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
 ) -> PassResult:
     """Run the images through ``module`` once and accumulate per-unit statistics.
 
@@ -124,26 +195,42 @@ def collect_stats(
     preprocess : Preprocess
         Resizing and normalisation.
     config : RunConfig
-        Layers and pass parameters.
+        Layers and pass parameters. Under torchrun each rank seeds its statistics with its own
+        seed derived from ``config.seed`` (see :func:`dissect.distributed.rank_seed`).
     indices : sequence of int, optional
         Which images (default: all of them, in order).
     progress : bool
         Show a tqdm bar with images/s.
+    checkpoint : Checkpoint, optional
+        Resume from it when it holds a state, and save to it every ``checkpoint_every`` images,
+        on Ctrl-C / SIGTERM (then ``KeyboardInterrupt`` is raised) and at the end.
+    checkpoint_every : int
+        Images between two checkpoints.
 
     Returns
     -------
     PassResult
+        Its ``stats`` are empty when no image was readable.
     """
-    device = pick_device(config.device)
-    torch.manual_seed(config.seed)
+    device = distributed.local_device(pick_device(config.device))
+    seed = distributed.rank_seed(config.seed)
+    torch.manual_seed(seed)
     module.to(device)
-    indices = range(len(source)) if indices is None else indices
-    loader = make_loader(source, preprocess, indices, config.batch_size, config.workers)
-    stats: dict[str, UnitStats] = {}
-    result = PassResult(stats)
-    start = time.perf_counter()
-    bar = tqdm(total=len(indices), unit="img", desc="dissect", disable=not progress)
-    with torch.inference_mode(), LayerTrace(module, config.layers, stop=True) as trace:
+    indices = list(range(len(source)) if indices is None else indices)
+    state = checkpoint.load() if checkpoint is not None else None
+    result = PassResult({}) if state is None else PassResult.from_state_dict(state, device)
+    loader = make_loader(
+        source, preprocess, indices[result.done :], config.batch_size, config.workers
+    )
+    bar = tqdm(
+        total=len(indices), initial=result.done, unit="img", desc="dissect", disable=not progress
+    )
+    start, before, unsaved = time.perf_counter(), result.seconds, 0
+    with (
+        torch.inference_mode(),
+        LayerTrace(module, config.layers, stop=True) as trace,
+        deferred_interrupts() as stop,
+    ):
         for batch in loader:
             if batch.skipped:
                 warn_skipped(source, batch.skipped)
@@ -152,18 +239,50 @@ def collect_stats(
                 outputs = trace(batch.images.to(device, non_blocking=True))
                 for name in config.layers:
                     acts = outputs[name]
-                    if name not in stats:
-                        stats[name] = UnitStats(
-                            acts.shape[1], config.topk, config.quantile, config.seed,
-                            device=acts.device,
+                    if name not in result.stats:
+                        result.stats[name] = UnitStats(
+                            acts.shape[1], config.topk, config.quantile, seed, device=acts.device
                         )
-                    stats[name].add(acts, batch.indices.to(acts.device))
-            bar.update(len(batch.indices) + len(batch.skipped))
+                    result.stats[name].add(acts, batch.indices.to(acts.device))
+            count = len(batch.indices) + len(batch.skipped)
+            result.done += count
+            unsaved += count
+            result.seconds = before + time.perf_counter() - start
+            bar.update(count)
+            if checkpoint is not None and (unsaved >= checkpoint_every or stop.requested):
+                checkpoint.save(result.state_dict())
+                unsaved = 0
+            if stop.requested:
+                raise KeyboardInterrupt(stop.signal)
     bar.close()
-    result.seconds = time.perf_counter() - start
-    if not stats:
-        raise DissectError(f"no readable image in DATA {source.spec!r}; nothing to dissect.")
+    if checkpoint is not None:
+        checkpoint.save(result.state_dict())  # the finished shard survives a failed merge/write
     return result
+
+
+def run_fingerprint(
+    loaded: LoadedModel,
+    source: ImageSource,
+    preprocess: Preprocess,
+    config: RunConfig,
+    device: torch.device,
+) -> dict:
+    """What must not change between an interrupted run and its resumption."""
+    return {
+        "model": loaded.spec,
+        "model_weights_sha256": module_digest(loaded.module),
+        "data": source.spec,
+        "n_images": len(source),
+        "image_list_sha256": source_digest(source),
+        "preprocess": preprocess.to_dict(),
+        "layers": list(config.layers),
+        "topk": config.topk,
+        "quantile": config.quantile,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "device_type": device.type,
+        "world_size": distributed.world_size(),
+    }
 
 
 def run_dissection(
@@ -181,8 +300,16 @@ def run_dissection(
     seed: int = 0,
     workers: int = 0,
     progress: bool = True,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    restart: bool = False,
 ) -> Dissection:
     """Dissect ``layers`` of ``model`` over ``data`` and write the dissection directory ``out``.
+
+    Started by ``torchrun``, every process dissects its own shard of the images and rank 0 merges
+    the statistics and writes the directory; the result equals a one-process run (see
+    :func:`write_dissection`). Partial state is checkpointed in ``out/.checkpoint``; calling again
+    with the same arguments after an interruption resumes from it, and the checkpoints are removed
+    once the directory is written.
 
     Parameters
     ----------
@@ -201,21 +328,58 @@ def run_dissection(
     preprocess : Preprocess, optional
         Input size and normalisation; default the model's own (ImageNet statistics, 224 px).
     progress : bool
-        Show a progress bar.
+        Show a progress bar (rank 0 only).
+    checkpoint_every : int
+        Images each process handles between two checkpoints.
+    restart : bool
+        Discard any checkpoint in ``out`` instead of resuming from it (or refusing it, when it
+        belongs to a run with other arguments).
 
     Returns
     -------
     Dissection
         The directory just written, opened.
     """
+    if checkpoint_every < 1:
+        raise DissectError(f"--checkpoint-every must be at least 1 image, got {checkpoint_every}.")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
     source = open_data(data)
     preprocess = preprocess or loaded.preprocess
     names = resolve_layers(loaded.module, layers or default_layers(loaded.module))
     config = RunConfig(tuple(names), topk, quantile, batch_size, device, seed, workers)
     geometry = layer_geometry(loaded.module, names, preprocess.image_size)
-    result = collect_stats(loaded.module, source, preprocess, config, progress=progress)
-    return write_dissection(out, loaded, source, preprocess, config, geometry, result)
+    torch_device = pick_device(config.device)
+    with distributed.session(torch_device):
+        fingerprint = run_fingerprint(loaded, source, preprocess, config, torch_device)
+        checkpoint = Checkpoint(out, fingerprint, distributed.rank())
+        if restart:
+            checkpoint.remove(distributed.world_size())
+        distributed.barrier()  # no rank may read a checkpoint another rank is discarding
+        shard = distributed.shard(range(len(source)), block=config.batch_size)
+        result = collect_stats(
+            loaded.module,
+            source,
+            preprocess,
+            config,
+            shard,
+            progress and distributed.is_main(),
+            checkpoint,
+            checkpoint_every,
+        )
+        merge = functools.partial(_merge_states, device=distributed.local_device(torch_device))
+        merged = distributed.gather_and_merge(result.state_dict(), merge)
+        problem = None
+        if merged is not None:
+            merged = PassResult.from_state_dict(merged, distributed.local_device(torch_device))
+            if merged.stats:
+                write_dissection(out, loaded, source, preprocess, config, geometry, merged)
+            else:
+                problem = f"no readable image in DATA {source.spec!r}; nothing to dissect."
+        problem = distributed.broadcast(problem)  # also: nobody goes on before rank 0 has written
+        if problem:
+            raise DissectError(problem)
+        checkpoint.remove(distributed.world_size())
+    return Dissection(out)
 
 
 def write_dissection(
@@ -227,7 +391,13 @@ def write_dissection(
     geometry: dict[str, LayerGeometry],
     result: PassResult,
 ) -> Dissection:
-    """Write the statistics of a finished pass as a dissection directory (manifest last)."""
+    """Write the statistics of a finished pass as a dissection directory (manifest last).
+
+    ``topk/*.npz``, ``max_activation`` and ``threshold`` do not depend on how the images were
+    sharded over processes or how often the run was resumed (while the threshold sketch is exact;
+    see :mod:`dissect.stats`). ``mean_activation`` is accumulated in float64, where a different
+    summation order changes only the last bits, and is stored as float32.
+    """
     out = Path(out)
     rows = []
     for name in config.layers:
@@ -239,7 +409,7 @@ def write_dissection(
                     "layer": name,
                     "unit": np.arange(len(stats.max())),
                     "max_activation": stats.max(),
-                    "mean_activation": stats.mean(),
+                    "mean_activation": stats.mean().astype(np.float32),
                     "threshold": stats.threshold(),
                     "quantile": config.quantile,
                 }
@@ -257,6 +427,7 @@ def write_dissection(
         "geometry": {name: geometry[name].to_dict() for name in config.layers},
         "n_images": len(source),
         "n_skipped": len(result.skipped),
+        "world_size": distributed.world_size(),
         "seconds": round(result.seconds, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -1,9 +1,16 @@
-"""``dissect run MODEL DATA``: one pass that keeps every unit's top images and threshold."""
+"""``dissect run MODEL DATA``: one pass that keeps every unit's top images and threshold.
+
+Under ``torchrun --nproc_per_node=N -m dissect run ...`` the images are sharded over the N
+processes and merged into the same directory a single process writes. An interrupted run (Ctrl-C,
+SIGTERM, SIGKILL) resumes from ``DIR/.checkpoint`` when started again with the same arguments.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
+from ..checkpoint import CHECKPOINT_DIR, DEFAULT_CHECKPOINT_EVERY
 from ..dissection import run_dissection
 from ..models import load_model
 from .common import add_model_arguments, preprocess_from_args, split_names
@@ -33,23 +40,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--workers", type=int, default=0, help="image-loading processes (0)")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=DEFAULT_CHECKPOINT_EVERY,
+        metavar="N",
+        help=f"save partial state every N images per process ({DEFAULT_CHECKPOINT_EVERY}); "
+        "a run started again with the same arguments resumes from it",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the checkpoint of an earlier, unfinished run in --out and start over",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.weights)
-    dissection = run_dissection(
-        loaded,
-        args.data,
-        args.out,
-        split_names(args.layers),
-        topk=args.topk,
-        quantile=args.quantile,
-        batch_size=args.batch_size,
-        preprocess=preprocess_from_args(args, loaded),
-        device=args.device,
-        seed=args.seed,
-        workers=args.workers,
-    )
+    try:
+        dissection = run_dissection(
+            loaded,
+            args.data,
+            args.out,
+            split_names(args.layers),
+            topk=args.topk,
+            quantile=args.quantile,
+            batch_size=args.batch_size,
+            preprocess=preprocess_from_args(args, loaded),
+            device=args.device,
+            seed=args.seed,
+            workers=args.workers,
+            checkpoint_every=args.checkpoint_every,
+            restart=args.restart,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"dissect run: interrupted; progress is saved in {args.out}/{CHECKPOINT_DIR}. "
+            "Run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
     manifest = dissection.manifest
     print(
         f"dissected {len(dissection.layers)} layer(s) over {manifest['n_images']} images "

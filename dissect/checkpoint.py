@@ -1,0 +1,168 @@
+"""Survive interruption: per-rank checkpoints of a pass, run fingerprints, deferred signals.
+
+A pass saves its partial state every so often to ``DIR/.checkpoint/rank<r>.pt`` (atomically,
+tensors and numbers only, read back with ``weights_only=True``). Each checkpoint holds the
+*fingerprint* of the run (model weights digest, data spec and image list digest, layers,
+parameters, world size); a run started again with the same arguments resumes from it, and one
+with anything changed is refused with a message naming what changed, so results of two different
+runs are never mixed. Ctrl-C and SIGTERM are deferred to the end of the batch in flight, which is
+saved before the run stops; SIGKILL loses at most the work since the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from pickle import UnpicklingError
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import ImageSource
+from .errors import DissectError
+from .io import atomic_path
+
+#: Folder inside the output directory that holds the checkpoints of a run in progress.
+CHECKPOINT_DIR = ".checkpoint"
+#: Images a rank processes between two checkpoints, by default.
+DEFAULT_CHECKPOINT_EVERY = 10000
+
+
+def module_digest(module: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer of ``module`` (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def source_digest(source: ImageSource) -> str:
+    """SHA-256 of the ids of every image of ``source``, in order."""
+    digest = hashlib.sha256()
+    for index in range(len(source)):
+        digest.update(source.image_id(index).encode() + b"\n")
+    return digest.hexdigest()
+
+
+class Checkpoint:
+    """The checkpoint file of one rank of a run.
+
+    Parameters
+    ----------
+    out : path-like
+        The output directory of the run.
+    fingerprint : dict
+        Everything that must match for a checkpoint to be resumed (str / number / list values).
+    rank : int
+        This process's rank; each rank keeps its own file.
+    """
+
+    def __init__(self, out: str | Path, fingerprint: dict[str, Any], rank: int = 0):
+        self.folder = Path(out) / CHECKPOINT_DIR
+        self.path = self.folder / f"rank{rank}.pt"
+        self.fingerprint = fingerprint
+        self.rank = rank
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none; refuse a checkpoint of another run."""
+        if not self.path.is_file():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            old, state = saved["fingerprint"], saved["state"]
+        except (OSError, RuntimeError, EOFError, KeyError, TypeError, UnpicklingError) as error:
+            raise DissectError(
+                f"checkpoint {self.path} cannot be read ({error}); add --restart to discard it "
+                "and start over."
+            ) from error
+        changed = describe_changes(old, self.fingerprint)
+        if changed:
+            raise DissectError(
+                f"{self.path.parent} holds a checkpoint of a different run ({changed}); run again "
+                "with the original arguments to resume it, or add --restart to discard it and "
+                "start over."
+            )
+        return state
+
+    def save(self, state: dict) -> None:
+        """Write ``state`` (tensors on the CPU, numbers, strings, lists, dicts) atomically."""
+        with atomic_path(self.path) as tmp:
+            torch.save({"fingerprint": self.fingerprint, "state": state}, tmp)
+
+    def remove(self, world_size: int = 1) -> None:
+        """Delete this rank's file (rank 0: also files of ranks >= ``world_size``), then the
+        folder if it is empty."""
+        self.path.unlink(missing_ok=True)
+        if self.rank == 0 and self.folder.is_dir():
+            for path in self.folder.glob("rank*.pt"):
+                number = path.stem.removeprefix("rank")
+                if number.isdigit() and int(number) >= world_size:
+                    path.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass  # other ranks' files are still there; the last rank removes the folder
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``"batch_size 64 -> 32, model weights changed"`` for the keys that differ ('' if none)."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if key.endswith("_sha256"):
+            changes.append(f"{key.removesuffix('_sha256').replace('_', ' ')} changed")
+        else:
+            changes.append(f"{key} {before!r} -> {after!r}")
+    return ", ".join(changes)
+
+
+class StopRequest:
+    """Set by :func:`deferred_interrupts` when Ctrl-C or SIGTERM arrives."""
+
+    def __init__(self) -> None:
+        #: Name of the signal received (``SIGINT`` / ``SIGTERM``), or None.
+        self.signal: str | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[StopRequest]:
+    """Turn the first Ctrl-C or SIGTERM into a request the loop honours at the end of a batch.
+
+    Yields
+    ------
+    StopRequest
+        Check ``requested`` after each batch; save, then raise ``KeyboardInterrupt``. A second
+        signal raises ``KeyboardInterrupt`` at once. Outside the main thread signals cannot be
+        caught, and the request is never set.
+    """
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if request.requested:
+            raise KeyboardInterrupt
+        request.signal = signal.Signals(signum).name
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
