@@ -33,6 +33,11 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
     return path
 
 
+def plain(text: object) -> str:
+    """``text`` for a matplotlib label, with ``$`` escaped so it is never read as mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def _type_color(key: str, position: int) -> str:
     return TYPE_COLORS.get(key, f"C{position % 10}")
 
@@ -73,12 +78,16 @@ def plot_type_distribution(
             table[key],
             bottom=bottom,
             color=_type_color(key, position),
-            label=taxonomy.types[key],
+            label=plain(taxonomy.types[key]),
             edgecolor="white",
             linewidth=0.5,
         )
         bottom += table[key]
-    axes.set_xticks(range(len(layers)), layers, rotation=30 if len(layers) > 6 else 0)
+    axes.set_xticks(
+        range(len(layers)),
+        [plain(layer) for layer in layers],
+        rotation=30 if len(layers) > 6 else 0,
+    )
     axes.set_ylabel("units of the layer (%)" if percent else "units")
     axes.set_title("Semantic types of detector units per layer")
     handles, names = axes.get_legend_handles_labels()
@@ -106,7 +115,9 @@ def plot_detectors_per_layer(layer_types: pd.DataFrame) -> Figure:
     positions = range(len(layers))
     axes.bar([p - 0.2 for p in positions], sums["n_units"], 0.4, label="detector units")
     axes.bar([p + 0.2 for p in positions], sums["unique_concepts"], 0.4, label="unique concepts")
-    axes.set_xticks(list(positions), layers, rotation=30 if len(layers) > 6 else 0)
+    axes.set_xticks(
+        list(positions), [plain(layer) for layer in layers], rotation=30 if len(layers) > 6 else 0
+    )
     axes.set_ylabel("count")
     axes.set_title("Detectors per layer")
     axes.legend()
@@ -144,10 +155,10 @@ def plot_units_per_concept(
     figure = Figure(figsize=(5.0, max(2.0, 0.6 + 0.22 * len(counts))))
     axes = figure.add_subplot()
     axes.barh(range(len(counts)), counts.to_numpy(), color=TYPE_COLORS.get(category, "C0"))
-    axes.set_yticks(range(len(counts)), [str(label) for label in counts.index])
+    axes.set_yticks(range(len(counts)), [plain(label) for label in counts.index])
     axes.set_xlabel("detector units")
     where = f" in {layer}" if layer is not None else ""
-    axes.set_title(f"Units per {category} concept{where}")
+    axes.set_title(plain(f"Units per {category} concept{where}"))
     if counts.empty:
         axes.text(0.5, 0.5, "no detectors", ha="center", va="center", transform=axes.transAxes)
     return figure
