@@ -16,6 +16,7 @@ COMMANDS = {
     "run": "run",
     "stats": "stats",
     "autolabel": "autolabel",
+    "report": "report",
     "segment": "segment",
 }
 
