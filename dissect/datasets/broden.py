@@ -1,0 +1,302 @@
+"""Broden-format datasets (NetDissect): read them as a source, and export any segmented source.
+
+A Broden directory holds:
+
+- ``index.csv``: ``image,split,ih,iw,sh,sw`` then one column per category. ``image`` is a path
+  under ``images/``. A pixel-level cell lists label PNGs (paths under ``images/``, several
+  separated by ``;``); an image-level cell (``scene``, Broden's whole-image ``texture``) lists
+  concept numbers the same way.
+- ``images/``: the images and label PNGs; a PNG pixel's concept number is ``R + 256 * G``.
+- ``label.csv``: ``number,name,category,frequency,coverage,syns``; ``category`` as NetDissect
+  writes it, ``object(120);part(3)`` (category and image count; the largest count wins).
+- ``category.csv``: ``name,first,last,count,frequency``.
+- ``c_<category>.csv``: ``code,number,name,frequency,coverage`` (category-local codes).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import warnings
+from collections import defaultdict
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data import ImageReadError, read_image_file
+from ..errors import DissectError
+from ..io import atomic_path, write_csv
+from . import CATEGORIES, Segmentation, SegmentedSource
+
+_CATEGORY_COUNT = re.compile(r"^\s*([^()]+?)\s*(?:\((\d+)\))?\s*$")
+
+
+def _primary_category(text: str) -> str:
+    """``object(120);part(3)`` -> ``object`` (the category with the largest count)."""
+    best, best_count = "", -1
+    for field in str(text).split(";"):
+        match = _CATEGORY_COUNT.match(field)
+        if match:
+            count = int(match.group(2)) if match.group(2) else 0
+            if count > best_count:
+                best, best_count = match.group(1), count
+    return best
+
+
+def _safe_relative(text: str, where: str) -> str:
+    """Refuse a path from an imported file that is absolute or climbs out of its folder."""
+    normal = posixpath.normpath(text.replace("\\", "/"))
+    if not text or normal.startswith("/") or normal == ".." or normal.startswith("../"):
+        raise DissectError(
+            f"{where}: path {text!r} leaves the dataset's images/ folder; Broden paths must be "
+            "relative paths inside images/. Fix or remove that row."
+        )
+    return normal
+
+
+def decode_label_png(rgb: np.ndarray) -> np.ndarray:
+    """Concept numbers ``R + 256 * G`` of a Broden label image (H, W, 3)."""
+    rgb = np.asarray(rgb)
+    return rgb[..., 0].astype(np.int32) + 256 * rgb[..., 1].astype(np.int32)
+
+
+def encode_label_png(labels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 with ``R = n % 256``, ``G = n // 256`` for concept numbers < 65536."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= 65536:
+        raise DissectError("concept numbers must lie in 0..65535 to be stored in a Broden PNG.")
+    out = np.zeros((*labels.shape, 3), dtype=np.uint8)
+    out[..., 0] = labels % 256
+    out[..., 1] = labels // 256
+    return out
+
+
+class BrodenDataset(SegmentedSource):
+    """A dataset in NetDissect's Broden layout (see the module docstring).
+
+    Parameters
+    ----------
+    path : path-like
+        The directory holding ``index.csv``, ``label.csv`` and ``images/``.
+    """
+
+    def __init__(self, path: str | Path):
+        self.root = Path(path)
+        self.images_dir = self.root / "images"
+        for name in ("index.csv", "label.csv"):
+            if not (self.root / name).is_file():
+                raise DissectError(
+                    f"{str(self.root)!r} is not a Broden directory: {name} is missing."
+                )
+        self.index = self._read_csv("index.csv")
+        if "image" not in self.index.columns:
+            raise DissectError(f"{self.root / 'index.csv'} has no 'image' column.")
+        labels = self._read_csv("label.csv")
+        if not {"number", "name", "category"} <= set(labels.columns):
+            raise DissectError(
+                f"{self.root / 'label.csv'} needs columns number,name,category (Broden's)."
+            )
+        labels = labels[labels["number"].str.strip() != "0"]
+        self.concepts = pd.DataFrame(
+            {
+                "number": labels["number"].astype(int).to_numpy(),
+                "name": labels["name"].to_numpy(),
+                "category": [_primary_category(text) for text in labels["category"]],
+            }
+        )
+        self.categories = [c for c in self.index.columns if c in set(CATEGORIES)] + [
+            c for c in self.index.columns if c in set(self.concepts["category"]) - set(CATEGORIES)
+        ]
+        for row, cell in enumerate(self.index["image"]):
+            _safe_relative(cell, f"index.csv row {row + 1}")
+        self.spec = str(self.root)
+        scenes = self.concepts[self.concepts["category"] == "scene"].sort_values("number")
+        if "scene" in self.index.columns and len(scenes):
+            self.classes = list(scenes["name"])
+            self._scene_class = {int(n): i for i, n in enumerate(scenes["number"])}
+
+    def _read_csv(self, name: str) -> pd.DataFrame:
+        try:
+            return pd.read_csv(self.root / name, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+            raise DissectError(f"cannot read {self.root / name}: {error}") from error
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _path(self, text: str, row: int) -> Path:
+        relative = _safe_relative(text, f"index.csv row {row + 1}")
+        path = (self.images_dir / relative).resolve()
+        if self.images_dir.resolve() not in path.parents:
+            raise DissectError(
+                f"index.csv row {row + 1}: {text!r} resolves outside {str(self.images_dir)!r} "
+                "(a link?); dissect reads only files inside the dataset."
+            )
+        return path
+
+    def image_id(self, index: int) -> str:
+        return self.index["image"].iloc[index]
+
+    def read_rgb(self, index: int) -> np.ndarray:
+        return read_image_file(self._path(self.image_id(index), index))
+
+    def _image_size(self, index: int) -> tuple[int, int]:
+        row = self.index.iloc[index]
+        if row.get("ih", "").isdigit() and row.get("iw", "").isdigit():
+            return int(row["ih"]), int(row["iw"])
+        with Image.open(self._path(row["image"], index)) as image:
+            return image.size[1], image.size[0]
+
+    def segmentation(self, index: int) -> Segmentation:
+        row = self.index.iloc[index]
+        size = None
+        result = Segmentation()
+        for category in self.categories:
+            for token in filter(None, (t.strip() for t in row[category].split(";"))):
+                if token.isdigit():
+                    result.image.setdefault(category, []).append(int(token))
+                    continue
+                path = self._path(token, index)
+                try:
+                    with Image.open(path) as image:
+                        labels = decode_label_png(np.asarray(image.convert("RGB")))
+                except OSError as error:
+                    raise DissectError(f"cannot read label image {str(path)!r}: {error}") from error
+                size = size or self._image_size(index)
+                if labels.shape != size:
+                    labels = np.asarray(
+                        Image.fromarray(labels).resize(size[::-1], Image.Resampling.NEAREST)
+                    )
+                result.pixel.setdefault(category, []).append(labels.astype(np.int32))
+        return result
+
+    def label(self, index: int) -> int:
+        if self.classes is None:
+            return super().label(index)
+        cell = self.index["scene"].iloc[index]
+        numbers = [int(t) for t in cell.split(";") if t.strip().isdigit()]
+        if not numbers or numbers[0] not in self._scene_class:
+            raise DissectError(
+                f"{self.image_id(index)!r} has no known scene label in index.csv ({cell!r})."
+            )
+        return self._scene_class[numbers[0]]
+
+
+def _stem(image_id: str) -> str:
+    """A relative file stem for an image id, with any ``..`` or root removed."""
+    path = PurePosixPath(image_id.replace("\\", "/"))
+    parts = [part for part in path.with_suffix("").parts if part not in ("/", "..", ".")]
+    return "/".join(parts) or "image"
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def export_broden(source: SegmentedSource, outdir: str | Path, progress: bool = True) -> Path:
+    """Write ``source`` (images and concept labels) as a Broden directory.
+
+    Parameters
+    ----------
+    source : SegmentedSource
+        The synthetic world, a Broden dataset, or any other segmented source.
+    outdir : path-like
+        The directory to create; images and label PNGs go to ``outdir/images``. ``index.csv``
+        is written last, so a directory interrupted half-way is not mistaken for a dataset.
+    progress : bool
+        Show a tqdm bar.
+
+    Returns
+    -------
+    Path
+        ``outdir``.
+    """
+    if not isinstance(source, SegmentedSource):
+        raise DissectError(
+            f"DATA {source.spec!r} has no concept masks to export; use the synthetic world "
+            "(synthetic:N[:SEED]) or a Broden directory."
+        )
+    outdir = Path(outdir)
+    categories_of = source.concept_categories()
+    order = [c for c in CATEGORIES if c in set(categories_of.values())]
+    order += sorted(set(categories_of.values()) - set(order))
+    frequency: dict[tuple[int, str], int] = defaultdict(int)
+    coverage: dict[tuple[int, str], float] = defaultdict(float)
+    category_images: dict[str, int] = defaultdict(int)
+    rows = []
+    for index in tqdm(range(len(source)), desc="export", unit="img", disable=not progress):
+        try:
+            rgb = source.read_rgb(index)
+        except ImageReadError as error:
+            warnings.warn(f"skipped image {source.image_id(index)!r}: {error}", stacklevel=2)
+            continue
+        stem = _stem(source.image_id(index))
+        segmentation = source.segmentation(index)
+        image_name = f"{stem}.png"
+        _save_png(outdir / "images" / image_name, rgb)
+        row = {"image": image_name, "split": "train", "ih": rgb.shape[0], "iw": rgb.shape[1]}
+        row.update(sh=rgb.shape[0], sw=rgb.shape[1])
+        for category in order:
+            cells: list[str] = []
+            present: dict[int, float] = defaultdict(float)
+            for k, labels in enumerate(segmentation.pixel.get(category, [])):
+                name = f"{stem}_{category}{'' if k == 0 else f'_{k}'}.png"
+                _save_png(outdir / "images" / name, encode_label_png(labels))
+                cells.append(name)
+                numbers, counts = np.unique(labels[labels > 0], return_counts=True)
+                for number, count in zip(numbers.tolist(), counts.tolist(), strict=True):
+                    present[number] += count / labels.size
+            for number in segmentation.image.get(category, []):
+                cells.append(str(number))
+                present[int(number)] = 1.0
+            for number, fraction in present.items():
+                frequency[(number, category)] += 1
+                coverage[(number, category)] += fraction
+            category_images[category] += bool(present)
+            row[category] = ";".join(cells)
+        rows.append(row)
+    _write_tables(outdir, source, order, frequency, coverage, category_images)
+    write_csv(outdir / "index.csv", pd.DataFrame(rows, columns=[*_INDEX_COLUMNS, *order]))
+    return outdir
+
+
+_INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
+
+
+def _write_tables(outdir, source, order, frequency, coverage, category_images) -> None:
+    """label.csv, category.csv and c_<category>.csv from the export's counts."""
+    concepts = source.concepts.sort_values("number")
+    labels, per_category = [], defaultdict(list)
+    for number, name, category in concepts[["number", "name", "category"]].itertuples(index=False):
+        count = frequency.get((int(number), category), 0)
+        mean_cover = coverage.get((int(number), category), 0.0) / count if count else 0.0
+        labels.append((int(number), name, f"{category}({count})", count, mean_cover, ""))
+        per_category[category].append((int(number), name, count, mean_cover))
+    columns = ["number", "name", "category", "frequency", "coverage", "syns"]
+    write_csv(outdir / "label.csv", pd.DataFrame(labels, columns=columns))
+    categories = []
+    for category in order:
+        entries = per_category.get(category, [])
+        numbers = [entry[0] for entry in entries]
+        categories.append(
+            (
+                category,
+                min(numbers, default=0),
+                max(numbers, default=0),
+                len(entries),
+                category_images.get(category, 0),
+            )
+        )
+        table = pd.DataFrame(
+            [(code, *entry) for code, entry in enumerate(entries, start=1)],
+            columns=["code", "number", "name", "frequency", "coverage"],
+        )
+        write_csv(outdir / f"c_{category}.csv", table)
+    write_csv(
+        outdir / "category.csv",
+        pd.DataFrame(categories, columns=["name", "first", "last", "count", "frequency"]),
+    )
