@@ -2,12 +2,14 @@
 
 __version__ = "0.1.0"
 
+from .annotation import export_annotation, import_answers  # noqa: E402
 from .data import Preprocess, open_data  # noqa: E402
 from .dissection import Dissection, run_dissection  # noqa: E402
 from .errors import DissectError  # noqa: E402
 from .geometry import LayerGeometry, geometry_table, layer_geometry  # noqa: E402
 from .hooks import LayerTrace  # noqa: E402
 from .models import load_model  # noqa: E402
+from .segment import iter_segments, write_segments  # noqa: E402
 
 __all__ = [
     "Dissection",
@@ -16,6 +18,10 @@ __all__ = [
     "LayerTrace",
     "Preprocess",
     "__version__",
+    "export_annotation",
+    "import_answers",
+    "iter_segments",
+    "write_segments",
     "geometry_table",
     "layer_geometry",
     "load_model",

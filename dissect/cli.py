@@ -18,6 +18,8 @@ COMMANDS = {
     "autolabel": "autolabel",
     "report": "report",
     "segment": "segment",
+    "export": "export",
+    "import": "import_labels",
 }
 
 

@@ -1,0 +1,114 @@
+"""A self-contained offline page for annotating units in the lab.
+
+The page embeds the segmented top images (``data:`` URIs), asks the three questions for each
+unit, and saves the answers as a plain CSV (``layer,unit,label,category,precision,annotator``)
+that ``dissect import`` reads. Everything taken from the dissection (layer names, labels already
+imported) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from ..io import write_text
+from ..semantics import DEFAULT_TYPES
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1em 2em; }
+section { border-top: 1px solid #ccc; padding: 0.5em 0; }
+.images { display: flex; flex-wrap: wrap; gap: 8px; }
+figure { margin: 0; text-align: center; }
+img { width: 128px; height: 128px; image-rendering: pixelated; }
+.current { color: #666; }
+"""
+
+_SCRIPT = """
+function quote(value) { return '"' + String(value).replace(/"/g, '""') + '"'; }
+document.getElementById("save").addEventListener("click", function () {
+  var annotator = document.getElementById("annotator").value.trim();
+  var lines = ["layer,unit,label,category,precision,annotator"];
+  document.querySelectorAll("section.task").forEach(function (task) {
+    var label = task.querySelector(".concept").value.trim();
+    var type = task.querySelector("input[type=radio]:checked");
+    if (!label || !type) { return; }
+    var shown = Number(task.dataset.shown);
+    var bad = task.querySelectorAll(".mismatch:checked").length;
+    lines.push([quote(task.dataset.layer), task.dataset.unit, quote(label), type.value,
+                (1 - bad / shown).toFixed(6), quote(annotator)].join(","));
+  });
+  document.getElementById("status").textContent =
+    (lines.length - 1) + " answered unit(s) saved to annotations.csv";
+  var blob = new Blob([lines.join("\\n") + "\\n"], {type: "text/csv"});
+  var link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = "annotations.csv";
+  link.click();
+});
+"""
+
+
+def page(tasks: pd.DataFrame, images: Path, current: dict[tuple[str, int], str]) -> str:
+    """The annotation page for ``tasks`` whose image files are in ``images``.
+
+    ``current`` maps (layer, unit) to a label already imported, shown as a hint.
+    """
+    e = html.escape
+    sections = []
+    for number, (task, rows) in enumerate(tasks.groupby("task", sort=False)):
+        layer, unit = str(rows["layer"].iloc[0]), int(rows["unit"].iloc[0])
+        figures = []
+        for n, name in zip(rows["n"], rows["image"], strict=True):
+            data = base64.b64encode((images / name).read_bytes()).decode("ascii")
+            figures.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="image {n}"/><br/>'
+                f'<label><input type="checkbox" class="mismatch" value="{n}"/> {n}: does not '
+                "show it</label></figure>"
+            )
+        radios = " ".join(
+            f'<label><input type="radio" name="type-{number}" value="{key}"/> {e(name)}</label>'
+            for key, name in DEFAULT_TYPES.items()
+        )
+        hint = current.get((layer, unit))
+        hint_html = f'<p class="current">imported label: {e(hint)}</p>' if hint else ""
+        sections.append(
+            f'<section class="task" id="{e(task)}" data-layer="{e(layer)}" data-unit="{unit}" '
+            f'data-shown="{len(rows)}">\n<h2>{e(layer)}, unit {unit}</h2>\n{hint_html}\n'
+            f'<div class="images">{"".join(figures)}</div>\n'
+            '<p><label>Concept the highlighted regions share: <input type="text" '
+            'class="concept" size="30"/></label></p>\n'
+            f"<p>Type: {radios}</p>\n</section>"
+        )
+    body = "\n".join(sections)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8"/>
+<title>dissect: annotate units</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<h1>Annotate units</h1>
+<p>Each picture highlights the region one unit responds to (the rest is darkened). For each
+unit: name the concept most highlighted regions share, tick the pictures that do not show it,
+and pick its type. Then press <em>Save answers</em> and give the saved annotations.csv to
+<code>dissect import DIR annotations.csv</code>. Units left unanswered are not saved.</p>
+<p><label>Your name or initials: <input type="text" id="annotator"/></label></p>
+{body}
+<p><button id="save" type="button">Save answers</button> <span id="status"></span></p>
+<script>{_SCRIPT}</script>
+</body>
+</html>
+"""
+
+
+def write_html(
+    folder: Path, tasks: pd.DataFrame, images: Path, current: dict[tuple[str, int], str]
+) -> list[Path]:
+    """Write ``annotate.html`` into ``folder``; return its path in a list."""
+    path = folder / "annotate.html"
+    write_text(path, page(tasks, images, current))
+    return [path]

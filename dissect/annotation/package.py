@@ -1,0 +1,108 @@
+"""The annotation package on disk: the segmented top images and the private task mapping.
+
+``DIR/annotation/`` holds:
+
+- ``images/u<id>_<n>.png``: the segmented top images, named by a salted hash of layer and unit
+  and the image's rank, so a name reveals neither the image's path nor which unit it belongs to;
+- ``private/tasks.csv``: ``task, layer, unit, n, image, image_index, image_path`` (keep it: it is
+  not uploaded, and import checks answers against it); ``private/salt.txt``;
+- one folder per export format (``mturk/``, ``labelstudio/``, ``html/``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..dissection import Dissection
+from ..errors import DissectError
+from ..io import write_text
+
+ROOT = "annotation"
+TASK_COLUMNS = ["task", "layer", "unit", "n", "image", "image_index", "image_path"]
+
+
+def package_salt(dissection: Dissection) -> str:
+    """The package's secret salt, created on first use."""
+    path = dissection.path(ROOT, "private", "salt.txt")
+    if not path.is_file():
+        write_text(path, secrets.token_hex(16) + "\n")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def task_id(salt: str, layer: str, unit: int) -> str:
+    """The public name of the task of one unit: ``u`` and 12 hex digits of a salted hash."""
+    digest = hashlib.sha256(f"{salt}\0{layer}\0{unit}".encode()).hexdigest()
+    return f"u{digest[:12]}"
+
+
+def image_name(task: str, n: int) -> str:
+    """The file name of the ``n``-th (1-based) image of a task."""
+    return f"{task}_{n}.png"
+
+
+@dataclass
+class Package:
+    """The tasks of an annotation package, for checking imported answers.
+
+    Attributes
+    ----------
+    tasks : DataFrame
+        ``private/tasks.csv``: one row per image of each task.
+    """
+
+    tasks: pd.DataFrame
+
+    @classmethod
+    def read(cls, dissection: Dissection) -> Package:
+        """The package of a dissection directory (empty if nothing was exported yet)."""
+        path = dissection.path(ROOT, "private", "tasks.csv")
+        if not path.is_file():
+            return cls(pd.DataFrame(columns=TASK_COLUMNS))
+        return cls(pd.read_csv(path, dtype={"task": str, "layer": str, "image": str}))
+
+    def task(self, task: str, where: str) -> tuple[str, int, list[str]]:
+        """Layer, unit and image names of ``task``; a clear error naming ``where`` if unknown."""
+        rows = self.tasks[self.tasks["task"] == task]
+        if not len(rows):
+            raise DissectError(
+                f"{where}: task {task!r} is not in this annotation package; import answers "
+                "into the dissection directory whose dissect export made them."
+            )
+        rows = rows.sort_values("n")
+        return str(rows["layer"].iloc[0]), int(rows["unit"].iloc[0]), list(rows["image"])
+
+    def check_images(self, task: str, shown: dict[int, str], where: str) -> None:
+        """Refuse image URLs or names (image number -> value) that are not the task's images."""
+        _, _, images = self.task(task, where)
+        for n, value in sorted(shown.items()):
+            name = str(value).split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+            if not value or n > len(images) or name != images[n - 1]:
+                raise DissectError(
+                    f"{where}: image_{n} {str(value)!r} is not image {n} of task {task!r} in "
+                    "this annotation package (answers must come from this package's export)."
+                )
+
+
+def merge_tasks(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """The tasks of ``old`` not exported again, then those of ``new``."""
+    kept = old[~old["task"].isin(set(new["task"]))]
+    frames = [frame for frame in (kept, new) if len(frame)]
+    if not frames:
+        return pd.DataFrame(columns=TASK_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[TASK_COLUMNS]
+
+
+def stale_images(old: pd.DataFrame, new: pd.DataFrame) -> list[str]:
+    """Images of re-exported tasks that the new export no longer has."""
+    again = old[old["task"].isin(set(new["task"]))]
+    return sorted(set(again["image"]) - set(new["image"]))
+
+
+def images_folder(dissection: Dissection) -> Path:
+    """Where the package's images are."""
+    return dissection.path(ROOT, "images")

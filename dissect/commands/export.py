@@ -1,0 +1,52 @@
+"""``dissect export DIR --format F``: an annotation package of segmented top images."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..annotation import export_annotation
+from ..annotation.export import FORMATS
+from ..dissection import Dissection
+from .common import split_ints, split_names
+
+HELP = "export segmented top images for annotation (MTurk, Label Studio or an offline page)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR", help="a dissection directory (dissect run)")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="annotation service")
+    parser.add_argument(
+        "--base-url",
+        help="web address where annotation/images/ will be served (mturk, labelstudio)",
+    )
+    parser.add_argument("--layers", help="comma-separated layers (default: all dissected)")
+    parser.add_argument("--units", help="comma-separated unit numbers (default: all)")
+    parser.add_argument("--top", type=int, help="top images per unit (default: all kept)")
+    parser.add_argument(
+        "--peak-fraction",
+        type=float,
+        help="threshold each map at this fraction of its own peak (default: the unit's T)",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward (32)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    dissection = Dissection(args.directory)
+    tasks = export_annotation(
+        dissection,
+        args.format,
+        split_names(args.layers),
+        split_ints(args.units),
+        args.top,
+        base_url=args.base_url,
+        peak_fraction=args.peak_fraction,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(
+        f"exported {tasks['task'].nunique()} unit(s), {len(tasks)} images -> "
+        f"{dissection.path('annotation', args.format)} (upload annotation/images; keep "
+        "annotation/private for dissect import)"
+    )
+    return 0

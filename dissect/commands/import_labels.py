@@ -1,0 +1,27 @@
+"""``dissect import DIR FILE...``: import annotators' answers and aggregate them into labels."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..annotation import import_answers
+from ..annotation.importers import FORMATS
+
+HELP = "import crowd answers (MTurk results, Label Studio JSON, plain CSV) into DIR/labels.csv"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR", help="a dissection directory (dissect run)")
+    parser.add_argument("files", metavar="FILE", nargs="+", help="answer files")
+    parser.add_argument(
+        "--format", default="auto", choices=FORMATS, help="format of the files (auto: by content)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    labels = import_answers(args.directory, args.files, args.format)
+    print(
+        f"{len(labels)} unit(s) labelled from {int(labels['n_annotators'].sum())} answer(s) "
+        f"-> {args.directory}/labels.csv"
+    )
+    return 0
