@@ -8,8 +8,11 @@ from .dissection import Dissection, run_dissection  # noqa: E402
 from .errors import DissectError  # noqa: E402
 from .geometry import LayerGeometry, geometry_table, layer_geometry  # noqa: E402
 from .hooks import LayerTrace  # noqa: E402
+from .iou import autolabel, compute_iou, read_iou  # noqa: E402
 from .models import load_model  # noqa: E402
+from .report import write_report  # noqa: E402
 from .segment import iter_segments, write_segments  # noqa: E402
+from .semantics import Taxonomy, concept_table, layer_type_table, write_statistics  # noqa: E402
 
 __all__ = [
     "Dissection",
@@ -27,4 +30,12 @@ __all__ = [
     "load_model",
     "open_data",
     "run_dissection",
+    "Taxonomy",
+    "autolabel",
+    "compute_iou",
+    "concept_table",
+    "layer_type_table",
+    "read_iou",
+    "write_report",
+    "write_statistics",
 ]
