@@ -13,6 +13,8 @@ from .errors import DissectError
 #: Subcommand name -> module in dissect.commands defining HELP, add_arguments(parser), run(args).
 COMMANDS = {
     "layers": "layers",
+    "data": "data",
+    "evaluate": "evaluate",
     "run": "run",
     "stats": "stats",
     "autolabel": "autolabel",

@@ -1,0 +1,38 @@
+"""``dissect evaluate MODEL DATA``: top-1 accuracy on images with class labels."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..models import load_model
+from ..train import evaluate
+from .common import add_model_arguments, preprocess_from_args
+
+HELP = "top-1 accuracy of MODEL on DATA with image-level labels (check model and preprocessing)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument(
+        "data",
+        metavar="DATA",
+        help="synthetic:N[:SEED], a Broden directory with scenes, or a folder with one "
+        "sub-folder per class",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward (64)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N images")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_model(args.model, args.weights)
+    fraction = evaluate(
+        loaded,
+        args.data,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        preprocess=preprocess_from_args(args, loaded),
+        device=args.device,
+    )
+    print(f"accuracy: {fraction:.4f}")
+    return 0
