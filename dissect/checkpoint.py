@@ -79,8 +79,8 @@ class Checkpoint:
             old, state = saved["fingerprint"], saved["state"]
         except (OSError, RuntimeError, EOFError, KeyError, TypeError, UnpicklingError) as error:
             raise DissectError(
-                f"checkpoint {self.path} cannot be read ({error}); add --restart to discard it "
-                "and start over."
+                f"checkpoint {self.path} cannot be read (damaged, or not written by dissect: "
+                f"{type(error).__name__}); add --restart to discard it and start over."
             ) from error
         changed = describe_changes(old, self.fingerprint)
         if changed:
@@ -97,9 +97,11 @@ class Checkpoint:
             torch.save({"fingerprint": self.fingerprint, "state": state}, tmp)
 
     def remove(self, world_size: int = 1) -> None:
-        """Delete this rank's file (rank 0: also files of ranks >= ``world_size``), then the
-        folder if it is empty."""
+        """Delete this rank's file and any temporary file a kill left half-written (rank 0: also
+        files of ranks >= ``world_size``), then the folder if it is empty."""
         self.path.unlink(missing_ok=True)
+        for partial in self.folder.glob(f".{self.path.name}.*.tmp"):
+            partial.unlink(missing_ok=True)
         if self.rank == 0 and self.folder.is_dir():
             for path in self.folder.glob("rank*.pt"):
                 number = path.stem.removeprefix("rank")

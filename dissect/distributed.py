@@ -56,8 +56,14 @@ def world_size() -> int:
 
 
 def is_main() -> bool:
-    """True on rank 0, the one process that writes shared files."""
-    return rank() == 0
+    """True on rank 0, the one process that writes shared files and prints summaries.
+
+    Outside the process group (before :func:`session` or after it) a process started by torchrun
+    still knows its rank from ``RANK``.
+    """
+    if active():
+        return rank() == 0
+    return not launched() or os.environ.get("RANK", "0") == "0"
 
 
 def local_rank() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import distributed
 from ..checkpoint import CHECKPOINT_DIR, DEFAULT_CHECKPOINT_EVERY
 from ..dissection import run_dissection
 from ..models import load_model
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if not distributed.is_main():
+        return 0
     manifest = dissection.manifest
     print(
         f"dissected {len(dissection.layers)} layer(s) over {manifest['n_images']} images "
