@@ -659,8 +659,13 @@ def receptive_fields(
     table = pd.concat(frames, ignore_index=True)
     path = dissection.path(UNITS_CSV)
     if path.is_file():
-        previous = pd.read_csv(path)
+        previous = pd.read_csv(path, dtype={"layer": str})
         table = pd.concat([previous[~previous["layer"].isin(layers)], table], ignore_index=True)
+    depth = {name: position for position, name in enumerate(dissection.layers)}
+    table = table.sort_values(
+        ["layer", "unit"], key=lambda c: c.map(depth) if c.name == "layer" else c
+    )
+    table = table.reset_index(drop=True)
     write_csv(path, table)
     write_csv(dissection.path(LAYERS_CSV), layer_summary(table))
     return table

@@ -1,0 +1,86 @@
+"""``dissect rf DIR``: empirical receptive fields of units by occlusion, beside theoretical ones."""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from ..dissection import Dissection, _safe_name
+from ..plots.receptive_field import plot_rf_maps, plot_rf_sizes
+from ..plots.semantics import save_figure
+from ..receptive_field import (
+    LAYERS_CSV,
+    UNITS_CSV,
+    OcclusionConfig,
+    layer_summary,
+    load_maps,
+    receptive_fields,
+)
+from .common import split_ints, split_names
+
+HELP = (
+    "measure each unit's empirical receptive field by sliding a noise occluder over its top "
+    "images; write receptive_fields.csv, per-layer maps, a per-layer table and plots"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR", help="a dissection directory (dissect run)")
+    parser.add_argument("--layers", help="comma-separated layers (default: all dissected)")
+    parser.add_argument("--units", help="comma-separated unit numbers (default: all)")
+    parser.add_argument("--top", type=int, default=20, help="top images per unit (20)")
+    parser.add_argument("--occluder", type=int, default=11, help="occluder side in pixels (11)")
+    parser.add_argument("--stride", type=int, default=3, help="occluder grid step in pixels (3)")
+    parser.add_argument(
+        "--discrepancy",
+        choices=["peak", "map"],
+        default="peak",
+        help="|change| of the unit at its peak (default) or summed over its whole map",
+    )
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        default=0.5,
+        help="empirical size: area where the averaged map is >= this fraction of its max (0.5)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="occluded images per forward (128)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise occluder (0)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument(
+        "--plot-units", type=int, default=8, help="units per layer shown in the map plot (8)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    dissection = Dissection(args.directory)
+    config = OcclusionConfig(
+        top=args.top,
+        occluder=args.occluder,
+        stride=args.stride,
+        discrepancy=args.discrepancy,
+        fraction=args.fraction,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    layers = dissection.check_layers(split_names(args.layers))
+    table = receptive_fields(dissection, layers, split_ints(args.units), config, device=args.device)
+    for layer in layers:
+        stored = load_maps(dissection, layer)
+        shown = slice(0, max(args.plot_units, 0))
+        figure = plot_rf_maps(
+            stored["maps"][shown],
+            stored["units"][shown].tolist(),
+            tuple(int(v) for v in stored["rf_theoretical"]),
+            stored["rf_empirical"][shown],
+            layer=layer,
+        )
+        save_figure(figure, dissection.path("plots", f"rf_{_safe_name(layer)}.png"))
+    summary = pd.read_csv(dissection.path(LAYERS_CSV))
+    save_figure(plot_rf_sizes(summary), dissection.path("plots", "rf_sizes.png"))
+    with pd.option_context("display.width", 200):
+        print(layer_summary(table[table["layer"].isin(layers)]).to_string(index=False))
+    print(f"-> {dissection.path(UNITS_CSV)}, {dissection.path(LAYERS_CSV)}, plots in DIR/plots")
+    return 0
