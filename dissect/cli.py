@@ -22,6 +22,7 @@ COMMANDS = {
     "segment": "segment",
     "export": "export",
     "import": "import_labels",
+    "rf": "rf",
 }
 
 
