@@ -12,6 +12,7 @@ from .geometry import LayerGeometry, geometry_table, layer_geometry  # noqa: E40
 from .hooks import LayerTrace  # noqa: E402
 from .iou import autolabel, compute_iou, read_iou  # noqa: E402
 from .models import load_model  # noqa: E402
+from .receptive_field import OcclusionConfig, load_maps, receptive_fields  # noqa: E402
 from .report import write_report  # noqa: E402
 from .scene_cnn import scene_cnn  # noqa: E402
 from .segment import iter_segments, write_segments  # noqa: E402
@@ -48,4 +49,7 @@ __all__ = [
     "read_iou",
     "write_report",
     "write_statistics",
+    "OcclusionConfig",
+    "load_maps",
+    "receptive_fields",
 ]
