@@ -54,6 +54,8 @@ class ImageConcepts:
     ----------
     pixel : Tensor
         (maps, P) int64: the concept column of every pixel in each label map, -1 where none.
+        A concept appears at most once per pixel and never where it is also image-level (so
+        summing over maps counts the union of the masks).
     image : Tensor
         (n,) int64: concept columns that cover the whole image.
     present : Tensor
@@ -108,13 +110,15 @@ class ConceptIndex:
         image = self.columns(
             [number for numbers in segmentation.image.values() for number in numbers]
         )
+        image = image[image >= 0]
+        pixel = _keep_first(pixel, image)
         present = np.zeros(len(self.categories), dtype=bool)
         for kind in (segmentation.pixel, segmentation.image):
             for category, values in kind.items():
                 if len(values) and category in self._category_column:
                     present[self._category_column[category]] = True
         return ImageConcepts(
-            torch.from_numpy(pixel), torch.from_numpy(image[image >= 0]), torch.from_numpy(present)
+            torch.from_numpy(pixel), torch.from_numpy(image), torch.from_numpy(present)
         )
 
 
@@ -158,23 +162,28 @@ class IoUStats:
             The concept masks of the same B images, flattened the same way.
         """
         device = self.intersection.device
+        units, count = self.intersection.shape
         masks = masks.to(device)
+        batch, _, pixels = masks.shape
         area = masks.sum(-1, dtype=torch.int64).double()  # (B, U)
+        present = torch.stack([image.present for image in concepts]).to(device).double()
+        self.unit_area += area.T @ present
+        # Image-level concepts cover every pixel: (B, C) indicator.
+        whole = torch.zeros((batch, count), dtype=torch.bool, device=device)
         for row, image in enumerate(concepts):
-            present = image.present.to(device)
-            self.unit_area += area[row][:, None] * present.double()[None, :]
-            pixel = image.pixel.to(device)
-            whole = image.image.to(device)
-            found = torch.unique(torch.cat([pixel[pixel >= 0], whole]))
-            if not len(found):
-                continue
-            # (P, n) one-hot of the concepts of this image, maps merged; image-level ones full.
-            onehot = (pixel[:, :, None] == found[None, None, :]).any(0)
-            onehot[:, torch.isin(found, whole)] = True
-            onehot = onehot.float()
-            counts = masks[row].float() @ onehot  # exact: counts stay far below 2**24
-            self.intersection[:, found] += counts.double()
-            self.concept_area[found] += onehot.sum(0).double()
+            whole[row, image.image.to(device)] = True
+        self.intersection += area.T @ whole.double()
+        self.concept_area += whole.sum(0) * float(pixels)
+        pixel = _stack_maps([image.pixel for image in concepts], pixels).to(device)
+        self.concept_area += torch.bincount(pixel[pixel >= 0], minlength=count).double()
+        # Only pixels inside unit masks contribute: count (unit, concept) pairs there.
+        image, unit, position = masks.nonzero(as_tuple=True)
+        columns = pixel[image, :, position]  # (n, maps)
+        hit = columns >= 0
+        pairs = unit[:, None].expand_as(columns)[hit] * count + columns[hit]
+        self.intersection += (
+            torch.bincount(pairs, minlength=units * count).view(units, count).double()
+        )
         self.images += len(concepts)
 
     def merge(self, other: IoUStats) -> IoUStats:
@@ -218,6 +227,24 @@ class IoUStats:
         stats.concept_area.copy_(state["concept_area"])
         stats.images = int(state["images"])
         return stats
+
+
+def _stack_maps(maps: Sequence[torch.Tensor], pixels: int) -> torch.Tensor:
+    """(B, maps, P) int64 label maps of a batch, padded with -1 to the most maps of an image."""
+    most = max([len(image) for image in maps] + [1])
+    stacked = torch.full((len(maps), most, pixels), -1, dtype=torch.int64)
+    for row, image in enumerate(maps):
+        stacked[row, : len(image)] = image
+    return stacked
+
+
+def _keep_first(pixel: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """Count each concept once per pixel: blank repeats in later maps and image-level ones."""
+    for later in range(1, len(pixel)):
+        for earlier in range(later):
+            pixel[later][pixel[later] == pixel[earlier]] = -1
+    pixel[np.isin(pixel, whole)] = -1
+    return pixel
 
 
 class _ConceptDataset(torch.utils.data.Dataset):
