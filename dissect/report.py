@@ -199,12 +199,19 @@ def types_section(
     return _table(table) + images
 
 
-def rf_section(dissection: Dissection) -> str:
-    """The per-layer receptive-field summary, when ``dissect rf`` has run."""
+def rf_section(dissection: Dissection, root: Path) -> str:
+    """The per-layer receptive-field summary and figures, when ``dissect rf`` has run."""
     path = dissection.path(RF_LAYERS)
     if not path.is_file():
         return _note("Receptive fields not measured yet: run dissect rf DIR.")
-    return _table(pd.read_csv(path))
+    images = []
+    for figure in sorted(dissection.path("plots").glob("rf*.png")):
+        copy = root / "assets" / "plots" / figure.name
+        with atomic_path(copy) as tmp:
+            shutil.copyfile(figure, tmp)
+        link, name = href(copy, root), e(figure.stem)
+        images.append(f'<p><img class="figure" src="{link}" alt="{name}"></p>')
+    return _table(pd.read_csv(path)) + "".join(images)
 
 
 def unit_table(
@@ -323,7 +330,7 @@ def units_section(table: pd.DataFrame, strips: dict, maps: dict, root: Path) -> 
         rows.append(
             f'<tr class="unit" data-layer="{e(row.layer)}" data-type="{e(row.type)}" '
             f'data-label="{e(label)}" data-detector="{int(row.detector)}">'
-            f"<td>{e(row.layer)}</td><td class=num>{int(row.unit)}</td><td>{e(label)}</td>"
+            f'<td>{e(row.layer)}</td><td class="num">{int(row.unit)}</td><td>{e(label)}</td>'
             f"<td>{e(row.type)}</td><td>{e(row.source)}</td>"
             f'<td class="num" title="{e(score_name)}">{_number(row.score)}</td>'
             f'<td class="detector">{"yes" if row.detector else ""}</td>'
@@ -407,7 +414,7 @@ def write_report(
         thumb=int(thumbnail),
         summary=summary_section(dissection, stages),
         types=types_section(types, figures, root, taxonomy),
-        receptive_fields=rf_section(dissection),
+        receptive_fields=rf_section(dissection, root),
         layer_options=layer_options,
         type_options=type_options,
         units=units_section(table, strips, maps, root),

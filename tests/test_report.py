@@ -127,6 +127,8 @@ def test_report_shows_segments_and_receptive_fields(dissected, capsys):
     write_segments(dissected, ["conv1"], top=2, progress=False)
     config = OcclusionConfig(top=2, occluder=5, stride=4, batch_size=16)
     receptive_fields(dissected, ["conv2"], [0, 1], config, progress=False)
+    (dissected.directory / "plots").mkdir()
+    (dissected.directory / "plots" / "rf_sizes.png").write_bytes(b"\x89PNG stand-in")
     assert main(["report", str(dissected.directory), "--top", "2"]) == 0
     assert "report ->" in capsys.readouterr().out
     text, page = parse(dissected.directory / "report" / "index.html")
@@ -135,6 +137,7 @@ def test_report_shows_segments_and_receptive_fields(dissected, capsys):
     rf_maps = [link for link in page.links if "/rf/" in link]
     assert len(strips) == 4  # every conv1 unit, none of conv2 (not segmented)
     assert len(rf_maps) == 2
+    assert "assets/plots/rf_sizes.png" in page.links  # the figures of dissect rf, copied
     for link in page.links:
         assert (root / link).is_file()
     assert "rf_empirical_mean" in text  # the receptive-field summary table
