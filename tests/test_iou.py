@@ -228,3 +228,20 @@ def test_autolabel_command_explains_missing_masks(tmp_path, image_folder, tiny_s
         assert main([*argv, "--image-size", "16", "--topk", "2"]) == 0
     assert main(["autolabel", str(out)]) == 2
     assert "no concept masks" in capsys.readouterr().err
+
+
+def test_autolabel_stats_report_commands_on_the_synthetic_world(tmp_path, tiny_spec, capsys):
+    out = tmp_path / "world"
+    argv = ["run", tiny_spec, "synthetic:6", "--layers", "conv2", "--out", str(out)]
+    assert main([*argv, "--image-size", "32", "--topk", "2", "--quantile", "0.05"]) == 0
+    assert main(["autolabel", str(out), "--batch-size", "4"]) == 0
+    assert "conv2: " in capsys.readouterr().out
+    labels = read_labels(out)
+    assert len(labels) == 6 and set(labels["source"]) == {"iou"}
+    iou = read_iou(out, "conv2")
+    np.testing.assert_allclose(labels["iou"], iou.to_numpy().max(1))
+    assert set(labels["category"]) <= {"color", "texture", "region", "part", "object", "scene"}
+    assert main(["stats", str(out), "--min-iou", "0"]) == 0
+    assert pd.read_csv(out / "layer_types.csv")["n_units"].sum() == 6
+    assert main(["report", str(out)]) == 0
+    assert "conv2" in (out / "report" / "index.html").read_text(encoding="utf-8")
