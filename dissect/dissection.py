@@ -349,36 +349,37 @@ def run_dissection(
     config = RunConfig(tuple(names), topk, quantile, batch_size, device, seed, workers)
     geometry = layer_geometry(loaded.module, names, preprocess.image_size)
     torch_device = pick_device(config.device)
-    with distributed.session(torch_device):
-        fingerprint = run_fingerprint(loaded, source, preprocess, config, torch_device)
-        checkpoint = Checkpoint(out, fingerprint, distributed.rank())
-        if restart:
-            checkpoint.remove(distributed.world_size())
-        distributed.barrier()  # no rank may read a checkpoint another rank is discarding
-        shard = distributed.shard(range(len(source)), block=config.batch_size)
-        result = collect_stats(
-            loaded.module,
-            source,
-            preprocess,
-            config,
-            shard,
-            progress and distributed.is_main(),
-            checkpoint,
-            checkpoint_every,
-        )
-        merge = functools.partial(_merge_states, device=distributed.local_device(torch_device))
-        merged = distributed.gather_and_merge(result.state_dict(), merge)
-        problem = None
-        if merged is not None:
-            merged = PassResult.from_state_dict(merged, distributed.local_device(torch_device))
-            if merged.stats:
-                write_dissection(out, loaded, source, preprocess, config, geometry, merged)
-            else:
-                problem = f"no readable image in DATA {source.spec!r}; nothing to dissect."
-        problem = distributed.broadcast(problem)  # also: nobody goes on before rank 0 has written
-        if problem:
-            raise DissectError(problem)
+    distributed.init(torch_device)
+    fingerprint = run_fingerprint(loaded, source, preprocess, config, torch_device)
+    checkpoint = Checkpoint(out, fingerprint, distributed.rank())
+    if restart:
         checkpoint.remove(distributed.world_size())
+    shard = distributed.shard(range(len(source)), block=config.batch_size)
+    result = collect_stats(
+        loaded.module,
+        source,
+        preprocess,
+        config,
+        shard,
+        progress and distributed.is_main(),
+        checkpoint,
+        checkpoint_every,
+    )
+    device = distributed.local_device(torch_device)
+    merged = distributed.gather_and_merge(
+        result.state_dict(), functools.partial(_merge_states, device=device)
+    )
+    problem = None
+    if merged is not None:
+        merged = PassResult.from_state_dict(merged, device)
+        if merged.stats:
+            write_dissection(out, loaded, source, preprocess, config, geometry, merged)
+        else:
+            problem = f"no readable image in DATA {source.spec!r}; nothing to dissect."
+    problem = distributed.broadcast(problem)  # also: nobody goes on before rank 0 has written
+    if problem:
+        raise DissectError(problem)
+    checkpoint.remove(distributed.world_size())
     return Dissection(out)
 
 

@@ -4,13 +4,13 @@ Every pass of dissect (statistics, IoU labels, receptive fields) follows the sam
 process takes its shard of the work, computes mergeable partial results, the partial results are
 gathered and merged on rank 0, and only rank 0 writes shared files::
 
-    with distributed.session(device):
-        device = distributed.local_device(device)
-        mine = do_work(distributed.shard(range(n)), device)
-        merged = distributed.gather_and_merge(mine, merge)   # None except on rank 0
-        if distributed.is_main():
-            write(merged)
-        distributed.barrier()
+    distributed.init(device)
+    device = distributed.local_device(device)
+    mine = do_work(distributed.shard(range(n), block=batch_size), device)
+    merged = distributed.gather_and_merge(mine, merge)   # None except on rank 0
+    if distributed.is_main():
+        write(merged)
+    distributed.barrier()
 
 Outside ``torchrun`` (no ``WORLD_SIZE`` in the environment) every function here behaves as a
 world of one process: ``shard`` returns everything, ``gather_and_merge`` returns its argument.
@@ -20,10 +20,10 @@ The process group is joined from torchrun's variables ``RANK``, ``WORLD_SIZE``, 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -58,8 +58,7 @@ def world_size() -> int:
 def is_main() -> bool:
     """True on rank 0, the one process that writes shared files and prints summaries.
 
-    Outside the process group (before :func:`session` or after it) a process started by torchrun
-    still knows its rank from ``RANK``.
+    Before :func:`init`, a process started by torchrun knows its rank from ``RANK``.
     """
     if active():
         return rank() == 0
@@ -83,22 +82,22 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-@contextmanager
-def session(device: torch.device | str = "cpu") -> Iterator[None]:
-    """Join torchrun's process group for the duration of a pass, and leave it afterwards.
+def init(device: torch.device | str = "cpu") -> None:
+    """Join torchrun's process group, once per process; it is destroyed when the process exits.
 
     Parameters
     ----------
     device : torch.device or str
-        The device type the pass runs on; chooses the backend (``nccl`` for cuda, else ``gloo``).
+        The device type the passes run on; chooses the backend (``nccl`` for cuda, else
+        ``gloo``).
 
     Notes
     -----
-    Does nothing outside torchrun. A group that is already initialised (by the caller) is used
-    as it is and left for the caller to destroy.
+    Does nothing outside torchrun, or when the group is already initialised (by an earlier pass,
+    or by the caller, who then also destroys it). The group stays up between passes because
+    torchrun's rendezvous cannot be joined twice by one process.
     """
     if not launched() or (dist.is_available() and dist.is_initialized()):
-        yield
         return
     for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
@@ -106,14 +105,15 @@ def session(device: torch.device | str = "cpu") -> Iterator[None]:
                 f"WORLD_SIZE is set but {name} is not; start distributed runs with torchrun, e.g. "
                 "torchrun --nproc_per_node=2 -m dissect run MODEL DATA --out DIR."
             )
-    device = torch.device(device)
-    backend = backend_for(device)
+    backend = backend_for(torch.device(device))
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
-    try:
-        yield
-    finally:
+    atexit.register(_destroy)
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

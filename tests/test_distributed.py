@@ -1,0 +1,125 @@
+"""torchrun with 2 gloo processes writes the same dissection directory as one process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SPEC, make_image_folder
+
+from dissect import distributed
+from dissect.cli import main
+from dissect.dissection import Dissection, PassResult
+from dissect.stats import UnitStats
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("block", [1, 4])
+def test_shards_cover_the_indices_in_whole_blocks(monkeypatch, world, block):
+    indices = list(range(100, 117))  # 17 items
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+    shards = []
+    for rank in range(world):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        shards.append(distributed.shard(indices, block=block))
+    assert sum(shards, []) == indices
+    starts = [indices.index(part[0]) for part in shards if part]
+    assert all(start % block == 0 for start in starts)
+    blocks = [-(-len(part) // block) for part in shards]
+    assert max(blocks) - min(blocks) <= 1
+
+
+def test_rank_seeds_differ_and_rank0_keeps_the_run_seed():
+    seeds = [distributed.rank_seed(7, rank) for rank in range(4)]
+    assert seeds[0] == 7 and len(set(seeds)) == 4
+    assert distributed.rank_seed(7, 2) == seeds[2]  # derived, not random
+
+
+def test_one_process_world():
+    assert not distributed.active() and distributed.is_main()
+    assert distributed.shard(range(5), block=2) == [0, 1, 2, 3, 4]
+    assert distributed.gather_and_merge(3, lambda a, b: a + b) == 3
+    assert distributed.broadcast("x") == "x"
+
+
+def test_pass_results_merge_like_one_pass():
+    torch.manual_seed(0)
+    acts = torch.randn(6, 3, 4, 4)
+    whole = UnitStats(3, 2)
+    whole.add(acts, torch.arange(6))
+    first, second = UnitStats(3, 2), UnitStats(3, 2, seed=99)
+    first.add(acts[:4], torch.arange(4))
+    second.add(acts[4:], torch.arange(4, 6))
+    a = PassResult({"l": first}, [(5, "bad")], 1.0, 4)
+    b = PassResult({"l": second}, [(1, "bad")], 2.0, 2)
+    merged = PassResult.from_state_dict(a.state_dict()).merge(
+        PassResult.from_state_dict(b.state_dict())
+    )
+    assert merged.skipped == [(1, "bad"), (5, "bad")] and merged.done == 6 and merged.seconds == 2.0
+    for key, value in whole.topk().items():
+        np.testing.assert_array_equal(merged.stats["l"].topk()[key], value)
+    np.testing.assert_array_equal(merged.stats["l"].threshold(), whole.threshold())
+    assert PassResult({}).merge(PassResult.from_state_dict(b.state_dict())).stats["l"].images == 2
+
+
+# One torchrun launch runs several dissections: the CLI twice in the same processes.
+TWO_RUNS = """
+import sys
+from dissect.cli import main
+for argv in {argvs!r}:
+    assert main(argv) == 0
+"""
+
+
+def run_args(images: Path, out: Path, batch_size: int) -> list[str]:
+    return [
+        "run", TINY_SPEC, str(images), "--out", str(out), "--layers", "conv1,conv2",
+        "--image-size", "32", "--topk", "5", "--quantile", "0.01",
+        "--batch-size", str(batch_size), "--device", "cpu",
+    ]  # fmt: skip
+
+
+def assert_same_directory(got: Path, expected: Path) -> None:
+    for name in ("units.csv", "images.csv"):
+        assert (got / name).read_text() == (expected / name).read_text(), name
+    got, expected = Dissection(got), Dissection(expected)
+    for layer in ("conv1", "conv2"):
+        for key, value in expected.topk(layer).items():
+            np.testing.assert_array_equal(got.topk(layer)[key], value)
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_torchrun_two_processes_equal_one(tmp_path):
+    images = make_image_folder(tmp_path / "images", count=24, seed=5)
+    sizes = (3, 64)  # 64: one batch, so rank 1 gets no image at all
+    script = tmp_path / "two_runs.py"
+    script.write_text(
+        TWO_RUNS.format(argvs=[run_args(images, tmp_path / f"dist{b}", b) for b in sizes])
+    )
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    # CPU convolutions round differently with another thread count: compare like with like.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for size in sizes:
+            assert main(run_args(images, tmp_path / f"single{size}", size)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    stdout, stderr = launch.communicate(timeout=120)
+    assert launch.returncode == 0, stderr
+    assert stdout.count("dissected 2 layer(s) over 25 images (1 skipped)") == len(sizes)  # rank 0
+    for size in sizes:
+        assert_same_directory(tmp_path / f"dist{size}", tmp_path / f"single{size}")
+        assert Dissection(tmp_path / f"dist{size}").manifest["world_size"] == 2
+        assert not (tmp_path / f"dist{size}" / ".checkpoint").exists()
