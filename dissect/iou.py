@@ -36,7 +36,7 @@ from .dissection import Dissection, _safe_name, pick_device
 from .errors import DissectError
 from .hooks import LayerTrace
 from .io import atomic_path, read_npz, write_csv, write_npz
-from .labels import write_labels
+from .labels import read_labels, write_labels
 from .models import LoadedModel
 from .semantics import DEFAULT_TAXONOMY, Taxonomy
 from .upsample import upsample_maps
@@ -470,7 +470,8 @@ def autolabel(
 
     Writes ``iou/<layer>.npz`` (arrays ``iou``, ``intersection``, ``union`` of shape (U, C)),
     ``iou/concepts.csv`` (``column,number,name,category``) and the ``iou`` label source, which
-    rebuilds ``labels.csv`` (crowd labels keep precedence).
+    rebuilds ``labels.csv`` (crowd labels keep precedence; the ``iou`` labels of layers not
+    labelled this time are kept).
 
     Parameters
     ----------
@@ -507,7 +508,9 @@ def autolabel(
         tables.append(best_concepts(iou, index, taxonomy).assign(layer=layer))
     labels = pd.concat(tables, ignore_index=True)
     labels = labels[["layer", *[c for c in labels.columns if c != "layer"]]]
-    write_labels(dissection.directory, "iou", labels)
+    earlier = read_labels(dissection.directory, "iou")
+    earlier = earlier[~earlier["layer"].isin(list(stats))]  # layers labelled in an earlier run
+    write_labels(dissection.directory, "iou", pd.concat([earlier, labels], ignore_index=True))
     dissection.path("iou", CHECKPOINT).unlink(missing_ok=True)
     return labels
 

@@ -187,6 +187,8 @@ def test_autolabel_writes_labels_and_tables(dissected, expected):
     assert table.shape == (6, 7)
     assert table[("scene", "<b>street</b>")].tolist() == pytest.approx(expected["conv2"][:, 6])
     assert not dissected.path("iou", CHECKPOINT).exists()
+    autolabel(dissected, ["conv2"], source=TinyWorld(), progress=False)
+    assert len(read_labels(dissected.directory, "iou")) == 10  # conv1 labels kept
 
 
 def random_batch(rng, count, units=3, pixels=10, concepts=4):
