@@ -293,12 +293,16 @@ def top_maps(
     Returns
     -------
     ndarray
-        (len(units), K, h, w) float32 maps of each row's unit (zeros in empty slots).
+        (len(units), K, h, w) float32 maps of each row's unit (zeros in empty slots): only
+        these are kept, not the whole layer's output.
     """
     torch_device = pick_device(device)
     module.to(torch_device)
     units = np.asarray(units, dtype=np.int64)
     wanted = np.unique(index[index >= 0])
+    # Slots of each image: positions in the flattened index, found by binary search.
+    order = np.argsort(index.ravel(), kind="stable")
+    sorted_index = index.ravel()[order]
     maps: np.ndarray | None = None
     loader = make_loader(source, preprocess, wanted.tolist(), batch_size)
     bar = tqdm(total=len(wanted), unit="img", desc=f"maps {layer}", disable=not progress)
@@ -314,7 +318,8 @@ def top_maps(
             if maps is None:
                 maps = np.zeros((*index.shape, *acts.shape[2:]), dtype=np.float32)
             for image, act in zip(batch.indices.tolist(), acts, strict=True):
-                rows, ranks = np.nonzero(index == image)
+                start, stop = np.searchsorted(sorted_index, [image, image + 1])
+                rows, ranks = np.divmod(order[start:stop], index.shape[1])
                 maps[rows, ranks] = act[units[rows]]
             bar.update(len(batch.indices))
     bar.close()
@@ -448,8 +453,10 @@ def write_segments(
         ``layer, unit, rank, image_index, image, score, threshold, coverage, crop_top,
         crop_left, crop_bottom, crop_right``: one row per top image written.
     """
+    layers = dissection.check_layers(layers)
+    options.setdefault("model", dissection.load_model())
     tables = []
-    for layer in dissection.check_layers(layers):
+    for layer in layers:
         folder = dissection.path("segments", _safe_name(layer))
         rows = []
         for segments in iter_segments(dissection, layer, units, top, **options):

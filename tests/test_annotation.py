@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -426,3 +427,55 @@ def test_cli_export_and_import(dissection, capsys):
     assert "dissect import: error:" in err and "image_3" in err and "Traceback" not in err
     assert main(["export", directory, "--format", "mturk"]) == 2
     assert "--base-url" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's script")
+def test_html_page_saves_answers_that_import(dissection, tmp_path):
+    export_annotation(dissection, "html", ["conv2"], [0, 1], progress=False)
+    page = dissection.path("annotation", "html", "annotate.html").read_text()
+    sections = re.findall(
+        r'<section class="task" id="(u[0-9a-f]{12})" data-layer="conv2" data-unit="(\d)" '
+        r'data-shown="(\d)">',
+        page,
+    )
+    assert [(task, int(unit)) for task, unit, _ in sections] == [(TASKS[0], 0), (TASKS[1], 1)]
+    for element in ('class="concept"', 'class="mismatch"', 'type="radio"', 'id="annotator"'):
+        assert element in page
+    assert 'id="save"' in page and 'id="status"' in page
+    script = tmp_path / "page.js"
+    script.write_text(page.split("<script>")[1].split("</script>")[0])
+    state = {
+        "annotator": 'lab "A"',
+        "tasks": [
+            {
+                "layer": "conv2",
+                "unit": 0,
+                "shown": 3,
+                "label": f'{SCRIPT}, "x"',
+                "type": "scene",
+                "mismatches": [2],
+            },
+            {
+                "layer": "conv2",
+                "unit": 1,
+                "shown": 3,
+                "label": "wheel",
+                "type": None,
+                "mismatches": [],
+            },
+        ],
+    }
+    saved = subprocess.run(
+        ["node", str(FIXTURES / "page_harness.js"), str(script), json.dumps(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
+    ).stdout
+    answers = tmp_path / "annotations.csv"
+    answers.write_text(saved)
+    labels = import_answers(dissection, [answers]).set_index("unit")
+    assert list(labels.index) == [0]  # unit 1 had no type: not saved
+    assert labels.loc[0, "label"] == f'{SCRIPT}, "x"' and labels.loc[0, "category"] == "scene"
+    assert labels.loc[0, "precision"] == pytest.approx(2 / 3)
+    assert set(read_raw(dissection)["worker"]) == {'lab "A"'}

@@ -62,7 +62,7 @@ def page(tasks: pd.DataFrame, images: Path, current: dict[tuple[str, int], str])
         layer, unit = str(rows["layer"].iloc[0]), int(rows["unit"].iloc[0])
         figures = []
         for n, name in zip(rows["n"], rows["image"], strict=True):
-            data = base64.b64encode((images / name).read_bytes()).decode("ascii")
+            data = base64.b64encode((images / Path(name).name).read_bytes()).decode("ascii")
             figures.append(
                 f'<figure><img src="data:image/png;base64,{data}" alt="image {n}"/><br/>'
                 f'<label><input type="checkbox" class="mismatch" value="{n}"/> {n}: does not '
