@@ -11,11 +11,11 @@ Prints ``name: value`` lines; the ratios compare settings measured in this one r
   that two processes compete fairly for the cores. ``wall_ratio`` is the same with the whole
   command's wall time, start-up included.
 
-    python benchmarks/bench_scale.py [--images 200] [--model MODEL] [--data-kind folder]
+    python benchmarks/bench_scale.py [--images 200] [--image-size 112] [--model MODEL]
 
-MODEL defaults to the built-in ``scene-cnn`` when it is registered, else the small stand-in
-network defined here; images are ``synthetic:N`` when the built-in world exists, else a generated
-folder of random images.
+MODEL defaults to the built-in ``scene-cnn`` when it loads (with its trained weights), else the
+small stand-in network defined here; images are ``synthetic:N`` when the built-in world exists,
+else a generated folder of random images.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dissect.models import builtin_models
+from dissect.errors import DissectError
+from dissect.models import load_model
 
 HERE = Path(__file__).resolve()
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -58,6 +59,15 @@ def stand_in() -> nn.Module:
         nn.Conv2d(64, 128, 3, padding=1),
         nn.ReLU(),
     )
+
+
+def scene_cnn_missing() -> bool:
+    """True unless the built-in scene CNN loads (it needs its trained weights file)."""
+    try:
+        load_model("scene-cnn")
+    except DissectError:
+        return True
+    return False
 
 
 def image_folder(root: Path, count: int) -> str:
@@ -93,17 +103,19 @@ def dissect_run(argv: list[str], env: dict[str, str], processes: int = 0) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=200, help="N (the large setting is 10N)")
+    parser.add_argument(
+        "--images", type=int, default=200, help="N, several batches (the large setting is 10N)"
+    )
     parser.add_argument("--model", help="MODEL spec (default scene-cnn, else the stand-in)")
     parser.add_argument("--layers", help="comma-separated (default: every conv and pool layer)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, help="input side (default: the model's own)")
     parser.add_argument(
         "--data-kind", choices=["auto", "synthetic", "folder"], default="auto",
         help="synthetic:N when the built-in world exists (auto), or generated image folders",
     )  # fmt: skip
     args = parser.parse_args()
-    model = args.model or ("scene-cnn" if "scene-cnn" in builtin_models() else None)
-    model = model or f"{HERE}:stand_in"
+    model = args.model or (f"{HERE}:stand_in" if scene_cnn_missing() else "scene-cnn")
     kind = args.data_kind
     if kind == "auto":
         kind = (
@@ -124,6 +136,7 @@ def main() -> None:
 
         def argv(count: int, out: str) -> list[str]:
             extra = ["--layers", args.layers] if args.layers else []
+            extra += ["--image-size", str(args.image_size)] if args.image_size else []
             return [
                 "run", model, data[count], "--out", str(tmp / out), "--device", "cpu",
                 "--batch-size", str(args.batch_size), *extra,

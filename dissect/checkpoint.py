@@ -147,8 +147,9 @@ def deferred_interrupts() -> Iterator[StopRequest]:
     ------
     StopRequest
         Check ``requested`` after each batch; save, then raise ``KeyboardInterrupt``. A second
-        signal raises ``KeyboardInterrupt`` at once. Outside the main thread signals cannot be
-        caught, and the request is never set.
+        Ctrl-C raises ``KeyboardInterrupt`` at once; SIGTERM never does (torchrun sends it to
+        every worker right after the terminal's Ctrl-C). Outside the main thread signals cannot
+        be caught, and the request is never set.
     """
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
@@ -156,9 +157,10 @@ def deferred_interrupts() -> Iterator[StopRequest]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if request.requested:
+        name = signal.Signals(signum).name
+        if name == "SIGINT" and request.signal == "SIGINT":
             raise KeyboardInterrupt
-        request.signal = signal.Signals(signum).name
+        request.signal = request.signal or name
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:

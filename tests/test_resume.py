@@ -152,8 +152,10 @@ def test_fingerprint_changes_are_named(tmp_path):
 
 def test_signals_are_deferred_to_the_end_of_the_batch():
     with deferred_interrupts() as stop:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.signal == "SIGTERM"
-        with pytest.raises(KeyboardInterrupt):  # a second signal stops at once
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's, right after the terminal's Ctrl-C
+        assert stop.signal == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
