@@ -430,8 +430,9 @@ def write_segments(
 
     Per unit, ``segments/<layer>/unit<NNNN>/<rank>_segmented.png``, ``_outline.png`` and
     ``_crop.png`` for each top image, and ``segments/<layer>/unit<NNNN>_grid.png`` with the
-    segmented images side by side; ``segments/<layer>/segments.csv`` lists them. Each file is
-    written atomically as its unit finishes, so an interruption loses at most one unit.
+    segmented images side by side; ``segments/<layer>/segments.csv`` lists them (rows of units
+    segmented earlier and not now are kept). Each file is written atomically as its unit
+    finishes, so an interruption loses at most one unit.
 
     Parameters
     ----------
@@ -478,13 +479,31 @@ def write_segments(
                         **dict(zip(_BOX, crop_box(mask), strict=True)),
                     }
                 )
+            for rank in range(len(segments.indices) + 1, _highest_rank(unit_folder) + 1):
+                for kind in KINDS:
+                    (unit_folder / f"{rank:02d}_{kind}.png").unlink(missing_ok=True)
             write_png(folder / f"unit{segments.unit:04d}_grid.png", segments.grid())
         table = pd.DataFrame(rows)
         images = dissection.images().set_index("index")["path"]
         table.insert(4, "image", images.reindex(table["image_index"]).to_numpy())
-        write_csv(folder / "segments.csv", table)
+        write_csv(folder / "segments.csv", _merge_rows(folder / "segments.csv", table))
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
 
 _BOX = ("crop_top", "crop_left", "crop_bottom", "crop_right")
+
+
+def _highest_rank(folder: Path) -> int:
+    """The highest rank of the pictures already in a unit's folder (0 if none)."""
+    ranks = [int(path.name[:2]) for path in folder.glob("[0-9][0-9]_*.png")]
+    return max(ranks, default=0)
+
+
+def _merge_rows(path: Path, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` plus the rows of units it does not have from an earlier ``segments.csv``."""
+    if not path.is_file():
+        return table
+    old = pd.read_csv(path, dtype={"layer": str})
+    kept = old[~old["unit"].isin(set(table["unit"]))]
+    return pd.concat([kept, table], ignore_index=True).sort_values(["unit", "rank"], kind="stable")

@@ -206,6 +206,16 @@ def test_write_segments_files(dissection):
         box = crop_box(segmented.masks[rank - 1])
         assert tuple(row[["crop_top", "crop_left", "crop_bottom", "crop_right"]]) == box
         assert row["coverage"] == pytest.approx(segmented.masks[rank - 1].mean())
+    write_segments(dissection, ["conv2"], [3, 4], top=1, progress=False)
+    merged = pd.read_csv(folder / "segments.csv")
+    assert list(zip(merged["unit"], merged["rank"], strict=True)) == [
+        (1, 1),
+        (1, 2),
+        (3, 1),
+        (4, 1),
+    ]
+    assert not (folder / "unit0003" / "02_crop.png").exists()
+    write_segments(dissection, ["conv2"], [3], top=2, progress=False)
     grid = np.asarray(Image.open(folder / "unit0003_grid.png"))
     np.testing.assert_array_equal(grid, segmented.grid())
     assert not list(folder.rglob("*.tmp"))
