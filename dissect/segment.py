@@ -17,6 +17,7 @@ unit; :func:`write_segments` writes them under ``segments/<layer>/`` (``dissect 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -496,8 +497,8 @@ _BOX = ("crop_top", "crop_left", "crop_bottom", "crop_right")
 
 def _highest_rank(folder: Path) -> int:
     """The highest rank of the pictures already in a unit's folder (0 if none)."""
-    ranks = [int(path.name[:2]) for path in folder.glob("[0-9][0-9]_*.png")]
-    return max(ranks, default=0)
+    names = (re.match(r"(\d+)_", path.name) for path in folder.glob("*.png"))
+    return max((int(name[1]) for name in names if name), default=0)
 
 
 def _merge_rows(path: Path, table: pd.DataFrame) -> pd.DataFrame:
