@@ -371,7 +371,11 @@ def iter_segments(
         One per unit, in the order of ``units``; a unit's empty top-K slots (fewer images than
         K in the data) are left out.
     """
-    dissection.check_layers([layer])
+    if not dissection.geometry(layer).is_spatial:
+        raise DissectError(
+            f"layer {layer!r} has no spatial map (output {dissection.geometry(layer).output_shape})"
+            "; segment a convolution or pooling layer."
+        )
     units = dissection.check_units(layer, units)
     if top is not None and top < 1:
         raise DissectError(f"--top must be at least 1, got {top}.")

@@ -188,6 +188,22 @@ def test_bad_arguments(dissection):
         next(iter_segments(dissection, "conv2", peak_fraction=0, progress=False))
 
 
+def test_non_spatial_layer_is_refused(tmp_path, image_folder, tiny_spec):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flat = run_dissection(
+            tiny_spec,
+            str(image_folder),
+            tmp_path,
+            ["fc"],
+            topk=1,
+            preprocess=PREPROCESS,
+            progress=False,
+        )
+    with pytest.raises(DissectError, match=r"'fc' has no spatial map \(output \(3,\)\)"):
+        next(iter_segments(flat, "fc", progress=False))
+
+
 def test_write_segments_files(dissection):
     table = write_segments(dissection, ["conv2"], [1, 3], top=2, progress=False)
     assert len(table) == 4 and list(table["rank"]) == [1, 2, 1, 2]
