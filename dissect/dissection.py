@@ -5,7 +5,13 @@ A dissection directory holds:
 - ``manifest.json``: model and data specs, layers, parameters, layer geometry, version, timing;
 - ``images.csv``: ``index,path,skipped,reason`` for every image of the data source;
 - ``units.csv``: ``layer,unit,max_activation,mean_activation,threshold,quantile``;
-- ``topk/<layer>.npz``: arrays ``index``, ``score``, ``y``, ``x`` of shape (units, K), best first.
+- ``topk/<layer>.npz``: arrays ``index``, ``score``, ``y``, ``x`` of shape (units, K), best first;
+- ``.checkpoint/rank<r>.pt`` while a pass is unfinished (see :mod:`dissect.checkpoint`).
+
+Under torchrun every process dissects a contiguous shard of whole batches and rank 0 merges the
+statistics and writes the directory (see :mod:`dissect.distributed`): the files equal those of a
+one-process run with the same number of torch threads per process (CPU convolutions round
+differently with another thread count).
 
 Later stages (receptive fields, segmentation, labels, report) open it with :class:`Dissection`.
 """
