@@ -20,6 +20,8 @@ from dissect.checkpoint import (
     Checkpoint,
     deferred_interrupts,
     describe_changes,
+    module_digest,
+    source_digest,
 )
 from dissect.cli import main
 from dissect.data import ImageFolder
@@ -148,6 +150,21 @@ def test_fingerprint_changes_are_named(tmp_path):
         Checkpoint(tmp_path, old).load()
     Checkpoint(tmp_path, old).remove()
     assert not (tmp_path / CHECKPOINT_DIR).exists()
+
+
+def test_digests_see_changed_weights_and_images(tmp_path):
+    from tiny_models import tiny_net
+
+    model = tiny_net()
+    before = module_digest(model)
+    assert module_digest(tiny_net()) == before
+    with torch.no_grad():
+        model.conv2.bias[0] += 1e-6
+    assert module_digest(model) != before
+    images = make_image_folder(tmp_path / "images", count=3)
+    listed = source_digest(ImageFolder(images))
+    (images / "img01.JPG").rename(images / "img01b.JPG")
+    assert source_digest(ImageFolder(images)) != listed
 
 
 def test_signals_are_deferred_to_the_end_of_the_batch():
