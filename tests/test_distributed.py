@@ -78,6 +78,24 @@ for argv in {argvs!r}:
 """
 
 
+def test_sampled_thresholds_of_merged_ranks_keep_the_fraction():
+    """Beyond the sketch buffer, ranks sample with their own seeds; the merge stays in bounds."""
+    generator = torch.Generator().manual_seed(0)
+    scale = torch.linspace(0.5, 4, 4)[:, None]
+    batches = [torch.randn(4, 20000, generator=generator).exp() * scale for _ in range(60)]
+    ranks = []
+    for rank in range(2):
+        stats = UnitStats(4, 1, quantile=0.005, seed=distributed.rank_seed(0, rank))
+        for values in batches[rank * 30 : rank * 30 + 30]:
+            stats.tail.add(values)
+        ranks.append(PassResult({"l": stats}))
+    assert ranks[1].stats["l"].tail.level > 0, "the stream must be long enough to need sampling"
+    merged = ranks[0].merge(ranks[1]).stats["l"]
+    everything = torch.cat(batches, 1)
+    above = (everything > torch.from_numpy(merged.threshold())[:, None]).double().mean(1)
+    np.testing.assert_allclose(above.numpy(), 0.005, rtol=0.1)  # module docstring: ~3% rel. s.e.
+
+
 def run_args(images: Path, out: Path, batch_size: int) -> list[str]:
     return [
         "run", TINY_SPEC, str(images), "--out", str(out), "--layers", "conv1,conv2",
