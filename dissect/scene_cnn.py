@@ -23,11 +23,15 @@ WEIGHTS_PATH = Path(__file__).parent / "weights" / "scene_cnn.pt"
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 #: Output channels of conv1..conv5.
-WIDTHS = (32, 64, 96, 96, 64)
+WIDTHS = (48, 96, 128, 128, 96)
 
 
 class SceneCNN(nn.Module):
     """AlexNet-style convolutions and a global-average-pooling classifier.
+
+    As in AlexNet, conv1 (7 x 7, stride 4) and two 3 x 3 / 2 max-pools bring a 112-pixel input
+    to 7 x 7 feature maps for conv3..conv5 (stride 16); the classifier averages pool5 and
+    applies one linear layer, which keeps conv5 units spatially selective.
 
     Parameters
     ----------
@@ -42,7 +46,7 @@ class SceneCNN(nn.Module):
         super().__init__()
         c1, c2, c3, c4, c5 = WIDTHS
         layers = [
-            ("conv1", nn.Conv2d(3, c1, 5, stride=2, padding=2)),
+            ("conv1", nn.Conv2d(3, c1, 7, stride=4, padding=3)),
             ("pool1", nn.MaxPool2d(3, stride=2, padding=1)),
             ("conv2", nn.Conv2d(c1, c2, 5, padding=2)),
             ("pool2", nn.MaxPool2d(3, stride=2, padding=1)),
@@ -66,7 +70,7 @@ class SceneCNN(nn.Module):
         self._order = [name for name, _ in self.named_children() if name not in _CLASSIFIER]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Output of ``pool5``: (N, 64, 7, 7) for a 112-pixel input."""
+        """Output of ``pool5``: (N, 64, 4, 4) for a 112-pixel input (conv5 is 7 x 7)."""
         for name in self._order:
             x = getattr(self, name)(x)
         return x

@@ -186,7 +186,7 @@ def train(
     model = SceneCNN(batch_norm=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     steps = epochs * (len(train_x) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.2)
     val_accuracy = 0.0
     for epoch in range(epochs):
         model.train()

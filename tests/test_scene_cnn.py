@@ -1,0 +1,103 @@
+"""The built-in scene CNN: architecture, shipped weights, evaluation, training determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from dissect.cli import main
+from dissect.datasets.synthetic import SyntheticWorld
+from dissect.errors import DissectError
+from dissect.models import load_model, read_state_dict
+from dissect.scene_cnn import WEIGHTS_PATH, SceneCNN, fold_batch_norm, scene_cnn
+from dissect.train import accuracy, class_map, evaluate, render_world, train
+
+LAYERS = [
+    "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4",
+    "conv5", "relu5", "pool5", "avgpool", "dropout", "fc",
+]  # fmt: skip
+
+
+def test_layer_names_and_shapes():
+    model = scene_cnn().eval()
+    assert [name for name, _ in model.named_children()] == LAYERS
+    assert model(torch.zeros(2, 3, 112, 112)).shape == (2, 8)
+    assert model.features(torch.zeros(1, 3, 112, 112)).shape[-2:] == (4, 4)
+
+
+def test_folding_batch_norm_changes_nothing():
+    torch.manual_seed(0)
+    trained = SceneCNN(batch_norm=True)
+    for module in trained.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 2)
+            module.bias.data.uniform_(-1, 1)
+    trained.eval()
+    x = torch.randn(3, 3, 112, 112)
+    assert torch.allclose(fold_batch_norm(trained).eval()(x), trained(x), atol=1e-4)
+
+
+def test_shipped_weights_are_a_small_plain_state_dict():
+    assert WEIGHTS_PATH.stat().st_size <= 10 * 2**20
+    state = read_state_dict(WEIGHTS_PATH)  # weights_only=True
+    assert set(state) == set(scene_cnn().state_dict())
+
+
+def test_shipped_model_classifies_fresh_images_well_above_chance():
+    loaded = load_model("scene-cnn")
+    assert loaded.classes == tuple(SyntheticWorld(1).classes)
+    images, labels = render_world(SyntheticWorld(96, seed=2024), progress=False)
+    assert accuracy(loaded.module, images, labels) >= 0.6  # chance is 1/8
+
+
+def test_evaluate_does_not_depend_on_batch_size():
+    loaded = load_model("scene-cnn")
+    results = {
+        size: evaluate(loaded, "synthetic:30:77", batch_size=size, progress=False)
+        for size in (1, 7, 30)
+    }
+    images, labels = render_world(SyntheticWorld(30, seed=77), progress=False)
+    assert set(results.values()) == {accuracy(loaded.module, images, labels)}
+    assert evaluate(loaded, "synthetic:30:77", limit=10, progress=False) == accuracy(
+        loaded.module, images[:10], labels[:10]
+    )
+
+
+def test_folder_classes_are_matched_by_name(tmp_path, capsys):
+    world = SyntheticWorld(16, seed=5)
+    for i in range(len(world)):
+        folder = tmp_path / world.classes[world.label(i)]
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(world.read_rgb(i)).save(folder / f"{i}.png")
+    loaded = load_model("scene-cnn")
+    images, labels = render_world(world, progress=False)
+    assert evaluate(loaded, str(tmp_path), progress=False) == accuracy(
+        loaded.module, images, labels
+    )
+    assert main(["evaluate", "scene-cnn", str(tmp_path), "--batch-size", "5"]) == 0
+    assert capsys.readouterr().out.strip().startswith("accuracy: ")
+    assert class_map(("a", "b", "c"), ["c", "a"]) == [2, 0]
+    with pytest.raises(DissectError, match="not among the model's classes"):
+        class_map(("a", "b"), ["a", "zebra"])
+
+
+def test_unlabelled_data_is_refused(tmp_path, image_folder, capsys):
+    assert main(["evaluate", "scene-cnn", str(image_folder)]) == 2
+    assert "no image-level labels" in capsys.readouterr().err
+
+
+def test_training_is_deterministic(tmp_path):
+    runs = []
+    for name in ("a.pt", "b.pt"):
+        train(str(tmp_path / name), seed=3, images=32, epochs=1, batch_size=16, val_images=8,
+              progress=False)  # fmt: skip
+        runs.append(read_state_dict(tmp_path / name))
+    assert runs[0].keys() == set(scene_cnn().state_dict())
+    for key, value in runs[0].items():
+        assert torch.equal(value, runs[1][key]), key
+    torch.manual_seed(3)
+    initial = SceneCNN(batch_norm=True).fc.weight.detach()
+    assert not torch.allclose(runs[0]["fc.weight"], initial)
