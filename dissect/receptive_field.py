@@ -283,8 +283,14 @@ def _image_size(load_image, measurements) -> int:
 
 
 def _occlude(image: torch.Tensor, patch: torch.Tensor, y: int, x: int) -> torch.Tensor:
+    """A copy of ``image`` with ``patch`` pasted at corner (y, x); parts outside are cut off."""
     occluded = image.clone()
-    occluded[:, y : y + patch.shape[1], x : x + patch.shape[2]] = patch
+    height, width = image.shape[1:]
+    size_y, size_x = patch.shape[1:]
+    top, left = max(y, 0), max(x, 0)
+    bottom, right = min(y + size_y, height), min(x + size_x, width)
+    if top < bottom and left < right:
+        occluded[:, top:bottom, left:right] = patch[:, top - y : bottom - y, left - x : right - x]
     return occluded
 
 
@@ -318,42 +324,54 @@ def _naive(
 class _AxisPlan:
     """Per occluder corner along one axis: touched feature positions and the crop to run."""
 
-    first: np.ndarray  # first feature position whose receptive field the occluder touches
+    first: np.ndarray  # first feature position of interest whose receptive field it touches
     last: np.ndarray  # last such position (first > last: none)
     start: np.ndarray  # crop start in input pixels (a multiple of the layer stride)
     stop: np.ndarray  # crop end (exclusive)
 
-
-def _axis_plan(
-    corners: np.ndarray, occluder: int, image_size: int, rf: int, jump: int, near: int,
-    positions: int,
-) -> _AxisPlan:  # fmt: skip
-    """Crop along one axis for every occluder corner (``near``: input start of position 0's RF).
-
-    The crop covers the receptive fields of every touched position, clipped to the image; its
-    start is a multiple of ``jump`` (so crop position ``j`` is image position ``j + start/jump``);
-    every crop has one of two widths (interior, or flush with the far border).
-    """
-    first = np.ceil((corners - rf + 1 - near) / jump).astype(np.int64)
-    last = np.floor((corners + occluder - 1 - near) / jump).astype(np.int64)
-    first, last = np.maximum(first, 0), np.minimum(last, positions - 1)
-    low = np.maximum(near + first * jump, 0)
-    high = np.minimum(near + last * jump + rf, image_size)
-    start = low // jump * jump
-    touched = first <= last
-    width = int((high - start)[touched].max()) if touched.any() else image_size
-    if width >= image_size:
-        start, stop = np.zeros_like(start), np.full_like(start, image_size)
-    else:
-        stop = start + width
-        far = stop > image_size
-        start[far] = (image_size - width) // jump * jump
-        stop[far] = image_size
-    return _AxisPlan(first, last, start, stop)
+    def size(self) -> np.ndarray:
+        return self.stop - self.start
 
 
-def _plans(geometry: LayerGeometry, corners, occluder, image_size):
-    plans = []
+@dataclass(frozen=True)
+class _Axis:
+    """Receptive-field geometry of the layer along one axis, in whole input pixels."""
+
+    rf: int
+    jump: int
+    near: int  # input coordinate where the receptive field of feature position 0 starts
+    positions: int  # feature positions along the axis
+
+    def plan(
+        self, corners: np.ndarray, occluder: int, image_size: int, lo: int, hi: int
+    ) -> _AxisPlan:
+        """Crops for every occluder corner, reading feature positions ``lo..hi`` only.
+
+        The crop covers the receptive fields of the positions of interest that the occluder
+        touches, clipped to the image; it starts at a multiple of ``jump`` (so crop position
+        ``j`` is image position ``j + start / jump``); every crop has one of two widths
+        (interior, or flush with the far border of the image).
+        """
+        first = np.ceil((corners - self.rf + 1 - self.near) / self.jump).astype(np.int64)
+        last = np.floor((corners + occluder - 1 - self.near) / self.jump).astype(np.int64)
+        first, last = np.maximum(first, lo), np.minimum(last, hi)
+        low = np.maximum(self.near + first * self.jump, 0)
+        high = np.minimum(self.near + last * self.jump + self.rf, image_size)
+        start = low // self.jump * self.jump
+        touched = first <= last
+        width = int((high - start)[touched].max()) if touched.any() else image_size
+        if width >= image_size:
+            start, stop = np.zeros_like(start), np.full_like(start, image_size)
+        else:
+            stop = start + width
+            far = stop > image_size
+            start[far] = (image_size - width) // self.jump * self.jump
+            stop[far] = image_size
+        return _AxisPlan(first, last, start, stop)
+
+
+def _axes(geometry: LayerGeometry) -> tuple[_Axis, _Axis]:
+    axes = []
     for axis in range(2):
         jump = geometry.stride[axis]
         if jump < 1 or not float(jump).is_integer():
@@ -361,25 +379,60 @@ def _plans(geometry: LayerGeometry, corners, occluder, image_size):
                 f"layer {geometry.name!r} has a stride of {jump} px, not a whole number; "
                 "occlusion needs a convolution or pooling layer with an integer stride."
             )
-        rf, jump = int(geometry.rf[axis]), int(jump)
+        rf = int(geometry.rf[axis])
         near = int(round(geometry.offset[axis] - (rf - 1) / 2))
-        plans.append(
-            _axis_plan(
-                corners, occluder, image_size, rf, jump, near, geometry.output_shape[1 + axis]
-            )
-        )
-    return plans
+        axes.append(_Axis(rf, int(jump), near, geometry.output_shape[1 + axis]))
+    return axes[0], axes[1]
 
 
-def _jobs_for_image(plan_y, plan_x, ys, xs, discrepancy) -> np.ndarray:
-    """Occluder (row, column) pairs to run on one image, as a (J, 2) array."""
-    if discrepancy == "peak":
+@dataclass(frozen=True)
+class _Group:
+    """Measurements of one image read from the same crops, and the occluders to run on them."""
+
+    image: int  # position in the list of distinct images
+    members: np.ndarray  # measurement indices
+    plan_y: _AxisPlan
+    plan_x: _AxisPlan
+    jobs: np.ndarray  # (J, 2) occluder (row, column) indices
+
+    def cost(self) -> int:
+        """Input pixels of all its occluded crops."""
+        rows, cols = self.jobs[:, 0], self.jobs[:, 1]
+        return int((self.plan_y.size()[rows] * self.plan_x.size()[cols]).sum())
+
+
+def _group(image, members, box, axes, corners, occluder, image_size, measurements, peak):
+    """The group reading feature positions in ``box`` (y_lo, y_hi, x_lo, x_hi) of one image."""
+    plan_y = axes[0].plan(corners, occluder, image_size, box[0], box[1])
+    plan_x = axes[1].plan(corners, occluder, image_size, box[2], box[3])
+    if peak:
+        ys, xs = measurements.y[members], measurements.x[members]
         hit_y = (ys[None] >= plan_y.first[:, None]) & (ys[None] <= plan_y.last[:, None])
         hit_x = (xs[None] >= plan_x.first[:, None]) & (xs[None] <= plan_x.last[:, None])
         hit = (hit_y.astype(np.float32) @ hit_x.T.astype(np.float32)) > 0
     else:
         hit = (plan_y.first <= plan_y.last)[:, None] & (plan_x.first <= plan_x.last)[None]
-    return np.argwhere(hit)
+    return _Group(image, members, plan_y, plan_x, np.argwhere(hit))
+
+
+def _groups_for_image(image, members, axes, corners, occluder, image_size, measurements, peak):
+    """How to occlude one image: the cheaper of one crop plan for the bounding box of all its
+    peaks (the whole map for ``map``) and one plan per distinct peak position."""
+    args = (axes, corners, occluder, image_size, measurements, peak)
+    if not peak:
+        box = (0, axes[0].positions - 1, 0, axes[1].positions - 1)
+        return [_group(image, members, box, *args)]
+    ys, xs = measurements.y[members], measurements.x[members]
+    together = [_group(image, members, (ys.min(), ys.max(), xs.min(), xs.max()), *args)]
+    peaks, which = np.unique(np.column_stack([ys, xs]), axis=0, return_inverse=True)
+    if len(peaks) == 1:
+        return together
+    apart = [
+        _group(image, members[which.ravel() == p], (y, y, x, x), *args)
+        for p, (y, x) in enumerate(peaks)
+    ]
+    cost = sum(group.cost() for group in apart)
+    return apart if cost < sum(group.cost() for group in together) else together
 
 
 def _fast(
@@ -387,63 +440,73 @@ def _fast(
     device, progress, grids, done, checkpoint,
 ) -> None:  # fmt: skip
     """Shared, stopped, skipped, cropped and batched occluded passes (module docstring)."""
-    plan_y, plan_x = _plans(geometry, corners, patch.shape[-1], image_size)
-    jump_y, jump_x = int(geometry.stride[0]), int(geometry.stride[1])
+    axes = _axes(geometry)
     order = np.argsort(measurements.image, kind="stable")
     images, first_of = np.unique(measurements.image[order], return_index=True)
     bounds = np.append(first_of, len(order))
-    per_image = []
-    for i in range(len(images)):
-        members = order[bounds[i] : bounds[i + 1]]
-        jobs = _jobs_for_image(
-            plan_y, plan_x, measurements.y[members], measurements.x[members], config.discrepancy
-        )
-        per_image.append((members, jobs))
-    total = sum(len(jobs) for _, jobs in per_image)
+    peak = config.discrepancy == "peak"
+    per_image = [
+        _groups_for_image(
+            i,
+            order[bounds[i] : bounds[i + 1]],
+            axes,
+            corners,
+            patch.shape[-1],
+            image_size,
+            measurements,
+            peak,
+        )  # fmt: skip
+        for i in range(len(images))
+    ]
+    total = sum(len(group.jobs) for groups in per_image for group in groups)
     bar = tqdm(total=total, initial=done, unit="pass", disable=not progress)
     chunk_images = max(1, config.batch_size)
     position = 0
     with LayerTrace(module, [layer], stop=True) as trace:
         for chunk_start in range(0, len(images), chunk_images):
-            chunk = range(chunk_start, min(chunk_start + chunk_images, len(images)))
-            count = sum(len(per_image[i][1]) for i in chunk)
+            groups = [
+                g for groups in per_image[chunk_start : chunk_start + chunk_images] for g in groups
+            ]
+            count = sum(len(group.jobs) for group in groups)
             if position + count <= done:
                 position += count
                 continue
-            # Jobs of the chunk, grouped by crop shape: (image, row, column).
-            jobs = np.concatenate([_tagged(i, per_image[i][1]) for i in chunk])
-            heights = plan_y.stop[jobs[:, 1]] - plan_y.start[jobs[:, 1]]
-            widths = plan_x.stop[jobs[:, 2]] - plan_x.start[jobs[:, 2]]
-            jobs = jobs[np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], widths, heights))]
-            tensors = {i: load_image(int(images[i])).to(device) for i in chunk}
-            base = {}
-            for i in chunk:
-                base[i] = trace(tensors[i][None])[layer][0]
-            skip = max(done - position, 0)
-            index = skip
+            # Jobs of the chunk as (group, row, column), sorted by crop shape.
+            jobs = np.concatenate(
+                [np.column_stack([np.full(len(g.jobs), k), g.jobs]) for k, g in enumerate(groups)]
+            )
+            shapes = np.array(
+                [(groups[k].plan_y.size()[r], groups[k].plan_x.size()[c]) for k, r, c in jobs]
+            ).reshape(-1, 2)
+            ranking = np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], shapes[:, 1], shapes[:, 0]))
+            jobs, shapes = jobs[ranking], shapes[ranking]
+            wanted = sorted({group.image for group in groups})
+            tensors = {i: load_image(int(images[i])).to(device) for i in wanted}
+            base = {i: trace(tensors[i][None])[layer][0] for i in wanted}
+            index = max(done - position, 0)
             while index < len(jobs):
-                row, col = jobs[index, 1], jobs[index, 2]
-                crop = (plan_y.stop[row] - plan_y.start[row], plan_x.stop[col] - plan_x.start[col])
-                limit = max(1, config.batch_size * image_size**2 // (crop[0] * crop[1]))
+                height, width = shapes[index]
+                limit = max(1, config.batch_size * image_size**2 // int(height * width))
                 end = index + 1
-                while end < len(jobs) and end - index < limit:
-                    r, c = jobs[end, 1], jobs[end, 2]
-                    if (plan_y.stop[r] - plan_y.start[r], plan_x.stop[c] - plan_x.start[c]) != crop:
-                        break
+                while (
+                    end < len(jobs) and end - index < limit and (shapes[end] == shapes[index]).all()
+                ):
                     end += 1
-                batch = jobs[index:end]
+                batch = [(groups[k], r, c) for k, r, c in jobs[index:end]]
                 crops = []
-                for i, r, c in batch:
-                    y0, x0 = plan_y.start[r], plan_x.start[c]
-                    window = tensors[i][:, y0 : plan_y.stop[r], x0 : plan_x.stop[c]]
+                for group, r, c in batch:
+                    y0, x0 = group.plan_y.start[r], group.plan_x.start[c]
+                    window = tensors[group.image][
+                        :, y0 : group.plan_y.stop[r], x0 : group.plan_x.stop[c]
+                    ]
                     crops.append(
                         _occlude(window, patch, int(corners[r] - y0), int(corners[c] - x0))
                     )
                 maps = trace(torch.stack(crops))[layer]
-                _record(
-                    grids, maps, batch, per_image, measurements, base, plan_y, plan_x,
-                    jump_y, jump_x, config.discrepancy,
-                )  # fmt: skip
+                for b, (group, r, c) in enumerate(batch):
+                    _record(
+                        grids, maps[b], group, r, c, measurements, base[group.image], axes, peak
+                    )
                 bar.update(len(batch))
                 index = end
                 if checkpoint is not None:
@@ -452,38 +515,26 @@ def _fast(
     bar.close()
 
 
-def _tagged(image: int, jobs: np.ndarray) -> np.ndarray:
-    """Prefix (row, column) jobs with their image: (J, 3)."""
-    return np.column_stack([np.full(len(jobs), image), jobs])
-
-
-def _record(
-    grids, maps, batch, per_image, measurements, base, plan_y, plan_x, jump_y, jump_x,
-    discrepancy,
-) -> None:  # fmt: skip
-    """Write the discrepancies of one batch of occluded crops into ``grids``."""
-    for b, (i, r, c) in enumerate(batch):
-        members = per_image[i][0]
-        shift_y, shift_x = plan_y.start[r] // jump_y, plan_x.start[c] // jump_x
-        y_lo, y_hi = plan_y.first[r], plan_y.last[r]
-        x_lo, x_hi = plan_x.first[c], plan_x.last[c]
-        if discrepancy == "peak":
-            ys, xs = measurements.y[members], measurements.x[members]
-            hit = (ys >= y_lo) & (ys <= y_hi) & (xs >= x_lo) & (xs <= x_hi)
-            members, ys, xs = members[hit], ys[hit], xs[hit]
-            units = torch.as_tensor(measurements.unit[members], device=maps.device)
-            ys_t = torch.as_tensor(ys, device=maps.device)
-            xs_t = torch.as_tensor(xs, device=maps.device)
-            occluded = maps[b, units, ys_t - int(shift_y), xs_t - int(shift_x)]
-            original = base[i][units, ys_t, xs_t]
-        else:
-            units = torch.as_tensor(measurements.unit[members], device=maps.device)
-            window = maps[
-                b, :, y_lo - shift_y : y_hi - shift_y + 1, x_lo - shift_x : x_hi - shift_x + 1
-            ]
-            diff = (window - base[i][:, y_lo : y_hi + 1, x_lo : x_hi + 1]).abs().sum((1, 2))
-            occluded, original = diff[units], 0
-        grids[members, r, c] = (occluded - original).abs().float().cpu().numpy()
+def _record(grids, maps, group, r, c, measurements, base, axes, peak) -> None:
+    """Write the discrepancies read from one occluded crop (``maps``: C, h, w) into ``grids``."""
+    shift_y = int(group.plan_y.start[r]) // axes[0].jump
+    shift_x = int(group.plan_x.start[c]) // axes[1].jump
+    y_lo, y_hi = int(group.plan_y.first[r]), int(group.plan_y.last[r])
+    x_lo, x_hi = int(group.plan_x.first[c]), int(group.plan_x.last[c])
+    members = group.members
+    if peak:
+        ys, xs = measurements.y[members], measurements.x[members]
+        hit = (ys >= y_lo) & (ys <= y_hi) & (xs >= x_lo) & (xs <= x_hi)
+        members = members[hit]
+        units = torch.as_tensor(measurements.unit[members], device=maps.device)
+        ys = torch.as_tensor(ys[hit], device=maps.device)
+        xs = torch.as_tensor(xs[hit], device=maps.device)
+        diff = (maps[units, ys - shift_y, xs - shift_x] - base[units, ys, xs]).abs()
+    else:
+        units = torch.as_tensor(measurements.unit[members], device=maps.device)
+        window = maps[:, y_lo - shift_y : y_hi - shift_y + 1, x_lo - shift_x : x_hi - shift_x + 1]
+        diff = (window - base[:, y_lo : y_hi + 1, x_lo : x_hi + 1]).abs().sum((1, 2))[units]
+    grids[members, r, c] = diff.float().cpu().numpy()
 
 
 def average_maps(
