@@ -146,7 +146,7 @@ def evaluate(
 def train(
     out: str,
     seed: int = 0,
-    images: int = 8000,
+    images: int = 10000,
     epochs: int = 8,
     batch_size: int = 64,
     lr: float = 3e-3,
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, help="state-dict file to write")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--images", type=int, default=8000, help="training images (8000)")
+    parser.add_argument("--images", type=int, default=10000, help="training images (10000)")
     parser.add_argument("--epochs", type=int, default=8, help="passes over them (8)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (64)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (0.003)")
