@@ -250,7 +250,7 @@ class _Canvas:
             if bottom <= top:
                 continue
             name = names[int(self.rng.integers(len(names)))]
-            tint = np.array(BACKGROUND_MATERIALS[name], np.float32) + self.rng.normal(0, 12, 3)
+            tint = np.array(BACKGROUND_MATERIALS[name], np.float32) + self.rng.uniform(-20, 20, 3)
             patch = self.texture_patch(name, bottom - top, size)
             self.rgb[top:bottom] = patch[..., None] * tint.astype(np.float32)
             self.material[top:bottom] = MATERIAL_INDEX[name]
@@ -269,7 +269,7 @@ class _Canvas:
         looks = {}
         for part in kind.parts:
             material = OBJECT_MATERIALS[int(self.rng.integers(len(OBJECT_MATERIALS)))]
-            tint = _TINTS[int(self.rng.integers(len(_TINTS)))] + self.rng.normal(0, 15, 3)
+            tint = _TINTS[int(self.rng.integers(len(_TINTS)))] + self.rng.uniform(-25, 25, 3)
             patch = self.texture_patch(material, y1 - y0, x1 - x0)
             looks[part] = (material, patch[..., None] * tint.astype(np.float32))
         rgb = self.rgb[y0:y1, x0:x1]

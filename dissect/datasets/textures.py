@@ -3,6 +3,10 @@
 A material is a grey-level pattern (mean 1) that modulates a tint colour: brick, grass and gravel
 come from the photographs scikit-image ships; the others are procedural. Colour names are computed
 per pixel from the rendered image, as Broden labels its colour concepts.
+
+Everything here uses only correctly rounded arithmetic (no ``sin``/``exp``, whose vectorised
+implementations differ between CPUs) and quantises the tiles, so that every machine renders the
+same bytes.
 """
 
 from __future__ import annotations
@@ -53,22 +57,30 @@ COLORS = tuple(PALETTE)
 
 
 def _normalise(pattern: np.ndarray, contrast: float) -> np.ndarray:
-    pattern = pattern.astype(np.float32)
+    """Zero mean, unit spread, scaled by ``contrast`` around 1, in steps of 1/64."""
     pattern = (pattern - pattern.mean()) / (pattern.std() + 1e-6)
-    return np.clip(1.0 + contrast * pattern, 0.3, 1.7).astype(np.float32)
+    pattern = np.clip(1.0 + contrast * pattern, 0.3, 1.7)
+    return (np.round(pattern * 64) / 64).astype(np.float32)
+
+
+def _wave(t: np.ndarray) -> np.ndarray:
+    """A sine-like wave of period 2 pi from arithmetic alone (a smoothed triangle wave)."""
+    phase = np.mod(t / (2 * np.pi), 1.0)
+    triangle = 1.0 - 4.0 * np.abs(phase - 0.5)
+    return triangle * (1.5 - 0.5 * triangle * triangle)
 
 
 def _photo(name: str) -> np.ndarray:
     import skimage.data
 
-    photo = getattr(skimage.data, name)().astype(np.float32)
-    return photo.reshape(TILE, 2, TILE, 2).mean(axis=(1, 3))
+    photo = getattr(skimage.data, name)().astype(np.float64)
+    return photo.reshape(TILE, 2, TILE, 2).sum(axis=(1, 3)) / 4
 
 
 def _smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
     """Bilinearly interpolated value noise with ``cells`` cells per tile side."""
-    grid = rng.random((cells + 1, cells + 1)).astype(np.float32)
-    t = np.linspace(0, cells, TILE, endpoint=False, dtype=np.float32)
+    grid = rng.random((cells + 1, cells + 1))
+    t = np.linspace(0, cells, TILE, endpoint=False)
     i = t.astype(int)
     f = t - i
     rows = grid[i] * (1 - f)[:, None] + grid[i + 1] * f[:, None]
@@ -82,7 +94,7 @@ def texture(material: str) -> np.ndarray:
     Deterministic: the same array on every machine and in every process.
     """
     rng = np.random.default_rng(sum(map(ord, material)))
-    y, x = np.mgrid[0:TILE, 0:TILE].astype(np.float32)
+    y, x = np.mgrid[0:TILE, 0:TILE].astype(np.float64)
     if material in ("brick", "grass", "gravel"):
         return _normalise(_photo(material), 0.35)
     if material == "sky":
@@ -90,16 +102,16 @@ def texture(material: str) -> np.ndarray:
     if material == "sand":
         return _normalise(rng.random((TILE, TILE)) + 0.5 * _smooth_noise(rng, 16), 0.12)
     if material == "water":
-        waves = np.sin(y / 2.5 + 2.0 * np.sin(x / 9.0)) + 0.3 * _smooth_noise(rng, 12)
+        waves = _wave(y / 2.5 + 2.0 * _wave(x / 9.0)) + 0.3 * _smooth_noise(rng, 12)
         return _normalise(waves, 0.18)
     if material == "wood":
-        grain = np.sin(y / 1.6 + 6.0 * _smooth_noise(rng, 4)) + 0.2 * rng.random((TILE, TILE))
+        grain = _wave(y / 1.6 + 6.0 * _smooth_noise(rng, 4)) + 0.2 * rng.random((TILE, TILE))
         return _normalise(grain, 0.2)
     if material == "metal":
-        streaks = rng.random(TILE).astype(np.float32)[None, :].repeat(TILE, 0)
+        streaks = rng.random(TILE)[None, :].repeat(TILE, 0)
         return _normalise(streaks + 0.5 * x / TILE, 0.12)
     if material == "fabric":
-        return _normalise(np.sin(x * 1.6) * np.sin(y * 1.6) + 0.2 * rng.random((TILE, TILE)), 0.2)
+        return _normalise(_wave(x * 1.6) * _wave(y * 1.6) + 0.2 * rng.random((TILE, TILE)), 0.2)
     if material == "plastic":
         return _normalise(_smooth_noise(rng, 6), 0.04)
     raise KeyError(material)
