@@ -312,13 +312,13 @@ def _from_edges(edges: list, shape: tuple[int, int], canvas: int) -> tuple:
         last = canvas - 1
         # Far edges of the first positions and near edges of the last ones are unclipped
         # as long as they stay strictly inside the canvas.
+        axis_clipped = hi[0] >= last or lo[3] <= 0
         if pos[1] > pos[0] and hi[1] < last:
             jump = (hi[1] - hi[0]) / (pos[1] - pos[0])
         elif pos[3] > pos[2] and lo[2] > 0:
             jump = (lo[3] - lo[2]) / (pos[3] - pos[2])
-        else:
-            jump = float(canvas)
-        axis_clipped = hi[0] >= last or lo[3] <= 0
+        else:  # no two unclipped edges: measure again on a larger canvas
+            jump, axis_clipped = float(canvas), True
         size = hi[0] - lo[3] + (pos[3] - pos[0]) * jump + 1
         if axis_clipped:
             size = max(size, hi[0] - lo[0] + 1, hi[3] - lo[3] + 1)

@@ -102,6 +102,21 @@ def test_receptive_field_larger_than_the_image():
     assert geometry.rf == (49, 49) and not geometry.rf_clipped
 
 
+def test_small_maps_whose_neighbours_touch_the_border():
+    # The built-in scene CNN's layout at 112 px: pool5 is 4x4 and its RF (191) exceeds the image.
+    model = nn.Sequential(
+        nn.Conv2d(3, 2, 7, 4, 3),
+        nn.MaxPool2d(3, 2, 1),
+        nn.Conv2d(2, 2, 5, padding=2),
+        nn.MaxPool2d(3, 2, 1),
+        *[nn.Conv2d(2, 2, 3, padding=1) for _ in range(3)],
+        nn.MaxPool2d(3, 2, 1),
+    )
+    geometry = layer_geometry(model.eval(), ["7"], 112)["7"]
+    assert (geometry.rf, geometry.stride, geometry.offset) == ((191, 191), (32, 32), (0, 0))
+    assert geometry.output_shape == (2, 4, 4) and not geometry.rf_clipped
+
+
 def test_table_lists_every_layer():
     table = geometry_table(alexnet(), 227)
     assert list(table["layer"]) == [name for name, _ in alexnet().named_children()]
