@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -66,6 +67,8 @@ from .hooks import LayerTrace
 from .io import read_npz, write_csv, write_npz
 from .models import LoadedModel
 
+#: Ways to compute discrepancy maps: fast (incremental where possible, else crop), or naive.
+METHODS = ("fast", "incremental", "crop", "naive")
 #: Discrepancy measures, see the module docstring.
 DISCREPANCIES = ("peak", "map")
 #: Folder (inside the dissection directory) of the per-layer map files.
@@ -229,8 +232,10 @@ def discrepancy_maps(
     config : OcclusionConfig
         Occluder size and stride, discrepancy measure, batch size.
     method : str
-        ``fast`` (see the module docstring) or ``naive`` (one full forward per occluder position,
-        per measurement, batched by ``config.batch_size``).
+        ``fast`` (default): ``incremental`` where the network up to ``layer`` is a plain chain of
+        convolutions, max pooling and point-wise modules, else ``crop`` (see the module
+        docstring); ``naive``: one full forward per occluder position, per measurement, batched
+        by ``config.batch_size``. All give the same maps up to float32 round-off.
     device : torch.device or str
         Where the forward passes run.
     progress : bool
@@ -265,14 +270,14 @@ def discrepancy_maps(
     device = torch.device(device)
     module.to(device)
     patch = patch.to(device)
-    runner = _fast if method == "fast" else _naive if method == "naive" else None
-    if runner is None:
-        raise ValueError(f"method must be 'fast' or 'naive', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    args = (module, layer, geometry, load_image, measurements, patch, config, corners)
     with torch.inference_mode():
-        runner(
-            module, layer, geometry, load_image, measurements, patch, config, corners,
-            image_size, device, progress, grids, done, checkpoint,
-        )  # fmt: skip
+        if method == "naive":
+            _naive(*args, device, progress, grids)
+        else:
+            _fast(*args, image_size, device, progress, grids, done, checkpoint, method)
     return grids
 
 
@@ -295,8 +300,8 @@ def _occlude(image: torch.Tensor, patch: torch.Tensor, y: int, x: int) -> torch.
 
 
 def _naive(
-    module, layer, geometry, load_image, measurements, patch, config, corners, image_size,
-    device, progress, grids, done, checkpoint,
+    module, layer, geometry, load_image, measurements, patch, config, corners, device, progress,
+    grids,
 ) -> None:  # fmt: skip
     """One full forward per occluder position, per measurement."""
     positions = [(int(y), int(x)) for y in corners for x in corners]
@@ -415,7 +420,9 @@ def _group(image, members, box, axes, corners, occluder, image_size, measurement
     return _Group(image, members, plan_y, plan_x, np.argwhere(hit))
 
 
-def _groups_for_image(image, members, axes, corners, occluder, image_size, measurements, peak):
+def _groups_for_image(
+    image, members, axes, corners, occluder, image_size, measurements, peak, split
+):
     """How to occlude one image: the cheaper of one crop plan for the bounding box of all its
     peaks (the whole map for ``map``) and one plan per distinct peak position."""
     args = (axes, corners, occluder, image_size, measurements, peak)
@@ -425,7 +432,7 @@ def _groups_for_image(image, members, axes, corners, occluder, image_size, measu
     ys, xs = measurements.y[members], measurements.x[members]
     together = [_group(image, members, (ys.min(), ys.max(), xs.min(), xs.max()), *args)]
     peaks, which = np.unique(np.column_stack([ys, xs]), axis=0, return_inverse=True)
-    if len(peaks) == 1:
+    if len(peaks) == 1 or not split:
         return together
     apart = [
         _group(image, members[which.ravel() == p], (y, y, x, x), *args)
@@ -435,38 +442,269 @@ def _groups_for_image(image, members, axes, corners, occluder, image_size, measu
     return apart if cost < sum(group.cost() for group in together) else together
 
 
+#: Modules that act on every position separately (in eval mode): windows pass through them.
+_POINTWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
+    nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One module of a plain chain, with its window arithmetic (per axis) if it is spatial."""
+
+    module: nn.Module
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    fill: float = 0.0  # value of its padding: 0 for convolutions, -inf for max pooling
+
+    @property
+    def spatial(self) -> bool:
+        return not isinstance(self.module, _POINTWISE)
+
+    def reach(self, axis: int) -> int:
+        return self.dilation[axis] * (self.kernel[axis] - 1)
+
+    def apply(self, window: torch.Tensor) -> torch.Tensor:
+        """The module on a window that already holds its padding."""
+        if isinstance(self.module, nn.Conv2d):
+            conv = self.module
+            return F.conv2d(
+                window, conv.weight, conv.bias, self.stride, 0, self.dilation, conv.groups
+            )
+        if isinstance(self.module, nn.MaxPool2d):
+            return F.max_pool2d(window, self.kernel, self.stride, 0, self.dilation)
+        return self.module.forward(window)
+
+
+def _two(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _as_step(module: nn.Module) -> _Step | None:
+    """The step of a supported module, else None."""
+    if isinstance(module, _POINTWISE):
+        return _Step(module)
+    if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
+        if module.padding == "same":
+            return None
+        padding = (0, 0) if module.padding == "valid" else _two(module.padding)
+        return _Step(
+            module, _two(module.kernel_size), _two(module.stride), padding, _two(module.dilation)
+        )
+    if isinstance(module, nn.MaxPool2d) and not module.return_indices:
+        return _Step(
+            module, _two(module.kernel_size), _two(module.stride or module.kernel_size),
+            _two(module.padding), _two(module.dilation), -math.inf,
+        )  # fmt: skip
+    return None
+
+
+def _chain(module: nn.Module, layer: str, image: torch.Tensor) -> list[_Step] | None:
+    """The modules from the input to ``layer``, if they form a plain chain of supported modules.
+
+    Each module must take exactly the previous one's output (checked by identity during a
+    forward) and recomputing ``layer`` module by module on ``image`` must give the traced value;
+    otherwise (branches, functional calls in ``forward``, unsupported modules) None.
+    """
+    target = dict(module.named_modules())[layer]
+    watched = {id(c): c for _, c in module.named_modules() if not list(c.children())}
+    watched[id(target)] = target
+    calls = []
+    handles = [
+        child.register_forward_hook(lambda c, i, o: calls.append((c, i, o)))
+        for child in watched.values()
+    ]
+    start = image[None]
+    try:
+        with LayerTrace(module, [layer], stop=True) as trace:
+            expected = trace(start)[layer]
+    finally:
+        for handle in handles:
+            handle.remove()
+    steps, previous = [], start
+    for child, inputs, output in calls:
+        if child is target and list(child.children()):
+            if output is not previous:
+                return None
+            break
+        step = _as_step(child)
+        if step is None or len(inputs) != 1 or inputs[0] is not previous:
+            return None
+        steps.append(step)
+        previous = output
+        if child is target:
+            break
+    else:
+        return None
+    result = start
+    for step in steps:
+        result = step.module.forward(result)
+    same = result.shape == expected.shape and torch.allclose(result, expected, 1e-4, 1e-5)
+    return steps if same else None
+
+
+@dataclass(frozen=True)
+class _StepWindows:
+    """Fixed window sizes of one spatial step for a given occluder size, per axis."""
+
+    changed: tuple[int, int]  # side of the changed window at the step's input
+    out: tuple[int, int]  # side of the output window computed
+    needed: tuple[int, int]  # side of the input window read (padding included)
+    length: tuple[int, int]  # output length of the step
+
+
+class _Incremental:
+    """Occluded passes that recompute, layer by layer, only the positions the occluder changes.
+
+    The base activations of each image are computed once; an occluded pass then runs each
+    convolution / pooling only on the window of outputs whose input window the occluder has
+    changed (the rest equal the base), reading the base around it with the layer's own padding.
+    """
+
+    def __init__(self, steps: list[_Step], image: torch.Tensor, occluder: int):
+        self.steps = steps
+        self.windows: list[_StepWindows | None] = []
+        changed = (occluder, occluder)
+        #: Input positions read by an occluded pass, and by a whole-image pass (all steps).
+        self.cost, self.full = 0, 0
+        x = image[None]
+        for step in steps:
+            if not step.spatial:
+                self.windows.append(None)
+                x = step.module.forward(x)
+                continue
+            self.full += x.shape[2] * x.shape[3]
+            x = step.module.forward(x)
+            lengths = x.shape[2:]
+            out = tuple(
+                min(lengths[a], (changed[a] - 1 + step.reach(a)) // step.stride[a] + 1)
+                for a in range(2)
+            )
+            needed = tuple((out[a] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2))
+            self.windows.append(_StepWindows(changed, out, needed, tuple(lengths)))
+            self.cost += needed[0] * needed[1]
+            changed = out
+
+    def base(self, image: torch.Tensor) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+        """Padded inputs of the spatial steps, and the layer output, for one image."""
+        padded: list[torch.Tensor | None] = []
+        x = image[None]
+        for step, windows in zip(self.steps, self.windows, strict=True):
+            if windows is None:
+                padded.append(None)
+            else:
+                pads = []
+                for a in (1, 0):  # F.pad takes the last axis first
+                    extra = (windows.length[a] - 1) * step.stride[a] + step.reach(a) + 1
+                    right = max(0, extra - step.padding[a] - x.shape[2 + a])
+                    pads += [step.padding[a], right]
+                padded.append(F.pad(x[0], pads, value=step.fill))
+            x = step.module.forward(x)
+        return padded, x[0]
+
+    def run(
+        self, bases: list[list[torch.Tensor | None]], corners: np.ndarray, patch: torch.Tensor
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Layer output windows (B, C, h, w) of occluded images and their starts (B, 2).
+
+        ``bases[b]`` are the padded base inputs of item ``b``'s image; ``corners[b]`` its
+        occluder corner (y, x) in input pixels.
+        """
+        count = len(corners)
+        window = patch.unsqueeze(0).repeat(count, 1, 1, 1)
+        low = np.asarray(corners, dtype=np.int64)
+        for index, (step, sizes) in enumerate(zip(self.steps, self.windows, strict=True)):
+            if sizes is None:
+                window = step.module.forward(window)
+                continue
+            starts = np.empty_like(low)
+            for a in range(2):
+                first = -((step.reach(a) - low[:, a] - step.padding[a]) // step.stride[a])
+                starts[:, a] = np.clip(first, 0, sizes.length[a] - sizes.out[a])
+            # Input window of each item, in padded coordinates; then paste what changed.
+            need = starts * np.array(step.stride)
+            gathered = torch.stack(
+                [
+                    bases[b][index][
+                        :,
+                        need[b, 0] : need[b, 0] + sizes.needed[0],
+                        need[b, 1] : need[b, 1] + sizes.needed[1],
+                    ]
+                    for b in range(count)
+                ]
+            ).clone()
+            offset = low + np.array(step.padding) - need  # changed window in gathered coords
+            for b in range(count):
+                top, left = max(offset[b, 0], 0), max(offset[b, 1], 0)
+                bottom = min(offset[b, 0] + sizes.changed[0], sizes.needed[0])
+                right = min(offset[b, 1] + sizes.changed[1], sizes.needed[1])
+                if top < bottom and left < right:
+                    gathered[b, :, top:bottom, left:right] = window[
+                        b,
+                        :,
+                        top - offset[b, 0] : bottom - offset[b, 0],
+                        left - offset[b, 1] : right - offset[b, 1],
+                    ]
+            window, low = step.apply(gathered), starts
+        return window, low
+
+
 def _fast(
     module, layer, geometry, load_image, measurements, patch, config, corners, image_size,
-    device, progress, grids, done, checkpoint,
+    device, progress, grids, done, checkpoint, method,
 ) -> None:  # fmt: skip
-    """Shared, stopped, skipped, cropped and batched occluded passes (module docstring)."""
+    """Shared, stopped, skipped, cropped or incremental, batched passes (module docstring)."""
     axes = _axes(geometry)
     order = np.argsort(measurements.image, kind="stable")
     images, first_of = np.unique(measurements.image[order], return_index=True)
     bounds = np.append(first_of, len(order))
     peak = config.discrepancy == "peak"
-    per_image = [
-        _groups_for_image(
-            i,
-            order[bounds[i] : bounds[i + 1]],
-            axes,
-            corners,
-            patch.shape[-1],
-            image_size,
-            measurements,
-            peak,
-        )  # fmt: skip
-        for i in range(len(images))
-    ]
+    first = load_image(int(images[0])).to(device)
+    steps = _chain(module, layer, first) if method != "crop" else None
+    if method == "incremental" and steps is None:
+        raise DissectError(
+            f"layer {layer!r} is not reached through a plain chain of convolution, pooling and "
+            "point-wise modules; use the fast or crop method."
+        )
+
+    def plan(split: bool) -> list[list[_Group]]:
+        return [
+            _groups_for_image(
+                i,
+                order[bounds[i] : bounds[i + 1]],
+                axes,
+                corners,
+                patch.shape[-1],
+                image_size,
+                measurements,
+                peak,
+                split,
+            )  # fmt: skip
+            for i in range(len(images))
+        ]
+
+    per_image = plan(split=True)
+    if steps is not None and method == "fast":
+        # Crops are cheaper while they stay small; past a quarter of the image, go incremental.
+        pixels = sum(group.cost() for groups in per_image for group in groups)
+        passes = sum(len(group.jobs) for groups in per_image for group in groups)
+        if pixels <= 0.25 * passes * image_size**2:
+            steps = None
+    incremental = None
+    if steps is not None:
+        incremental = _Incremental(steps, first, patch.shape[-1])
+        per_image = plan(split=False)
     total = sum(len(group.jobs) for groups in per_image for group in groups)
     bar = tqdm(total=total, initial=done, unit="pass", disable=not progress)
-    chunk_images = max(1, config.batch_size)
+    chunk_images = max(1, config.batch_size // (1 if incremental is None else 8))
     position = 0
     with LayerTrace(module, [layer], stop=True) as trace:
         for chunk_start in range(0, len(images), chunk_images):
-            groups = [
-                g for groups in per_image[chunk_start : chunk_start + chunk_images] for g in groups
-            ]
+            chunk = per_image[chunk_start : chunk_start + chunk_images]
+            groups = [group for image_groups in chunk for group in image_groups]
             count = sum(len(group.jobs) for group in groups)
             if position + count <= done:
                 position += count
@@ -475,38 +713,43 @@ def _fast(
             jobs = np.concatenate(
                 [np.column_stack([np.full(len(g.jobs), k), g.jobs]) for k, g in enumerate(groups)]
             )
-            shapes = np.array(
-                [(groups[k].plan_y.size()[r], groups[k].plan_x.size()[c]) for k, r, c in jobs]
-            ).reshape(-1, 2)
+            if incremental is None:
+                shapes = np.array(
+                    [(groups[k].plan_y.size()[r], groups[k].plan_x.size()[c]) for k, r, c in jobs]
+                ).reshape(-1, 2)
+            else:
+                shapes = np.ones((len(jobs), 2), dtype=np.int64)
             ranking = np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], shapes[:, 1], shapes[:, 0]))
             jobs, shapes = jobs[ranking], shapes[ranking]
-            wanted = sorted({group.image for group in groups})
-            tensors = {i: load_image(int(images[i])).to(device) for i in wanted}
-            base = {i: trace(tensors[i][None])[layer][0] for i in wanted}
+            tensors = {g.image: load_image(int(images[g.image])).to(device) for g in groups}
+            if incremental is None:
+                prepared = {
+                    i: (None, trace(tensor[None])[layer][0]) for i, tensor in tensors.items()
+                }
+            else:
+                prepared = {i: incremental.base(tensor) for i, tensor in tensors.items()}
             index = max(done - position, 0)
             while index < len(jobs):
-                height, width = shapes[index]
-                limit = max(1, config.batch_size * image_size**2 // int(height * width))
+                if incremental is None:
+                    limit = config.batch_size * image_size**2 // int(np.prod(shapes[index]))
+                else:
+                    limit = config.batch_size * incremental.full // max(incremental.cost, 1)
                 end = index + 1
-                while (
-                    end < len(jobs) and end - index < limit and (shapes[end] == shapes[index]).all()
-                ):
+                while end < len(jobs) and end - index < limit:
+                    if (shapes[end] != shapes[index]).any():
+                        break
                     end += 1
                 batch = [(groups[k], r, c) for k, r, c in jobs[index:end]]
-                crops = []
-                for group, r, c in batch:
-                    y0, x0 = group.plan_y.start[r], group.plan_x.start[c]
-                    window = tensors[group.image][
-                        :, y0 : group.plan_y.stop[r], x0 : group.plan_x.stop[c]
-                    ]
-                    crops.append(
-                        _occlude(window, patch, int(corners[r] - y0), int(corners[c] - x0))
+                if incremental is None:
+                    maps, starts = _crop_pass(batch, tensors, patch, corners, axes, trace, layer)
+                else:
+                    where = np.array([(corners[r], corners[c]) for _, r, c in batch])
+                    maps, starts = incremental.run(
+                        [prepared[group.image][0] for group, _, _ in batch], where, patch
                     )
-                maps = trace(torch.stack(crops))[layer]
                 for b, (group, r, c) in enumerate(batch):
-                    _record(
-                        grids, maps[b], group, r, c, measurements, base[group.image], axes, peak
-                    )
+                    base = prepared[group.image][1]
+                    _record(grids, maps[b], starts[b], group, r, c, measurements, base, peak)
                 bar.update(len(batch))
                 index = end
                 if checkpoint is not None:
@@ -515,10 +758,24 @@ def _fast(
     bar.close()
 
 
-def _record(grids, maps, group, r, c, measurements, base, axes, peak) -> None:
-    """Write the discrepancies read from one occluded crop (``maps``: C, h, w) into ``grids``."""
-    shift_y = int(group.plan_y.start[r]) // axes[0].jump
-    shift_x = int(group.plan_x.start[c]) // axes[1].jump
+def _crop_pass(batch, tensors, patch, corners, axes, trace, layer):
+    """Layer output of each occluded crop of ``batch``, and its start in layer positions."""
+    crops, starts = [], []
+    for group, r, c in batch:
+        y0, x0 = int(group.plan_y.start[r]), int(group.plan_x.start[c])
+        window = tensors[group.image][:, y0 : group.plan_y.stop[r], x0 : group.plan_x.stop[c]]
+        crops.append(_occlude(window, patch, int(corners[r]) - y0, int(corners[c]) - x0))
+        starts.append((y0 // axes[0].jump, x0 // axes[1].jump))
+    return trace(torch.stack(crops))[layer], np.array(starts)
+
+
+def _record(grids, maps, start, group, r, c, measurements, base, peak) -> None:
+    """Write the discrepancies read from one occluded pass into ``grids``.
+
+    ``maps`` (C, h, w) holds layer positions from ``start`` (y, x) on; ``base`` (C, H, W) the
+    unoccluded layer output.
+    """
+    shift_y, shift_x = int(start[0]), int(start[1])
     y_lo, y_hi = int(group.plan_y.first[r]), int(group.plan_y.last[r])
     x_lo, x_hi = int(group.plan_x.first[c]), int(group.plan_x.last[c])
     members = group.members

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from dissect import receptive_field
 from dissect.cli import main
 from dissect.data import Preprocess
 from dissect.dissection import run_dissection
@@ -133,12 +134,47 @@ def test_fast_path_equals_naive_path(layer, discrepancy):
         progress=False,
     )  # fmt: skip
     assert naive.max() > 0
-    for batch_size in (1, 5, 64):
-        config = dataclasses.replace(config, batch_size=batch_size)
-        fast = discrepancy_maps(
-            net, layer, geometry, images.__getitem__, measurements, patch, config, progress=False
-        )
-        np.testing.assert_allclose(fast, naive, rtol=1e-5, atol=1e-5)
+    for method in ("crop", "incremental"):
+        for batch_size in (3, 64):
+            config = dataclasses.replace(config, batch_size=batch_size)
+            fast = discrepancy_maps(
+                net, layer, geometry, images.__getitem__, measurements, patch, config,
+                method=method, progress=False,
+            )  # fmt: skip
+            np.testing.assert_allclose(fast, naive, rtol=1e-5, atol=1e-5)
+
+
+class Residual(nn.Module):
+    """conv -> relu -> a block with a skip connection -> conv: not a plain chain."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.relu = nn.ReLU()
+        self.block = nn.Conv2d(4, 4, 3, padding=1)
+        self.out = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv(x))
+        return self.out(x + self.block(x))
+
+
+def test_branching_network_uses_crops_and_refuses_incremental():
+    net, size = Residual().eval(), 24
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(4))
+    geometry = layer_geometry(net, ["out"], size)["out"]
+    measurements = Measurements(np.array([0, 1, 1]), np.array([0, 1, 3]),
+                                np.array([2, 9, 5]), np.array([6, 0, 5]))  # fmt: skip
+    patch = noise_patch(PREPROCESS, 5, 0)
+    config = OcclusionConfig(occluder=5, stride=2)
+    run = (net, "out", geometry, images.__getitem__, measurements, patch, config)
+    naive = discrepancy_maps(*run, method="naive", progress=False)
+    fast = discrepancy_maps(*run, progress=False)
+    np.testing.assert_allclose(fast, naive, rtol=1e-5, atol=1e-5)
+    assert naive.max() > 0
+    with pytest.raises(DissectError, match="not reached through a plain chain"):
+        discrepancy_maps(*run, method="incremental", progress=False)
 
 
 def test_interrupted_pass_resumes_from_last_batch():
@@ -168,20 +204,30 @@ def test_interrupted_pass_resumes_from_last_batch():
     np.testing.assert_allclose(grids, whole, atol=1e-6)
 
 
-def test_interrupted_run_resumes_and_finished_layers_are_skipped(tmp_path, image_folder):
+def test_interrupted_run_resumes_and_finished_layers_are_skipped(
+    tmp_path, image_folder, monkeypatch
+):
     net = known_net()
     loaded = dissect_known(tmp_path, image_folder, net)
-    config = OcclusionConfig(top=4, occluder=3, stride=2, batch_size=1)
+    config = OcclusionConfig(top=4, occluder=3, stride=3, batch_size=4)
     reference = receptive_fields(
         tmp_path / "out", ["1"], config=config, model=loaded, progress=False
     )
     (tmp_path / "out" / "receptive_fields" / "1.npz").unlink()
-    net.calls_left = 40
+    recorded = []
+    record = receptive_field._record
+
+    def interrupt_after_twenty(*args):
+        if len(recorded) == 20:
+            raise KeyboardInterrupt
+        recorded.append(record(*args))
+
+    monkeypatch.setattr(receptive_field, "_record", interrupt_after_twenty)
     with pytest.raises(KeyboardInterrupt):
         receptive_fields(tmp_path / "out", ["1"], config=config, model=loaded, progress=False)
+    monkeypatch.undo()
     partial = tmp_path / "out" / "receptive_fields" / "1.partial.npz"
-    assert int(np.load(partial)["done"]) > 0
-    net.calls_left = None
+    assert 0 < int(np.load(partial)["done"]) <= 20
     resumed = receptive_fields(tmp_path / "out", ["1"], config=config, model=loaded, progress=False)
     pd.testing.assert_frame_equal(resumed, reference)
     assert not partial.exists()
