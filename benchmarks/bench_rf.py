@@ -6,7 +6,7 @@ unit's top images twice with the same noise occluder, in one run:
 - naive: for every unit, for every top image, one full forward per occluder position (batched by
   ``--batch-size`` occluded images, as the fast path is);
 - fast: :func:`dissect.receptive_field.discrepancy_maps` (shared per image, stopped at the layer,
-  skipping occluders outside the receptive fields, cropped, batched).
+  skipping occluders outside the receptive fields, cropped or incremental, batched).
 
 Prints ``name: value`` lines per layer: the two wall times, ``speedup`` (naive / fast),
 ``max_abs_diff`` of the discrepancy maps and of the averaged maps, and the occluded passes each

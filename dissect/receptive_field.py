@@ -26,15 +26,25 @@ per occluder position, per image, per unit. The fast method computes the same nu
 - the forward stopped at the measured layer;
 - occluders that cannot touch the theoretical receptive field of any measured position of the
   image skipped (their discrepancy is exactly 0 for a convolution/pooling stack);
-- each occluded pass run on a crop of the image: the union of the receptive fields of the feature
-  positions the occluder can touch, its corner aligned to the layer stride so the crop's feature
-  grid coincides with the image's, and flush with the image border wherever such a receptive
-  field reaches past it, so that zero padding is the same as on the whole image. Only positions
-  whose whole receptive field lies in the crop are read;
-- occluded crops streamed in batches of ``batch_size`` whole-image equivalents (more crops per
-  batch when crops are small), never built all at once.
+- each occluded pass restricted to what the occluder can change, in one of two ways:
 
-Both paths use the same seeded noise patch, so their maps agree to float32 round-off.
+  - ``crop`` (any network): the pass runs on a crop of the image, the union of the receptive
+    fields of the measured positions the occluder touches (for each image, one crop around all
+    its peaks or one per peak, whichever covers fewer pixels). The crop's corner is a multiple
+    of the layer stride so its feature grid coincides with the image's, and it is flush with the
+    image border wherever such a receptive field reaches past it, so zero padding is the same as
+    on the whole image; only positions whose whole receptive field lies in the crop are read;
+  - ``incremental`` (networks that reach the layer through a plain chain of convolutions, max
+    pooling and point-wise modules, checked on the first image): the unoccluded activations of
+    every step are kept, and each step recomputes only the window of outputs whose inputs the
+    occluder changed, reading the kept activations around it with the step's own padding;
+
+  ``fast`` picks ``incremental`` when it applies and the crops would cover more than a quarter
+  of the image on average, else ``crop``;
+- occluded passes streamed in batches of ``batch_size`` whole-image equivalents (more passes per
+  batch when they are smaller), never built all at once.
+
+All methods use the same seeded noise patch, so their maps agree to float32 round-off.
 
 Resume. Results are written per layer, atomically (``receptive_fields/<layer>.npz``). While a layer
 runs, its occluded passes follow a fixed order; every ``checkpoint_seconds`` and on interruption
