@@ -12,6 +12,7 @@ from .errors import DissectError
 
 #: Subcommand name -> module in dissect.commands defining HELP, add_arguments(parser), run(args).
 COMMANDS = {
+    "demo": "demo",
     "layers": "layers",
     "data": "data",
     "evaluate": "evaluate",

@@ -191,10 +191,10 @@ class Preprocess:
 
     def tensor(self, rgb: np.ndarray) -> torch.Tensor:
         """Return the normalised (3, S, S) float32 tensor for an (H, W, 3) uint8 image."""
-        array = torch.from_numpy(np.array(self.display(rgb))).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (array.float() / 255.0 - mean) / std
+        scale = np.float32(255.0) * np.asarray(self.std, dtype=np.float32)
+        shift = np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32)
+        array = self.display(rgb).astype(np.float32) / scale - shift
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
     def to_dict(self) -> dict:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}

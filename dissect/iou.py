@@ -151,40 +151,64 @@ class IoUStats:
         self.concept_area = torch.zeros(concepts, dtype=torch.float64, device=device)
         self.images = 0
 
-    def add(self, masks: torch.Tensor, concepts: Sequence[ImageConcepts]) -> None:
-        """Count one batch.
+    def add(self, masks: torch.Tensor, concepts: Sequence[ImageConcepts] | ConceptBatch) -> None:
+        """Count one batch from dense masks.
 
         Parameters
         ----------
         masks : Tensor
             (B, U, P) bool: each unit's thresholded upsampled map of each image, flattened.
-        concepts : sequence of ImageConcepts
+        concepts : sequence of ImageConcepts, or ConceptBatch
             The concept masks of the same B images, flattened the same way.
         """
+        batch, units, pixels = masks.shape
+        if not isinstance(concepts, ConceptBatch):
+            concepts = ConceptBatch.stack(concepts, pixels, len(self.category_of))
+        self.add_concepts(concepts)
+        images = torch.arange(batch, device=masks.device).repeat_interleave(units)
+        unit = torch.arange(units, device=masks.device).repeat(batch)
+        self.add_masks(masks.reshape(batch * units, pixels), images, unit, concepts)
+
+    def add_concepts(self, concepts: ConceptBatch) -> None:
+        """Count the concept areas of a batch of images (once per batch)."""
+        self.concept_area += concepts.area.to(self.concept_area.device)
+        self.images += len(concepts.whole)
+
+    def add_masks(
+        self,
+        masks: torch.Tensor,
+        images: torch.Tensor,
+        units: torch.Tensor,
+        concepts: ConceptBatch,
+    ) -> None:
+        """Count the masks of some (image, unit) pairs of a batch; the others must be empty.
+
+        Parameters
+        ----------
+        masks : Tensor
+            (n, P) bool: thresholded upsampled maps of n (image, unit) pairs.
+        images, units : Tensor
+            (n,) int64: the image (row of ``concepts``) and the unit of each mask.
+        concepts : ConceptBatch
+            The concept masks of the batch's images.
+        """
         device = self.intersection.device
-        units, count = self.intersection.shape
-        masks = masks.to(device)
-        batch, _, pixels = masks.shape
-        area = masks.sum(-1, dtype=torch.int64).double()  # (B, U)
-        present = torch.stack([image.present for image in concepts]).to(device).double()
-        self.unit_area += area.T @ present
-        # Image-level concepts cover every pixel: (B, C) indicator.
-        whole = torch.zeros((batch, count), dtype=torch.bool, device=device)
-        for row, image in enumerate(concepts):
-            whole[row, image.image.to(device)] = True
-        self.intersection += area.T @ whole.double()
-        self.concept_area += whole.sum(0) * float(pixels)
-        pixel = _stack_maps([image.pixel for image in concepts], pixels).to(device)
-        self.concept_area += torch.bincount(pixel[pixel >= 0], minlength=count).double()
-        # Only pixels inside unit masks contribute: count (unit, concept) pairs there.
-        image, unit, position = masks.nonzero(as_tuple=True)
-        columns = pixel[image, :, position]  # (n, maps)
-        hit = columns >= 0
-        pairs = unit[:, None].expand_as(columns)[hit] * count + columns[hit]
+        total, count = self.intersection.shape
+        masks, images, units = masks.to(device), images.to(device), units.to(device)
+        pair, position = masks.nonzero(as_tuple=True)
+        area = torch.bincount(pair, minlength=len(masks)).double()  # (n,)
+        by_unit = torch.nn.functional.one_hot(units, total).T.double() * area  # (U, n)
+        self.unit_area += by_unit @ concepts.present.to(device)[images].double()
+        # Image-level concepts cover every pixel of their image.
+        self.intersection += by_unit @ concepts.whole.to(device)[images].double()
+        # Pixel-level concepts: count (unit, concept) pairs at the pixels inside the masks.
+        pixels = concepts.pixel.shape[1]
+        columns = concepts.by_pixel.to(device).index_select(0, images[pair] * pixels + position)
+        pairs = (units[pair] * count)[:, None] + columns  # (m, maps)
+        pairs = pairs[columns >= 0]
         self.intersection += (
-            torch.bincount(pairs, minlength=units * count).view(units, count).double()
+            torch.bincount(pairs, minlength=total * count).view(total, count).double()
         )
-        self.images += len(concepts)
 
     def merge(self, other: IoUStats) -> IoUStats:
         """Add another shard's counts (over different images) to these; return self."""
@@ -229,13 +253,45 @@ class IoUStats:
         return stats
 
 
-def _stack_maps(maps: Sequence[torch.Tensor], pixels: int) -> torch.Tensor:
-    """(B, maps, P) int64 label maps of a batch, padded with -1 to the most maps of an image."""
-    most = max([len(image) for image in maps] + [1])
-    stacked = torch.full((len(maps), most, pixels), -1, dtype=torch.int64)
-    for row, image in enumerate(maps):
-        stacked[row, : len(image)] = image
-    return stacked
+@dataclass
+class ConceptBatch:
+    """The concept masks of a batch of images, stacked.
+
+    Attributes
+    ----------
+    pixel : Tensor
+        (B, P, maps) int64 concept columns, -1 where none (and in maps an image lacks).
+    whole : Tensor
+        (B, C) bool: concepts covering each whole image.
+    present : Tensor
+        (B, categories) bool: the categories annotated on each image.
+    area : Tensor
+        (C,) float64: pixels of each concept in the batch (image-level ones cover every pixel).
+    """
+
+    pixel: torch.Tensor
+    whole: torch.Tensor
+    present: torch.Tensor
+    area: torch.Tensor
+
+    @property
+    def by_pixel(self) -> torch.Tensor:
+        """(B * P, maps): the concept columns of every pixel of the batch, row by row."""
+        return self.pixel.reshape(-1, self.pixel.shape[-1])
+
+    @classmethod
+    def stack(cls, images: Sequence[ImageConcepts], pixels: int, concepts: int) -> ConceptBatch:
+        """Stack the concepts of a batch of images (``concepts``: the number of columns C)."""
+        most = max([len(image.pixel) for image in images] + [1])
+        pixel = torch.full((len(images), pixels, most), -1, dtype=torch.int64)
+        whole = torch.zeros((len(images), concepts), dtype=torch.bool)
+        for row, image in enumerate(images):
+            pixel[row, :, : len(image.pixel)] = image.pixel.T
+            whole[row, image.image] = True
+        present = torch.stack([image.present for image in images])
+        labelled = pixel[pixel >= 0]
+        area = torch.bincount(labelled, minlength=concepts).double() + whole.sum(0) * pixels
+        return cls(pixel, whole, present, area)
 
 
 def _keep_first(pixel: np.ndarray, whole: np.ndarray) -> np.ndarray:
@@ -275,11 +331,20 @@ class _ConceptDataset(torch.utils.data.Dataset):
         return image, tensor, concepts, ""
 
 
-def _collate(items):
-    good = [item for item in items if item[1] is not None]
-    skipped = [(item[0], item[3]) for item in items if item[1] is None]
-    images = torch.stack([item[1] for item in good]) if good else None
-    return len(items), images, [item[2] for item in good], skipped
+class _Collate:
+    """Stack a batch of images and their concepts; keep (index, reason) of unreadable ones."""
+
+    def __init__(self, pixels: int, concepts: int):
+        self.pixels, self.concepts = pixels, concepts
+
+    def __call__(self, items):
+        good = [item for item in items if item[1] is not None]
+        skipped = [(item[0], item[3]) for item in items if item[1] is None]
+        if not good:
+            return len(items), None, None, skipped
+        images = torch.stack([item[1] for item in good])
+        concepts = ConceptBatch.stack([item[2] for item in good], self.pixels, self.concepts)
+        return len(items), images, concepts, skipped
 
 
 def segmented_source(source: ImageSource) -> SegmentedSource:
@@ -379,7 +444,7 @@ def compute_iou(
         _ConceptDataset(source, preprocess, index, range(start, len(source))),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=_Collate(size * size, len(index)),
     )
     bar = tqdm(total=len(source), initial=start, unit="img", desc="iou", disable=not progress)
     position = start
@@ -390,18 +455,39 @@ def compute_iou(
             if images is not None:
                 outputs = trace(images.to(torch_device))
                 for layer in layers:
-                    acts = outputs[layer]
-                    step = max(1, CHUNK_BYTES // (4 * acts.shape[1] * size * size))
-                    for first in range(0, len(acts), step):
-                        maps = upsample_maps(acts[first : first + step], geometry[layer], size)
-                        masks = maps > thresholds[layer][None, :, None, None]
-                        stats[layer].add(masks.flatten(2), concepts[first : first + step])
+                    stats[layer].add_concepts(concepts)
+                    _count_layer(stats[layer], outputs[layer], thresholds[layer],
+                                 geometry[layer], size, concepts)  # fmt: skip
             position += count
             if checkpoint:
                 _save_checkpoint(path, fingerprint, position, stats)
             bar.update(count)
     bar.close()
     return stats, index
+
+
+def _count_layer(
+    stats: IoUStats,
+    acts: torch.Tensor,
+    thresholds: torch.Tensor,
+    geometry,
+    size: int,
+    concepts: ConceptBatch,
+) -> None:
+    """Upsample, threshold and count the maps of one layer for one batch.
+
+    Bilinear upsampling never exceeds a map's peak, so only (image, unit) pairs whose peak is
+    above the unit's threshold can have a non-empty mask: the others are skipped, exactly.
+    """
+    acts = acts[:, :, None, None] if acts.dim() == 2 else acts
+    peaks = acts.flatten(2).amax(2)
+    images, units = (peaks > thresholds[None, :]).nonzero(as_tuple=True)
+    step = max(1, CHUNK_BYTES // (4 * size * size))
+    for first in range(0, len(images), step):
+        image, unit = images[first : first + step], units[first : first + step]
+        maps = acts[image, unit].reshape(len(image), 1, *acts.shape[2:])
+        masks = upsample_maps(maps, geometry, size)[:, 0] > thresholds[unit][:, None, None]
+        stats.add_masks(masks.flatten(1), image, unit, concepts)
 
 
 def _resume(path: Path, fingerprint: str, stats: dict[str, IoUStats], device) -> int:

@@ -1,0 +1,26 @@
+"""``dissect demo``: the whole study on the built-in scene CNN and synthetic world."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..demo import describe, run_demo
+
+HELP = "run the whole study on the built-in scene CNN and synthetic world, and open the report"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="dissection-demo", help="directory to write (%(default)s)")
+    parser.add_argument("--quick", action="store_true", help="a smaller study, under a minute")
+    parser.add_argument("--images", type=int, help="images to dissect (1000; quick: 200)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic world (1)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = run_demo(args.out, args.quick, args.images, args.seed, args.device)
+    report = Path(args.out).resolve() / "report" / "index.html"
+    print(f"\nFinished in {summary['seconds']:.0f} s.\n{describe(summary)}")
+    print(f"\nOpen the report: {report.as_uri()}")
+    return 0
