@@ -409,6 +409,7 @@ class _Group:
     plan_y: _AxisPlan
     plan_x: _AxisPlan
     jobs: np.ndarray  # (J, 2) occluder (row, column) indices
+    box: tuple[int, int, int, int]  # feature positions read: y_lo, y_hi, x_lo, x_hi
 
     def cost(self) -> int:
         """Input pixels of all its occluded crops."""
@@ -427,14 +428,15 @@ def _group(image, members, box, axes, corners, occluder, image_size, measurement
         hit = (hit_y.astype(np.float32) @ hit_x.T.astype(np.float32)) > 0
     else:
         hit = (plan_y.first <= plan_y.last)[:, None] & (plan_x.first <= plan_x.last)[None]
-    return _Group(image, members, plan_y, plan_x, np.argwhere(hit))
+    box = tuple(int(value) for value in box)
+    return _Group(image, members, plan_y, plan_x, np.argwhere(hit), box)
 
 
 def _groups_for_image(
-    image, members, axes, corners, occluder, image_size, measurements, peak, split
+    image, members, axes, corners, occluder, image_size, measurements, peak, cost
 ):
-    """How to occlude one image: the cheaper of one crop plan for the bounding box of all its
-    peaks (the whole map for ``map``) and one plan per distinct peak position."""
+    """How to occlude one image: the cheaper (by ``cost(group)``) of one group for the bounding
+    box of all its peaks (the whole map for ``map``) and one group per distinct peak position."""
     args = (axes, corners, occluder, image_size, measurements, peak)
     if not peak:
         box = (0, axes[0].positions - 1, 0, axes[1].positions - 1)
@@ -442,14 +444,14 @@ def _groups_for_image(
     ys, xs = measurements.y[members], measurements.x[members]
     together = [_group(image, members, (ys.min(), ys.max(), xs.min(), xs.max()), *args)]
     peaks, which = np.unique(np.column_stack([ys, xs]), axis=0, return_inverse=True)
-    if len(peaks) == 1 or not split:
+    if len(peaks) == 1:
         return together
     apart = [
         _group(image, members[which.ravel() == p], (y, y, x, x), *args)
         for p, (y, x) in enumerate(peaks)
     ]
-    cost = sum(group.cost() for group in apart)
-    return apart if cost < sum(group.cost() for group in together) else together
+    apart_cost = sum(cost(group) for group in apart)
+    return apart if apart_cost < sum(cost(group) for group in together) else together
 
 
 #: Modules that act on every position separately (in eval mode): windows pass through them.
@@ -567,21 +569,25 @@ class _StepWindows:
 
 
 class _Incremental:
-    """Occluded passes that recompute, layer by layer, only the positions the occluder changes.
+    """Occluded passes that recompute, layer by layer, only the positions that matter.
 
-    The base activations of each image are computed once; an occluded pass then runs each
-    convolution / pooling only on the window of outputs whose input window the occluder has
-    changed (the rest equal the base), reading the base around it with the layer's own padding.
+    The base activations of each image are computed once. An occluded pass then runs each
+    convolution / pooling step only on a window of its outputs, reading the base around it with
+    the step's own padding: the window of outputs whose inputs the occluder changed (*forward*),
+    or, when smaller, the window of outputs that the measured positions (a box of the layer)
+    depend on (*backward*). Outside the forward window outputs equal the base; values outside
+    the backward window may be stale but no measured position reads them.
     """
 
     def __init__(self, steps: list[_Step], image: torch.Tensor, occluder: int):
         self.steps = steps
         self.windows: list[_StepWindows | None] = []
+        self.inputs: list[tuple[int, int, int]] = []  # (channels, height, width) per step
         changed = (occluder, occluder)
-        #: Input positions read by an occluded pass, and by a whole-image pass (all steps).
-        self.cost, self.full = 0, 0
+        self.full = 0  # input positions read by a whole-image pass (all steps)
         x = image[None]
         for step in steps:
+            self.inputs.append(tuple(x.shape[1:]))
             if not step.spatial:
                 self.windows.append(None)
                 x = step.module.forward(x)
@@ -595,8 +601,46 @@ class _Incremental:
             )
             needed = tuple((out[a] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2))
             self.windows.append(_StepWindows(changed, out, needed, tuple(lengths)))
-            self.cost += needed[0] * needed[1]
             changed = out
+
+    def plan(self, box: tuple[int, int, int, int]) -> tuple:
+        """Per step (None if point-wise), per axis: (backward start or -1 for forward, size)."""
+        lo, hi = [box[0], box[2]], [box[1], box[3]]
+        plans: list = [None] * len(self.steps)
+        for index in reversed(range(len(self.steps))):
+            step, sizes = self.steps[index], self.windows[index]
+            if sizes is None:
+                continue
+            axes = []
+            for a in range(2):
+                back = hi[a] - lo[a] + 1
+                axes.append((lo[a], back) if back < sizes.out[a] else (-1, sizes.out[a]))
+            plans[index] = tuple(axes)
+            length = self.inputs[index][1:]
+            lo = [max(0, lo[a] * step.stride[a] - step.padding[a]) for a in range(2)]
+            hi = [
+                min(length[a] - 1, hi[a] * step.stride[a] - step.padding[a] + step.reach(a))
+                for a in range(2)
+            ]
+        return tuple(plans)
+
+    def cost(self, plan: tuple) -> tuple[float, int]:
+        """Multiply-adds of one pass with ``plan``, and input positions it reads."""
+        macs, positions = 0.0, 0
+        for step, axes, shape in zip(self.steps, plan, self.inputs, strict=True):
+            if axes is None:
+                continue
+            out = axes[0][1] * axes[1][1]
+            taps = step.kernel[0] * step.kernel[1]
+            if isinstance(step.module, nn.Conv2d):
+                conv = step.module
+                macs += out * taps * conv.in_channels * conv.out_channels / conv.groups
+            else:
+                macs += out * taps * shape[0]
+            positions += math.prod(
+                (axes[a][1] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2)
+            )
+        return macs, positions
 
     def base(self, image: torch.Tensor) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         """Padded inputs of the spatial steps, and the layer output, for one image."""
@@ -616,41 +660,49 @@ class _Incremental:
         return padded, x[0]
 
     def run(
-        self, bases: list[list[torch.Tensor | None]], corners: np.ndarray, patch: torch.Tensor
+        self,
+        bases: list[list[torch.Tensor | None]],
+        corners: np.ndarray,
+        patch: torch.Tensor,
+        plans: list[tuple],
     ) -> tuple[torch.Tensor, np.ndarray]:
         """Layer output windows (B, C, h, w) of occluded images and their starts (B, 2).
 
-        ``bases[b]`` are the padded base inputs of item ``b``'s image; ``corners[b]`` its
-        occluder corner (y, x) in input pixels.
+        ``bases[b]`` are the padded base inputs of item ``b``'s image, ``corners[b]`` its
+        occluder corner (y, x) in input pixels, ``plans[b]`` its :meth:`plan` (window sizes equal
+        for all items).
         """
         count = len(corners)
         window = patch.unsqueeze(0).repeat(count, 1, 1, 1)
-        low = np.asarray(corners, dtype=np.int64)
+        changed = np.asarray(corners, dtype=np.int64)  # start of the forward window
+        low, size = changed.copy(), tuple(patch.shape[1:])  # window computed
         for index, (step, sizes) in enumerate(zip(self.steps, self.windows, strict=True)):
             if sizes is None:
                 window = step.module.forward(window)
                 continue
-            starts = np.empty_like(low)
+            axes = plans[0][index]
+            forward, start = np.empty_like(changed), np.empty_like(changed)
             for a in range(2):
-                first = -((step.reach(a) - low[:, a] - step.padding[a]) // step.stride[a])
-                starts[:, a] = np.clip(first, 0, sizes.length[a] - sizes.out[a])
-            # Input window of each item, in padded coordinates; then paste what changed.
-            need = starts * np.array(step.stride)
+                first = -((step.reach(a) - changed[:, a] - step.padding[a]) // step.stride[a])
+                forward[:, a] = np.clip(first, 0, sizes.length[a] - sizes.out[a])
+                backward = [plan[index][a][0] for plan in plans]
+                start[:, a] = forward[:, a] if axes[a][0] < 0 else backward
+            out = (axes[0][1], axes[1][1])
+            needed = [(out[a] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2)]
+            need = start * np.array(step.stride)  # in padded coordinates
             gathered = torch.stack(
                 [
                     bases[b][index][
-                        :,
-                        need[b, 0] : need[b, 0] + sizes.needed[0],
-                        need[b, 1] : need[b, 1] + sizes.needed[1],
+                        :, need[b, 0] : need[b, 0] + needed[0], need[b, 1] : need[b, 1] + needed[1]
                     ]
                     for b in range(count)
                 ]
             ).clone()
-            offset = low + np.array(step.padding) - need  # changed window in gathered coords
+            offset = low + np.array(step.padding) - need  # computed window in gathered coords
             for b in range(count):
                 top, left = max(offset[b, 0], 0), max(offset[b, 1], 0)
-                bottom = min(offset[b, 0] + sizes.changed[0], sizes.needed[0])
-                right = min(offset[b, 1] + sizes.changed[1], sizes.needed[1])
+                bottom = min(offset[b, 0] + size[0], needed[0])
+                right = min(offset[b, 1] + size[1], needed[1])
                 if top < bottom and left < right:
                     gathered[b, :, top:bottom, left:right] = window[
                         b,
@@ -658,7 +710,7 @@ class _Incremental:
                         top - offset[b, 0] : bottom - offset[b, 0],
                         left - offset[b, 1] : right - offset[b, 1],
                     ]
-            window, low = step.apply(gathered), starts
+            window, changed, low, size = step.apply(gathered), forward, start, out
         return window, low
 
 
@@ -680,7 +732,7 @@ def _fast(
             "point-wise modules; use the fast or crop method."
         )
 
-    def plan(split: bool) -> list[list[_Group]]:
+    def plan(cost: Callable[[_Group], float]) -> list[list[_Group]]:
         return [
             _groups_for_image(
                 i,
@@ -691,22 +743,34 @@ def _fast(
                 image_size,
                 measurements,
                 peak,
-                split,
+                cost,
             )  # fmt: skip
             for i in range(len(images))
         ]
 
-    per_image = plan(split=True)
+    per_image = plan(_Group.cost)
     if steps is not None and method == "fast":
         # Crops are cheaper while they stay small; past a quarter of the image, go incremental.
         pixels = sum(group.cost() for groups in per_image for group in groups)
         passes = sum(len(group.jobs) for groups in per_image for group in groups)
         if pixels <= 0.25 * passes * image_size**2:
             steps = None
-    incremental = None
+    incremental, plans, signatures, kinds = None, {}, {}, {}
     if steps is not None:
         incremental = _Incremental(steps, first, patch.shape[-1])
-        per_image = plan(split=False)
+
+        def window_plan(box: tuple) -> tuple:
+            if box not in plans:
+                plans[box] = incremental.plan(box)
+                signature = tuple(
+                    a and (a[0][0] < 0, a[0][1], a[1][0] < 0, a[1][1]) for a in plans[box]
+                )
+                signatures[box] = kinds.setdefault(signature, len(kinds))
+            return plans[box]
+
+        per_image = plan(lambda g: len(g.jobs) * incremental.cost(window_plan(g.box))[0])
+        for group in (group for groups in per_image for group in groups):
+            window_plan(group.box)
     total = sum(len(group.jobs) for groups in per_image for group in groups)
     bar = tqdm(total=total, initial=done, unit="pass", disable=not progress)
     chunk_images = max(1, config.batch_size // (1 if incremental is None else 8))
@@ -727,8 +791,9 @@ def _fast(
                 shapes = np.array(
                     [(groups[k].plan_y.size()[r], groups[k].plan_x.size()[c]) for k, r, c in jobs]
                 ).reshape(-1, 2)
-            else:
-                shapes = np.ones((len(jobs), 2), dtype=np.int64)
+            else:  # passes with the same window sizes
+                shapes = np.array([(signatures[groups[k].box], 0) for k, _, _ in jobs])
+                shapes = shapes.reshape(-1, 2)
             ranking = np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], shapes[:, 1], shapes[:, 0]))
             jobs, shapes = jobs[ranking], shapes[ranking]
             tensors = {g.image: load_image(int(images[g.image])).to(device) for g in groups}
@@ -743,7 +808,8 @@ def _fast(
                 if incremental is None:
                     limit = config.batch_size * image_size**2 // int(np.prod(shapes[index]))
                 else:
-                    limit = config.batch_size * incremental.full // max(incremental.cost, 1)
+                    reads = incremental.cost(plans[groups[jobs[index, 0]].box])[1]
+                    limit = config.batch_size * incremental.full // max(reads, 1)
                 end = index + 1
                 while end < len(jobs) and end - index < limit:
                     if (shapes[end] != shapes[index]).any():
@@ -755,7 +821,10 @@ def _fast(
                 else:
                     where = np.array([(corners[r], corners[c]) for _, r, c in batch])
                     maps, starts = incremental.run(
-                        [prepared[group.image][0] for group, _, _ in batch], where, patch
+                        [prepared[group.image][0] for group, _, _ in batch],
+                        where,
+                        patch,
+                        [plans[group.box] for group, _, _ in batch],
                     )
                 for b, (group, r, c) in enumerate(batch):
                     base = prepared[group.image][1]
