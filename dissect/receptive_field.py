@@ -36,8 +36,11 @@ per occluder position, per image, per unit. The fast method computes the same nu
     on the whole image; only positions whose whole receptive field lies in the crop are read;
   - ``incremental`` (networks that reach the layer through a plain chain of convolutions, max
     pooling and point-wise modules, checked on the first image): the unoccluded activations of
-    every step are kept, and each step recomputes only the window of outputs whose inputs the
-    occluder changed, reading the kept activations around it with the step's own padding;
+    every step are kept, and each step recomputes only a window of outputs, reading the kept
+    activations around it with the step's own padding: the outputs whose inputs the occluder
+    changed, or, when smaller, the outputs the measured peak positions depend on (for each
+    image, one window around all its peaks or one per peak, whichever costs fewer
+    multiply-adds);
 
   ``fast`` picks ``incremental`` when it applies and the crops would cover more than a quarter
   of the image on average, else ``crop``;
