@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import ImageReadError, ImageSource, Preprocess
 from .datasets import CATEGORIES, SegmentedSource
 from .dissection import Dissection, _safe_name, pick_device
@@ -365,6 +366,7 @@ def _fingerprint(dissection: Dissection, layers: Sequence[str], index: ConceptIn
         [
             str(dissection.manifest.get("created")),
             str(dissection.manifest.get("n_images")),
+            f"world_size={distributed.world_size()}",
             ",".join(layers),
             index.table.to_csv(index=False),
         ]
@@ -424,6 +426,8 @@ def compute_iou(
     preprocess = dissection.preprocess
     index = ConceptIndex(source.concepts)
     torch_device = pick_device(device)
+    distributed.init(torch_device)
+    torch_device = distributed.local_device(torch_device)
     module = loaded.module.to(torch_device)
     thresholds = {
         layer: torch.from_numpy(dissection.thresholds(layer)).to(torch_device) for layer in layers
@@ -435,18 +439,20 @@ def compute_iou(
         )
         for layer in layers
     }
-    path = dissection.path("iou", CHECKPOINT)
+    path = checkpoint_path(dissection)
     fingerprint = _fingerprint(dissection, layers, index)
     resume = checkpoint and not restart
     start = _resume(path, fingerprint, stats, torch_device) if resume else 0
     size = preprocess.image_size
+    shard = distributed.shard(range(len(source)), block=batch_size)
     loader = torch.utils.data.DataLoader(
-        _ConceptDataset(source, preprocess, index, range(start, len(source))),
+        _ConceptDataset(source, preprocess, index, shard[start:]),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_Collate(size * size, len(index)),
     )
-    bar = tqdm(total=len(source), initial=start, unit="img", desc="iou", disable=not progress)
+    show = progress and distributed.is_main()
+    bar = tqdm(total=len(shard), initial=start, unit="img", desc="iou", disable=not show)
     position = start
     with torch.inference_mode(), LayerTrace(module, layers, stop=True) as trace:
         for count, images, concepts, skipped in loader:
@@ -463,7 +469,28 @@ def compute_iou(
                 _save_checkpoint(path, fingerprint, position, stats)
             bar.update(count)
     bar.close()
-    return stats, index
+    merged = distributed.gather_and_merge(
+        {layer: counts.state_dict() for layer, counts in stats.items()}, _merge_states
+    )
+    if merged is None:
+        return {}, index
+    return {layer: IoUStats.from_state_dict(merged[layer], torch_device) for layer in layers}, index
+
+
+def _merge_states(first: dict, second: dict) -> dict:
+    """Merge two ranks' ``{layer: IoUStats.state_dict()}``."""
+    return {
+        layer: IoUStats.from_state_dict(first[layer])
+        .merge(IoUStats.from_state_dict(second[layer]))
+        .state_dict()
+        for layer in first
+    }
+
+
+def checkpoint_path(dissection: Dissection) -> Path:
+    """This process's checkpoint of the IoU pass (one per rank under torchrun)."""
+    rank = distributed.rank()
+    return dissection.path("iou", CHECKPOINT if rank == 0 else f"checkpoint-rank{rank}.pt")
 
 
 def _count_layer(
@@ -578,6 +605,20 @@ def autolabel(
     """
     dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
     stats, index = compute_iou(dissection, layers, **options)
+    if distributed.is_main():
+        labels = _write_labels(dissection, stats, index, taxonomy)
+    distributed.barrier()  # rank 0 has written
+    checkpoint_path(dissection).unlink(missing_ok=True)
+    if not distributed.is_main():
+        labels = read_labels(dissection.directory, "iou")
+        labels = labels[labels["layer"].isin(dissection.check_layers(layers))]
+    return labels
+
+
+def _write_labels(
+    dissection: Dissection, stats: dict[str, IoUStats], index: ConceptIndex, taxonomy: Taxonomy
+) -> pd.DataFrame:
+    """Write the IoU tables and the ``iou`` label source; return the new labels."""
     write_csv(
         dissection.path("iou", "concepts.csv"),
         index.table.rename_axis("column").reset_index(),
@@ -597,7 +638,6 @@ def autolabel(
     earlier = read_labels(dissection.directory, "iou")
     earlier = earlier[~earlier["layer"].isin(list(stats))]  # layers labelled in an earlier run
     write_labels(dissection.directory, "iou", pd.concat([earlier, labels], ignore_index=True))
-    dissection.path("iou", CHECKPOINT).unlink(missing_ok=True)
     return labels
 
 

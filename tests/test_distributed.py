@@ -141,3 +141,41 @@ def test_torchrun_two_processes_equal_one(tmp_path):
         assert_same_directory(tmp_path / f"dist{size}", tmp_path / f"single{size}")
         assert Dissection(tmp_path / f"dist{size}").manifest["world_size"] == 2
         assert not (tmp_path / f"dist{size}" / ".checkpoint").exists()
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_torchrun_iou_labels_equal_one_process(tmp_path):
+    def argvs(out: Path) -> list[list[str]]:
+        return [
+            ["run", TINY_SPEC, "synthetic:10:3", "--out", str(out), "--layers", "conv1,conv2",
+             "--image-size", "32", "--topk", "3", "--batch-size", "3", "--device", "cpu"],
+            ["autolabel", str(out), "--batch-size", "2", "--device", "cpu"],
+        ]  # fmt: skip
+
+    script = tmp_path / "label.py"
+    script.write_text(TWO_RUNS.format(argvs=argvs(tmp_path / "dist")))
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for argv in argvs(tmp_path / "single"):
+            assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    stdout, stderr = launch.communicate(timeout=120)
+    assert launch.returncode == 0, stderr
+    assert stdout.count("conv2:") == 1  # only rank 0 reports
+    dist, single = tmp_path / "dist", tmp_path / "single"
+    for layer in ("conv1", "conv2"):
+        got, expected = (
+            np.load(dist / "iou" / f"{layer}.npz"),
+            np.load(single / "iou" / f"{layer}.npz"),
+        )
+        np.testing.assert_array_equal(got["intersection"], expected["intersection"])
+        np.testing.assert_array_equal(got["union"], expected["union"])
+    assert (dist / "labels.csv").read_text() == (single / "labels.csv").read_text()
+    assert not list((dist / "iou").glob("checkpoint*"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import distributed
 from ..iou import autolabel
 from ..semantics import DEFAULT_TAXONOMY, MIN_IOU, Taxonomy
 from .common import split_names
@@ -49,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         restart=args.restart,
     )
+    if not distributed.is_main():
+        return 0
     for layer, rows in labels.groupby("layer", sort=False):
         found = rows[rows["iou"] >= args.min_iou]
         print(
