@@ -502,7 +502,7 @@ class Dissection:
 
     def units(self) -> pd.DataFrame:
         """``units.csv``: one row per unit of every layer."""
-        return pd.read_csv(self.directory / "units.csv")
+        return pd.read_csv(self.directory / "units.csv", dtype={"layer": str})
 
     def images(self) -> pd.DataFrame:
         """``images.csv``: every image of the data source, with the skipped ones marked."""

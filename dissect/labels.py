@@ -62,7 +62,7 @@ def read_labels(directory: str | Path, source: str | None = None) -> pd.DataFram
     path = Path(directory) / "labels.csv" if source is None else source_path(directory, source)
     if not path.is_file():
         return pd.DataFrame(columns=LABEL_COLUMNS)
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"layer": str})
 
 
 def rebuild_labels(directory: str | Path) -> pd.DataFrame:

@@ -211,7 +211,7 @@ def rf_section(dissection: Dissection, root: Path) -> str:
             shutil.copyfile(figure, tmp)
         link, name = href(copy, root), e(figure.stem)
         images.append(f'<p><img class="figure" src="{link}" alt="{name}"></p>')
-    return _table(pd.read_csv(path)) + "".join(images)
+    return _table(pd.read_csv(path, dtype={"layer": str})) + "".join(images)
 
 
 def unit_table(
@@ -235,7 +235,8 @@ def unit_table(
     table["score"] = np.where(table["source"] == "crowd", table["precision"], table["iou"])
     rf = dissection.path(RF_UNITS)
     if rf.is_file():
-        sizes = pd.read_csv(rf)[["layer", "unit", "rf_empirical", "rf_theoretical"]]
+        sizes = pd.read_csv(rf, dtype={"layer": str})
+        sizes = sizes[["layer", "unit", "rf_empirical", "rf_theoretical"]]
         table = table.merge(sizes, on=["layer", "unit"], how="left")
     else:
         table["rf_empirical"] = np.nan

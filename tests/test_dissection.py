@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from dissect.data import ImageFolder, Preprocess
 from dissect.dissection import Dissection, run_dissection
 from dissect.errors import DissectError
+from dissect.labels import read_labels, write_labels
 from dissect.models import load_model
 
 PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -140,3 +144,16 @@ def test_bad_layer_and_unit_names(tmp_path, image_folder, tiny_spec):
 def test_bad_parameters(tmp_path, image_folder, tiny_spec, kwargs, message):
     with pytest.raises(DissectError, match=message):
         run_dissection(tiny_spec, str(image_folder), tmp_path / "o", ["conv1"], **kwargs)
+
+
+def test_numeric_layer_names_stay_text(tmp_path, image_folder):
+    spec = f"{Path(__file__).parent / 'tiny_models.py'}:tiny_sequential"
+    with pytest.warns(UserWarning):
+        dissection = run_dissection(
+            spec, str(image_folder), tmp_path / "out", ["0", "2"], topk=2,
+            preprocess=PREPROCESS, progress=False,
+        )  # fmt: skip
+    assert list(dissection.units()["layer"].unique()) == ["0", "2"]
+    assert len(dissection.thresholds("2")) == 2
+    write_labels(tmp_path / "out", "crowd", pd.DataFrame({"layer": ["2"], "unit": [1]}))
+    assert read_labels(tmp_path / "out")["layer"].tolist() == ["2"]

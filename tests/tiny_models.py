@@ -34,3 +34,9 @@ def tiny_net() -> TinyNet:
 def not_a_module() -> str:
     """A factory that returns the wrong thing, for error tests."""
     return "not a module"
+
+
+def tiny_sequential() -> nn.Sequential:
+    """A seeded nn.Sequential: its layers are named "0", "1", ... (numbers, read back as text)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, stride=2))
