@@ -60,3 +60,10 @@ def test_class_subfolders_give_labels(tmp_path):
     source = ImageFolder(tmp_path)
     assert source.classes == ["beach", "forest"]
     assert [source.label(i) for i in range(2)] == [0, 1]
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    from dissect.io import write_text
+
+    write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
