@@ -12,7 +12,7 @@ Prints ``name: value`` lines per layer: the two wall times, ``speedup`` (naive /
 ``max_abs_diff`` of the discrepancy maps and of the averaged maps, and the occluded passes each
 method ran; ``speedup_min`` over the layers last.
 
-    python benchmarks/bench_rf.py [--model scene-cnn] [--data synthetic:200] [--layers conv2,conv5]
+    python benchmarks/bench_rf.py [--model scene-cnn] [--data synthetic:100] [--layers conv2,conv5]
 
 The model defaults to the built-in ``scene-cnn``; without its weights file, the same architecture
 with seeded random weights is used (``model:`` says which).
@@ -103,7 +103,7 @@ def measure(loaded, dissection, layer, source, args) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="scene-cnn")
-    parser.add_argument("--data", default="synthetic:200")
+    parser.add_argument("--data", default="synthetic:100")
     parser.add_argument(
         "--layers", default="conv2,conv5", help="comma-separated layers with >= 64 units each"
     )
