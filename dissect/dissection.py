@@ -409,7 +409,7 @@ def write_dissection(
     rows = []
     for name in config.layers:
         stats = result.stats[name]
-        write_npz(out / "topk" / f"{_safe_name(name)}.npz", **stats.topk())
+        write_npz(out / "topk" / f"{layer_file_name(name)}.npz", **stats.topk())
         rows.append(
             pd.DataFrame(
                 {
@@ -455,7 +455,7 @@ def images_table(source: ImageSource, skipped: Sequence[tuple[int, str]]) -> pd.
     )
 
 
-def _safe_name(layer: str) -> str:
+def layer_file_name(layer: str) -> str:
     """A file name for a layer name (module paths may hold dots)."""
     return layer.replace("/", "_")
 
@@ -511,7 +511,7 @@ class Dissection:
     def topk(self, layer: str) -> dict[str, np.ndarray]:
         """Arrays ``index``, ``score``, ``y``, ``x`` of shape (units, K) for ``layer``."""
         self.check_layers([layer])
-        return read_npz(self.directory / "topk" / f"{_safe_name(layer)}.npz")
+        return read_npz(self.directory / "topk" / f"{layer_file_name(layer)}.npz")
 
     def thresholds(self, layer: str) -> np.ndarray:
         """The activation threshold T of every unit of ``layer``."""

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .data import ImageReadError, ImageSource, Preprocess
 from .datasets import CATEGORIES, SegmentedSource
-from .dissection import Dissection, _safe_name, pick_device
+from .dissection import Dissection, layer_file_name, pick_device
 from .errors import DissectError
 from .hooks import LayerTrace
 from .io import atomic_path, read_npz, write_csv, write_npz
@@ -627,7 +627,7 @@ def _write_labels(
     for layer, counts in stats.items():
         iou = counts.iou()
         write_npz(
-            dissection.path("iou", f"{_safe_name(layer)}.npz"),
+            dissection.path("iou", f"{layer_file_name(layer)}.npz"),
             iou=iou,
             intersection=counts.intersection.cpu().numpy(),
             union=counts.union().cpu().numpy(),
@@ -651,7 +651,7 @@ def read_iou(directory: str | Path | Dissection, layer: str) -> pd.DataFrame:
     """
     dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
     dissection.check_layers([layer])
-    path = dissection.path("iou", f"{_safe_name(layer)}.npz")
+    path = dissection.path("iou", f"{layer_file_name(layer)}.npz")
     if not path.is_file():
         raise DissectError(
             f"layer {layer!r} has no IoU table yet; run dissect autolabel {dissection.directory}."

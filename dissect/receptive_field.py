@@ -73,7 +73,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Preprocess
-from .dissection import Dissection, _safe_name, pick_device
+from .dissection import Dissection, layer_file_name, pick_device
 from .errors import DissectError
 from .geometry import LayerGeometry
 from .hooks import LayerTrace
@@ -1100,7 +1100,7 @@ def layer_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def maps_path(dissection: Dissection, layer: str) -> Path:
     """Where the averaged maps of ``layer`` are kept."""
-    return dissection.path(MAPS_FOLDER, f"{_safe_name(layer)}.npz")
+    return dissection.path(MAPS_FOLDER, f"{layer_file_name(layer)}.npz")
 
 
 def load_maps(dissection: str | Path | Dissection, layer: str) -> dict[str, np.ndarray]:

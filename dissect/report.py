@@ -26,7 +26,7 @@ from matplotlib import colormaps
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .dissection import Dissection, _safe_name
+from .dissection import Dissection, layer_file_name
 from .errors import DissectError
 from .io import atomic_path, read_npz, write_text
 from .labels import read_labels
@@ -246,7 +246,7 @@ def unit_table(
 
 def segment_strip(dissection: Dissection, layer: str, unit: int, top: int, height: int):
     """The first ``top`` segmented top images of a unit side by side, or None if not segmented."""
-    folder = dissection.path("segments", _safe_name(layer), f"unit{unit:04d}")
+    folder = dissection.path("segments", layer_file_name(layer), f"unit{unit:04d}")
     paths = [folder / f"{rank:02d}_segmented.png" for rank in range(1, top + 1)]
     paths = [path for path in paths if path.is_file()]
     if not paths:
@@ -284,11 +284,11 @@ def unit_assets(
     """Write thumbnails of segmented top images and RF maps; return their paths per unit."""
     strips, maps = {}, {}
     for layer in dissection.layers:
-        rf_path = dissection.path("receptive_fields", f"{_safe_name(layer)}.npz")
+        rf_path = dissection.path("receptive_fields", f"{layer_file_name(layer)}.npz")
         if rf_path.is_file():
             stored = read_npz(rf_path)
             for unit, rf_map in zip(stored["units"].tolist(), stored["maps"], strict=True):
-                path = root / "assets" / "rf" / _safe_name(layer) / f"unit{unit:04d}.png"
+                path = root / "assets" / "rf" / layer_file_name(layer) / f"unit{unit:04d}.png"
                 _save_png(rf_image(rf_map), path)
                 maps[(layer, unit)] = path
     if not dissection.path("segments").is_dir():
@@ -297,7 +297,7 @@ def unit_assets(
     for layer, unit in tqdm(rows, desc="report", unit="unit", disable=not progress):
         strip = segment_strip(dissection, layer, int(unit), top, height)
         if strip is not None:
-            path = root / "assets" / "units" / _safe_name(layer) / f"unit{int(unit):04d}.png"
+            path = root / "assets" / "units" / layer_file_name(layer) / f"unit{int(unit):04d}.png"
             _save_png(strip, path)
             strips[(layer, unit)] = path
     return strips, maps

@@ -30,7 +30,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .data import ImageSource, Preprocess, make_loader
-from .dissection import Dissection, _safe_name, pick_device
+from .dissection import Dissection, layer_file_name, pick_device
 from .errors import DissectError
 from .hooks import LayerTrace
 from .io import atomic_path, write_csv
@@ -463,7 +463,7 @@ def write_segments(
     options.setdefault("model", dissection.load_model())
     tables = []
     for layer in layers:
-        folder = dissection.path("segments", _safe_name(layer))
+        folder = dissection.path("segments", layer_file_name(layer))
         rows = []
         for segments in iter_segments(dissection, layer, units, top, **options):
             unit_folder = folder / f"unit{segments.unit:04d}"

@@ -6,9 +6,9 @@ import argparse
 
 import pandas as pd
 
-from ..dissection import Dissection, _safe_name
+from ..dissection import Dissection, layer_file_name
+from ..plots import save_figure
 from ..plots.receptive_field import plot_rf_maps, plot_rf_sizes
-from ..plots.semantics import save_figure
 from ..receptive_field import (
     LAYERS_CSV,
     UNITS_CSV,
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             stored["rf_empirical"][shown],
             layer=layer,
         )
-        save_figure(figure, dissection.path("plots", f"rf_{_safe_name(layer)}.png"))
+        save_figure(figure, dissection.path("plots", f"rf_{layer_file_name(layer)}.png"))
     summary = pd.read_csv(dissection.path(LAYERS_CSV))
     save_figure(plot_rf_sizes(summary), dissection.path("plots", "rf_sizes.png"))
     with pd.option_context("display.width", 200):

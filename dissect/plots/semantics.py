@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..io import atomic_path
 from ..semantics import DEFAULT_TAXONOMY, Taxonomy
+from . import plain, save_figure
 
 #: One colour per default type, shallow (light) to deep (dark), as in the paper's figure.
 TYPE_COLORS = {
@@ -23,19 +23,6 @@ TYPE_COLORS = {
     "object": "#287271",
     "scene": "#264653",
 }
-
-
-def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Write ``figure`` as a PNG to ``path`` atomically; return the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return path
-
-
-def plain(text: object) -> str:
-    """``text`` for a matplotlib label, with ``$`` escaped so it is never read as mathtext."""
-    return str(text).replace("$", r"\$")
 
 
 def _type_color(key: str, position: int) -> str:

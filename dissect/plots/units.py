@@ -14,7 +14,7 @@ from ..labels import read_labels
 from ..models import LoadedModel
 from ..receptive_field import load_maps
 from ..segment import iter_segments
-from .semantics import plain
+from . import plain
 
 
 def unit_title(dissection: Dissection, layer: str, unit: int) -> str:
