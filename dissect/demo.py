@@ -29,6 +29,7 @@ class DemoPlan:
     """Sizes of the demo: full (a few minutes on 2 cores) or quick (under a minute)."""
 
     images: int
+    rf_layers: tuple[str, ...]
     rf_units: int
     rf_top: int
     segment_layers: tuple[str, ...]
@@ -37,8 +38,9 @@ class DemoPlan:
     @classmethod
     def choose(cls, quick: bool, images: int | None) -> DemoPlan:
         if quick:
-            return cls(images or 200, 2, 5, ("conv5",), 5)
-        return cls(images or 1000, 8, 10, ("conv1", "conv3", "conv5"), 8)
+            return cls(images or 200, ("conv1", "conv3", "conv5"), 2, 5, ("conv5",), 5)
+        convs = ("conv1", "conv2", "conv3", "conv4", "conv5")
+        return cls(images or 1000, convs, 8, 10, ("conv1", "conv3", "conv5"), 8)
 
 
 def demo_commands(out: str, plan: DemoPlan, seed: int, device: str) -> list[list[str]]:
@@ -50,8 +52,8 @@ def demo_commands(out: str, plan: DemoPlan, seed: int, device: str) -> list[list
          "--topk", "20", "--device", device],
         ["autolabel", out, "--device", device],
         ["stats", out],
-        ["rf", out, "--units", ",".join(map(str, sample)), "--top", str(plan.rf_top),
-         "--device", device],
+        ["rf", out, "--layers", ",".join(plan.rf_layers), "--units", ",".join(map(str, sample)),
+         "--top", str(plan.rf_top), "--device", device],
         ["segment", out, "--layers", segment, "--top", str(plan.top), "--device", device],
         ["export", out, "--format", "html", "--layers", "conv5", "--top", str(plan.top),
          "--device", device],

@@ -1,0 +1,35 @@
+"""``dissect demo --quick`` runs every stage on the built-in model and world."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from dissect.cli import main
+from dissect.demo import _object_of, finding
+
+
+def test_quick_demo_runs_every_stage(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--images", "40", "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("run", "autolabel", "stats", "rf", "segment", "export", "report"):
+        assert f"$ dissect {stage} " in printed
+    assert "object or part detectors" in printed and "index.html" in printed
+    for name in ("units.csv", "labels.csv", "layer_types.csv", "receptive_fields.csv"):
+        assert (out / name).is_file(), name
+    assert (out / "report" / "index.html").is_file()
+    assert (out / "annotation" / "html").is_dir()
+    summary = finding(out)
+    labels = pd.read_csv(out / "labels_iou.csv")
+    conv5 = labels[(labels["layer"] == "conv5") & (labels["iou"] >= 0.04)]
+    expected = conv5["category"].isin(["object", "part"]).sum() / 96
+    assert summary["last_layer"] == "conv5" and summary["first_layer"] == "conv1"
+    assert summary["last_object_part_fraction"] == round(expected, 3)
+    assert summary["objects_total"] == 11
+
+
+def test_parts_count_for_their_object():
+    objects = {"car", "house", "table"}
+    assert _object_of("car wheel", objects) == "car"
+    assert _object_of("table", objects) == "table"
+    assert _object_of("carpet", objects) == "carpet"
