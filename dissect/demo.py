@@ -40,7 +40,7 @@ class DemoPlan:
         if quick:
             return cls(images or 200, ("conv1", "conv3", "conv5"), 2, 5, ("conv5",), 5)
         convs = ("conv1", "conv2", "conv3", "conv4", "conv5")
-        return cls(images or 1000, convs, 8, 10, ("conv1", "conv3", "conv5"), 8)
+        return cls(images or 1000, convs, 6, 8, ("conv1", "conv3", "conv5"), 8)
 
 
 def demo_commands(out: str, plan: DemoPlan, seed: int, device: str) -> list[list[str]]:
@@ -92,9 +92,11 @@ def run_demo(
     start = time.perf_counter()
     for command in demo_commands(out, plan, seed, device):
         print(f"\n$ dissect {shlex.join(command)}", flush=True)
+        began = time.perf_counter()
         status = runner(command)
         if status:
             raise SystemExit(status)
+        print(f"({time.perf_counter() - began:.0f} s)", flush=True)
     summary = finding(out)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     return summary
