@@ -664,21 +664,24 @@ class _Incremental:
 
     def run(
         self,
-        bases: list[list[torch.Tensor | None]],
+        bases: list[torch.Tensor | None],
+        images: torch.Tensor,
         corners: np.ndarray,
         patch: torch.Tensor,
         plans: list[tuple],
     ) -> tuple[torch.Tensor, np.ndarray]:
         """Layer output windows (B, C, h, w) of occluded images and their starts (B, 2).
 
-        ``bases[b]`` are the padded base inputs of item ``b``'s image, ``corners[b]`` its
-        occluder corner (y, x) in input pixels, ``plans[b]`` its :meth:`plan` (window sizes equal
-        for all items).
+        ``bases[s]`` holds the padded base inputs of spatial step ``s`` for every image of the
+        chunk, channels last (I, H, W, C), see :meth:`stack`; ``images[b]`` is item ``b``'s image
+        in that stack, ``corners[b]`` its occluder corner (y, x) in input pixels, ``plans[b]``
+        its :meth:`plan` (window sizes equal for all items). Each step gathers the windows of all
+        items and pastes the recomputed windows into them in one indexing operation each.
         """
         count = len(corners)
-        window = patch.unsqueeze(0).repeat(count, 1, 1, 1)
+        window = patch.unsqueeze(0).expand(count, -1, -1, -1)
         changed = np.asarray(corners, dtype=np.int64)  # start of the forward window
-        low, size = changed.copy(), tuple(patch.shape[1:])  # window computed
+        low = changed.copy()  # start of the window computed
         for index, (step, sizes) in enumerate(zip(self.steps, self.windows, strict=True)):
             if sizes is None:
                 window = step.module.forward(window)
@@ -688,33 +691,61 @@ class _Incremental:
             for a in range(2):
                 first = -((step.reach(a) - changed[:, a] - step.padding[a]) // step.stride[a])
                 forward[:, a] = np.clip(first, 0, sizes.length[a] - sizes.out[a])
-                backward = [plan[index][a][0] for plan in plans]
-                start[:, a] = forward[:, a] if axes[a][0] < 0 else backward
+                if axes[a][0] < 0:
+                    start[:, a] = forward[:, a]
+                else:
+                    start[:, a] = [plan[index][a][0] for plan in plans]
             out = (axes[0][1], axes[1][1])
             needed = [(out[a] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2)]
             need = start * np.array(step.stride)  # in padded coordinates
-            gathered = torch.stack(
-                [
-                    bases[b][index][
-                        :, need[b, 0] : need[b, 0] + needed[0], need[b, 1] : need[b, 1] + needed[1]
-                    ]
-                    for b in range(count)
-                ]
-            ).clone()
             offset = low + np.array(step.padding) - need  # computed window in gathered coords
-            for b in range(count):
-                top, left = max(offset[b, 0], 0), max(offset[b, 1], 0)
-                bottom = min(offset[b, 0] + size[0], needed[0])
-                right = min(offset[b, 1] + size[1], needed[1])
-                if top < bottom and left < right:
-                    gathered[b, :, top:bottom, left:right] = window[
-                        b,
-                        :,
-                        top - offset[b, 0] : bottom - offset[b, 0],
-                        left - offset[b, 1] : right - offset[b, 1],
-                    ]
-            window, changed, low, size = step.apply(gathered), forward, start, out
+            gathered = _gather_paste(bases[index], images, need, needed, window, offset)
+            window, changed, low = step.apply(gathered), forward, start
         return window, low
+
+    def stack(self, prepared: list[tuple]) -> list[torch.Tensor | None]:
+        """Per spatial step, the padded base inputs of several images (:meth:`base`), stacked
+        channels last as (I, H, W, C) for :func:`_gather_paste`."""
+        return [
+            None if padded[0] is None else torch.stack(padded).permute(0, 2, 3, 1).contiguous()
+            for padded in zip(*(base for base, _ in prepared), strict=True)
+        ]
+
+
+def _gather_paste(
+    base: torch.Tensor,
+    images: torch.Tensor,
+    corner: np.ndarray,
+    size: Sequence[int],
+    window: torch.Tensor,
+    offset: np.ndarray,
+) -> torch.Tensor:
+    """Windows (B, C, h, w) of ``size`` cut at ``corner`` (B, 2) from ``base[images[b]]`` (I, H,
+    W, C), with ``window[b]`` (C, h', w') pasted at ``offset[b]`` (parts outside are cut off).
+
+    Works on rows of channels: one ``index_select`` gathers every item's window, one
+    ``index_copy_`` pastes every item's recomputed values.
+    """
+    device, channels = base.device, base.shape[3]
+    count, (height, width), (inner_h, inner_w) = len(corner), size, window.shape[2:]
+    rows = corner[:, :1] + np.arange(height)  # (B, h) rows of base
+    cols = corner[:, 1:] + np.arange(width)
+    images = images.cpu().numpy()[:, None, None]
+    source = (images * base.shape[1] + rows[:, :, None]) * base.shape[2] + cols[:, None, :]
+    gathered = base.reshape(-1, channels).index_select(
+        0, torch.as_tensor(source.ravel(), device=device)
+    )
+    # Window position (i, j) of item b lands at (i + offset_y, j + offset_x) of its window.
+    to_y = offset[:, :1] + np.arange(inner_h)  # (B, h')
+    to_x = offset[:, 1:] + np.arange(inner_w)
+    keep = ((to_y >= 0) & (to_y < height))[:, :, None] & ((to_x >= 0) & (to_x < width))[:, None, :]
+    item = np.arange(count)[:, None, None]
+    target = (item * height + to_y[:, :, None]) * width + to_x[:, None, :]
+    origin = (item * inner_h + np.arange(inner_h)[None, :, None]) * inner_w + np.arange(inner_w)
+    values = window.permute(0, 2, 3, 1).reshape(-1, channels)
+    pick = torch.as_tensor(origin[keep], device=device)
+    gathered.index_copy_(0, torch.as_tensor(target[keep], device=device), values[pick])
+    return gathered.view(count, height, width, channels).permute(0, 3, 1, 2).contiguous()
 
 
 def _fast(
@@ -799,13 +830,18 @@ def _fast(
                 shapes = shapes.reshape(-1, 2)
             ranking = np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], shapes[:, 1], shapes[:, 0]))
             jobs, shapes = jobs[ranking], shapes[ranking]
-            tensors = {g.image: load_image(int(images[g.image])).to(device) for g in groups}
+            slots = {g.image: None for g in groups}  # chunk images, in order of first use
+            tensors = [load_image(int(images[i])).to(device) for i in slots]
+            slots = {image: slot for slot, image in enumerate(slots)}
             if incremental is None:
-                prepared = {
-                    i: (None, trace(tensor[None])[layer][0]) for i, tensor in tensors.items()
-                }
+                outputs = trace(torch.stack(tensors))[layer]
             else:
-                prepared = {i: incremental.base(tensor) for i, tensor in tensors.items()}
+                prepared = [incremental.base(tensor) for tensor in tensors]
+                bases = incremental.stack(prepared)
+                outputs = torch.stack([output for _, output in prepared])
+            targets = _Targets(
+                groups, [slots[g.image] for g in groups], measurements, outputs, peak
+            )
             index = max(done - position, 0)
             while index < len(jobs):
                 if incremental is None:
@@ -818,21 +854,21 @@ def _fast(
                     if (shapes[end] != shapes[index]).any():
                         break
                     end += 1
-                batch = [(groups[k], r, c) for k, r, c in jobs[index:end]]
+                k, r, c = jobs[index:end].T
                 if incremental is None:
-                    maps, starts = _crop_pass(batch, tensors, patch, corners, axes, trace, layer)
+                    batch = [(groups[g], row, col) for g, row, col in jobs[index:end]]
+                    crops = [tensors[slots[g.image]] for g, _, _ in batch]
+                    maps, starts = _crop_pass(batch, crops, patch, corners, axes, trace, layer)
                 else:
-                    where = np.array([(corners[r], corners[c]) for _, r, c in batch])
                     maps, starts = incremental.run(
-                        [prepared[group.image][0] for group, _, _ in batch],
-                        where,
+                        bases,
+                        torch.as_tensor(targets.slot[k], device=device),
+                        np.column_stack([corners[r], corners[c]]),
                         patch,
-                        [plans[group.box] for group, _, _ in batch],
+                        [plans[groups[g].box] for g in k],
                     )
-                for b, (group, r, c) in enumerate(batch):
-                    base = prepared[group.image][1]
-                    _record(grids, maps[b], starts[b], group, r, c, measurements, base, peak)
-                bar.update(len(batch))
+                _record(grids, maps, starts, targets, k, r, c)
+                bar.update(len(k))
                 index = end
                 if checkpoint is not None:
                     checkpoint(position + index)
@@ -840,40 +876,108 @@ def _fast(
     bar.close()
 
 
-def _crop_pass(batch, tensors, patch, corners, axes, trace, layer):
-    """Layer output of each occluded crop of ``batch``, and its start in layer positions."""
+def _crop_pass(batch, images, patch, corners, axes, trace, layer):
+    """Layer output of each occluded crop of ``batch`` (``images[b]``: item ``b``'s image), and
+    its start in layer positions."""
     crops, starts = [], []
-    for group, r, c in batch:
+    for (group, r, c), image in zip(batch, images, strict=True):
         y0, x0 = int(group.plan_y.start[r]), int(group.plan_x.start[c])
-        window = tensors[group.image][:, y0 : group.plan_y.stop[r], x0 : group.plan_x.stop[c]]
+        window = image[:, y0 : group.plan_y.stop[r], x0 : group.plan_x.stop[c]]
         crops.append(_occlude(window, patch, int(corners[r]) - y0, int(corners[c]) - x0))
         starts.append((y0 // axes[0].jump, x0 // axes[1].jump))
     return trace(torch.stack(crops))[layer], np.array(starts)
 
 
-def _record(grids, maps, start, group, r, c, measurements, base, peak) -> None:
-    """Write the discrepancies read from one occluded pass into ``grids``.
+class _Targets:
+    """What the occluded passes of a chunk of groups are read for, as arrays over its groups.
 
-    ``maps`` (C, h, w) holds layer positions from ``start`` (y, x) on; ``base`` (C, H, W) the
-    unoccluded layer output.
+    Parameters
+    ----------
+    groups : list of _Group
+        The groups of the chunk.
+    slots : list of int
+        Per group, its image's position in ``outputs``.
+    measurements : Measurements
+        All measurements.
+    outputs : Tensor, shape (I, C, H, W)
+        Unoccluded layer output of each image of the chunk.
+    peak : bool
+        ``peak`` discrepancy (else ``map``).
     """
-    shift_y, shift_x = int(start[0]), int(start[1])
-    y_lo, y_hi = int(group.plan_y.first[r]), int(group.plan_y.last[r])
-    x_lo, x_hi = int(group.plan_x.first[c]), int(group.plan_x.last[c])
-    members = group.members
-    if peak:
-        ys, xs = measurements.y[members], measurements.x[members]
-        hit = (ys >= y_lo) & (ys <= y_hi) & (xs >= x_lo) & (xs <= x_hi)
-        members = members[hit]
-        units = torch.as_tensor(measurements.unit[members], device=maps.device)
-        ys = torch.as_tensor(ys[hit], device=maps.device)
-        xs = torch.as_tensor(xs[hit], device=maps.device)
-        diff = (maps[units, ys - shift_y, xs - shift_x] - base[units, ys, xs]).abs()
+
+    def __init__(self, groups, slots, measurements, outputs, peak):
+        self.slot = np.asarray(slots, dtype=np.int64)
+        self.first_y = np.stack([g.plan_y.first for g in groups])  # (G, corners)
+        self.last_y = np.stack([g.plan_y.last for g in groups])
+        self.first_x = np.stack([g.plan_x.first for g in groups])
+        self.last_x = np.stack([g.plan_x.last for g in groups])
+        self.counts = np.array([len(g.members) for g in groups])
+        self.offsets = np.cumsum(self.counts) - self.counts  # of each group in ``members``
+        self.members = np.concatenate([g.members for g in groups])
+        self.unit = measurements.unit[self.members]
+        self.y, self.x = measurements.y[self.members], measurements.x[self.members]
+        self.outputs, self.peak = outputs, peak
+        if peak:  # unoccluded activation of each member at its peak
+            images = np.repeat(self.slot, self.counts)
+            self.reference = outputs[images, self.unit, self.y, self.x]
+
+    def pairs(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every (item, member) pair of the items of groups ``k``: item and member indices."""
+        counts = self.counts[k]
+        item = np.repeat(np.arange(len(k)), counts)
+        within = np.arange(len(item)) - np.repeat(np.cumsum(counts) - counts, counts)
+        return item, np.repeat(self.offsets[k], counts) + within
+
+
+def _record(grids, maps, starts, targets, k, r, c) -> None:
+    """Write the discrepancies read from a batch of occluded passes into ``grids``.
+
+    Item ``b`` is occluder (``r[b]``, ``c[b]``) on group ``k[b]`` of ``targets``; ``maps[b]``
+    (C, h, w) holds its layer positions from ``starts[b]`` (y, x) on.
+    """
+    device = maps.device
+    item, member = targets.pairs(k)
+    kk, rr, cc = k[item], r[item], c[item]
+    if targets.peak:
+        ys, xs = targets.y[member], targets.x[member]
+        hit = (ys >= targets.first_y[kk, rr]) & (ys <= targets.last_y[kk, rr])
+        hit &= (xs >= targets.first_x[kk, cc]) & (xs <= targets.last_x[kk, cc])
+        item, member, rr, cc = item[hit], member[hit], rr[hit], cc[hit]
+        index = [
+            torch.as_tensor(v, device=device)
+            for v in (
+                item,
+                targets.unit[member],
+                ys[hit] - starts[item, 0],
+                xs[hit] - starts[item, 1],
+            )
+        ]
+        diff = (
+            maps[tuple(index)] - targets.reference[torch.as_tensor(member, device=device)]
+        ).abs()
     else:
-        units = torch.as_tensor(measurements.unit[members], device=maps.device)
-        window = maps[:, y_lo - shift_y : y_hi - shift_y + 1, x_lo - shift_x : x_hi - shift_x + 1]
-        diff = (window - base[:, y_lo : y_hi + 1, x_lo : x_hi + 1]).abs().sum((1, 2))[units]
-    grids[members, r, c] = diff.float().cpu().numpy()
+        height, width = targets.outputs.shape[2:]
+        spans = [
+            np.minimum(starts[:, a : a + 1] + np.arange(maps.shape[2 + a]), length - 1)
+            for a, length in enumerate((height, width))
+        ]
+        inside_y = (spans[0] >= targets.first_y[k, r][:, None]) & (
+            spans[0] <= targets.last_y[k, r][:, None]
+        )
+        inside_x = (spans[1] >= targets.first_x[k, c][:, None]) & (
+            spans[1] <= targets.last_x[k, c][:, None]
+        )
+        rows, cols, images = (
+            torch.as_tensor(v, device=device) for v in (spans[0], spans[1], targets.slot[k])
+        )
+        base = targets.outputs.permute(0, 2, 3, 1)[
+            images[:, None, None], rows[:, :, None], cols[:, None, :]
+        ].permute(0, 3, 1, 2)
+        mask = torch.as_tensor(inside_y[:, :, None] & inside_x[:, None, :], device=device)
+        sums = torch.where(mask[:, None], (maps - base).abs(), 0.0).sum((2, 3))  # (B, C)
+        units = torch.as_tensor(targets.unit[member], device=device)
+        diff = sums[torch.as_tensor(item, device=device), units]
+    grids[targets.members[member], rr, cc] = diff.float().cpu().numpy()
 
 
 def average_maps(
