@@ -133,6 +133,11 @@ class TailQuantile:
         if self.level:
             keep = torch.rand(values.shape[1], generator=self.generator, device=values.device)
             values = values[:, keep < self.rate]
+        # Only values above a full buffer's smallest can enter it: select those first (cheap).
+        floor = self.values[:, -1:]
+        candidates = int((values > floor).sum(1).max()) if values.numel() else 0
+        if candidates < values.shape[1]:
+            values = values.topk(candidates, dim=1, sorted=False).values
         self._keep(torch.cat([self.values, values.float()], 1))
         while self.quantile * self.count * self.rate > self.size / 4:
             self._halve()
@@ -238,7 +243,7 @@ class UnitStats:
             score.T, indices.to(score.device), (where // width).T, (where % width).T
         )
         self.peak = torch.maximum(self.peak, score.amax(0))
-        self.sum += flat.sum((0, 2), dtype=torch.float64)
+        self.sum += flat.sum(2).double().sum(0)
         self.images += batch
         self.tail.add(flat.transpose(0, 1).reshape(units, -1))
 
