@@ -483,13 +483,20 @@ class _Step:
         return self.dilation[axis] * (self.kernel[axis] - 1)
 
     def apply(self, window: torch.Tensor) -> torch.Tensor:
-        """The module on a window that already holds its padding."""
+        """The module on a window that already holds its padding.
+
+        Convolutions run on contiguous (NCHW) windows, as a whole-image forward does, so their
+        round-off matches it; max pooling (exact in any layout) runs channels last, where it is
+        many times faster on CPU.
+        """
         if isinstance(self.module, nn.Conv2d):
             conv = self.module
             return F.conv2d(
-                window, conv.weight, conv.bias, self.stride, 0, self.dilation, conv.groups
-            )
+                window.contiguous(), conv.weight, conv.bias, self.stride, 0, self.dilation,
+                conv.groups,
+            )  # fmt: skip
         if isinstance(self.module, nn.MaxPool2d):
+            window = window.contiguous(memory_format=torch.channels_last)
             return F.max_pool2d(window, self.kernel, self.stride, 0, self.dilation)
         return self.module.forward(window)
 
@@ -565,7 +572,6 @@ def _chain(module: nn.Module, layer: str, image: torch.Tensor) -> list[_Step] | 
 class _StepWindows:
     """Fixed window sizes of one spatial step for a given occluder size, per axis."""
 
-    changed: tuple[int, int]  # side of the changed window at the step's input
     out: tuple[int, int]  # side of the output window computed
     needed: tuple[int, int]  # side of the input window read (padding included)
     length: tuple[int, int]  # output length of the step
@@ -582,11 +588,13 @@ class _Incremental:
     the backward window may be stale but no measured position reads them.
     """
 
-    def __init__(self, steps: list[_Step], image: torch.Tensor, occluder: int):
+    def __init__(self, steps: list[_Step], image: torch.Tensor, occluder: int, corners: np.ndarray):
         self.steps = steps
         self.windows: list[_StepWindows | None] = []
         self.inputs: list[tuple[int, int, int]] = []  # (channels, height, width) per step
-        changed = (occluder, occluder)
+        # Changed span [lo, hi] of every occluder corner, per axis (the image is square).
+        lo = [np.asarray(corners, dtype=np.int64)] * 2
+        hi = [np.minimum(lo[0] + occluder, image.shape[-1]) - 1] * 2
         self.full = 0  # input positions read by a whole-image pass (all steps)
         x = image[None]
         for step in steps:
@@ -598,13 +606,12 @@ class _Incremental:
             self.full += x.shape[2] * x.shape[3]
             x = step.module.forward(x)
             lengths = x.shape[2:]
-            out = tuple(
-                min(lengths[a], (changed[a] - 1 + step.reach(a)) // step.stride[a] + 1)
-                for a in range(2)
-            )
+            spans = [_changed_span(step, a, lo[a], hi[a], lengths[a]) for a in range(2)]
+            lo, hi = [span[0] for span in spans], [span[1] for span in spans]
+            # The forward window: wide enough for the widest span of the corners in use.
+            out = tuple(max(int((hi[a] - lo[a]).max()) + 1, 1) for a in range(2))
             needed = tuple((out[a] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2))
-            self.windows.append(_StepWindows(changed, out, needed, tuple(lengths)))
-            changed = out
+            self.windows.append(_StepWindows(out, needed, tuple(lengths)))
 
     def plan(self, box: tuple[int, int, int, int]) -> tuple:
         """Per step (None if point-wise), per axis: (backward start or -1 for forward, size)."""
@@ -680,19 +687,18 @@ class _Incremental:
         """
         count = len(corners)
         window = patch.unsqueeze(0).expand(count, -1, -1, -1)
-        changed = np.asarray(corners, dtype=np.int64)  # start of the forward window
+        changed = np.asarray(corners, dtype=np.int64)  # first input position the occluder changed
         low = changed.copy()  # start of the window computed
         for index, (step, sizes) in enumerate(zip(self.steps, self.windows, strict=True)):
             if sizes is None:
                 window = step.module.forward(window)
                 continue
             axes = plans[0][index]
-            forward, start = np.empty_like(changed), np.empty_like(changed)
+            first, start = np.empty_like(changed), np.empty_like(changed)
             for a in range(2):
-                first = -((step.reach(a) - changed[:, a] - step.padding[a]) // step.stride[a])
-                forward[:, a] = np.clip(first, 0, sizes.length[a] - sizes.out[a])
-                if axes[a][0] < 0:
-                    start[:, a] = forward[:, a]
+                first[:, a] = _changed_span(step, a, changed[:, a], changed[:, a], 1 << 62)[0]
+                if axes[a][0] < 0:  # forward window: from the first changed output
+                    start[:, a] = np.minimum(first[:, a], sizes.length[a] - sizes.out[a])
                 else:
                     start[:, a] = [plan[index][a][0] for plan in plans]
             out = (axes[0][1], axes[1][1])
@@ -700,7 +706,7 @@ class _Incremental:
             need = start * np.array(step.stride)  # in padded coordinates
             offset = low + np.array(step.padding) - need  # computed window in gathered coords
             gathered = _gather_paste(bases[index], images, need, needed, window, offset)
-            window, changed, low = step.apply(gathered), forward, start
+            window, changed, low = step.apply(gathered), first, start
         return window, low
 
     def stack(self, prepared: list[tuple]) -> list[torch.Tensor | None]:
@@ -710,6 +716,14 @@ class _Incremental:
             None if padded[0] is None else torch.stack(padded).permute(0, 2, 3, 1).contiguous()
             for padded in zip(*(base for base, _ in prepared), strict=True)
         ]
+
+
+def _changed_span(step: _Step, axis: int, lo: np.ndarray, hi: np.ndarray, length: int):
+    """The outputs ``[lo', hi']`` of ``step`` (along ``axis``, ``length`` of them) that read an
+    input in ``[lo, hi]``: output ``i`` reads inputs ``i * stride - padding + 0..reach``."""
+    stride, padding, reach = step.stride[axis], step.padding[axis], step.reach(axis)
+    first = np.maximum(-((reach - lo - padding) // stride), 0)
+    return first, np.minimum((hi + padding) // stride, length - 1)
 
 
 def _gather_paste(
@@ -745,7 +759,7 @@ def _gather_paste(
     values = window.permute(0, 2, 3, 1).reshape(-1, channels)
     pick = torch.as_tensor(origin[keep], device=device)
     gathered.index_copy_(0, torch.as_tensor(target[keep], device=device), values[pick])
-    return gathered.view(count, height, width, channels).permute(0, 3, 1, 2).contiguous()
+    return gathered.view(count, height, width, channels).permute(0, 3, 1, 2)
 
 
 def _fast(
@@ -791,7 +805,7 @@ def _fast(
             steps = None
     incremental, plans, signatures, kinds = None, {}, {}, {}
     if steps is not None:
-        incremental = _Incremental(steps, first, patch.shape[-1])
+        incremental = _Incremental(steps, first, patch.shape[-1], corners)
 
         def window_plan(box: tuple) -> tuple:
             if box not in plans:

@@ -114,9 +114,10 @@ def pool_net() -> nn.Module:
     ).eval()
 
 
+@pytest.mark.parametrize(("occluder", "stride"), [(7, 4), (5, 3), (6, 5)])
 @pytest.mark.parametrize("discrepancy", ["peak", "map"])
 @pytest.mark.parametrize("layer", ["0", "3", "6"])
-def test_fast_path_equals_naive_path(layer, discrepancy):
+def test_fast_path_equals_naive_path(layer, discrepancy, occluder, stride):
     net, size = pool_net(), 32
     images = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(1))
     geometry = layer_geometry(net, [layer], size)[layer]
@@ -127,8 +128,10 @@ def test_fast_path_equals_naive_path(layer, discrepancy):
         rng.integers(0, 5, count), rng.integers(0, channels, count),
         rng.integers(0, height, count), rng.integers(0, width, count),
     )  # fmt: skip
-    patch = noise_patch(PREPROCESS, 7, 0)
-    config = OcclusionConfig(occluder=7, stride=4, discrepancy=discrepancy, batch_size=64)
+    patch = noise_patch(PREPROCESS, occluder, 0)
+    config = OcclusionConfig(
+        occluder=occluder, stride=stride, discrepancy=discrepancy, batch_size=64
+    )
     naive = discrepancy_maps(
         net, layer, geometry, images.__getitem__, measurements, patch, config, method="naive",
         progress=False,
