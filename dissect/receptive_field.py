@@ -40,7 +40,9 @@ per occluder position, per image, per unit. The fast method computes the same nu
     activations around it with the step's own padding: the outputs whose inputs the occluder
     changed, or, when smaller, the outputs the measured peak positions depend on (for each
     image, one window around all its peaks or one per peak, whichever costs fewer
-    multiply-adds);
+    multiply-adds). Window sides are fixed per step (the widest changed span over the occluder
+    corners in use), so each step handles all passes of a batch at once: one gather of the kept
+    activations, one paste of the recomputed window, one convolution or pooling;
 
   ``fast`` picks ``incremental`` when it applies and the crops would cover more than a quarter
   of the image on average, else ``crop``;
