@@ -674,7 +674,7 @@ class _Incremental:
     def run(
         self,
         bases: list[torch.Tensor | None],
-        images: torch.Tensor,
+        images: np.ndarray,
         corners: np.ndarray,
         patch: torch.Tensor,
         plans: list[tuple],
@@ -730,7 +730,7 @@ def _changed_span(step: _Step, axis: int, lo: np.ndarray, hi: np.ndarray, length
 
 def _gather_paste(
     base: torch.Tensor,
-    images: torch.Tensor,
+    images: np.ndarray,
     corner: np.ndarray,
     size: Sequence[int],
     window: torch.Tensor,
@@ -746,7 +746,7 @@ def _gather_paste(
     count, (height, width), (inner_h, inner_w) = len(corner), size, window.shape[2:]
     rows = corner[:, :1] + np.arange(height)  # (B, h) rows of base
     cols = corner[:, 1:] + np.arange(width)
-    images = images.cpu().numpy()[:, None, None]
+    images = np.asarray(images)[:, None, None]
     source = (images * base.shape[1] + rows[:, :, None]) * base.shape[2] + cols[:, None, :]
     gathered = base.reshape(-1, channels).index_select(
         0, torch.as_tensor(source.ravel(), device=device)
@@ -878,7 +878,7 @@ def _fast(
                 else:
                     maps, starts = incremental.run(
                         bases,
-                        torch.as_tensor(targets.slot[k], device=device),
+                        targets.slot[k],
                         np.column_stack([corners[r], corners[c]]),
                         patch,
                         [plans[groups[g].box] for g in k],
