@@ -134,7 +134,7 @@ class TailQuantile:
             keep = torch.rand(values.shape[1], generator=self.generator, device=values.device)
             values = values[:, keep < self.rate]
         # Only values above a full buffer's smallest can enter it: select those first (cheap).
-        floor = self.values[:, -1:]
+        floor = self.values.amin(1, keepdim=True)
         candidates = int((values > floor).sum(1).max()) if values.numel() else 0
         if candidates < values.shape[1]:
             values = values.topk(candidates, dim=1, sorted=False).values
@@ -143,7 +143,7 @@ class TailQuantile:
             self._halve()
 
     def _keep(self, values: torch.Tensor) -> None:
-        self.values = values.topk(self.size, dim=1, sorted=True).values
+        self.values = values.topk(self.size, dim=1, sorted=False).values
 
     def _halve(self) -> None:
         drop = torch.rand(self.values.shape, generator=self.generator, device=self.values.device)
@@ -168,7 +168,8 @@ class TailQuantile:
     def threshold(self) -> np.ndarray:
         """T per unit: the value with a ``quantile`` fraction of all values above it."""
         rank = min(int(self.quantile * self.count * self.rate), self.size - 1)
-        return self.values[:, rank].cpu().numpy()
+        ordered = self.values.sort(dim=1, descending=True).values
+        return ordered[:, rank].cpu().numpy()
 
     def state_dict(self) -> dict:
         return {
