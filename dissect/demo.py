@@ -40,7 +40,7 @@ class DemoPlan:
         if quick:
             return cls(images or 200, ("conv1", "conv3", "conv5"), 2, 5, ("conv5",), 5)
         convs = ("conv1", "conv2", "conv3", "conv4", "conv5")
-        return cls(images or 1000, convs, 6, 8, ("conv1", "conv3", "conv5"), 8)
+        return cls(images or 1000, convs, 8, 10, ("conv1", "conv3", "conv5"), 8)
 
 
 def demo_commands(out: str, plan: DemoPlan, seed: int, device: str) -> list[list[str]]:
