@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import Preprocess
 from .dissection import Dissection, layer_file_name, pick_device
 from .errors import DissectError
@@ -1145,6 +1146,8 @@ def receptive_fields(
     loaded = model or dissection.load_model()
     source = dissection.open_data()
     torch_device = pick_device(device)
+    distributed.init(torch_device)
+    torch_device = distributed.local_device(torch_device)
     patch = noise_patch(preprocess, config.occluder, config.seed)
 
     def load_image(index: int) -> torch.Tensor:
@@ -1152,20 +1155,30 @@ def receptive_fields(
 
     frames = []
     for layer in layers:
-        frames.append(
-            _measure_layer(
-                dissection,
-                layer,
-                chosen[layer],
-                config,
-                loaded.module,
-                load_image,
-                patch,
-                torch_device,
-                progress,
-                checkpoint_seconds,
+        # Under torchrun each rank measures its share of the units (they are independent) into a
+        # file of its own; rank 0 joins them into the file one process would write.
+        mine = distributed.shard(chosen[layer])
+        final = maps_path(dissection, layer)
+        if distributed.world_size() > 1:
+            final = final.with_name(f"{final.stem}.rank{distributed.rank()}.npz")
+        arrays = None
+        if mine:
+            arrays = _measure_layer(
+                dissection, layer, mine, config, loaded.module, load_image, patch,
+                torch_device, progress and distributed.is_main(), checkpoint_seconds, final,
             )  # fmt: skip
-        )
+        if distributed.world_size() > 1:
+            parts = distributed.gather(arrays)
+            if distributed.is_main():
+                arrays = _join([part for part in parts if part is not None], config, chosen[layer])
+                write_npz(maps_path(dissection, layer), **arrays)
+            distributed.barrier()
+            final.unlink(missing_ok=True)
+        if distributed.is_main():
+            frames.append(_rows(layer, dissection.geometry(layer), arrays))
+    if not distributed.is_main():
+        distributed.barrier()  # wait for rank 0's tables
+        return pd.read_csv(dissection.path(UNITS_CSV), dtype={"layer": str})
     table = pd.concat(frames, ignore_index=True)
     path = dissection.path(UNITS_CSV)
     if path.is_file():
@@ -1178,7 +1191,24 @@ def receptive_fields(
     table = table.reset_index(drop=True)
     write_csv(path, table)
     write_csv(dissection.path(LAYERS_CSV), layer_summary(table))
+    distributed.barrier()
     return table
+
+
+def _params(config: OcclusionConfig, units: Sequence[int]) -> str:
+    """What a layer's maps file was measured with (a rerun with the same reuses it)."""
+    return json.dumps({"config": config.to_dict(), "units": list(units)}, sort_keys=True)
+
+
+def _join(parts: list[dict], config: OcclusionConfig, units: Sequence[int]) -> dict:
+    """The maps arrays of several ranks' units, in rank (= unit list) order."""
+    joined = {key: np.concatenate([part[key] for part in parts]) for key in _PER_UNIT}
+    shared = {key: parts[0][key] for key in ("radius", "rf_theoretical")}
+    return {**joined, **shared, "params": np.str_(_params(config, units))}
+
+
+#: Arrays of a layer's maps file with one entry per unit.
+_PER_UNIT = ("maps", "units", "n_images", "rf_empirical", "max_discrepancy")
 
 
 def layer_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -1243,16 +1273,15 @@ def load_maps(dissection: str | Path | Dissection, layer: str) -> dict[str, np.n
 
 def _measure_layer(
     dissection, layer, units, config, module, load_image, patch, device, progress,
-    checkpoint_seconds,
-) -> pd.DataFrame:  # fmt: skip
-    """Measure one layer (or reuse its finished file) and return its per-unit rows."""
+    checkpoint_seconds, final,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Measure one layer's units (or reuse the finished file ``final``); return its arrays."""
     geometry = dissection.geometry(layer)
-    params = json.dumps({"config": config.to_dict(), "units": list(units)}, sort_keys=True)
-    final = maps_path(dissection, layer)
+    params = _params(config, units)
     if final.is_file():
         stored = read_npz(final)
         if str(stored["params"]) == params:
-            return _rows(layer, geometry, stored)
+            return stored
     measurements = Measurements.from_topk(dissection.topk(layer), units, config.top)
     partial = final.with_name(final.stem + ".partial.npz")
     grids, done = None, 0
@@ -1299,7 +1328,7 @@ def _measure_layer(
     write_npz(final, **arrays)
     if partial.is_file():
         partial.unlink()
-    return _rows(layer, geometry, arrays)
+    return arrays
 
 
 def _rows(layer: str, geometry: LayerGeometry, stored: dict[str, np.ndarray]) -> pd.DataFrame:

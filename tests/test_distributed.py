@@ -179,3 +179,40 @@ def test_torchrun_iou_labels_equal_one_process(tmp_path):
         np.testing.assert_array_equal(got["union"], expected["union"])
     assert (dist / "labels.csv").read_text() == (single / "labels.csv").read_text()
     assert not list((dist / "iou").glob("checkpoint*"))
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_torchrun_receptive_fields_equal_one_process(tmp_path):
+    def argvs(out: Path) -> list[list[str]]:
+        return [
+            ["run", TINY_SPEC, "synthetic:8:3", "--out", str(out), "--layers", "conv1,conv2",
+             "--image-size", "32", "--topk", "2", "--batch-size", "4", "--device", "cpu"],
+            ["rf", str(out), "--top", "2", "--occluder", "5", "--stride", "4", "--device", "cpu"],
+        ]  # fmt: skip
+
+    script = tmp_path / "rf.py"
+    script.write_text(TWO_RUNS.format(argvs=argvs(tmp_path / "dist")))
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for argv in argvs(tmp_path / "single"):
+            assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    stdout, stderr = launch.communicate(timeout=120)
+    assert launch.returncode == 0, stderr
+    dist, single = tmp_path / "dist", tmp_path / "single"
+    for layer in ("conv1", "conv2"):
+        got = np.load(dist / "receptive_fields" / f"{layer}.npz")
+        expected = np.load(single / "receptive_fields" / f"{layer}.npz")
+        assert sorted(got.files) == sorted(expected.files)
+        for key in expected.files:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    csv = "receptive_fields.csv"
+    assert (dist / csv).read_text() == (single / csv).read_text()
+    assert not list((dist / "receptive_fields").glob("*.rank*"))

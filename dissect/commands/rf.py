@@ -6,6 +6,7 @@ import argparse
 
 import pandas as pd
 
+from .. import distributed
 from ..dissection import Dissection, layer_file_name
 from ..plots import save_figure
 from ..plots.receptive_field import plot_rf_maps, plot_rf_sizes
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     )
     layers = dissection.check_layers(split_names(args.layers))
     table = receptive_fields(dissection, layers, split_ints(args.units), config, device=args.device)
+    if not distributed.is_main():
+        return 0
     for layer in layers:
         stored = load_maps(dissection, layer)
         shown = slice(0, max(args.plot_units, 0))
