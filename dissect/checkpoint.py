@@ -100,17 +100,17 @@ class Checkpoint:
         """Delete this rank's file and any temporary file a kill left half-written (rank 0: also
         files of ranks >= ``world_size``), then the folder if it is empty."""
         self.path.unlink(missing_ok=True)
-        for partial in self.folder.glob(f".{self.path.name}.*.tmp"):
-            partial.unlink(missing_ok=True)
-        if self.rank == 0 and self.folder.is_dir():
-            for path in self.folder.glob("rank*.pt"):
-                number = path.stem.removeprefix("rank")
-                if number.isdigit() and int(number) >= world_size:
-                    path.unlink(missing_ok=True)
         try:
+            for partial in self.folder.glob(f".{self.path.name}.*.tmp"):
+                partial.unlink(missing_ok=True)
+            if self.rank == 0:
+                for path in self.folder.glob("rank*.pt"):
+                    number = path.stem.removeprefix("rank")
+                    if number.isdigit() and int(number) >= world_size:
+                        path.unlink(missing_ok=True)
             self.folder.rmdir()
         except OSError:
-            pass  # other ranks' files are still there; the last rank removes the folder
+            pass  # other ranks' files are still there, or another rank removed the folder
 
 
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
