@@ -78,6 +78,30 @@ for argv in {argvs!r}:
 """
 
 
+def torchrun_and_one_process(tmp_path: Path, dist_argvs: list, single_argvs: list) -> str:
+    """Run CLI argument lists under torchrun (2 processes) and in this process; return stdout.
+
+    CPU convolutions round differently with another thread count, so both sides use 1 thread.
+    """
+    script = tmp_path / "launch.py"
+    script.write_text(TWO_RUNS.format(argvs=dist_argvs))
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for argv in single_argvs:
+            assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    stdout, stderr = launch.communicate(timeout=120)
+    assert launch.returncode == 0, stderr
+    return stdout
+
+
 def test_sampled_thresholds_of_merged_ranks_keep_the_fraction():
     """Beyond the sketch buffer, ranks sample with their own seeds; the merge stays in bounds."""
     generator = torch.Generator().manual_seed(0)
@@ -117,25 +141,11 @@ def assert_same_directory(got: Path, expected: Path) -> None:
 def test_torchrun_two_processes_equal_one(tmp_path):
     images = make_image_folder(tmp_path / "images", count=24, seed=5)
     sizes = (3, 64)  # 64: one batch, so rank 1 gets no image at all
-    script = tmp_path / "two_runs.py"
-    script.write_text(
-        TWO_RUNS.format(argvs=[run_args(images, tmp_path / f"dist{b}", b) for b in sizes])
+    stdout = torchrun_and_one_process(
+        tmp_path,
+        [run_args(images, tmp_path / f"dist{size}", size) for size in sizes],
+        [run_args(images, tmp_path / f"single{size}", size) for size in sizes],
     )
-    command = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(script)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    # CPU convolutions round differently with another thread count: compare like with like.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for size in sizes:
-            assert main(run_args(images, tmp_path / f"single{size}", size)) == 0
-    finally:
-        torch.set_num_threads(threads)
-    stdout, stderr = launch.communicate(timeout=120)
-    assert launch.returncode == 0, stderr
     assert stdout.count("dissected 2 layer(s) over 25 images (1 skipped)") == len(sizes)  # rank 0
     for size in sizes:
         assert_same_directory(tmp_path / f"dist{size}", tmp_path / f"single{size}")
@@ -152,22 +162,9 @@ def test_torchrun_iou_labels_equal_one_process(tmp_path):
             ["autolabel", str(out), "--batch-size", "2", "--device", "cpu"],
         ]  # fmt: skip
 
-    script = tmp_path / "label.py"
-    script.write_text(TWO_RUNS.format(argvs=argvs(tmp_path / "dist")))
-    command = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(script)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    stdout = torchrun_and_one_process(
+        tmp_path, argvs(tmp_path / "dist"), argvs(tmp_path / "single")
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for argv in argvs(tmp_path / "single"):
-            assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
-    stdout, stderr = launch.communicate(timeout=120)
-    assert launch.returncode == 0, stderr
     assert stdout.count("conv2:") == 1  # only rank 0 reports
     dist, single = tmp_path / "dist", tmp_path / "single"
     for layer in ("conv1", "conv2"):
@@ -190,22 +187,7 @@ def test_torchrun_receptive_fields_equal_one_process(tmp_path):
             ["rf", str(out), "--top", "2", "--occluder", "5", "--stride", "4", "--device", "cpu"],
         ]  # fmt: skip
 
-    script = tmp_path / "rf.py"
-    script.write_text(TWO_RUNS.format(argvs=argvs(tmp_path / "dist")))
-    command = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(script)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for argv in argvs(tmp_path / "single"):
-            assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
-    stdout, stderr = launch.communicate(timeout=120)
-    assert launch.returncode == 0, stderr
+    torchrun_and_one_process(tmp_path, argvs(tmp_path / "dist"), argvs(tmp_path / "single"))
     dist, single = tmp_path / "dist", tmp_path / "single"
     for layer in ("conv1", "conv2"):
         got = np.load(dist / "receptive_fields" / f"{layer}.npz")
