@@ -6,8 +6,8 @@ import argparse
 
 from .. import distributed
 from ..iou import autolabel
-from ..semantics import DEFAULT_TAXONOMY, MIN_IOU, Taxonomy
-from .common import split_names
+from ..semantics import MIN_IOU
+from .common import split_names, taxonomy_from_args
 
 HELP = (
     "label units automatically by IoU of their thresholded maps with the dense concept masks "
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    taxonomy = Taxonomy.from_csv(args.mapping) if args.mapping else DEFAULT_TAXONOMY
+    taxonomy = taxonomy_from_args(args)
     labels = autolabel(
         args.directory,
         split_names(args.layers),

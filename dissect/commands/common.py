@@ -7,6 +7,7 @@ import argparse
 from ..data import Preprocess
 from ..errors import DissectError
 from ..models import LoadedModel
+from ..semantics import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
 
 
 def split_names(text: str | None) -> list[str] | None:
@@ -68,3 +69,43 @@ def _floats3(text: str) -> tuple[float, float, float]:
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"expected three numbers (R,G,B), got {text!r}")
     return values
+
+
+def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
+    """--min-precision, --min-iou and --mapping: which labelled units count, and their types."""
+    parser.add_argument(
+        "--min-precision",
+        type=float,
+        default=MIN_PRECISION,
+        help=f"crowd labels count as detectors from this precision ({MIN_PRECISION})",
+    )
+    parser.add_argument(
+        "--min-iou",
+        type=float,
+        default=MIN_IOU,
+        help=f"automatic labels count as detectors from this IoU ({MIN_IOU})",
+    )
+    parser.add_argument(
+        "--mapping",
+        metavar="CSV",
+        help="your own category -> semantic type mapping, a CSV with columns category,type",
+    )
+
+
+def taxonomy_from_args(args: argparse.Namespace) -> Taxonomy:
+    """The default taxonomy, or the user's --mapping added to it."""
+    return Taxonomy.from_csv(args.mapping) if args.mapping else DEFAULT_TAXONOMY
+
+
+def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which units' top images to segment, and how."""
+    parser.add_argument("--layers", help="comma-separated layers (default: all dissected)")
+    parser.add_argument("--units", help="comma-separated unit numbers (default: all)")
+    parser.add_argument("--top", type=int, help="top images per unit (default: all kept)")
+    parser.add_argument(
+        "--peak-fraction",
+        type=float,
+        help="threshold each map at this fraction of its own peak (default: the unit's T)",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward (32)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")

@@ -7,7 +7,7 @@ import argparse
 from ..annotation import export_annotation
 from ..annotation.export import FORMATS
 from ..dissection import Dissection
-from .common import split_ints, split_names
+from .common import add_segment_arguments, split_ints, split_names
 
 HELP = "export segmented top images for annotation (MTurk, Label Studio or an offline page)"
 
@@ -19,16 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-url",
         help="web address where annotation/images/ will be served (mturk, labelstudio)",
     )
-    parser.add_argument("--layers", help="comma-separated layers (default: all dissected)")
-    parser.add_argument("--units", help="comma-separated unit numbers (default: all)")
-    parser.add_argument("--top", type=int, help="top images per unit (default: all kept)")
-    parser.add_argument(
-        "--peak-fraction",
-        type=float,
-        help="threshold each map at this fraction of its own peak (default: the unit's T)",
-    )
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward (32)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    add_segment_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
