@@ -21,7 +21,7 @@ import pandas as pd
 
 from .dissection import Dissection
 from .labels import read_labels
-from .semantics import DEFAULT_TAXONOMY, MIN_IOU, Taxonomy
+from .semantics import DEFAULT_TAXONOMY, MIN_IOU, Taxonomy, detectors
 
 
 @dataclass(frozen=True)
@@ -131,9 +131,7 @@ def finding(
     dissection = Dissection(directory)
     convs = [layer for layer in dissection.layers if layer.startswith("conv")] or dissection.layers
     first, last = convs[0], convs[-1]
-    labels = read_labels(dissection.directory, "iou")
-    labels = labels.assign(type=labels["category"].map(taxonomy.type_of))
-    found = labels[labels["iou"] >= min_iou]
+    found = detectors(read_labels(dissection.directory, "iou"), min_iou=min_iou, taxonomy=taxonomy)
     last_found = found[found["layer"] == last]
     object_like = last_found[last_found["type"].isin(["object", "part"])]
     first_found = found[found["layer"] == first]
