@@ -189,6 +189,7 @@ def collect_stats(
     progress: bool = True,
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    total_images: int | None = None,
 ) -> PassResult:
     """Run the images through ``module`` once and accumulate per-unit statistics.
 
@@ -212,6 +213,9 @@ def collect_stats(
         on Ctrl-C / SIGTERM (then ``KeyboardInterrupt`` is raised) and at the end.
     checkpoint_every : int
         Images between two checkpoints.
+    total_images : int, optional
+        Images of the whole run, all processes together (default: ``len(indices)``); it bounds
+        what the threshold sketches must hold, so shards of one run merge exactly.
 
     Returns
     -------
@@ -223,6 +227,7 @@ def collect_stats(
     torch.manual_seed(seed)
     module.to(device)
     indices = list(range(len(source)) if indices is None else indices)
+    total_images = len(indices) if total_images is None else total_images
     state = checkpoint.load() if checkpoint is not None else None
     result = PassResult({}) if state is None else PassResult.from_state_dict(state, device)
     loader = make_loader(
@@ -246,8 +251,14 @@ def collect_stats(
                 for name in config.layers:
                     acts = outputs[name]
                     if name not in result.stats:
+                        positions = acts[0, 0].numel()
                         result.stats[name] = UnitStats(
-                            acts.shape[1], config.topk, config.quantile, seed, device=acts.device
+                            acts.shape[1],
+                            config.topk,
+                            total_images * positions,
+                            config.quantile,
+                            seed,
+                            device=acts.device,
                         )
                     result.stats[name].add(acts, batch.indices.to(acts.device))
             count = len(batch.indices) + len(batch.skipped)
@@ -370,6 +381,7 @@ def run_dissection(
         progress and distributed.is_main(),
         checkpoint,
         checkpoint_every,
+        total_images=len(source),
     )
     device = distributed.local_device(torch_device)
     merged = distributed.gather_and_merge(

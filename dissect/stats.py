@@ -6,11 +6,14 @@ weights_only=True)`` reads them back). Memory is bounded by units x (K + sketch 
 number of images.
 
 The threshold T of a unit is the value exceeded by the top ``quantile`` fraction of all its
-activation values (every position of every image). :class:`TailQuantile` computes it exactly while
-the tail fits in its buffer (``quantile * values <= size / 4``) and approximately after that, from
-a uniform random sample of the values whose rate halves as data grows; the sample always holds
-between ``size / 8`` and ``size / 4`` values above T, so the fraction of values above T is within
-about ``1 / sqrt(size / 8)`` (relative standard error; 3% at the default size) of the quantile.
+activation values (every position of every image). :class:`TailQuantile` is told an upper bound on
+the number of values (images x positions), which fixes how much of the tail it must keep. It is
+exact while ``quantile * values <= size`` (it keeps exactly the top ``quantile * values + 1``
+values). Beyond that it keeps the same top of a uniform random sample of the values, taken at the
+largest rate ``2 ** -level`` that leaves at most ``size`` values in the sample's tail; the sample's
+tail then holds between ``size / 2`` and ``size`` values, so the fraction of values above T is
+within about ``1 / sqrt(size / 2)`` (relative standard error; 1.6-2.2% at the default size) of
+the quantile.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import math
 import numpy as np
 import torch
 
-#: Sketch buffer size per unit (values kept of each unit's upper tail).
-DEFAULT_SKETCH_SIZE = 8192
+#: Most values the threshold sketch keeps of each unit's upper tail.
+DEFAULT_SKETCH_SIZE = 4096
 
 
 class TopK:
@@ -57,11 +60,7 @@ class TopK:
         )
 
     def _keep(self, score, index, y, x) -> None:
-        # Empty slots (index -1, score -inf) sort last; two stable sorts give (-score, index).
-        rank_index = torch.where(index < 0, torch.iinfo(torch.int64).max, index)
-        order = torch.argsort(rank_index, dim=1, stable=True)
-        by_score = torch.argsort(score.gather(1, order), dim=1, descending=True, stable=True)
-        order = order.gather(1, by_score)[:, : self.k]
+        order = _order_key(score, index).topk(self.k, dim=1).indices
         self.score, self.index = score.gather(1, order), index.gather(1, order)
         self.y, self.x = y.gather(1, order), x.gather(1, order)
 
@@ -93,8 +92,20 @@ class TopK:
         return topk
 
 
+def _order_key(score: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered like (score, -index), empty slots (index -1) below all others.
+
+    The float32 score's bits, turned into an int32 of the same order, fill the high half; the
+    low half holds 2**32 - 1 - index, so of equal scores the lower image index is larger.
+    """
+    bits = (score.float() + 0.0).view(torch.int32)  # + 0.0 makes -0.0 equal to 0.0
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: reverse their order
+    rank_index = torch.where(index < 0, 2**32 - 1, index)
+    return bits.long() * 2**32 + (2**32 - 1 - rank_index)
+
+
 class TailQuantile:
-    """Per-unit upper-tail quantile sketch (see the module docstring for its error).
+    """Per-unit upper-tail quantile of a stream of at most ``max_values`` values per unit.
 
     Parameters
     ----------
@@ -102,8 +113,11 @@ class TailQuantile:
         Number of units.
     quantile : float
         The top fraction whose lower bound is wanted (0.005: the 99.5th percentile).
+    max_values : int
+        Upper bound on the values each unit will receive (images x positions of the whole run,
+        all shards together). It fixes the sampling rate and the buffer, so shards merge exactly.
     size : int
-        Values kept per unit.
+        Most values kept per unit.
     seed : int
         Seeds the sampling, so a run is repeatable.
     """
@@ -112,15 +126,22 @@ class TailQuantile:
         self,
         units: int,
         quantile: float,
+        max_values: int,
         size: int = DEFAULT_SKETCH_SIZE,
         seed: int = 0,
         device: torch.device | str = "cpu",
     ):
+        if not 0 < quantile < 1:
+            raise ValueError(f"quantile must be between 0 and 1, got {quantile}")
         self.quantile = quantile
+        self.max_values = max_values
         self.size = size
         self.level = 0  # values are sampled at rate 2 ** -level
+        while quantile * max_values * self.rate > size:
+            self.level += 1
         self.count = 0  # values seen per unit
-        self.values = torch.full((units, size), -math.inf, device=device)
+        capacity = int(quantile * max_values * self.rate) + 1
+        self.values = torch.full((units, capacity), -math.inf, device=device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     @property
@@ -128,54 +149,56 @@ class TailQuantile:
         return 2.0**-self.level
 
     def add(self, values: torch.Tensor) -> None:
-        """Add a batch of values of shape (units, n)."""
-        self.count += values.shape[1]
+        """Add values of shape (units, n), or (batch, units, ...) such as a batch of maps."""
+        values = values[None] if values.dim() == 2 else values
+        values = values.reshape(*values.shape[:2], -1)  # (batch, units, n)
+        batch, units, n = values.shape
+        self._count(batch * n)
+        floor = self.values.amin(1)
+        enters = values > floor[:, None]
         if self.level:
-            keep = torch.rand(values.shape[1], generator=self.generator, device=values.device)
-            values = values[:, keep < self.rate]
-        # Only values above a full buffer's smallest can enter it: select those first (cheap).
-        floor = self.values.amin(1, keepdim=True)
-        candidates = int((values > floor).sum(1).max()) if values.numel() else 0
-        if candidates < values.shape[1]:
-            values = values.topk(candidates, dim=1, sorted=False).values
-        self._keep(torch.cat([self.values, values.float()], 1))
-        while self.quantile * self.count * self.rate > self.size / 4:
-            self._halve()
+            keep = torch.rand((batch, 1, n), generator=self.generator, device=enters.device)
+            enters &= keep < self.rate
+        if torch.isinf(floor).any():  # the buffer is filling: offer every (sampled) value
+            dense = torch.where(enters, values.float(), -math.inf)
+            self._keep(dense.transpose(0, 1).reshape(units, -1))
+            return
+        # The buffer is full: only the few values above its smallest can enter it.
+        where = enters.reshape(-1).nonzero().squeeze(1)
+        if len(where):
+            self._keep(_rows(values.reshape(-1)[where], (where // n) % units, units))
+
+    def _count(self, added: int) -> None:
+        if self.count + added > self.max_values:
+            raise ValueError(
+                f"the sketch was made for at most {self.max_values} values per unit and "
+                f"would get {self.count + added}; make it with the true bound"
+            )
+        self.count += added
 
     def _keep(self, values: torch.Tensor) -> None:
-        self.values = values.topk(self.size, dim=1, sorted=False).values
-
-    def _halve(self) -> None:
-        drop = torch.rand(self.values.shape, generator=self.generator, device=self.values.device)
-        self._keep(torch.where(drop < 0.5, self.values, -math.inf))
-        self.level += 1
+        capacity = self.values.shape[1]
+        self.values = torch.cat([self.values, values], 1).topk(capacity, 1, sorted=False).values
 
     def merge(self, other: TailQuantile) -> None:
-        """Fold in another shard's sketch (same quantile and size)."""
-        mine, theirs = self.values, other.values
-        for _ in range(other.level - self.level):
-            drop = torch.rand(mine.shape, generator=self.generator, device=mine.device)
-            mine = torch.where(drop < 0.5, mine, -math.inf)
-        for _ in range(self.level - other.level):
-            drop = torch.rand(theirs.shape, generator=self.generator, device=theirs.device)
-            theirs = torch.where(drop < 0.5, theirs, -math.inf)
-        self.level = max(self.level, other.level)
-        self.count += other.count
-        self._keep(torch.cat([mine, theirs.to(mine.device)], 1))
-        while self.quantile * self.count * self.rate > self.size / 4:
-            self._halve()
+        """Fold in another shard's sketch, made with the same quantile, bound and size."""
+        mine = (self.quantile, self.max_values, self.size)
+        theirs = (other.quantile, other.max_values, other.size)
+        if mine != theirs:
+            raise ValueError(f"cannot merge sketches made for {theirs} into {mine}")
+        self._count(other.count)
+        self._keep(other.values.to(self.values.device))
 
     def threshold(self) -> np.ndarray:
         """T per unit: the value with a ``quantile`` fraction of all values above it."""
-        rank = min(int(self.quantile * self.count * self.rate), self.size - 1)
-        ordered = self.values.sort(dim=1, descending=True).values
-        return ordered[:, rank].cpu().numpy()
+        rank = int(self.quantile * self.count * self.rate)
+        return self.values.topk(rank + 1, 1).values[:, rank].cpu().numpy()
 
     def state_dict(self) -> dict:
         return {
             "quantile": self.quantile,
+            "max_values": self.max_values,
             "size": self.size,
-            "level": self.level,
             "count": self.count,
             "values": self.values,
             "generator": self.generator.get_state(),
@@ -184,10 +207,23 @@ class TailQuantile:
     @classmethod
     def from_state_dict(cls, state: dict) -> TailQuantile:
         values = state["values"]
-        sketch = cls(values.shape[0], state["quantile"], state["size"], device=values.device)
-        sketch.level, sketch.count, sketch.values = state["level"], state["count"], values
+        sketch = cls(
+            values.shape[0], state["quantile"], state["max_values"], state["size"],
+            device=values.device,
+        )  # fmt: skip
+        sketch.count, sketch.values = state["count"], values
         sketch.generator.set_state(state["generator"])
         return sketch
+
+
+def _rows(values: torch.Tensor, row: torch.Tensor, rows: int) -> torch.Tensor:
+    """Values with their row numbers as a (rows, most per row) tensor padded with -inf."""
+    row, order = row.sort(stable=True)
+    counts = torch.bincount(row, minlength=rows)
+    column = torch.arange(len(row), device=row.device) - (counts.cumsum(0) - counts)[row]
+    table = torch.full((rows, int(counts.max())), -math.inf, device=values.device)
+    table[row, column] = values[order].float()
+    return table
 
 
 class UnitStats:
@@ -199,6 +235,9 @@ class UnitStats:
         Number of units (channels).
     k : int
         Top images kept per unit.
+    max_values : int
+        Upper bound on the activation values each unit will see (images x positions of the whole
+        run, all shards together); see :class:`TailQuantile`.
     quantile : float
         Top fraction of activation values above the threshold T.
     seed : int
@@ -211,6 +250,7 @@ class UnitStats:
         self,
         units: int,
         k: int,
+        max_values: int,
         quantile: float = 0.005,
         seed: int = 0,
         sketch_size: int = DEFAULT_SKETCH_SIZE,
@@ -218,7 +258,7 @@ class UnitStats:
     ):
         self.units = units
         self.topk_images = TopK(units, k, device)
-        self.tail = TailQuantile(units, quantile, sketch_size, seed, device)
+        self.tail = TailQuantile(units, quantile, max_values, sketch_size, seed, device)
         self.images = 0
         self.sum = torch.zeros(units, dtype=torch.float64, device=device)
         self.peak = torch.full((units,), -math.inf, device=device)
@@ -239,14 +279,17 @@ class UnitStats:
             raise ValueError(f"expected (B, {self.units}, H, W) activations, got {acts.shape}")
         batch, units, _, width = acts.shape
         flat = acts.float().reshape(batch, units, -1)
-        score, where = flat.max(2).values, flat.argmax(2)  # argmax: first maximal position
-        self.topk_images.add(
-            score.T, indices.to(score.device), (where // width).T, (where % width).T
-        )
+        score = flat.amax(2)
+        # Peak locations only where an image can enter the unit's top-K: its score reaches the
+        # current K-th (every image while the top-K is filling).
+        image, unit = (score >= self.topk_images.score[:, -1]).nonzero(as_tuple=True)
+        peak = torch.zeros_like(score, dtype=torch.int64)
+        peak[image, unit] = flat[image, unit].argmax(1)  # the first maximal position
+        self.topk_images.add(score.T, indices.to(score.device), (peak // width).T, (peak % width).T)
         self.peak = torch.maximum(self.peak, score.amax(0))
         self.sum += flat.sum(2).double().sum(0)
         self.images += batch
-        self.tail.add(flat.transpose(0, 1).reshape(units, -1))
+        self.tail.add(acts)
 
     def merge(self, other: UnitStats) -> None:
         """Fold in the statistics of another shard (disjoint images)."""

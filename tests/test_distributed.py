@@ -52,9 +52,9 @@ def test_one_process_world():
 def test_pass_results_merge_like_one_pass():
     torch.manual_seed(0)
     acts = torch.randn(6, 3, 4, 4)
-    whole = UnitStats(3, 2)
+    whole = UnitStats(3, 2, max_values=6 * 16)
     whole.add(acts, torch.arange(6))
-    first, second = UnitStats(3, 2), UnitStats(3, 2, seed=99)
+    first, second = UnitStats(3, 2, max_values=6 * 16), UnitStats(3, 2, 6 * 16, seed=99)
     first.add(acts[:4], torch.arange(4))
     second.add(acts[4:], torch.arange(4, 6))
     a = PassResult({"l": first}, [(5, "bad")], 1.0, 4)
@@ -109,11 +109,11 @@ def test_sampled_thresholds_of_merged_ranks_keep_the_fraction():
     batches = [torch.randn(4, 20000, generator=generator).exp() * scale for _ in range(60)]
     ranks = []
     for rank in range(2):
-        stats = UnitStats(4, 1, quantile=0.005, seed=distributed.rank_seed(0, rank))
+        stats = UnitStats(4, 1, 60 * 20000, quantile=0.005, seed=distributed.rank_seed(0, rank))
         for values in batches[rank * 30 : rank * 30 + 30]:
             stats.tail.add(values)
         ranks.append(PassResult({"l": stats}))
-    assert ranks[1].stats["l"].tail.level > 0, "the stream must be long enough to need sampling"
+    assert ranks[1].stats["l"].tail.level > 0, "the run must be long enough to need sampling"
     merged = ranks[0].merge(ranks[1]).stats["l"]
     everything = torch.cat(batches, 1)
     above = (everything > torch.from_numpy(merged.threshold())[:, None]).double().mean(1)

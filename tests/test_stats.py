@@ -35,7 +35,7 @@ def brute_topk(acts, k):
 @pytest.mark.parametrize("batch", [1, 7, 40])
 def test_topk_mean_max_match_brute_force(batch):
     acts = activations()
-    stats = feed(UnitStats(5, k=6, quantile=0.01), acts, batch)
+    stats = feed(UnitStats(5, k=6, max_values=40 * 36, quantile=0.01), acts, batch)
     got = stats.topk()
     index, score, where = brute_topk(acts, 6)
     np.testing.assert_array_equal(got["index"], index)
@@ -48,7 +48,7 @@ def test_topk_mean_max_match_brute_force(batch):
 
 def test_threshold_is_exact_while_the_tail_fits():
     acts = activations()
-    stats = feed(UnitStats(5, k=2, quantile=0.01), acts, 9)
+    stats = feed(UnitStats(5, k=2, max_values=40 * 36, quantile=0.01), acts, 9)
     values = acts.transpose(0, 1).reshape(5, -1).numpy()
     rank = int(0.01 * values.shape[1])
     expected = -np.sort(-values, axis=1)[:, rank]
@@ -56,24 +56,36 @@ def test_threshold_is_exact_while_the_tail_fits():
 
 
 def test_threshold_sketch_keeps_the_requested_fraction_on_long_streams():
-    sketch = TailQuantile(units=8, quantile=0.005, seed=3)
     generator = torch.Generator().manual_seed(0)
     scale = torch.linspace(0.5, 4, 8)[:, None]
     batches = [torch.randn(8, 20000, generator=generator).exp() * scale for _ in range(50)]
+    sketch = TailQuantile(units=8, quantile=0.005, max_values=50 * 20000, seed=3)
     for values in batches:
         sketch.add(values)
     assert sketch.level > 0, "the stream must be long enough to need sampling"
     everything = torch.cat(batches, 1)
     above = (everything > torch.from_numpy(sketch.threshold())[:, None]).double().mean(1)
     np.testing.assert_allclose(above.numpy(), 0.005, rtol=0.1)
-    assert sketch.values.shape == (8, 8192)  # memory does not grow with the stream
+    assert sketch.values.shape[1] <= 4097  # memory does not grow with the stream
+
+
+def test_threshold_is_exact_below_the_bound_and_refuses_more_values():
+    values = torch.randn(3, 1000, generator=torch.Generator().manual_seed(1))
+    sketch = TailQuantile(units=3, quantile=0.01, max_values=1500)
+    for chunk in values.split(70, dim=1):
+        sketch.add(chunk)
+    expected = values.sort(1, descending=True).values[:, 10]  # 1% of the 1000 values seen
+    np.testing.assert_array_equal(sketch.threshold(), expected.numpy())
+    with pytest.raises(ValueError, match="at most 1500 values"):
+        sketch.add(values)
+    np.testing.assert_array_equal(sketch.threshold(), expected.numpy())  # nothing lost
 
 
 def test_merged_shards_equal_one_pass_for_topk_and_mean():
     acts = activations(images=30)
-    whole = feed(UnitStats(5, k=4), acts, 8)
-    left = feed(UnitStats(5, k=4), acts[:13], 5)
-    right = feed(UnitStats(5, k=4, seed=1), acts[13:], 5, start=13)
+    whole = feed(UnitStats(5, k=4, max_values=30 * 36), acts, 8)
+    left = feed(UnitStats(5, k=4, max_values=30 * 36), acts[:13], 5)
+    right = feed(UnitStats(5, k=4, max_values=30 * 36, seed=1), acts[13:], 5, start=13)
     right.merge(left)  # order of merging must not matter
     for key, value in whole.topk().items():
         np.testing.assert_array_equal(right.topk()[key], value)
@@ -84,8 +96,9 @@ def test_merged_shards_equal_one_pass_for_topk_and_mean():
 
 def test_state_round_trip_resumes_identically():
     acts = activations(images=60, size=12)
-    straight = feed(UnitStats(5, k=3, quantile=0.05, sketch_size=64), acts, 10)
-    first = feed(UnitStats(5, k=3, quantile=0.05, sketch_size=64), acts[:30], 10)
+    options = dict(k=3, max_values=60 * 144, quantile=0.05, sketch_size=64)
+    straight = feed(UnitStats(5, **options), acts, 10)
+    first = feed(UnitStats(5, **options), acts[:30], 10)
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
@@ -98,7 +111,7 @@ def test_state_round_trip_resumes_identically():
 
 
 def test_non_spatial_layers_have_peak_at_origin():
-    stats = UnitStats(3, k=2)
+    stats = UnitStats(3, k=2, max_values=2)
     stats.add(torch.tensor([[1.0, 5.0, -1.0], [2.0, 0.0, -3.0]]), torch.tensor([0, 1]))
     got = stats.topk()
     np.testing.assert_array_equal(got["index"], [[1, 0], [0, 1], [0, 1]])
