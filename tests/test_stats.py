@@ -116,3 +116,14 @@ def test_non_spatial_layers_have_peak_at_origin():
     got = stats.topk()
     np.testing.assert_array_equal(got["index"], [[1, 0], [0, 1], [0, 1]])
     assert not got["y"].any() and not got["x"].any()
+
+
+def test_dead_unit_keeps_the_first_images_whatever_the_sign_of_zero():
+    acts = torch.zeros(12, 2, 3, 3)
+    acts[2, 0] = -0.0  # a conv can give -0.0: it ties with 0.0
+    acts[:, 1] = -torch.arange(12.0)[:, None, None]  # negative scores: image 0 is best
+    stats = feed(UnitStats(2, k=4, max_values=12 * 9), acts, 5)
+    got = stats.topk()
+    np.testing.assert_array_equal(got["index"], [[0, 1, 2, 3], [0, 1, 2, 3]])
+    assert not got["y"].any() and not got["x"].any()
+    np.testing.assert_array_equal(stats.threshold(), [0.0, 0.0])
