@@ -2,8 +2,8 @@
 
 Every statistic has ``add`` (one batch), ``merge`` (another shard's statistic, exactly),
 ``state_dict`` and ``from_state_dict`` (tensors and numbers only, so ``torch.load(...,
-weights_only=True)`` reads them back). Memory is bounded by units x (K + sketch size), never by the
-number of images.
+weights_only=True)`` reads them back). Memory is bounded by units x (K + 2 x sketch size), never by
+the number of images.
 
 The threshold T of a unit is the value exceeded by the top ``quantile`` fraction of all its
 activation values (every position of every image). :class:`TailQuantile` is told an upper bound on
@@ -140,8 +140,11 @@ class TailQuantile:
         while quantile * max_values * self.rate > size:
             self.level += 1
         self.count = 0  # values seen per unit
-        capacity = int(quantile * max_values * self.rate) + 1
-        self.values = torch.full((units, capacity), -math.inf, device=device)
+        self.capacity = int(quantile * max_values * self.rate) + 1  # the tail T needs, at most
+        # The unit's top ``capacity`` values, plus up to as many more (compacted when full),
+        # and the smallest of that top at the last compaction: nothing below it can enter.
+        self.values = torch.full((units, self.capacity), -math.inf, device=device)
+        self.floor = torch.full((units,), -math.inf, device=device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     @property
@@ -154,19 +157,18 @@ class TailQuantile:
         values = values.reshape(*values.shape[:2], -1)  # (batch, units, n)
         batch, units, n = values.shape
         self._count(batch * n)
-        floor = self.values.amin(1)
-        enters = values > floor[:, None]
+        enters = values > self.floor[:, None]
         if self.level:
             keep = torch.rand((batch, 1, n), generator=self.generator, device=enters.device)
             enters &= keep < self.rate
-        if torch.isinf(floor).any():  # the buffer is filling: offer every (sampled) value
+        if torch.isinf(self.floor).any():  # the top is not full yet: take every (sampled) value
             dense = torch.where(enters, values.float(), -math.inf)
             self._keep(dense.transpose(0, 1).reshape(units, -1))
             return
-        # The buffer is full: only the few values above its smallest can enter it.
-        where = enters.reshape(-1).nonzero().squeeze(1)
-        if len(where):
-            self._keep(_rows(values.reshape(-1)[where], (where // n) % units, units))
+        # Only the few values above the floor can enter the top: pick them out.
+        unit, image, position = enters.transpose(0, 1).nonzero(as_tuple=True)  # unit by unit
+        if len(unit):
+            self._keep(_rows(values[image, unit, position], unit, units))
 
     def _count(self, added: int) -> None:
         if self.count + added > self.max_values:
@@ -177,8 +179,13 @@ class TailQuantile:
         self.count += added
 
     def _keep(self, values: torch.Tensor) -> None:
-        capacity = self.values.shape[1]
-        self.values = torch.cat([self.values, values], 1).topk(capacity, 1, sorted=False).values
+        self.values = torch.cat([self.values, values], 1)
+        if self.values.shape[1] > 2 * self.capacity:
+            self._compact()
+
+    def _compact(self) -> None:
+        self.values = self.values.topk(self.capacity, 1, sorted=False).values
+        self.floor = self.values.amin(1)
 
     def merge(self, other: TailQuantile) -> None:
         """Fold in another shard's sketch, made with the same quantile, bound and size."""
@@ -212,17 +219,17 @@ class TailQuantile:
             device=values.device,
         )  # fmt: skip
         sketch.count, sketch.values = state["count"], values
+        sketch._compact()
         sketch.generator.set_state(state["generator"])
         return sketch
 
 
 def _rows(values: torch.Tensor, row: torch.Tensor, rows: int) -> torch.Tensor:
-    """Values with their row numbers as a (rows, most per row) tensor padded with -inf."""
-    row, order = row.sort(stable=True)
+    """Values with ascending row numbers as a (rows, most per row) table padded with -inf."""
     counts = torch.bincount(row, minlength=rows)
     column = torch.arange(len(row), device=row.device) - (counts.cumsum(0) - counts)[row]
     table = torch.full((rows, int(counts.max())), -math.inf, device=values.device)
-    table[row, column] = values[order].float()
+    table[row, column] = values.float()
     return table
 
 

@@ -66,7 +66,7 @@ def test_threshold_sketch_keeps_the_requested_fraction_on_long_streams():
     everything = torch.cat(batches, 1)
     above = (everything > torch.from_numpy(sketch.threshold())[:, None]).double().mean(1)
     np.testing.assert_allclose(above.numpy(), 0.005, rtol=0.1)
-    assert sketch.values.shape[1] <= 4097  # memory does not grow with the stream
+    assert sketch.capacity <= 4097 and sketch.values.shape[1] <= 2 * sketch.capacity  # bounded
 
 
 def test_threshold_is_exact_below_the_bound_and_refuses_more_values():
