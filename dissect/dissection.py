@@ -237,6 +237,21 @@ def collect_stats(
         total=len(indices), initial=result.done, unit="img", desc="dissect", disable=not progress
     )
     start, before, unsaved = time.perf_counter(), result.seconds, 0
+    batch_indices = torch.empty(0, dtype=torch.int64)
+
+    def add_to_stats(name: str, acts: torch.Tensor) -> None:
+        """Fold one layer's output for the current batch into its statistics."""
+        if name not in result.stats:
+            result.stats[name] = UnitStats(
+                acts.shape[1],
+                config.topk,
+                total_images * acts[0, 0].numel(),
+                config.quantile,
+                seed,
+                device=acts.device,
+            )
+        result.stats[name].add(acts, batch_indices)
+
     with (
         torch.inference_mode(),
         LayerTrace(module, config.layers, stop=True) as trace,
@@ -247,20 +262,8 @@ def collect_stats(
                 warn_skipped(source, batch.skipped)
                 result.skipped.extend(batch.skipped)
             if len(batch.indices):
-                outputs = trace(batch.images.to(device, non_blocking=True))
-                for name in config.layers:
-                    acts = outputs[name]
-                    if name not in result.stats:
-                        positions = acts[0, 0].numel()
-                        result.stats[name] = UnitStats(
-                            acts.shape[1],
-                            config.topk,
-                            total_images * positions,
-                            config.quantile,
-                            seed,
-                            device=acts.device,
-                        )
-                    result.stats[name].add(acts, batch.indices.to(acts.device))
+                batch_indices = batch.indices.to(device)
+                trace.stream(add_to_stats, batch.images.to(device, non_blocking=True))
             count = len(batch.indices) + len(batch.skipped)
             result.done += count
             unsaved += count

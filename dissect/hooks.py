@@ -6,12 +6,13 @@ clones it before the in-place ReLU overwrites it. Name the ReLU module to get th
 
     with LayerTrace(model, ["conv3", "conv5"], stop=True) as trace:
         outputs = trace(images)          # {"conv3": tensor, "conv5": tensor}
+        trace.stream(consume, images)    # consume(name, tensor) as each layer runs; nothing kept
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -103,6 +104,8 @@ class LayerTrace:
         self.clone = clone
         self.detach = detach
         self.outputs: dict[str, torch.Tensor] = {}
+        self._reached: set[str] = set()
+        self._consume: Callable[[str, torch.Tensor], None] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> LayerTrace:
@@ -118,17 +121,21 @@ class LayerTrace:
 
     def _hook(self, name: str):
         def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
-            if name in self.outputs:
+            if name in self._reached:
                 return
             if not isinstance(output, torch.Tensor):
                 raise DissectError(
                     f"layer {name!r} returns {type(output).__name__}, not a tensor; "
                     "trace one of its sub-layers instead (dissect layers MODEL lists them)."
                 )
+            self._reached.add(name)
             if self.detach:
                 output = output.detach()
-            self.outputs[name] = output.clone() if self.clone else output
-            if self.stop and len(self.outputs) == len(self.layers):
+            if self._consume is not None:
+                self._consume(name, output)
+            else:
+                self.outputs[name] = output.clone() if self.clone else output
+            if self.stop and len(self._reached) == len(self.layers):
                 raise _StopForward
 
         return hook
@@ -143,12 +150,12 @@ class LayerTrace:
         """
         if not self._handles:
             raise RuntimeError("LayerTrace must be entered (use it in a with statement)")
-        self.outputs = {}
+        self.outputs, self._reached = {}, set()
         try:
             self.module(*inputs)
         except _StopForward:
             pass
-        missing = [name for name in self.layers if name not in self.outputs]
+        missing = [name for name in self.layers if name not in self._reached]
         if missing:
             raise DissectError(
                 f"layer(s) {', '.join(missing)} were never reached by the forward pass "
@@ -156,3 +163,20 @@ class LayerTrace:
             )
         outputs, self.outputs = self.outputs, {}
         return outputs
+
+    def stream(self, consume: Callable[[str, torch.Tensor], None], *inputs: torch.Tensor) -> None:
+        """Run the network on ``inputs``, calling ``consume(name, output)`` as each layer runs.
+
+        Nothing is copied or kept: ``consume`` sees each output before a later in-place
+        operation can change it, and the outputs are freed as the forward goes on.
+
+        Raises
+        ------
+        DissectError
+            If a traced layer was never reached by the forward pass.
+        """
+        self._consume = consume
+        try:
+            self(*inputs)
+        finally:
+            self._consume = None

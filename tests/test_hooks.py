@@ -22,6 +22,23 @@ def test_inplace_relu_does_not_overwrite_traced_conv():
     torch.testing.assert_close(outputs["relu1"], expected.clamp(min=0))
 
 
+def test_stream_hands_each_output_over_before_inplace_relu_changes_it():
+    model = tiny_net().eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    seen, calls = [], []
+    model.fc.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad(), LayerTrace(model, ["conv1", "conv2"], stop=True) as trace:
+        trace.stream(lambda name, out: seen.append((name, out.min().item())), x)
+        assert trace.outputs == {}  # nothing kept
+        expected = model.conv1(x)
+    assert [name for name, _ in seen] == ["conv1", "conv2"]
+    assert seen[0][1] == pytest.approx(expected.min().item()) and seen[0][1] < 0
+    assert not calls  # stopped after conv2
+    with pytest.raises(DissectError, match="never reached"):
+        with LayerTrace(Unused(), ["used", "unused"]) as trace:
+            trace.stream(lambda *args: None, torch.randn(1, 3, 4, 4))
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_stop_skips_later_layers_and_keeps_batch_axis(batch):
     model = tiny_net().eval()
