@@ -214,10 +214,10 @@ class TailQuantile:
     @classmethod
     def from_state_dict(cls, state: dict) -> TailQuantile:
         values = state["values"]
+        units = values.shape[0]
         sketch = cls(
-            values.shape[0], state["quantile"], state["max_values"], state["size"],
-            device=values.device,
-        )  # fmt: skip
+            units, state["quantile"], state["max_values"], state["size"], device=values.device
+        )
         sketch.count, sketch.values = state["count"], values
         sketch._compact()
         sketch.generator.set_state(state["generator"])

@@ -6,8 +6,7 @@ import argparse
 
 from .. import distributed
 from ..iou import autolabel
-from ..semantics import MIN_IOU
-from .common import split_names, taxonomy_from_args
+from .common import add_detector_arguments, split_names, taxonomy_from_args
 
 HELP = (
     "label units automatically by IoU of their thresholded maps with the dense concept masks "
@@ -21,17 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward (16)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--workers", type=int, default=0, help="image-loading processes (0)")
-    parser.add_argument(
-        "--min-iou",
-        type=float,
-        default=MIN_IOU,
-        help=f"IoU from which a unit counts as a detector, for the summary ({MIN_IOU})",
-    )
-    parser.add_argument(
-        "--mapping",
-        metavar="CSV",
-        help="your own category -> semantic type mapping, a CSV with columns category,type",
-    )
+    add_detector_arguments(parser, crowd=False)
     parser.add_argument(
         "--restart",
         action="store_true",

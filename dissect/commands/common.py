@@ -71,14 +71,15 @@ def _floats3(text: str) -> tuple[float, float, float]:
     return values
 
 
-def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
-    """--min-precision, --min-iou and --mapping: which labelled units count, and their types."""
-    parser.add_argument(
-        "--min-precision",
-        type=float,
-        default=MIN_PRECISION,
-        help=f"crowd labels count as detectors from this precision ({MIN_PRECISION})",
-    )
+def add_detector_arguments(parser: argparse.ArgumentParser, crowd: bool = True) -> None:
+    """--min-precision (when ``crowd``), --min-iou and --mapping: which units count, and types."""
+    if crowd:
+        parser.add_argument(
+            "--min-precision",
+            type=float,
+            default=MIN_PRECISION,
+            help=f"crowd labels count as detectors from this precision ({MIN_PRECISION})",
+        )
     parser.add_argument(
         "--min-iou",
         type=float,
