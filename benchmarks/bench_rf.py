@@ -5,7 +5,7 @@ unit's top images twice with the same noise occluder, in one run:
 
 - naive: for every unit, for every top image, one full forward per occluder position (batched by
   ``--batch-size`` occluded images, as the fast path is);
-- fast: :func:`dissect.receptive_field.discrepancy_maps` (shared per image, stopped at the layer,
+- fast: :func:`dissect.rf.discrepancy_maps` (shared per image, stopped at the layer,
   skipping occluders outside the receptive fields, cropped or incremental, batched).
 
 Prints ``name: value`` lines per layer: the two wall times, ``speedup`` (naive / fast),
@@ -28,11 +28,11 @@ import warnings
 import numpy as np
 import torch
 
-from dissect.data import open_data
+from dissect.datasets import open_data
 from dissect.dissection import Dissection, run_dissection
 from dissect.errors import DissectError
 from dissect.models import LoadedModel, builtin_models, load_model
-from dissect.receptive_field import (
+from dissect.rf import (
     Measurements,
     OcclusionConfig,
     average_maps,

@@ -15,8 +15,9 @@ import warnings
 
 import torch
 
-from dissect.data import make_loader, open_data
+from dissect.datasets import open_data
 from dissect.dissection import default_layers, run_dissection
+from dissect.images import make_loader
 from dissect.models import load_model
 
 

@@ -1,7 +1,7 @@
 """Accuracy of the threshold sketch: how far the fraction of values above T strays from quantile.
 
 Streams heavy-tailed values (log-normal, a different scale per unit) through
-:class:`dissect.stats.TailQuantile` in batches, then counts the values above each unit's T.
+:class:`dissect.running_stats.TailQuantile` in batches, then counts the values above each unit's T.
 Prints ``name: value`` lines: the sampling level, the relative error's standard deviation and its
 worst case over the units (the requirement is a worst case within 0.10).
 
@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from dissect.stats import DEFAULT_SKETCH_SIZE, TailQuantile
+from dissect.running_stats import DEFAULT_SKETCH_SIZE, TailQuantile
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ import time
 import numpy as np
 import torch
 
-from dissect.datasets.scenes import SCENES
 from dissect.datasets.synthetic import SyntheticWorld
-from dissect.datasets.textures import COLORS, color_names
-from dissect.train import evaluate
+from dissect.datasets.synthetic.scenes import SCENES
+from dissect.datasets.synthetic.textures import COLORS, color_names
+from dissect.evaluate import evaluate
 
 
 def generation_speed(count: int) -> float:

@@ -1,55 +1,81 @@
-"""dissect: network dissection of trained CNNs (Zhou et al., ICLR 2015)."""
+"""dissect: network dissection of trained CNNs (Zhou et al., ICLR 2015).
+
+The public API, importable from ``dissect`` itself; names load on first use, so that
+``import dissect`` (and ``dissect --help``) stays instant and loads neither torch nor matplotlib.
+The package reads in the order of the study:
+
+- load model and data: ``models`` (MODEL specs, safe loading), ``zoo`` (built-in models, their
+  recipe and weights), ``images`` (image files, preprocessing, batches), ``datasets`` (folders,
+  Broden, the synthetic world), ``evaluate`` (accuracy of a model on labelled data);
+- capture and stream statistics: ``hooks`` (tracing named layers), ``geometry`` (theoretical
+  receptive field, stride, offset), ``running_stats`` (mergeable top-K and threshold),
+  ``upsample`` (unit maps aligned with pixels);
+- the dissection directory: ``dissection`` (the pass and the directory), ``checkpoint`` (resume),
+  ``distributed`` (torchrun);
+- label units: ``iou`` (automatic, by IoU with concept masks), ``annotation`` (crowd export and
+  import), ``labels`` (labels.csv);
+- ``rf`` (empirical receptive fields by occlusion), ``segment`` (segmented top images);
+- ``taxonomy`` and ``semantics`` (semantic types per layer), ``plots``, ``report``, ``demo``;
+- ``cli`` and ``commands`` (one module per subcommand).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .annotation import export_annotation, import_answers  # noqa: E402
-from .data import Preprocess, open_data  # noqa: E402
-from .datasets.broden import BrodenDataset, export_broden  # noqa: E402
-from .datasets.synthetic import SyntheticWorld, open_synthetic  # noqa: E402
-from .dissection import Dissection, run_dissection  # noqa: E402
-from .errors import DissectError  # noqa: E402
-from .geometry import LayerGeometry, geometry_table, layer_geometry  # noqa: E402
-from .hooks import LayerTrace  # noqa: E402
-from .iou import autolabel, compute_iou, read_iou  # noqa: E402
-from .models import load_model  # noqa: E402
-from .receptive_field import OcclusionConfig, load_maps, receptive_fields  # noqa: E402
-from .report import write_report  # noqa: E402
-from .scene_cnn import scene_cnn  # noqa: E402
-from .segment import iter_segments, write_segments  # noqa: E402
-from .semantics import Taxonomy, concept_table, layer_type_table, write_statistics  # noqa: E402
-from .train import evaluate  # noqa: E402
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "export_annotation": "annotation",
+    "import_answers": "annotation",
+    "Preprocess": "images",
+    "open_data": "datasets",
+    "BrodenDataset": "datasets.broden",
+    "export_broden": "datasets.broden",
+    "SyntheticWorld": "datasets.synthetic",
+    "open_synthetic": "datasets.synthetic",
+    "Dissection": "dissection",
+    "run_dissection": "dissection",
+    "DissectError": "errors",
+    "evaluate": "evaluate",
+    "LayerGeometry": "geometry",
+    "geometry_table": "geometry",
+    "layer_geometry": "geometry",
+    "LayerTrace": "hooks",
+    "autolabel": "iou",
+    "compute_iou": "iou",
+    "read_iou": "iou",
+    "load_model": "models",
+    "OcclusionConfig": "rf",
+    "load_maps": "rf",
+    "receptive_fields": "rf",
+    "write_report": "report",
+    "scene_cnn": "zoo.scene_cnn",
+    "iter_segments": "segment",
+    "write_segments": "segment",
+    "Taxonomy": "taxonomy",
+    "concept_table": "semantics",
+    "layer_type_table": "semantics",
+    "write_statistics": "semantics",
+}
 
-__all__ = [
-    "BrodenDataset",
-    "SyntheticWorld",
-    "evaluate",
-    "export_broden",
-    "open_synthetic",
-    "scene_cnn",
-    "Dissection",
-    "DissectError",
-    "LayerGeometry",
-    "LayerTrace",
-    "Preprocess",
-    "__version__",
-    "export_annotation",
-    "import_answers",
-    "iter_segments",
-    "write_segments",
-    "geometry_table",
-    "layer_geometry",
-    "load_model",
-    "open_data",
-    "run_dissection",
-    "Taxonomy",
-    "autolabel",
-    "compute_iou",
-    "concept_table",
-    "layer_type_table",
-    "read_iou",
-    "write_report",
-    "write_statistics",
-    "OcclusionConfig",
-    "load_maps",
-    "receptive_fields",
-]
+#: Sub-packages and modules reachable as attributes (``dissect.plots.semantics``).
+_SUBMODULES = {"annotation", "datasets", "plots", "rf", "zoo"}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})

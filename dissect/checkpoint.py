@@ -18,14 +18,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from pickle import UnpicklingError
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from .data import ImageSource
 from .errors import DissectError
 from .io import atomic_path
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .images import ImageSource
 
 #: Folder inside the output directory that holds the checkpoints of a run in progress.
 CHECKPOINT_DIR = ".checkpoint"
@@ -35,6 +36,8 @@ DEFAULT_CHECKPOINT_EVERY = 10000
 
 def module_digest(module: nn.Module) -> str:
     """SHA-256 of every parameter and buffer of ``module`` (names, dtypes, shapes and bytes)."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
@@ -72,6 +75,8 @@ class Checkpoint:
 
     def load(self) -> dict | None:
         """The saved state, or None when there is none; refuse a checkpoint of another run."""
+        import torch
+
         if not self.path.is_file():
             return None
         try:
@@ -93,6 +98,8 @@ class Checkpoint:
 
     def save(self, state: dict) -> None:
         """Write ``state`` (tensors on the CPU, numbers, strings, lists, dicts) atomically."""
+        import torch
+
         with atomic_path(self.path) as tmp:
             torch.save({"fingerprint": self.fingerprint, "state": state}, tmp)
 

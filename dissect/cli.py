@@ -45,10 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 for errors the user can fix)."""
+    args = build_parser().parse_args(argv)
     import matplotlib
 
     matplotlib.use("Agg")
-    args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except DissectError as error:

@@ -21,7 +21,8 @@ import pandas as pd
 
 from .dissection import Dissection
 from .labels import read_labels
-from .semantics import DEFAULT_TAXONOMY, MIN_IOU, Taxonomy, detectors
+from .semantics import detectors
+from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, Taxonomy
 
 
 @dataclass(frozen=True)

@@ -39,13 +39,14 @@ from .checkpoint import (
     module_digest,
     source_digest,
 )
-from .data import ImageSource, Preprocess, make_loader, open_data, warn_skipped
+from .datasets import open_data
 from .errors import DissectError
 from .geometry import LayerGeometry, layer_geometry
 from .hooks import LayerTrace, resolve_layers
+from .images import ImageSource, Preprocess, make_loader, warn_skipped
 from .io import read_npz, write_csv, write_json, write_npz
 from .models import LoadedModel, load_model
-from .stats import UnitStats
+from .running_stats import UnitStats
 
 MANIFEST = "manifest.json"
 
@@ -336,7 +337,7 @@ def run_dissection(
     model : str or LoadedModel
         A MODEL spec (see :func:`dissect.models.load_model`) or an already loaded model.
     data : str or ImageSource
-        A DATA spec (see :func:`dissect.data.open_data`) or a source.
+        A DATA spec (see :func:`dissect.datasets.open_data`) or a source.
     out : path-like
         The dissection directory to write.
     layers : sequence of str, optional
@@ -417,8 +418,8 @@ def write_dissection(
 
     ``topk/*.npz``, ``max_activation`` and ``threshold`` do not depend on how the images were
     sharded over processes or how often the run was resumed (while the threshold sketch is exact;
-    see :mod:`dissect.stats`). ``mean_activation`` is accumulated in float64, where a different
-    summation order changes only the last bits, and is stored as float32.
+    see :mod:`dissect.running_stats`). ``mean_activation`` is accumulated in float64, where a
+    different summation order changes only the last bits, and is stored as float32.
     """
     out = Path(out)
     rows = []

@@ -8,10 +8,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 
 @contextmanager
@@ -63,10 +64,14 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Write arrays to an uncompressed ``.npz`` file atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
+            import numpy as np
+
             np.savez(handle, **arrays)
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read every array of an ``.npz`` file (pickles refused) into a dict."""
+    import numpy as np
+
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}

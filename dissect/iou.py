@@ -31,15 +31,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .data import ImageReadError, ImageSource, Preprocess
-from .datasets import CATEGORIES, SegmentedSource
+from .datasets.masks import CATEGORIES, SegmentedSource
 from .dissection import Dissection, layer_file_name, pick_device
 from .errors import DissectError
 from .hooks import LayerTrace
+from .images import ImageReadError, ImageSource, Preprocess
 from .io import atomic_path, read_npz, write_csv, write_npz
 from .labels import read_labels, write_labels
 from .models import LoadedModel
-from .semantics import DEFAULT_TAXONOMY, Taxonomy
+from .taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from .upsample import upsample_maps
 
 #: Bytes of upsampled unit maps handled at once (images are split to stay under it).

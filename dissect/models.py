@@ -2,7 +2,7 @@
 
 Forms of MODEL:
 
-- a built-in name (``scene-cnn``), see :func:`register_builtin`;
+- a built-in name (``scene-cnn``), see :mod:`dissect.zoo`;
 - ``path/to/file.py:callable`` or ``package.module:callable`` returning an ``nn.Module``, with
   optional weights (a state dict, loaded with ``weights_only=True``);
 - a ``torch.export`` program saved with ``torch.export.save`` (``.pt2``), turned back into a module
@@ -18,64 +18,16 @@ import importlib.util
 import pickle
 import sys
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .data import Preprocess
 from .errors import DissectError
-
-#: Modules that register built-in models when imported.
-_BUILTIN_MODULES = ("dissect.scene_cnn",)
-
-
-@dataclass(frozen=True)
-class BuiltinModel:
-    """A named model shipped with dissect.
-
-    Attributes
-    ----------
-    name : str
-        The MODEL spec that selects it.
-    factory : callable
-        Returns the architecture, untrained.
-    weights : Path or None
-        State-dict file loaded into the architecture (``weights_only=True``).
-    preprocess : Preprocess
-        Input size and normalisation the model was trained with.
-    classes : tuple of str or None
-        Output class names.
-    """
-
-    name: str
-    factory: Callable[[], nn.Module]
-    weights: Path | None
-    preprocess: Preprocess
-    classes: tuple[str, ...] | None = None
-    description: str = ""
-
-
-_BUILTINS: dict[str, BuiltinModel] = {}
-
-
-def register_builtin(entry: BuiltinModel) -> BuiltinModel:
-    """Make ``entry`` loadable by its name."""
-    _BUILTINS[entry.name] = entry
-    return entry
-
-
-def builtin_models() -> dict[str, BuiltinModel]:
-    """All registered built-in models by name."""
-    for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name != module:
-                raise
-    return dict(_BUILTINS)
+from .images import Preprocess
+from .zoo import builtin_models
 
 
 @dataclass

@@ -31,15 +31,8 @@ from .errors import DissectError
 from .io import atomic_path, read_npz, write_text
 from .labels import read_labels
 from .plots.semantics import write_semantic_plots
-from .semantics import (
-    DEFAULT_TAXONOMY,
-    MIN_IOU,
-    MIN_PRECISION,
-    Taxonomy,
-    concept_table,
-    detectors,
-    layer_type_table,
-)
+from .semantics import concept_table, detectors, layer_type_table
+from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
 
 #: Files of other stages the report reads, relative to the dissection directory.
 RF_UNITS = "receptive_fields.csv"

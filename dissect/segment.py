@@ -29,10 +29,10 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .data import ImageSource, Preprocess, make_loader
 from .dissection import Dissection, layer_file_name, pick_device
 from .errors import DissectError
 from .hooks import LayerTrace
+from .images import ImageSource, Preprocess, make_loader
 from .io import atomic_path, write_csv
 from .models import LoadedModel
 from .upsample import upsample_maps

@@ -18,9 +18,9 @@ from PIL import Image
 from dissect.annotation import aggregate_answers, export_annotation, import_answers, read_raw
 from dissect.annotation.aggregate import RAW_COLUMNS, normalise_label
 from dissect.cli import main
-from dissect.data import Preprocess
 from dissect.dissection import Dissection, run_dissection
 from dissect.errors import DissectError
+from dissect.images import Preprocess
 from dissect.labels import read_labels, write_labels
 from dissect.segment import dim_outside, iter_segments
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from dissect.cli import main
-from dissect.data import open_data
+from dissect.datasets import open_data
 from dissect.datasets.broden import (
     BrodenDataset,
     decode_label_png,

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dissect.data import ImageFolder, ImageReadError, Preprocess, open_data
+from dissect.datasets import ImageFolder, open_data
 from dissect.errors import DissectError
+from dissect.images import ImageReadError, Preprocess
 
 
 def test_folder_is_recursive_sorted_and_any_case(image_folder):

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from dissect.data import ImageFolder, Preprocess
+from dissect.datasets import ImageFolder
 from dissect.dissection import Dissection, run_dissection
 from dissect.errors import DissectError
+from dissect.images import Preprocess
 from dissect.labels import read_labels, write_labels
 from dissect.models import load_model
 

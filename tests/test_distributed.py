@@ -15,7 +15,7 @@ from conftest import TINY_SPEC, make_image_folder
 from dissect import distributed
 from dissect.cli import main
 from dissect.dissection import Dissection, PassResult
-from dissect.stats import UnitStats
+from dissect.running_stats import UnitStats
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 

@@ -11,9 +11,9 @@ import torch
 from conftest import TINY_SPEC
 
 from dissect.cli import main
-from dissect.data import ImageReadError, Preprocess
-from dissect.datasets import Segmentation, SegmentedSource
+from dissect.datasets.masks import Segmentation, SegmentedSource
 from dissect.dissection import Dissection, run_dissection
+from dissect.images import ImageReadError, Preprocess
 from dissect.iou import CHECKPOINT, ImageConcepts, IoUStats, autolabel, compute_iou, read_iou
 from dissect.labels import read_labels, write_labels
 from dissect.models import load_model

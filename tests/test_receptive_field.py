@@ -10,14 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from dissect import receptive_field
 from dissect.cli import main
-from dissect.data import Preprocess
 from dissect.dissection import run_dissection
 from dissect.errors import DissectError
 from dissect.geometry import layer_geometry
+from dissect.images import Preprocess
 from dissect.models import LoadedModel
-from dissect.receptive_field import (
+from dissect.rf import (
     Measurements,
     OcclusionConfig,
     discrepancy_maps,
@@ -25,6 +24,7 @@ from dissect.receptive_field import (
     noise_patch,
     receptive_fields,
     rf_size,
+    schedule,
 )
 
 PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -218,7 +218,7 @@ def test_interrupted_run_resumes_and_finished_layers_are_skipped(
     )
     (tmp_path / "out" / "receptive_fields" / "1.npz").unlink()
     recorded = []
-    record = receptive_field._record
+    record = schedule._record
 
     def interrupt_after_two_batches(*args):
         if len(recorded) == 2:
@@ -226,7 +226,7 @@ def test_interrupted_run_resumes_and_finished_layers_are_skipped(
         record(*args)
         recorded.append(len(args[4]))  # passes of the batch
 
-    monkeypatch.setattr(receptive_field, "_record", interrupt_after_two_batches)
+    monkeypatch.setattr(schedule, "_record", interrupt_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
         receptive_fields(tmp_path / "out", ["1"], config=config, model=loaded, progress=False)
     monkeypatch.undo()

@@ -24,7 +24,7 @@ from dissect.checkpoint import (
     source_digest,
 )
 from dissect.cli import main
-from dissect.data import ImageFolder
+from dissect.datasets import ImageFolder
 from dissect.errors import DissectError
 
 SLOW_MODEL = f"""

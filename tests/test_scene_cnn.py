@@ -9,9 +9,10 @@ from PIL import Image
 from dissect.cli import main
 from dissect.datasets.synthetic import SyntheticWorld
 from dissect.errors import DissectError
+from dissect.evaluate import class_map, evaluate
 from dissect.models import load_model, read_state_dict
-from dissect.scene_cnn import WEIGHTS_PATH, SceneCNN, fold_batch_norm, scene_cnn
-from dissect.train import accuracy, class_map, evaluate, render_world, train
+from dissect.zoo.scene_cnn import WEIGHTS_PATH, SceneCNN, fold_batch_norm, scene_cnn
+from dissect.zoo.train import accuracy, render_world, train
 
 LAYERS = [
     "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4",

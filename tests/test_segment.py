@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from dissect.cli import main
-from dissect.data import Preprocess
 from dissect.dissection import Dissection, run_dissection
 from dissect.errors import DissectError
 from dissect.geometry import LayerGeometry
+from dissect.images import Preprocess
 from dissect.segment import (
     boundary,
     crop,

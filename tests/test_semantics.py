@@ -15,13 +15,8 @@ from dissect.plots.semantics import (
     plot_type_distribution,
     plot_units_per_concept,
 )
-from dissect.semantics import (
-    DEFAULT_TAXONOMY,
-    Taxonomy,
-    concept_table,
-    detectors,
-    layer_type_table,
-)
+from dissect.semantics import concept_table, detectors, layer_type_table
+from dissect.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 
 def test_default_taxonomy_maps_broden_and_type_names():

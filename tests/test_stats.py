@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dissect.stats import TailQuantile, UnitStats
+from dissect.running_stats import TailQuantile, UnitStats
 
 
 def activations(images=40, units=5, size=6, seed=0):

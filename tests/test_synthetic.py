@@ -8,11 +8,11 @@ import itertools
 import numpy as np
 import pytest
 
-from dissect.data import open_data
-from dissect.datasets import SegmentedSource
-from dissect.datasets.scenes import OBJECTS, SCENES
+from dissect.datasets import open_data
+from dissect.datasets.masks import SegmentedSource
 from dissect.datasets.synthetic import IMAGE_SIZE, SyntheticWorld, open_synthetic
-from dissect.datasets.textures import COLORS, color_names
+from dissect.datasets.synthetic.scenes import OBJECTS, SCENES
+from dissect.datasets.synthetic.textures import COLORS, color_names
 from dissect.errors import DissectError
 
 

@@ -8,14 +8,26 @@
 - :func:`aggregate_answers` and :func:`normalise_label` are the voting rules.
 """
 
-from .aggregate import aggregate_answers, normalise_label
-from .export import export_annotation
-from .store import import_answers, read_raw
+from __future__ import annotations
 
-__all__ = [
-    "aggregate_answers",
-    "export_annotation",
-    "import_answers",
-    "normalise_label",
-    "read_raw",
-]
+import importlib
+from typing import Any
+
+#: Public name -> the module of this package that defines it (loaded on first use).
+_EXPORTS = {
+    "aggregate_answers": "aggregate",
+    "normalise_label": "aggregate",
+    "export_annotation": "export",
+    "import_answers": "store",
+    "read_raw": "store",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

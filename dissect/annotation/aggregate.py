@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from ..semantics import DEFAULT_TYPES
+from ..taxonomy import DEFAULT_TYPES
 
 #: Columns of ``annotations_raw.csv``: one row per answer of one annotator about one unit.
 RAW_COLUMNS = [

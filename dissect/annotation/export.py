@@ -12,6 +12,7 @@ from ..errors import DissectError
 from ..io import write_csv, write_text
 from ..labels import read_labels
 from ..segment import dim_outside, iter_segments, write_png
+from .formats import EXPORT_FORMATS
 from .html import write_html
 from .labelstudio import write_labelstudio
 from .mturk import write_mturk
@@ -25,8 +26,6 @@ from .package import (
     stale_images,
     task_id,
 )
-
-FORMATS = ("mturk", "labelstudio", "html")
 
 _README = """Annotation package written by dissect export.
 
@@ -73,8 +72,8 @@ def export_annotation(
     DataFrame
         The exported tasks: ``task, layer, unit, n, image, image_index, image_path``.
     """
-    if fmt not in FORMATS:
-        raise DissectError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+    if fmt not in EXPORT_FORMATS:
+        raise DissectError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}.")
     if fmt != "html" and not base_url:
         raise DissectError(
             f"--format {fmt} needs --base-url: the web address where the package's images/ "

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import write_text
-from ..semantics import DEFAULT_TYPES
+from ..taxonomy import DEFAULT_TYPES
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1em 2em; }

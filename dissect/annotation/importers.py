@@ -7,12 +7,12 @@ from pathlib import Path
 
 from ..dissection import Dissection
 from ..errors import DissectError
+from .formats import IMPORT_FORMATS
 from .labelstudio import read_labelstudio
 from .mturk import is_mturk_header, read_mturk
 from .package import Package
 from .readers import answer, csv_rows, read_text
 
-FORMATS = ("auto", "mturk", "labelstudio", "csv")
 PLAIN_COLUMNS = ("layer", "unit", "label", "category")
 
 
@@ -101,8 +101,8 @@ def read_answers(dissection: Dissection, files: Sequence[str | Path], fmt: str =
     list of dict
         Answers (rows of ``annotations_raw.csv``) of all files, in order.
     """
-    if fmt not in FORMATS:
-        raise DissectError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+    if fmt not in IMPORT_FORMATS:
+        raise DissectError(f"--format must be one of {', '.join(IMPORT_FORMATS)}, got {fmt!r}.")
     package = Package.read(dissection)
     answers = []
     for file in files:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..errors import DissectError
 from ..io import write_text
-from ..semantics import DEFAULT_TYPES
+from ..taxonomy import DEFAULT_TYPES
 from .mturk import batch_input
 from .package import Package
 from .readers import answer, json_array

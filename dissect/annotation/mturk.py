@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..errors import DissectError
 from ..io import write_csv, write_text
-from ..semantics import DEFAULT_TYPES
+from ..taxonomy import DEFAULT_TYPES
 from .package import Package
 from .readers import answer, csv_rows
 

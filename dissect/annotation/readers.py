@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DissectError
-from ..semantics import DEFAULT_TAXONOMY, DEFAULT_TYPES
+from ..taxonomy import DEFAULT_TAXONOMY, DEFAULT_TYPES
 
 
 def read_text(path: Path) -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from .. import distributed
-from ..iou import autolabel
 from .common import add_detector_arguments, split_names, taxonomy_from_args
 
 HELP = (
@@ -29,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+    from ..iou import autolabel
+
     taxonomy = taxonomy_from_args(args)
     labels = autolabel(
         args.directory,

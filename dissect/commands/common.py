@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..data import Preprocess
 from ..errors import DissectError
-from ..models import LoadedModel
-from ..semantics import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
+from ..taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
+
+if TYPE_CHECKING:
+    from ..images import Preprocess
+    from ..models import LoadedModel
 
 
 def split_names(text: str | None) -> list[str] | None:
@@ -52,6 +55,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def preprocess_from_args(args: argparse.Namespace, loaded: LoadedModel) -> Preprocess:
     """The model's preprocessing with any --image-size, --mean, --std overrides."""
+    from ..images import Preprocess
+
     base = loaded.preprocess
     size = args.image_size or base.image_size
     if size < 8:

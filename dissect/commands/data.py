@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import open_data
-from ..datasets.broden import export_broden
-
 HELP = "dataset tools: export DATA (the synthetic world, a Broden directory) as a Broden directory"
 
 
@@ -23,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..datasets import open_data
+    from ..datasets.broden import export_broden
+
     source = open_data(args.data)
     outdir = export_broden(source, args.outdir)
     print(f"exported {len(source)} images of {source.spec} -> {outdir}")

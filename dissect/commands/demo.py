@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..demo import describe, run_demo
-
 HELP = "run the whole study on the built-in scene CNN and synthetic world, and open the report"
 
 
@@ -19,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..demo import describe, run_demo
+
     summary = run_demo(args.out, args.quick, args.images, args.seed, args.device)
     report = Path(args.out).resolve() / "report" / "index.html"
     print(f"\nFinished in {summary['seconds']:.0f} s.\n{describe(summary)}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import load_model
-from ..train import evaluate
 from .common import add_model_arguments, preprocess_from_args
 
 HELP = "top-1 accuracy of MODEL on DATA with image-level labels (check model and preprocessing)"
@@ -25,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate
+    from ..models import load_model
+
     loaded = load_model(args.model, args.weights)
     fraction = evaluate(
         loaded,

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..annotation import export_annotation
-from ..annotation.export import FORMATS
-from ..dissection import Dissection
+from ..annotation.formats import EXPORT_FORMATS
 from .common import add_segment_arguments, split_ints, split_names
 
 HELP = "export segmented top images for annotation (MTurk, Label Studio or an offline page)"
@@ -14,7 +12,9 @@ HELP = "export segmented top images for annotation (MTurk, Label Studio or an of
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="a dissection directory (dissect run)")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="annotation service")
+    parser.add_argument(
+        "--format", required=True, choices=EXPORT_FORMATS, help="annotation service"
+    )
     parser.add_argument(
         "--base-url",
         help="web address where annotation/images/ will be served (mturk, labelstudio)",
@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..annotation import export_annotation
+    from ..dissection import Dissection
+
     dissection = Dissection(args.directory)
     tasks = export_annotation(
         dissection,

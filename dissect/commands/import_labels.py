@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..annotation import import_answers
-from ..annotation.importers import FORMATS
+from ..annotation.formats import IMPORT_FORMATS
 
 HELP = "import crowd answers (MTurk results, Label Studio JSON, plain CSV) into DIR/labels.csv"
 
@@ -14,11 +13,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="a dissection directory (dissect run)")
     parser.add_argument("files", metavar="FILE", nargs="+", help="answer files")
     parser.add_argument(
-        "--format", default="auto", choices=FORMATS, help="format of the files (auto: by content)"
+        "--format",
+        default="auto",
+        choices=IMPORT_FORMATS,
+        help="format of the files (auto: by content)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..annotation import import_answers
+
     labels = import_answers(args.directory, args.files, args.format)
     print(
         f"{len(labels)} unit(s) labelled from {int(labels['n_annotators'].sum())} answer(s) "

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import pandas as pd
-
-from ..geometry import geometry_table
-from ..models import load_model
 from .common import add_model_arguments, preprocess_from_args
 
 HELP = "list every named layer: type, output shape, stride, offset and theoretical receptive field"
@@ -18,6 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ..geometry import geometry_table
+    from ..models import load_model
+
     loaded = load_model(args.model, args.weights)
     preprocess = preprocess_from_args(args, loaded)
     table = geometry_table(loaded.module, image_size=preprocess.image_size)

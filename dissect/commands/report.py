@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..report import write_report
 from .common import add_detector_arguments, taxonomy_from_args
 
 HELP = "write DIR/report/index.html: run summary, semantic types per layer, every unit"
@@ -17,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
     taxonomy = taxonomy_from_args(args)
     index = write_report(
         args.directory,

@@ -4,20 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import pandas as pd
-
-from .. import distributed
-from ..dissection import Dissection, layer_file_name
-from ..plots import save_figure
-from ..plots.receptive_field import plot_rf_maps, plot_rf_sizes
-from ..receptive_field import (
-    LAYERS_CSV,
-    UNITS_CSV,
-    OcclusionConfig,
-    layer_summary,
-    load_maps,
-    receptive_fields,
-)
 from .common import split_ints, split_names
 
 HELP = (
@@ -56,6 +42,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .. import distributed
+    from ..dissection import Dissection, layer_file_name
+    from ..plots import save_figure
+    from ..plots.receptive_field import plot_rf_maps, plot_rf_sizes
+    from ..rf import (
+        LAYERS_CSV,
+        UNITS_CSV,
+        OcclusionConfig,
+        layer_summary,
+        load_maps,
+        receptive_fields,
+    )
+
     dissection = Dissection(args.directory)
     config = OcclusionConfig(
         top=args.top,

@@ -10,10 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import distributed
 from ..checkpoint import CHECKPOINT_DIR, DEFAULT_CHECKPOINT_EVERY
-from ..dissection import run_dissection
-from ..models import load_model
 from .common import add_model_arguments, preprocess_from_args, split_names
 
 HELP = "dissect layers of MODEL over DATA: top-K images and activation threshold of every unit"
@@ -57,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+    from ..dissection import run_dissection
+    from ..models import load_model
+
     loaded = load_model(args.model, args.weights)
     try:
         dissection = run_dissection(

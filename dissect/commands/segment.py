@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..dissection import Dissection
-from ..segment import write_segments
 from .common import add_segment_arguments, split_ints, split_names
 
 HELP = "segment every unit's top images (dimmed / outline / crop, and a grid) into DIR/segments"
@@ -17,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..dissection import Dissection
+    from ..segment import write_segments
+
     dissection = Dissection(args.directory)
     table = write_segments(
         dissection,

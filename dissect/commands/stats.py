@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..plots.semantics import write_semantic_plots
-from ..semantics import write_statistics
 from .common import add_detector_arguments, taxonomy_from_args
 
 HELP = "per-layer semantic-type statistics from labels.csv: layer_types.csv, concepts.csv, plots"
@@ -17,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..plots.semantics import write_semantic_plots
+    from ..semantics import write_statistics
+
     taxonomy = taxonomy_from_args(args)
     types, concepts = write_statistics(
         args.directory,

@@ -1,62 +1,44 @@
-"""Datasets with dense concept masks: the synthetic scene world and Broden directories.
+"""DATA sources: a folder of images, a Broden directory, the built-in synthetic world.
 
-Both implement :class:`SegmentedSource`: an :class:`~dissect.data.ImageSource` whose images also
-carry concept labels, per pixel (objects, parts, materials, colours) or per image (scenes), in the
-shape NetDissect's Broden format gives them. IoU labelling reads nothing else, so real Broden data
-and the built-in world go through the same code.
+``open_data(spec)`` turns a DATA spec into an :class:`~dissect.images.ImageSource`. Sources with
+dense concept masks implement :class:`~dissect.datasets.masks.SegmentedSource`.
 """
 
 from __future__ import annotations
 
-import abc
-from dataclasses import dataclass, field
+from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from ..data import ImageSource
-
-#: Concept categories in the order Broden lists them.
-CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
+from ..errors import DissectError
+from ..images import ImageSource
+from .broden import BrodenDataset
+from .folder import ImageFolder
+from .synthetic import open_synthetic
 
 
-@dataclass
-class Segmentation:
-    """The concept labels of one image.
+def open_data(spec: str | ImageSource) -> ImageSource:
+    """Open a DATA spec.
 
-    Attributes
+    Parameters
     ----------
-    pixel : dict of str to list of ndarray
-        Category -> label maps of shape (H, W) (the image's own size, as ``read_rgb`` returns
-        it), int32 concept numbers, 0 where unlabelled. A category may have several maps for
-        one image when its concepts overlap (Broden stores one PNG per map).
-    image : dict of str to list of int
-        Category -> concept numbers that hold for the whole image (a scene; Broden's
-        image-level textures). IoU labelling treats them as masks covering every pixel.
+    spec : str or ImageSource
+        ``synthetic:N`` or ``synthetic:N:SEED`` (the built-in world), a Broden-format directory
+        (it holds ``index.csv``), or a folder of images. A source object is returned as is.
+
+    Returns
+    -------
+    ImageSource
     """
-
-    pixel: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    image: dict[str, list[int]] = field(default_factory=dict)
-
-
-class SegmentedSource(ImageSource):
-    """An image source with dense concept labels.
-
-    Subclasses set :attr:`concepts` and implement :meth:`segmentation`.
-    """
-
-    #: One row per concept: ``number`` (1..), ``name``, ``category`` (one of CATEGORIES).
-    #: Concept numbers are unique across categories, as in Broden's ``label.csv``.
-    concepts: pd.DataFrame
-
-    @abc.abstractmethod
-    def segmentation(self, index: int) -> Segmentation:
-        """The concept labels of image ``index``, at the size ``read_rgb(index)`` returns."""
-
-    def concept_names(self) -> dict[int, str]:
-        """Concept number -> name."""
-        return dict(zip(self.concepts["number"], self.concepts["name"], strict=True))
-
-    def concept_categories(self) -> dict[int, str]:
-        """Concept number -> category."""
-        return dict(zip(self.concepts["number"], self.concepts["category"], strict=True))
+    if isinstance(spec, ImageSource):
+        return spec
+    spec = str(spec)
+    if spec.startswith("synthetic:") or spec == "synthetic":
+        return open_synthetic(spec)
+    path = Path(spec)
+    if (path / "index.csv").is_file():
+        return BrodenDataset(path)
+    if not path.exists():
+        raise DissectError(
+            f"DATA {spec!r} is neither an existing folder nor a spec like 'synthetic:500'. "
+            "Give a folder of images, a Broden directory, or synthetic:N[:SEED]."
+        )
+    return ImageFolder(path)

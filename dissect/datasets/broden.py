@@ -26,10 +26,10 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data import ImageReadError, read_image_file
 from ..errors import DissectError
+from ..images import ImageReadError, read_image_file
 from ..io import atomic_path, write_csv
-from . import CATEGORIES, Segmentation, SegmentedSource
+from .masks import CATEGORIES, Segmentation, SegmentedSource
 
 _CATEGORY_COUNT = re.compile(r"^\s*([^()]+?)\s*(?:\((\d+)\))?\s*$")
 

@@ -1,26 +1,21 @@
 """Matplotlib figures, one module per stage; every function returns a Figure (never shows it).
 
-:func:`save_figure` writes a figure as a PNG; :func:`plain` keeps text (labels are data) from being
-read as mathtext.
+``dissect.plots.semantics`` (types per layer, detectors, concepts), ``dissect.plots.units`` (top
+images of units), ``dissect.plots.receptive_field`` (occlusion maps and sizes); ``save_figure``
+writes any of them as a PNG. Submodules load on first use.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
+from typing import Any
 
-from matplotlib.figure import Figure
-
-from ..io import atomic_path
-
-
-def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Write ``figure`` as a PNG to ``path`` atomically; return the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return path
+_SUBMODULES = {"figure", "receptive_field", "semantics", "units"}
 
 
-def plain(text: object) -> str:
-    """``text`` for a matplotlib label, with ``$`` escaped so it is never read as mathtext."""
-    return str(text).replace("$", r"\$")
+def __getattr__(name: str) -> Any:
+    if name in ("save_figure", "plain"):
+        return getattr(importlib.import_module(".figure", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Figures of empirical receptive fields: averaged occlusion maps, and size against depth.
 
-Each function takes what :mod:`dissect.receptive_field` writes (the arrays of
+Each function takes what :mod:`dissect.rf` writes (the arrays of
 ``receptive_fields/<layer>.npz``, the table ``receptive_fields_layers.csv``) and returns a
 matplotlib Figure.
 """

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..semantics import DEFAULT_TAXONOMY, Taxonomy
-from . import plain, save_figure
+from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
+from .figure import plain, save_figure
 
 #: One colour per default type, shallow (light) to deep (dark), as in the paper's figure.
 TYPE_COLORS = {

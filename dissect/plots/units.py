@@ -12,9 +12,9 @@ from ..dissection import Dissection
 from ..errors import DissectError
 from ..labels import read_labels
 from ..models import LoadedModel
-from ..receptive_field import load_maps
+from ..rf import load_maps
 from ..segment import iter_segments
-from . import plain
+from .figure import plain
 
 
 def unit_title(dissection: Dissection, layer: str, unit: int) -> str:

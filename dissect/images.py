@@ -1,7 +1,8 @@
-"""Image sources (folders, Broden directories, the synthetic world) and preprocessing.
+"""Images in, tensors out: the ImageSource interface, reading files, preprocessing, batches.
 
 Every source is a random-access, deterministic list of images: index ``i`` always names the same
-image, so shards and resumed runs agree. ``open_data(spec)`` turns a DATA spec into a source.
+image, so shards and resumed runs agree. The sources themselves (folders, Broden, the synthetic
+world) and ``open_data(spec)`` live in :mod:`dissect.datasets`.
 """
 
 from __future__ import annotations
@@ -77,79 +78,6 @@ def read_image_file(path: Path) -> np.ndarray:
             return to_rgb(image)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageReadError(f"cannot read image: {error}") from error
-
-
-class ImageFolder(ImageSource):
-    """Every image file under a folder, searched recursively, sorted by relative path.
-
-    If every image sits in a first-level sub-folder, the sub-folder names are the classes.
-    """
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DissectError(f"DATA folder {str(self.root)!r} does not exist or is not a folder.")
-        self.paths = sorted(
-            path.relative_to(self.root)
-            for path in self.root.rglob("*")
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-        )
-        if not self.paths:
-            raise DissectError(
-                f"DATA folder {str(self.root)!r} holds no images "
-                f"(looked for {', '.join(IMAGE_EXTENSIONS)} in any case, recursively)."
-            )
-        self.spec = str(self.root)
-        if all(len(path.parts) == 2 for path in self.paths):
-            self.classes = sorted({path.parts[0] for path in self.paths})
-            self._class_index = {name: i for i, name in enumerate(self.classes)}
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def image_id(self, index: int) -> str:
-        return self.paths[index].as_posix()
-
-    def read_rgb(self, index: int) -> np.ndarray:
-        return read_image_file(self.root / self.paths[index])
-
-    def label(self, index: int) -> int:
-        if self.classes is None:
-            return super().label(index)
-        return self._class_index[self.paths[index].parts[0]]
-
-
-def open_data(spec: str | ImageSource) -> ImageSource:
-    """Open a DATA spec.
-
-    Parameters
-    ----------
-    spec : str or ImageSource
-        ``synthetic:N`` or ``synthetic:N:SEED`` (the built-in world), a Broden-format directory
-        (it holds ``index.csv``), or a folder of images. A source object is returned as is.
-
-    Returns
-    -------
-    ImageSource
-    """
-    if isinstance(spec, ImageSource):
-        return spec
-    spec = str(spec)
-    if spec.startswith("synthetic:") or spec == "synthetic":
-        from .datasets.synthetic import open_synthetic
-
-        return open_synthetic(spec)
-    path = Path(spec)
-    if (path / "index.csv").is_file():
-        from .datasets.broden import BrodenDataset
-
-        return BrodenDataset(path)
-    if not path.exists():
-        raise DissectError(
-            f"DATA {spec!r} is neither an existing folder nor a spec like 'synthetic:500'. "
-            "Give a folder of images, a Broden directory, or synthetic:N[:SEED]."
-        )
-    return ImageFolder(path)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The built-in scene CNN: a small AlexNet-style network trained on the synthetic world.
 
 Layers, in order: ``conv1 relu1 pool1 conv2 relu2 pool2 conv3 relu3 conv4 relu4 conv5 relu5
-pool5``, then the classifier ``avgpool dropout fc``. Trained by ``python -m dissect.train`` (with
-batch normalisation, folded into the convolutions before saving); loaded as MODEL ``scene-cnn``.
+pool5``, then the classifier ``avgpool dropout fc``. Trained by ``python -m dissect.zoo.train``
+(with batch normalisation, folded into the convolutions before saving); loaded as MODEL
+``scene-cnn``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import Preprocess
-from .datasets.scenes import SCENES
-from .datasets.synthetic import IMAGE_SIZE
-from .models import BuiltinModel, register_builtin
+from ..datasets.synthetic.scenes import SCENES
 
 #: The committed state dict of the trained network.
 WEIGHTS_PATH = Path(__file__).parent / "weights" / "scene_cnn.pt"
@@ -108,15 +106,3 @@ def scene_cnn() -> SceneCNN:
     Load the trained network with ``dissect.load_model("scene-cnn")``.
     """
     return SceneCNN(len(SCENES))
-
-
-SCENE_CNN = register_builtin(
-    BuiltinModel(
-        "scene-cnn",
-        scene_cnn,
-        WEIGHTS_PATH,
-        Preprocess(IMAGE_SIZE, MEAN, STD),
-        classes=tuple(SCENES),
-        description="AlexNet-style scene classifier trained on the synthetic world",
-    )
-)

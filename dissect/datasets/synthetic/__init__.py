@@ -3,7 +3,7 @@
 Image ``i`` of seed ``s`` is rendered from a random generator seeded with ``(s, i)`` alone, so the
 same index always gives the same image and masks, on any machine and in any order of access.
 Every pixel is labelled with its object, object part, material and colour; every image with its
-scene. See :mod:`dissect.datasets.scenes` for the objects and scenes.
+scene. See :mod:`dissect.datasets.synthetic.scenes` for the objects and scenes.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..errors import DissectError
-from . import Segmentation, SegmentedSource
+from ...errors import DissectError
+from ..masks import Segmentation, SegmentedSource
 from .scenes import OBJECTS, PARTS, SCENES, Rendered, render
 from .textures import COLORS, MATERIALS, color_names
 

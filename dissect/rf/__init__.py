@@ -1,0 +1,325 @@
+"""Empirical receptive fields by occlusion (Zhou et al., ICLR 2015, section 3.2).
+
+For a unit and each of its top images, a patch of random pixel noise (the *occluder*, ``occluder``
+px square) is pasted at every position of a grid with step ``stride`` px (top-left corners
+``0, stride, 2 * stride, ...`` as long as the patch fits in the image). For each position the
+*discrepancy* is measured:
+
+- ``peak`` (default): ``|a_occluded - a_original|`` of the unit at its peak feature position
+  (the ``y, x`` stored with the top image);
+- ``map``: ``sum |a_occluded - a_original|`` over every position of the unit's feature map.
+
+That gives a discrepancy map per image on the grid of occluder centres. Each map is re-centred on
+the input pixel of the unit's peak (:meth:`LayerGeometry.center`): it is sampled at integer pixel
+offsets ``-R..R`` from that pixel by bilinear interpolation between occluder centres (zero beyond
+the outermost centres). The re-centred maps are averaged over the unit's top images: that average
+is the unit's empirical receptive field. Its size, ``rf_empirical``, is the side of the square with
+the same area as the region where the map is at least ``fraction`` (0.5) of its maximum, counted in
+input pixels. It includes the blur of the occluder itself (a unit that sees one pixel responds to
+every occluder covering it). ``rf_theoretical`` is the side of the square with the area of the
+theoretical receptive field (``rf`` of the layer geometry, padding pixels counted).
+
+Speed. The naive method (:func:`discrepancy_maps` with ``method="naive"``) runs one full forward
+per occluder position, per image, per unit. The fast method computes the same numbers with
+
+- one set of occluded passes per *image*, shared by every unit whose top images include it;
+- the forward stopped at the measured layer;
+- occluders that cannot touch the theoretical receptive field of any measured position of the
+  image skipped (their discrepancy is exactly 0 for a convolution/pooling stack);
+- each occluded pass restricted to what the occluder can change, in one of two ways:
+
+  - ``crop`` (any network): the pass runs on a crop of the image, the union of the receptive
+    fields of the measured positions the occluder touches (for each image, one crop around all
+    its peaks or one per peak, whichever covers fewer pixels). The crop's corner is a multiple
+    of the layer stride so its feature grid coincides with the image's, and it is flush with the
+    image border wherever such a receptive field reaches past it, so zero padding is the same as
+    on the whole image; only positions whose whole receptive field lies in the crop are read;
+  - ``incremental`` (networks that reach the layer through a plain chain of convolutions, max
+    pooling and point-wise modules, checked on the first image): the unoccluded activations of
+    every step are kept, and each step recomputes only a window of outputs, reading the kept
+    activations around it with the step's own padding: the outputs whose inputs the occluder
+    changed, or, when smaller, the outputs the measured peak positions depend on (for each
+    image, one window around all its peaks or one per peak, whichever costs fewer
+    multiply-adds). Window sides are fixed per step (the widest changed span over the occluder
+    corners in use), so each step handles all passes of a batch at once: one gather of the kept
+    activations, one paste of the recomputed window, one convolution or pooling;
+
+  ``fast`` picks ``incremental`` when it applies and the crops would cover more than a quarter
+  of the image on average, else ``crop``;
+- occluded passes streamed in batches of ``batch_size`` whole-image equivalents (more passes per
+  batch when they are smaller), never built all at once.
+
+All methods use the same seeded noise patch, so their maps agree to float32 round-off.
+
+Resume. Results are written per layer, atomically (``receptive_fields/<layer>.npz``). While a layer
+runs, its occluded passes follow a fixed order; every ``checkpoint_seconds`` and on interruption
+the finished passes are saved to ``receptive_fields/<layer>.partial.npz``. A rerun with the same
+parameters skips finished layers and restarts a partial one after its last saved pass, so an
+interruption (Ctrl-C) loses at most the batch in flight.
+
+Layout: :mod:`~dissect.rf.occlusion` (parameters, noise occluder, grid),
+:mod:`~dissect.rf.discrepancy` (the entry point of every method), :mod:`~dissect.rf.naive`,
+:mod:`~dissect.rf.crop` and :mod:`~dissect.rf.incremental` (one method each),
+:mod:`~dissect.rf.schedule` (batching the fast methods' passes), :mod:`~dissect.rf.maps`
+(re-centring, averaging, sizes); this module runs the measurement per layer and resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import distributed
+from ..dissection import Dissection, layer_file_name, pick_device
+from ..errors import DissectError
+from ..io import read_npz, write_csv, write_npz
+from ..models import LoadedModel
+from .discrepancy import discrepancy_maps
+from .maps import (
+    _rows,
+    average_maps,
+    layer_summary,
+    map_radius,
+    rf_size,
+    theoretical_size,
+)
+from .occlusion import (
+    DISCREPANCIES,
+    METHODS,
+    Measurements,
+    OcclusionConfig,
+    noise_patch,
+    occluder_corners,
+)
+
+__all__ = [
+    "DISCREPANCIES",
+    "LAYERS_CSV",
+    "MAPS_FOLDER",
+    "METHODS",
+    "UNITS_CSV",
+    "Measurements",
+    "OcclusionConfig",
+    "average_maps",
+    "discrepancy_maps",
+    "layer_summary",
+    "load_maps",
+    "map_radius",
+    "maps_path",
+    "noise_patch",
+    "occluder_corners",
+    "receptive_fields",
+    "rf_size",
+    "theoretical_size",
+]
+
+#: Folder (inside the dissection directory) of the per-layer map files.
+MAPS_FOLDER = "receptive_fields"
+#: Per-unit table and per-layer summary written by :func:`receptive_fields`.
+UNITS_CSV = "receptive_fields.csv"
+LAYERS_CSV = "receptive_fields_layers.csv"
+
+
+def receptive_fields(
+    dissection: str | Path | Dissection,
+    layers: Sequence[str] | None = None,
+    units: Sequence[int] | None = None,
+    config: OcclusionConfig | None = None,
+    *,
+    model: LoadedModel | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    checkpoint_seconds: float = 60.0,
+) -> pd.DataFrame:
+    """Measure empirical receptive fields of units of a dissection and write them to it.
+
+    Parameters
+    ----------
+    dissection : path-like or Dissection
+        A dissection directory (``dissect run``).
+    layers : sequence of str, optional
+        Layers to measure (default: every dissected layer).
+    units : sequence of int, optional
+        Units to measure in each layer (default: all).
+    config : OcclusionConfig, optional
+        Occlusion parameters (default: 11 px occluder, stride 3, top 20 images, ``peak``).
+    model : LoadedModel, optional
+        The dissected model, when it cannot be reloaded from the manifest's MODEL spec.
+    device : str
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    progress : bool
+        Show progress bars.
+    checkpoint_seconds : float
+        How often unfinished work of a layer is saved.
+
+    Returns
+    -------
+    DataFrame
+        One row per unit: ``layer, unit, rf_empirical, rf_theoretical, n_images, ratio,
+        max_discrepancy, rf_theoretical_h, rf_theoretical_w``. The same rows (plus those of
+        layers measured earlier) are written to ``receptive_fields.csv``; the per-layer summary to
+        ``receptive_fields_layers.csv``, the maps to ``receptive_fields/<layer>.npz``.
+    """
+    config = config or OcclusionConfig()
+    dissection = dissection if isinstance(dissection, Dissection) else Dissection(dissection)
+    layers = dissection.check_layers(layers)
+    chosen = {layer: dissection.check_units(layer, units) for layer in layers}
+    preprocess = dissection.preprocess
+    config.check_image(preprocess.image_size)
+    for layer in layers:
+        Measurements.from_topk(dissection.topk(layer), chosen[layer][:1], config.top)
+    loaded = model or dissection.load_model()
+    source = dissection.open_data()
+    torch_device = pick_device(device)
+    distributed.init(torch_device)
+    torch_device = distributed.local_device(torch_device)
+    patch = noise_patch(preprocess, config.occluder, config.seed)
+
+    def load_image(index: int) -> torch.Tensor:
+        return preprocess.tensor(source.read_rgb(index))
+
+    frames = []
+    for layer in layers:
+        # Under torchrun each rank measures its share of the units (they are independent) into a
+        # file of its own; rank 0 joins them into the file one process would write.
+        mine = distributed.shard(chosen[layer])
+        final = maps_path(dissection, layer)
+        if distributed.world_size() > 1:
+            final = final.with_name(f"{final.stem}.rank{distributed.rank()}.npz")
+        arrays = None
+        if mine:
+            arrays = _measure_layer(
+                dissection, layer, mine, config, loaded.module, load_image, patch,
+                torch_device, progress and distributed.is_main(), checkpoint_seconds, final,
+            )  # fmt: skip
+        if distributed.world_size() > 1:
+            parts = distributed.gather(arrays)
+            if distributed.is_main():
+                arrays = _join([part for part in parts if part is not None], config, chosen[layer])
+                write_npz(maps_path(dissection, layer), **arrays)
+            distributed.barrier()
+            final.unlink(missing_ok=True)
+        if distributed.is_main():
+            frames.append(_rows(layer, dissection.geometry(layer), arrays))
+    if not distributed.is_main():
+        distributed.barrier()  # wait for rank 0's tables
+        return pd.read_csv(dissection.path(UNITS_CSV), dtype={"layer": str})
+    table = pd.concat(frames, ignore_index=True)
+    path = dissection.path(UNITS_CSV)
+    if path.is_file():
+        previous = pd.read_csv(path, dtype={"layer": str})
+        table = pd.concat([previous[~previous["layer"].isin(layers)], table], ignore_index=True)
+    depth = {name: position for position, name in enumerate(dissection.layers)}
+    table = table.sort_values(
+        ["layer", "unit"], key=lambda c: c.map(depth) if c.name == "layer" else c
+    )
+    table = table.reset_index(drop=True)
+    write_csv(path, table)
+    write_csv(dissection.path(LAYERS_CSV), layer_summary(table))
+    distributed.barrier()
+    return table
+
+
+def _params(config: OcclusionConfig, units: Sequence[int]) -> str:
+    """What a layer's maps file was measured with (a rerun with the same reuses it)."""
+    return json.dumps({"config": config.to_dict(), "units": list(units)}, sort_keys=True)
+
+
+def _join(parts: list[dict], config: OcclusionConfig, units: Sequence[int]) -> dict:
+    """The maps arrays of several ranks' units, in rank (= unit list) order."""
+    joined = {key: np.concatenate([part[key] for part in parts]) for key in _PER_UNIT}
+    shared = {key: parts[0][key] for key in ("radius", "rf_theoretical")}
+    return {**joined, **shared, "params": np.str_(_params(config, units))}
+
+
+#: Arrays of a layer's maps file with one entry per unit.
+_PER_UNIT = ("maps", "units", "n_images", "rf_empirical", "max_discrepancy")
+
+
+def maps_path(dissection: Dissection, layer: str) -> Path:
+    """Where the averaged maps of ``layer`` are kept."""
+    return dissection.path(MAPS_FOLDER, f"{layer_file_name(layer)}.npz")
+
+
+def load_maps(dissection: str | Path | Dissection, layer: str) -> dict[str, np.ndarray]:
+    """Read ``receptive_fields/<layer>.npz``: ``maps, units, n_images, rf_empirical, radius``...
+
+    Raises
+    ------
+    DissectError
+        If the layer has not been measured.
+    """
+    dissection = dissection if isinstance(dissection, Dissection) else Dissection(dissection)
+    path = maps_path(dissection, layer)
+    if not path.is_file():
+        raise DissectError(
+            f"no receptive fields measured for layer {layer!r} in {str(dissection.directory)!r}; "
+            f"run dissect rf {dissection.directory} --layers {layer}."
+        )
+    return read_npz(path)
+
+
+def _measure_layer(
+    dissection, layer, units, config, module, load_image, patch, device, progress,
+    checkpoint_seconds, final,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Measure one layer's units (or reuse the finished file ``final``); return its arrays."""
+    geometry = dissection.geometry(layer)
+    params = _params(config, units)
+    if final.is_file():
+        stored = read_npz(final)
+        if str(stored["params"]) == params:
+            return stored
+    measurements = Measurements.from_topk(dissection.topk(layer), units, config.top)
+    partial = final.with_name(final.stem + ".partial.npz")
+    grids, done = None, 0
+    if partial.is_file():
+        stored = read_npz(partial)
+        if str(stored["params"]) == params:
+            grids, done = stored["grids"], int(stored["done"])
+    state = {"done": done, "saved": time.monotonic()}
+
+    def save() -> None:
+        write_npz(partial, grids=result, done=np.int64(state["done"]), params=np.str_(params))
+        state["saved"] = time.monotonic()
+
+    def checkpoint(finished: int) -> None:
+        state["done"] = finished
+        if time.monotonic() - state["saved"] > checkpoint_seconds:
+            save()
+
+    image_size = dissection.preprocess.image_size
+    corners = len(occluder_corners(image_size, config.occluder, config.stride))
+    result = grids if grids is not None else np.zeros((len(measurements), corners, corners), "f4")
+    if progress:
+        print(f"dissect rf: layer {layer}, {len(units)} unit(s), {len(measurements)} top images")
+    try:
+        discrepancy_maps(
+            module, layer, geometry, load_image, measurements, patch, config,
+            device=device, progress=progress, grids=result, done=done, checkpoint=checkpoint,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        save()
+        raise
+    radius = map_radius(geometry, config, image_size)
+    maps, counts = average_maps(result, measurements, units, geometry, config, radius)
+    arrays = {
+        "maps": maps,
+        "units": np.asarray(units, dtype=np.int64),
+        "n_images": counts,
+        "rf_empirical": rf_size(maps, config.fraction).astype(np.float32),
+        "max_discrepancy": maps.reshape(len(maps), -1).max(1),
+        "radius": np.int64(radius),
+        "rf_theoretical": np.asarray(geometry.rf, dtype=np.int64),
+        "params": np.str_(params),
+    }
+    write_npz(final, **arrays)
+    if partial.is_file():
+        partial.unlink()
+    return arrays

@@ -1,0 +1,110 @@
+"""The one entry point of every method: discrepancy maps of measurements on the occluder grid.
+
+:func:`discrepancy_maps` checks its arguments and runs the naive method (:mod:`dissect.rf.naive`)
+or the fast ones (:mod:`dissect.rf.schedule`, with :mod:`dissect.rf.crop` or
+:mod:`dissect.rf.incremental`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import DissectError
+from ..geometry import LayerGeometry
+from .naive import _naive
+from .occlusion import METHODS, Measurements, OcclusionConfig, occluder_corners
+from .schedule import _fast
+
+
+def discrepancy_maps(
+    module: nn.Module,
+    layer: str,
+    geometry: LayerGeometry,
+    load_image: Callable[[int], torch.Tensor],
+    measurements: Measurements,
+    patch: torch.Tensor,
+    config: OcclusionConfig,
+    *,
+    method: str = "fast",
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    grids: np.ndarray | None = None,
+    done: int = 0,
+    checkpoint: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Discrepancy of every measurement for every occluder position.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network, in eval mode.
+    layer : str
+        The measured layer (a name of ``module.named_modules()``).
+    geometry : LayerGeometry
+        Geometry of ``layer`` at the input size of the images.
+    load_image : callable
+        ``load_image(index)`` returns the preprocessed (3, S, S) tensor of image ``index``.
+    measurements : Measurements
+        Images, units and peak positions to measure.
+    patch : Tensor
+        The (3, o, o) occluder, see :func:`noise_patch`.
+    config : OcclusionConfig
+        Occluder size and stride, discrepancy measure, batch size.
+    method : str
+        ``fast`` (default): ``incremental`` where the network up to ``layer`` is a plain chain of
+        convolutions, max pooling and point-wise modules, else ``crop`` (see the module
+        docstring); ``naive``: one full forward per occluder position, per measurement, batched
+        by ``config.batch_size``. All give the same maps up to float32 round-off.
+    device : torch.device or str
+        Where the forward passes run.
+    progress : bool
+        Show a tqdm bar of occluded passes.
+    grids : ndarray, optional
+        Fast method only: results of an interrupted run, shape (M, ny, nx), filled in place.
+    done : int
+        Fast method only: occluded passes of ``grids`` already finished, in pass order.
+    checkpoint : callable, optional
+        Fast method only: ``checkpoint(done)`` is called after every batch.
+
+    Returns
+    -------
+    ndarray, shape (M, ny, nx)
+        Float32 discrepancy per measurement and occluder position (rows: occluder corner
+        ``y = 0, stride, ...``; columns likewise for ``x``).
+    """
+    if not geometry.is_spatial or len(geometry.output_shape) != 3:
+        raise DissectError(
+            f"layer {layer!r} has no spatial feature map; occlusion receptive fields need a "
+            "convolution or pooling layer."
+        )
+    size = patch.shape[-1]
+    image_size = _image_size(load_image, measurements)
+    config.check_image(image_size)
+    corners = occluder_corners(image_size, size, config.stride)
+    shape = (len(measurements), len(corners), len(corners))
+    if grids is None:
+        grids = np.zeros(shape, dtype=np.float32)
+    elif grids.shape != shape:
+        raise ValueError(f"grids has shape {grids.shape}, expected {shape}")
+    device = torch.device(device)
+    module.to(device)
+    patch = patch.to(device)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    args = (module, layer, geometry, load_image, measurements, patch, config, corners)
+    with torch.inference_mode():
+        if method == "naive":
+            _naive(*args, device, progress, grids)
+        else:
+            _fast(*args, image_size, device, progress, grids, done, checkpoint, method)
+    return grids
+
+
+def _image_size(load_image, measurements) -> int:
+    if len(measurements) == 0:
+        raise DissectError("no top image to occlude: the selected units have no top images.")
+    return int(load_image(int(measurements.image[0])).shape[-1])

@@ -1,0 +1,324 @@
+"""The incremental method: recompute, step by step, only the windows an occluder changes.
+
+For networks that reach the measured layer through a plain chain of convolutions, max pooling and
+point-wise modules (:func:`_chain` checks), the unoccluded activations of every step are kept and
+each occluded pass recomputes only a fixed-size window per step (:class:`_Incremental`), gathered
+from and pasted into the kept activations in one indexing operation (:func:`_gather_paste`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..hooks import LayerTrace
+
+#: Modules that act on every position separately (in eval mode): windows pass through them.
+_POINTWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
+    nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One module of a plain chain, with its window arithmetic (per axis) if it is spatial."""
+
+    module: nn.Module
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    fill: float = 0.0  # value of its padding: 0 for convolutions, -inf for max pooling
+
+    @property
+    def spatial(self) -> bool:
+        return not isinstance(self.module, _POINTWISE)
+
+    def reach(self, axis: int) -> int:
+        return self.dilation[axis] * (self.kernel[axis] - 1)
+
+    def apply(self, window: torch.Tensor) -> torch.Tensor:
+        """The module on a window that already holds its padding.
+
+        Convolutions run on contiguous (NCHW) windows, as a whole-image forward does, so their
+        round-off matches it; max pooling (exact in any layout) runs channels last, where it is
+        many times faster on CPU.
+        """
+        if isinstance(self.module, nn.Conv2d):
+            conv = self.module
+            return F.conv2d(
+                window.contiguous(), conv.weight, conv.bias, self.stride, 0, self.dilation,
+                conv.groups,
+            )  # fmt: skip
+        if isinstance(self.module, nn.MaxPool2d):
+            window = window.contiguous(memory_format=torch.channels_last)
+            return F.max_pool2d(window, self.kernel, self.stride, 0, self.dilation)
+        return self.module.forward(window)
+
+
+def _two(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _as_step(module: nn.Module) -> _Step | None:
+    """The step of a supported module, else None."""
+    if isinstance(module, _POINTWISE):
+        return _Step(module)
+    if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
+        if module.padding == "same":
+            return None
+        padding = (0, 0) if module.padding == "valid" else _two(module.padding)
+        return _Step(
+            module, _two(module.kernel_size), _two(module.stride), padding, _two(module.dilation)
+        )
+    if isinstance(module, nn.MaxPool2d) and not module.return_indices:
+        return _Step(
+            module, _two(module.kernel_size), _two(module.stride or module.kernel_size),
+            _two(module.padding), _two(module.dilation), -math.inf,
+        )  # fmt: skip
+    return None
+
+
+def _chain(module: nn.Module, layer: str, image: torch.Tensor) -> list[_Step] | None:
+    """The modules from the input to ``layer``, if they form a plain chain of supported modules.
+
+    Each module must take exactly the previous one's output (checked by identity during a
+    forward) and recomputing ``layer`` module by module on ``image`` must give the traced value;
+    otherwise (branches, functional calls in ``forward``, unsupported modules) None.
+    """
+    target = dict(module.named_modules())[layer]
+    watched = {id(c): c for _, c in module.named_modules() if not list(c.children())}
+    watched[id(target)] = target
+    calls = []
+    handles = [
+        child.register_forward_hook(lambda c, i, o: calls.append((c, i, o)))
+        for child in watched.values()
+    ]
+    start = image[None]
+    try:
+        with LayerTrace(module, [layer], stop=True) as trace:
+            expected = trace(start)[layer]
+    finally:
+        for handle in handles:
+            handle.remove()
+    steps, previous = [], start
+    for child, inputs, output in calls:
+        if child is target and list(child.children()):
+            if output is not previous:
+                return None
+            break
+        step = _as_step(child)
+        if step is None or len(inputs) != 1 or inputs[0] is not previous:
+            return None
+        steps.append(step)
+        previous = output
+        if child is target:
+            break
+    else:
+        return None
+    result = start
+    for step in steps:
+        result = step.module.forward(result)
+    same = result.shape == expected.shape and torch.allclose(result, expected, 1e-4, 1e-5)
+    return steps if same else None
+
+
+@dataclass(frozen=True)
+class _StepWindows:
+    """Fixed window sizes of one spatial step for a given occluder size, per axis."""
+
+    out: tuple[int, int]  # side of the output window computed
+    needed: tuple[int, int]  # side of the input window read (padding included)
+    length: tuple[int, int]  # output length of the step
+
+
+class _Incremental:
+    """Occluded passes that recompute, layer by layer, only the positions that matter.
+
+    The base activations of each image are computed once. An occluded pass then runs each
+    convolution / pooling step only on a window of its outputs, reading the base around it with
+    the step's own padding: the window of outputs whose inputs the occluder changed (*forward*),
+    or, when smaller, the window of outputs that the measured positions (a box of the layer)
+    depend on (*backward*). Outside the forward window outputs equal the base; values outside
+    the backward window may be stale but no measured position reads them.
+    """
+
+    def __init__(self, steps: list[_Step], image: torch.Tensor, occluder: int, corners: np.ndarray):
+        self.steps = steps
+        self.windows: list[_StepWindows | None] = []
+        self.inputs: list[tuple[int, int, int]] = []  # (channels, height, width) per step
+        # Changed span [lo, hi] of every occluder corner, per axis (the image is square).
+        lo = [np.asarray(corners, dtype=np.int64)] * 2
+        hi = [np.minimum(lo[0] + occluder, image.shape[-1]) - 1] * 2
+        self.full = 0  # input positions read by a whole-image pass (all steps)
+        x = image[None]
+        for step in steps:
+            self.inputs.append(tuple(x.shape[1:]))
+            if not step.spatial:
+                self.windows.append(None)
+                x = step.module.forward(x)
+                continue
+            self.full += x.shape[2] * x.shape[3]
+            x = step.module.forward(x)
+            lengths = x.shape[2:]
+            spans = [_changed_span(step, a, lo[a], hi[a], lengths[a]) for a in range(2)]
+            lo, hi = [span[0] for span in spans], [span[1] for span in spans]
+            # The forward window: wide enough for the widest span of the corners in use.
+            out = tuple(max(int((hi[a] - lo[a]).max()) + 1, 1) for a in range(2))
+            needed = tuple((out[a] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2))
+            self.windows.append(_StepWindows(out, needed, tuple(lengths)))
+
+    def plan(self, box: tuple[int, int, int, int]) -> tuple:
+        """Per step (None if point-wise), per axis: (backward start or -1 for forward, size)."""
+        lo, hi = [box[0], box[2]], [box[1], box[3]]
+        plans: list = [None] * len(self.steps)
+        for index in reversed(range(len(self.steps))):
+            step, sizes = self.steps[index], self.windows[index]
+            if sizes is None:
+                continue
+            axes = []
+            for a in range(2):
+                back = hi[a] - lo[a] + 1
+                axes.append((lo[a], back) if back < sizes.out[a] else (-1, sizes.out[a]))
+            plans[index] = tuple(axes)
+            length = self.inputs[index][1:]
+            lo = [max(0, lo[a] * step.stride[a] - step.padding[a]) for a in range(2)]
+            hi = [
+                min(length[a] - 1, hi[a] * step.stride[a] - step.padding[a] + step.reach(a))
+                for a in range(2)
+            ]
+        return tuple(plans)
+
+    def cost(self, plan: tuple) -> tuple[float, int]:
+        """Multiply-adds of one pass with ``plan``, and input positions it reads."""
+        macs, positions = 0.0, 0
+        for step, axes, shape in zip(self.steps, plan, self.inputs, strict=True):
+            if axes is None:
+                continue
+            out = axes[0][1] * axes[1][1]
+            taps = step.kernel[0] * step.kernel[1]
+            if isinstance(step.module, nn.Conv2d):
+                conv = step.module
+                macs += out * taps * conv.in_channels * conv.out_channels / conv.groups
+            else:
+                macs += out * taps * shape[0]
+            positions += math.prod(
+                (axes[a][1] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2)
+            )
+        return macs, positions
+
+    def base(self, image: torch.Tensor) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+        """Padded inputs of the spatial steps, and the layer output, for one image."""
+        padded: list[torch.Tensor | None] = []
+        x = image[None]
+        for step, windows in zip(self.steps, self.windows, strict=True):
+            if windows is None:
+                padded.append(None)
+            else:
+                pads = []
+                for a in (1, 0):  # F.pad takes the last axis first
+                    extra = (windows.length[a] - 1) * step.stride[a] + step.reach(a) + 1
+                    right = max(0, extra - step.padding[a] - x.shape[2 + a])
+                    pads += [step.padding[a], right]
+                padded.append(F.pad(x[0], pads, value=step.fill))
+            x = step.module.forward(x)
+        return padded, x[0]
+
+    def run(
+        self,
+        bases: list[torch.Tensor | None],
+        images: np.ndarray,
+        corners: np.ndarray,
+        patch: torch.Tensor,
+        plans: list[tuple],
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Layer output windows (B, C, h, w) of occluded images and their starts (B, 2).
+
+        ``bases[s]`` holds the padded base inputs of spatial step ``s`` for every image of the
+        chunk, channels last (I, H, W, C), see :meth:`stack`; ``images[b]`` is item ``b``'s image
+        in that stack, ``corners[b]`` its occluder corner (y, x) in input pixels, ``plans[b]``
+        its :meth:`plan` (window sizes equal for all items). Each step gathers the windows of all
+        items and pastes the recomputed windows into them in one indexing operation each.
+        """
+        count = len(corners)
+        window = patch.unsqueeze(0).expand(count, -1, -1, -1)
+        changed = np.asarray(corners, dtype=np.int64)  # first input position the occluder changed
+        low = changed.copy()  # start of the window computed
+        for index, (step, sizes) in enumerate(zip(self.steps, self.windows, strict=True)):
+            if sizes is None:
+                window = step.module.forward(window)
+                continue
+            axes = plans[0][index]
+            first, start = np.empty_like(changed), np.empty_like(changed)
+            for a in range(2):
+                first[:, a] = _changed_span(step, a, changed[:, a], changed[:, a], 1 << 62)[0]
+                if axes[a][0] < 0:  # forward window: from the first changed output
+                    start[:, a] = np.minimum(first[:, a], sizes.length[a] - sizes.out[a])
+                else:
+                    start[:, a] = [plan[index][a][0] for plan in plans]
+            out = (axes[0][1], axes[1][1])
+            needed = [(out[a] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2)]
+            need = start * np.array(step.stride)  # in padded coordinates
+            offset = low + np.array(step.padding) - need  # computed window in gathered coords
+            gathered = _gather_paste(bases[index], images, need, needed, window, offset)
+            window, changed, low = step.apply(gathered), first, start
+        return window, low
+
+    def stack(self, prepared: list[tuple]) -> list[torch.Tensor | None]:
+        """Per spatial step, the padded base inputs of several images (:meth:`base`), stacked
+        channels last as (I, H, W, C) for :func:`_gather_paste`."""
+        return [
+            None if padded[0] is None else torch.stack(padded).permute(0, 2, 3, 1).contiguous()
+            for padded in zip(*(base for base, _ in prepared), strict=True)
+        ]
+
+
+def _changed_span(step: _Step, axis: int, lo: np.ndarray, hi: np.ndarray, length: int):
+    """The outputs ``[lo', hi']`` of ``step`` (along ``axis``, ``length`` of them) that read an
+    input in ``[lo, hi]``: output ``i`` reads inputs ``i * stride - padding + 0..reach``."""
+    stride, padding, reach = step.stride[axis], step.padding[axis], step.reach(axis)
+    first = np.maximum(-((reach - lo - padding) // stride), 0)
+    return first, np.minimum((hi + padding) // stride, length - 1)
+
+
+def _gather_paste(
+    base: torch.Tensor,
+    images: np.ndarray,
+    corner: np.ndarray,
+    size: Sequence[int],
+    window: torch.Tensor,
+    offset: np.ndarray,
+) -> torch.Tensor:
+    """Windows (B, C, h, w) of ``size`` cut at ``corner`` (B, 2) from ``base[images[b]]`` (I, H,
+    W, C), with ``window[b]`` (C, h', w') pasted at ``offset[b]`` (parts outside are cut off).
+
+    Works on rows of channels: one ``index_select`` gathers every item's window, one
+    ``index_copy_`` pastes every item's recomputed values.
+    """
+    device, channels = base.device, base.shape[3]
+    count, (height, width), (inner_h, inner_w) = len(corner), size, window.shape[2:]
+    rows = corner[:, :1] + np.arange(height)  # (B, h) rows of base
+    cols = corner[:, 1:] + np.arange(width)
+    images = np.asarray(images)[:, None, None]
+    source = (images * base.shape[1] + rows[:, :, None]) * base.shape[2] + cols[:, None, :]
+    gathered = base.reshape(-1, channels).index_select(
+        0, torch.as_tensor(source.ravel(), device=device)
+    )
+    # Window position (i, j) of item b lands at (i + offset_y, j + offset_x) of its window.
+    to_y = offset[:, :1] + np.arange(inner_h)  # (B, h')
+    to_x = offset[:, 1:] + np.arange(inner_w)
+    keep = ((to_y >= 0) & (to_y < height))[:, :, None] & ((to_x >= 0) & (to_x < width))[:, None, :]
+    item = np.arange(count)[:, None, None]
+    target = (item * height + to_y[:, :, None]) * width + to_x[:, None, :]
+    origin = (item * inner_h + np.arange(inner_h)[None, :, None]) * inner_w + np.arange(inner_w)
+    values = window.permute(0, 2, 3, 1).reshape(-1, channels)
+    pick = torch.as_tensor(origin[keep], device=device)
+    gathered.index_copy_(0, torch.as_tensor(target[keep], device=device), values[pick])
+    return gathered.view(count, height, width, channels).permute(0, 3, 1, 2)

@@ -1,0 +1,154 @@
+"""The shared set-up of every occlusion method: parameters, the noise occluder and its grid.
+
+:class:`OcclusionConfig` holds the parameters of a measurement, :class:`Measurements` the (image,
+unit, peak) triples to occlude, :func:`occluder_corners` the grid of occluder positions and
+:func:`noise_patch` the seeded noise occluder that every method pastes with :func:`_occlude`, so
+their maps agree to float32 round-off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..errors import DissectError
+from ..images import Preprocess
+
+#: Ways to compute discrepancy maps: fast (incremental where possible, else crop), or naive.
+METHODS = ("fast", "incremental", "crop", "naive")
+#: Discrepancy measures, see :mod:`dissect.rf`.
+DISCREPANCIES = ("peak", "map")
+
+
+@dataclass(frozen=True)
+class OcclusionConfig:
+    """Parameters of the occlusion measurement.
+
+    Attributes
+    ----------
+    top : int
+        Top images used per unit (at most the K kept by ``dissect run``).
+    occluder : int
+        Side of the square noise occluder, in input pixels.
+    stride : int
+        Step of the occluder grid, in input pixels.
+    discrepancy : str
+        ``peak`` or ``map`` (see :mod:`dissect.rf`).
+    fraction : float
+        The empirical size counts pixels where the averaged map is at least this fraction of its
+        maximum.
+    batch_size : int
+        Occluded whole images per forward (crops are batched by the same memory).
+    seed : int
+        Seed of the noise patch.
+    """
+
+    top: int = 20
+    occluder: int = 11
+    stride: int = 3
+    discrepancy: str = "peak"
+    fraction: float = 0.5
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.top < 1:
+            raise DissectError(f"--top must be at least 1, got {self.top}.")
+        if self.occluder < 1:
+            raise DissectError(f"--occluder must be at least 1 pixel, got {self.occluder}.")
+        if self.stride < 1:
+            raise DissectError(f"--stride must be at least 1 pixel, got {self.stride}.")
+        if self.discrepancy not in DISCREPANCIES:
+            raise DissectError(
+                f"--discrepancy must be one of {', '.join(DISCREPANCIES)}, "
+                f"got {self.discrepancy!r}."
+            )
+        if not 0 < self.fraction < 1:
+            raise DissectError(
+                f"--fraction must lie strictly between 0 and 1, got {self.fraction}."
+            )
+        if self.batch_size < 1:
+            raise DissectError(f"--batch-size must be at least 1, got {self.batch_size}.")
+
+    def check_image(self, image_size: int) -> None:
+        """Refuse an occluder that does not fit in the network input."""
+        if self.occluder > image_size:
+            raise DissectError(
+                f"--occluder {self.occluder} px is larger than the {image_size} px network "
+                f"input; use at most {image_size}."
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """The (image, unit, peak) triples to occlude, one per unit and top image.
+
+    Attributes
+    ----------
+    image : ndarray of int, shape (M,)
+        Image index in the data source.
+    unit : ndarray of int, shape (M,)
+        Unit (channel) of the layer.
+    y, x : ndarray of int, shape (M,)
+        Peak feature position of the unit on that image.
+    """
+
+    image: np.ndarray
+    unit: np.ndarray
+    y: np.ndarray
+    x: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    @classmethod
+    def from_topk(cls, topk: dict[str, np.ndarray], units: Sequence[int], top: int):
+        """The first ``top`` images of each of ``units`` (empty slots, index -1, left out)."""
+        stored = topk["index"].shape[1]
+        if top > stored:
+            raise DissectError(
+                f"--top {top} exceeds the {stored} top images kept per unit; use --top {stored} "
+                f"or less, or run dissect run again with --topk {top}."
+            )
+        rows = np.repeat(np.asarray(units, dtype=np.int64), top)
+        cols = np.tile(np.arange(top), len(units))
+        keep = topk["index"][rows, cols] >= 0
+        rows, cols = rows[keep], cols[keep]
+        return cls(
+            topk["index"][rows, cols].astype(np.int64),
+            rows,
+            topk["y"][rows, cols].astype(np.int64),
+            topk["x"][rows, cols].astype(np.int64),
+        )
+
+
+def occluder_corners(image_size: int, occluder: int, stride: int) -> np.ndarray:
+    """Top-left coordinates of the occluder along one axis: ``0, stride, ...`` while it fits."""
+    return np.arange(0, image_size - occluder + 1, stride, dtype=np.int64)
+
+
+def noise_patch(preprocess: Preprocess, occluder: int, seed: int) -> torch.Tensor:
+    """The (3, occluder, occluder) noise occluder: uniform random pixels, normalised."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(3, occluder, occluder, generator=generator)
+    mean = torch.tensor(preprocess.mean).view(3, 1, 1)
+    std = torch.tensor(preprocess.std).view(3, 1, 1)
+    return (pixels - mean) / std
+
+
+def _occlude(image: torch.Tensor, patch: torch.Tensor, y: int, x: int) -> torch.Tensor:
+    """A copy of ``image`` with ``patch`` pasted at corner (y, x); parts outside are cut off."""
+    occluded = image.clone()
+    height, width = image.shape[1:]
+    size_y, size_x = patch.shape[1:]
+    top, left = max(y, 0), max(x, 0)
+    bottom, right = min(y + size_y, height), min(x + size_x, width)
+    if top < bottom and left < right:
+        occluded[:, top:bottom, left:right] = patch[:, top - y : bottom - y, left - x : right - x]
+    return occluded

@@ -1,0 +1,67 @@
+"""The built-in models: each one's architecture, training recipe and committed weights.
+
+A built-in MODEL name (``scene-cnn``) maps to a :class:`BuiltinModel`: a factory for the
+untrained architecture, the weights file beside this module, and the preprocessing it was trained
+with. ``python -m dissect.zoo.train`` reproduces the weights (see ``data/README.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..datasets.synthetic import IMAGE_SIZE
+from ..datasets.synthetic.scenes import SCENES
+from ..images import Preprocess
+from .scene_cnn import MEAN, STD, WEIGHTS_PATH, scene_cnn
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A named model shipped with dissect.
+
+    Attributes
+    ----------
+    name : str
+        The MODEL spec that selects it.
+    factory : callable
+        Returns the architecture, untrained.
+    weights : Path or None
+        State-dict file loaded into the architecture (``weights_only=True``).
+    preprocess : Preprocess
+        Input size and normalisation the model was trained with.
+    classes : tuple of str or None
+        Output class names.
+    description : str
+        One line for listings.
+    """
+
+    name: str
+    factory: Callable[[], nn.Module]
+    weights: Path | None
+    preprocess: Preprocess
+    classes: tuple[str, ...] | None = None
+    description: str = ""
+
+
+_BUILTINS = {
+    entry.name: entry
+    for entry in (
+        BuiltinModel(
+            "scene-cnn",
+            scene_cnn,
+            WEIGHTS_PATH,
+            Preprocess(IMAGE_SIZE, MEAN, STD),
+            classes=tuple(SCENES),
+            description="AlexNet-style scene classifier trained on the synthetic world",
+        ),
+    )
+}
+
+
+def builtin_models() -> dict[str, BuiltinModel]:
+    """Every built-in model by its MODEL name."""
+    return dict(_BUILTINS)
