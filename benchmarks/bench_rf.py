@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from dissect.datasets import open_data
-from dissect.dissection import Dissection, run_dissection
+from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.models import LoadedModel, builtin_models, load_model
 from dissect.rf import (
@@ -41,6 +41,7 @@ from dissect.rf import (
     noise_patch,
     occluder_corners,
 )
+from dissect.streaming import run_dissection
 
 
 def pick_model(spec: str) -> tuple[LoadedModel, str]:

@@ -16,9 +16,9 @@ import warnings
 import torch
 
 from dissect.datasets import open_data
-from dissect.dissection import default_layers, run_dissection
 from dissect.images import make_loader
 from dissect.models import load_model
+from dissect.streaming import default_layers, run_dissection
 
 
 def bare_loop(module, source, preprocess, batch_size: int) -> float:

@@ -37,7 +37,7 @@ _EXPORTS = {
     "SyntheticWorld": "datasets.synthetic",
     "open_synthetic": "datasets.synthetic",
     "Dissection": "dissection",
-    "run_dissection": "dissection",
+    "run_dissection": "streaming",
     "DissectError": "errors",
     "evaluate": "evaluate",
     "LayerGeometry": "geometry",

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .datasets import open_data
-from .dissection import pick_device
+from .device import pick_device
 from .errors import DissectError
 from .images import ImageSource, Preprocess, make_loader, warn_skipped
 from .models import LoadedModel, load_model

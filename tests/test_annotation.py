@@ -18,11 +18,13 @@ from PIL import Image
 from dissect.annotation import aggregate_answers, export_annotation, import_answers, read_raw
 from dissect.annotation.aggregate import RAW_COLUMNS, normalise_label
 from dissect.cli import main
-from dissect.dissection import Dissection, run_dissection
+from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.images import Preprocess
 from dissect.labels import read_labels, write_labels
-from dissect.segment import dim_outside, iter_segments
+from dissect.segment import iter_segments
+from dissect.segment.pictures import dim_outside
+from dissect.streaming import run_dissection
 
 FIXTURES = Path(__file__).parent / "fixtures" / "annotation"
 MTURK = FIXTURES / "mturk_batch_results.csv"

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from dissect.datasets import ImageFolder
-from dissect.dissection import Dissection, run_dissection
+from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.images import Preprocess
 from dissect.labels import read_labels, write_labels
 from dissect.models import load_model
+from dissect.streaming import run_dissection
 
 PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

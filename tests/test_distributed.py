@@ -14,8 +14,9 @@ from conftest import TINY_SPEC, make_image_folder
 
 from dissect import distributed
 from dissect.cli import main
-from dissect.dissection import Dissection, PassResult
+from dissect.dissection import Dissection
 from dissect.running_stats import UnitStats
+from dissect.streaming import PassResult
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 

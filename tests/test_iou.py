@@ -12,11 +12,14 @@ from conftest import TINY_SPEC
 
 from dissect.cli import main
 from dissect.datasets.masks import Segmentation, SegmentedSource
-from dissect.dissection import Dissection, run_dissection
+from dissect.dissection import Dissection
 from dissect.images import ImageReadError, Preprocess
-from dissect.iou import CHECKPOINT, ImageConcepts, IoUStats, autolabel, compute_iou, read_iou
+from dissect.iou import CHECKPOINT, autolabel, compute_iou, read_iou
+from dissect.iou.concepts import ImageConcepts
+from dissect.iou.tally import IoUStats
 from dissect.labels import read_labels, write_labels
 from dissect.models import load_model
+from dissect.streaming import run_dissection
 from dissect.upsample import upsample_maps
 
 PREPROCESS = Preprocess(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

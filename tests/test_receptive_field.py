@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from dissect.cli import main
-from dissect.dissection import run_dissection
 from dissect.errors import DissectError
 from dissect.geometry import layer_geometry
 from dissect.images import Preprocess
@@ -26,6 +25,7 @@ from dissect.rf import (
     rf_size,
     schedule,
 )
+from dissect.streaming import run_dissection
 
 PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

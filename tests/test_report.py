@@ -13,13 +13,14 @@ from conftest import TINY_SPEC
 from matplotlib.figure import Figure
 
 from dissect.cli import main
-from dissect.dissection import Dissection, run_dissection
+from dissect.dissection import Dissection
 from dissect.images import Preprocess
 from dissect.labels import write_labels
 from dissect.plots.units import plot_rf_map, plot_unit_top_images
 from dissect.report import write_report
 from dissect.rf import OcclusionConfig, receptive_fields
 from dissect.segment import write_segments
+from dissect.streaming import run_dissection
 
 PREPROCESS = Preprocess(24, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 HOSTILE = [

@@ -11,22 +11,14 @@ import torch
 from PIL import Image
 
 from dissect.cli import main
-from dissect.dissection import Dissection, run_dissection
+from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.geometry import LayerGeometry
 from dissect.images import Preprocess
-from dissect.segment import (
-    boundary,
-    crop,
-    crop_box,
-    dim_outside,
-    image_grid,
-    iter_segments,
-    outline,
-    peak_thresholds,
-    threshold_masks,
-    write_segments,
-)
+from dissect.segment import iter_segments, write_segments
+from dissect.segment.pictures import boundary, crop, crop_box, dim_outside, image_grid, outline
+from dissect.segment.rules import peak_thresholds, threshold_masks
+from dissect.streaming import run_dissection
 from dissect.upsample import upsample_maps
 
 PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

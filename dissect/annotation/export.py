@@ -11,7 +11,8 @@ from ..dissection import Dissection
 from ..errors import DissectError
 from ..io import write_csv, write_text
 from ..labels import read_labels
-from ..segment import dim_outside, iter_segments, write_png
+from ..segment import iter_segments
+from ..segment.pictures import dim_outside, write_png
 from .formats import EXPORT_FORMATS
 from .html import write_html
 from .labelstudio import write_labelstudio

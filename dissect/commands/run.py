@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
-    from ..dissection import run_dissection
     from ..models import load_model
+    from ..streaming import run_dissection
 
     loaded = load_model(args.model, args.weights)
     try:

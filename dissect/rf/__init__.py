@@ -76,7 +76,8 @@ import pandas as pd
 import torch
 
 from .. import distributed
-from ..dissection import Dissection, layer_file_name, pick_device
+from ..device import pick_device
+from ..dissection import Dissection, layer_file_name
 from ..errors import DissectError
 from ..io import read_npz, write_csv, write_npz
 from ..models import LoadedModel

@@ -25,179 +25,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .dissection import Dissection, layer_file_name, pick_device
-from .errors import DissectError
-from .hooks import LayerTrace
-from .images import ImageSource, Preprocess, make_loader
-from .io import atomic_path, write_csv
-from .models import LoadedModel
-from .upsample import upsample_maps
+from ..device import pick_device
+from ..dissection import Dissection, layer_file_name
+from ..errors import DissectError
+from ..hooks import LayerTrace
+from ..images import ImageSource, Preprocess, make_loader
+from ..io import write_csv
+from ..models import LoadedModel
+from ..upsample import upsample_maps
+from .pictures import crop, crop_box, dim_outside, image_grid, outline, write_png
+from .rules import peak_thresholds, threshold_masks
 
 #: Pictures made for every top image, in the order files are written.
 KINDS = ("segmented", "outline", "crop")
-
-
-def threshold_masks(maps: np.ndarray, thresholds: np.ndarray | float) -> np.ndarray:
-    """Where each map exceeds its threshold.
-
-    Parameters
-    ----------
-    maps : ndarray
-        Upsampled activation maps of shape (..., H, W).
-    thresholds : ndarray or float
-        One threshold per map, of shape (...), or one for all.
-
-    Returns
-    -------
-    ndarray of bool
-        Masks of the shape of ``maps``: True strictly above the threshold.
-    """
-    thresholds = np.asarray(thresholds, dtype=np.float32)
-    return np.asarray(maps) > thresholds[..., None, None]
-
-
-def peak_thresholds(maps: np.ndarray, fraction: float) -> np.ndarray:
-    """``fraction`` of each map's peak, as thresholds for :func:`threshold_masks`.
-
-    Parameters
-    ----------
-    maps : ndarray
-        Maps of shape (..., H, W).
-    fraction : float
-        In (0, 1]: 0.5 keeps the pixels above half the image's peak activation.
-
-    Returns
-    -------
-    ndarray
-        Thresholds of shape (...).
-    """
-    if not 0 < fraction <= 1:
-        raise DissectError(f"--peak-fraction must lie in (0, 1], got {fraction}.")
-    return np.asarray(maps).max(axis=(-2, -1)) * np.float32(fraction)
-
-
-def dim_outside(image: np.ndarray, mask: np.ndarray, dim: float = 0.25) -> np.ndarray:
-    """The image with pixels outside ``mask`` darkened to ``dim`` of their brightness.
-
-    Parameters
-    ----------
-    image : ndarray
-        (H, W, 3) uint8.
-    mask : ndarray
-        (H, W) bool: the region kept as it is.
-    dim : float
-        Brightness factor in [0, 1] for the rest (0 is black).
-
-    Returns
-    -------
-    ndarray
-        (H, W, 3) uint8.
-    """
-    factor = np.where(mask[..., None], 1.0, float(dim))
-    return np.round(image.astype(np.float32) * factor).astype(np.uint8)
-
-
-def boundary(mask: np.ndarray, width: int = 1) -> np.ndarray:
-    """The pixels of ``mask`` within ``width`` pixels of its edge (the image border counts)."""
-    if not mask.any():
-        return np.zeros_like(mask, dtype=bool)
-    inner = ndimage.binary_erosion(mask, iterations=width, border_value=0)
-    return mask & ~inner
-
-
-def outline(
-    image: np.ndarray,
-    mask: np.ndarray,
-    color: tuple[int, int, int] = (255, 255, 0),
-    width: int = 1,
-) -> np.ndarray:
-    """The image with the edge of ``mask`` drawn in ``color``.
-
-    Parameters
-    ----------
-    image : ndarray
-        (H, W, 3) uint8.
-    mask : ndarray
-        (H, W) bool.
-    color : tuple of int
-        RGB of the outline.
-    width : int
-        Line width in pixels, drawn inside the region.
-
-    Returns
-    -------
-    ndarray
-        (H, W, 3) uint8; the image itself where the mask is empty.
-    """
-    result = image.copy()
-    result[boundary(mask, width)] = np.asarray(color, dtype=np.uint8)
-    return result
-
-
-def crop_box(mask: np.ndarray, margin: int = 0) -> tuple[int, int, int, int]:
-    """The tight box ``(top, left, bottom, right)`` (bottom/right exclusive) around ``mask``.
-
-    The box grows by ``margin`` pixels on each side, within the image; an empty mask gives the
-    whole image.
-    """
-    height, width = mask.shape
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if len(rows) == 0:
-        return 0, 0, height, width
-    return (
-        max(int(rows[0]) - margin, 0),
-        max(int(cols[0]) - margin, 0),
-        min(int(rows[-1]) + 1 + margin, height),
-        min(int(cols[-1]) + 1 + margin, width),
-    )
-
-
-def crop(image: np.ndarray, mask: np.ndarray, margin: int = 0) -> np.ndarray:
-    """The part of ``image`` inside :func:`crop_box` of ``mask``."""
-    top, left, bottom, right = crop_box(mask, margin)
-    return image[top:bottom, left:right]
-
-
-def image_grid(
-    images: Sequence[np.ndarray], columns: int | None = None, pad: int = 2, background: int = 255
-) -> np.ndarray:
-    """Place images side by side, row by row, each at the top left of an equal cell.
-
-    Parameters
-    ----------
-    images : sequence of ndarray
-        (H, W, 3) uint8 images, sizes may differ (crops).
-    columns : int, optional
-        Images per row (default: all in one row).
-    pad : int
-        Pixels between cells and around the grid.
-    background : int
-        Grey level of the padding.
-
-    Returns
-    -------
-    ndarray
-        (rows * (h + pad) + pad, columns * (w + pad) + pad, 3) uint8, where h, w are the
-        largest image sides.
-    """
-    if not images:
-        raise DissectError("no image to put in a grid.")
-    columns = columns or len(images)
-    rows = -(-len(images) // columns)
-    cell_h = max(image.shape[0] for image in images)
-    cell_w = max(image.shape[1] for image in images)
-    grid = np.full(
-        (rows * (cell_h + pad) + pad, columns * (cell_w + pad) + pad, 3), background, np.uint8
-    )
-    for i, image in enumerate(images):
-        top = pad + (i // columns) * (cell_h + pad)
-        left = pad + (i % columns) * (cell_w + pad)
-        grid[top : top + image.shape[0], left : left + image.shape[1]] = image
-    return grid
 
 
 @dataclass
@@ -416,12 +258,6 @@ def iter_segments(
             thresholds=thresholds,
             masks=threshold_masks(upsampled, thresholds),
         )
-
-
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write a uint8 (H, W, 3) array as a PNG file, atomically."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
 
 
 def write_segments(

@@ -1,0 +1,323 @@
+"""Automatic unit labels by IoU with dense concept masks (NetDissect, Bau et al. 2017).
+
+For unit k and concept c, over the whole dataset::
+
+    IoU(k, c) = sum |M_k ∩ L_c| / sum |M_k ∪ L_c|
+
+where M_k is the unit's activation map upsampled to the input (aligned by the layer's stride and
+offset) and kept above the unit's threshold T_k, and L_c the pixels labelled c. An image-level
+concept (a scene) covers the whole image. As in NetDissect, the union only counts the unit's area
+on images where the concept's category is annotated, so a unit is not blamed for firing on images
+that carry no part labels, say: ``union = A_k,cat(c) + |L_c| - I_k,c``.
+
+:class:`IoUStats` keeps the three counters (units x concepts, units x categories, concepts), not
+images; it has ``add``, ``merge``, ``state_dict`` and ``from_state_dict`` so shards combine
+exactly. :func:`compute_iou` streams a dataset through the network and checkpoints after every
+batch; :func:`autolabel` writes ``iou/<layer>.npz``, ``iou/concepts.csv`` and the ``iou`` label
+source (``dissect autolabel``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import distributed
+from ..device import pick_device
+from ..dissection import Dissection, layer_file_name
+from ..errors import DissectError
+from ..hooks import LayerTrace
+from ..images import ImageSource
+from ..io import atomic_path, read_npz, write_csv, write_npz
+from ..labels import read_labels, write_labels
+from ..models import LoadedModel
+from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
+from .concepts import ConceptCollate, ConceptDataset, ConceptIndex, segmented_source
+from .tally import IoUStats, count_layer
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def _fingerprint(dissection: Dissection, layers: Sequence[str], index: ConceptIndex) -> str:
+    """Identifies what a checkpoint was computed for: the pass, the layers, the concepts."""
+    text = "|".join(
+        [
+            str(dissection.manifest.get("created")),
+            str(dissection.manifest.get("n_images")),
+            f"world_size={distributed.world_size()}",
+            ",".join(layers),
+            index.table.to_csv(index=False),
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def compute_iou(
+    dissection: Dissection,
+    layers: Sequence[str] | None = None,
+    *,
+    model: LoadedModel | None = None,
+    source: ImageSource | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    workers: int = 0,
+    progress: bool = True,
+    checkpoint: bool = True,
+    restart: bool = False,
+) -> tuple[dict[str, IoUStats], ConceptIndex]:
+    """Stream the dissected images through the network and count IoU for every unit and concept.
+
+    Parameters
+    ----------
+    dissection : Dissection
+        An opened dissection directory (gives thresholds, geometry, preprocessing).
+    layers : sequence of str, optional
+        Layers to label (default: all dissected ones).
+    model : LoadedModel, optional
+        The dissected model (default: loaded again from the manifest).
+    source : ImageSource, optional
+        The dissected data with concept masks (default: opened again from the manifest).
+    batch_size : int
+        Images per forward.
+    device : str
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    workers : int
+        DataLoader worker processes (reading images and masks).
+    progress : bool
+        Show a progress bar.
+    checkpoint : bool
+        Save the counters to ``iou/checkpoint.pt`` after every batch and resume from it, so an
+        interruption loses at most the batch in flight.
+    restart : bool
+        Ignore an existing checkpoint and start from the first image.
+
+    Returns
+    -------
+    (dict of str to IoUStats, ConceptIndex)
+        The counters per layer, and the concept columns they use.
+    """
+    layers = dissection.check_layers(layers)
+    if batch_size < 1:
+        raise DissectError(f"--batch-size must be at least 1, got {batch_size}.")
+    source = segmented_source(source or dissection.open_data())
+    loaded = model or dissection.load_model()
+    preprocess = dissection.preprocess
+    index = ConceptIndex(source.concepts)
+    torch_device = pick_device(device)
+    distributed.init(torch_device)
+    torch_device = distributed.local_device(torch_device)
+    module = loaded.module.to(torch_device)
+    thresholds = {
+        layer: torch.from_numpy(dissection.thresholds(layer)).to(torch_device) for layer in layers
+    }
+    geometry = {layer: dissection.geometry(layer) for layer in layers}
+    stats = {
+        layer: IoUStats(
+            len(thresholds[layer]), index.category_of, len(index.categories), torch_device
+        )
+        for layer in layers
+    }
+    path = checkpoint_path(dissection)
+    fingerprint = _fingerprint(dissection, layers, index)
+    resume = checkpoint and not restart
+    start = _resume(path, fingerprint, stats, torch_device) if resume else 0
+    size = preprocess.image_size
+    shard = distributed.shard(range(len(source)), block=batch_size)
+    loader = torch.utils.data.DataLoader(
+        ConceptDataset(source, preprocess, index, shard[start:]),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=ConceptCollate(size * size, len(index)),
+    )
+    show = progress and distributed.is_main()
+    bar = tqdm(total=len(shard), initial=start, unit="img", desc="iou", disable=not show)
+    position = start
+    with torch.inference_mode(), LayerTrace(module, layers, stop=True) as trace:
+        for count, images, concepts, skipped in loader:
+            for image, reason in skipped:
+                warnings.warn(f"skipped image {source.image_id(image)!r}: {reason}", stacklevel=2)
+            if images is not None:
+                outputs = trace(images.to(torch_device))
+                for layer in layers:
+                    stats[layer].add_concepts(concepts)
+                    count_layer(stats[layer], outputs[layer], thresholds[layer],
+                                 geometry[layer], size, concepts)  # fmt: skip
+            position += count
+            if checkpoint:
+                _save_checkpoint(path, fingerprint, position, stats)
+            bar.update(count)
+    bar.close()
+    merged = distributed.gather_and_merge(
+        {layer: counts.state_dict() for layer, counts in stats.items()}, _merge_states
+    )
+    if merged is None:
+        return {}, index
+    return {layer: IoUStats.from_state_dict(merged[layer], torch_device) for layer in layers}, index
+
+
+def _merge_states(first: dict, second: dict) -> dict:
+    """Merge two ranks' ``{layer: IoUStats.state_dict()}``."""
+    return {
+        layer: IoUStats.from_state_dict(first[layer])
+        .merge(IoUStats.from_state_dict(second[layer]))
+        .state_dict()
+        for layer in first
+    }
+
+
+def checkpoint_path(dissection: Dissection) -> Path:
+    """This process's checkpoint of the IoU pass (one per rank under torchrun)."""
+    rank = distributed.rank()
+    return dissection.path("iou", CHECKPOINT if rank == 0 else f"checkpoint-rank{rank}.pt")
+
+
+def _resume(path: Path, fingerprint: str, stats: dict[str, IoUStats], device) -> int:
+    """Load counters from a matching checkpoint; return the first image still to do."""
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint or set(state["layers"]) != set(stats):
+        return 0
+    for layer in stats:
+        stats[layer] = IoUStats.from_state_dict(state["layers"][layer], device)
+    return int(state["position"])
+
+
+def _save_checkpoint(path: Path, fingerprint: str, position: int, stats) -> None:
+    state = {
+        "fingerprint": fingerprint,
+        "position": position,
+        "layers": {layer: value.state_dict() for layer, value in stats.items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def best_concepts(
+    iou: np.ndarray, index: ConceptIndex, taxonomy: Taxonomy = DEFAULT_TAXONOMY
+) -> pd.DataFrame:
+    """The best concept of every unit, as label rows.
+
+    Parameters
+    ----------
+    iou : ndarray
+        (U, C) IoU of every unit with every concept column.
+    index : ConceptIndex
+        Names and categories of the columns.
+    taxonomy : Taxonomy
+        Maps the concept's dataset category onto a semantic type key.
+
+    Returns
+    -------
+    DataFrame
+        ``unit,label,category,concept_category,iou,concept``; ties go to the lower column.
+    """
+    best = iou.argmax(1)
+    rows = index.table.iloc[best]
+    return pd.DataFrame(
+        {
+            "unit": np.arange(len(iou)),
+            "label": rows["name"].to_numpy(),
+            "category": taxonomy.map_categories(rows["category"].tolist()),
+            "concept_category": rows["category"].to_numpy(),
+            "iou": iou[np.arange(len(iou)), best],
+            "concept": rows["number"].to_numpy(),
+        }
+    )
+
+
+def autolabel(
+    directory: str | Path | Dissection,
+    layers: Sequence[str] | None = None,
+    *,
+    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    **options,
+) -> pd.DataFrame:
+    """Label every unit by its best IoU concept and write the results.
+
+    Writes ``iou/<layer>.npz`` (arrays ``iou``, ``intersection``, ``union`` of shape (U, C)),
+    ``iou/concepts.csv`` (``column,number,name,category``) and the ``iou`` label source, which
+    rebuilds ``labels.csv`` (crowd labels keep precedence; the ``iou`` labels of layers not
+    labelled this time are kept).
+
+    Parameters
+    ----------
+    directory : path-like or Dissection
+        The dissection directory.
+    layers : sequence of str, optional
+        Layers to label (default: all).
+    taxonomy : Taxonomy
+        Maps dataset categories onto semantic types for the ``category`` column.
+    **options
+        ``model``, ``source``, ``batch_size``, ``device``, ``workers``, ``progress``,
+        ``checkpoint``, ``restart``: see :func:`compute_iou`.
+
+    Returns
+    -------
+    DataFrame
+        The ``iou`` labels: ``layer,unit,label,category,concept_category,iou,concept``.
+    """
+    dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
+    stats, index = compute_iou(dissection, layers, **options)
+    if distributed.is_main():
+        labels = _write_labels(dissection, stats, index, taxonomy)
+    distributed.barrier()  # rank 0 has written
+    checkpoint_path(dissection).unlink(missing_ok=True)
+    if not distributed.is_main():
+        labels = read_labels(dissection.directory, "iou")
+        labels = labels[labels["layer"].isin(dissection.check_layers(layers))]
+    return labels
+
+
+def _write_labels(
+    dissection: Dissection, stats: dict[str, IoUStats], index: ConceptIndex, taxonomy: Taxonomy
+) -> pd.DataFrame:
+    """Write the IoU tables and the ``iou`` label source; return the new labels."""
+    write_csv(
+        dissection.path("iou", "concepts.csv"),
+        index.table.rename_axis("column").reset_index(),
+    )
+    tables = []
+    for layer, counts in stats.items():
+        iou = counts.iou()
+        write_npz(
+            dissection.path("iou", f"{layer_file_name(layer)}.npz"),
+            iou=iou,
+            intersection=counts.intersection.cpu().numpy(),
+            union=counts.union().cpu().numpy(),
+        )
+        tables.append(best_concepts(iou, index, taxonomy).assign(layer=layer))
+    labels = pd.concat(tables, ignore_index=True)
+    labels = labels[["layer", *[c for c in labels.columns if c != "layer"]]]
+    earlier = read_labels(dissection.directory, "iou")
+    earlier = earlier[~earlier["layer"].isin(list(stats))]  # layers labelled in an earlier run
+    write_labels(dissection.directory, "iou", pd.concat([earlier, labels], ignore_index=True))
+    return labels
+
+
+def read_iou(directory: str | Path | Dissection, layer: str) -> pd.DataFrame:
+    """The unit x concept IoU table of one layer, written by :func:`autolabel`.
+
+    Returns
+    -------
+    DataFrame
+        One row per unit, one column per concept (a (category, name) MultiIndex).
+    """
+    dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
+    dissection.check_layers([layer])
+    path = dissection.path("iou", f"{layer_file_name(layer)}.npz")
+    if not path.is_file():
+        raise DissectError(
+            f"layer {layer!r} has no IoU table yet; run dissect autolabel {dissection.directory}."
+        )
+    concepts = pd.read_csv(dissection.path("iou", "concepts.csv"), keep_default_na=False)
+    columns = pd.MultiIndex.from_frame(concepts[["category", "name"]])
+    table = pd.DataFrame(read_npz(path)["iou"], columns=columns)
+    return table.rename_axis("unit")
