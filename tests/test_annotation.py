@@ -69,7 +69,9 @@ def template(tmp_path_factory):
     private.mkdir(parents=True)
     (private / "salt.txt").write_text("fixture-salt\n")
     for fmt in ("mturk", "labelstudio"):
-        export_annotation(dissection, fmt, ["conv2"], [0, 1, 2], base_url=BASE_URL, progress=False)
+        export_annotation(
+            dissection, fmt, ["conv2"], [0, 1, 2], base_url=BASE_URL, sentinels=0, progress=False
+        )
     return dissection
 
 
@@ -122,7 +124,9 @@ def test_aggregate_by_hand():
         ]
     )
     labels = aggregate_answers(raw).set_index("unit")
-    assert labels.loc[1, "label"] == "dog" and labels.loc[1, "category"] == "object"
+    # Type and precision come from the answers that said dog: object and part tie (taxonomy
+    # order), cat's object does not count.
+    assert labels.loc[1, "label"] == "dog" and labels.loc[1, "category"] == "part"
     assert labels.loc[1, "precision"] == pytest.approx(0.75)
     assert labels.loc[1, "n_annotators"] == 3
     assert labels.loc[1, "agreement"] == pytest.approx(2 / 3)
@@ -193,9 +197,10 @@ def test_labelstudio_package(template):
 
 def test_mturk_round_trip(dissection):
     labels = import_answers(dissection, [MTURK]).set_index("unit")
-    # unit 0: Skies (2/3 match), sky (3/3), grass (1/3); the rejected "car" is ignored.
+    # unit 0: Skies (2/3 match), sky (3/3), grass (1/3); the rejected "car" is ignored. The
+    # precision is that of the sky answers.
     assert labels.loc[0, "label"] == "sky" and labels.loc[0, "category"] == "region"
-    assert labels.loc[0, "precision"] == pytest.approx(2 / 3)
+    assert labels.loc[0, "precision"] == pytest.approx(5 / 6)
     assert labels.loc[0, "n_annotators"] == 3 and labels.loc[0, "agreement"] == pytest.approx(2 / 3)
     # unit 1: Wheels (part, 3/3), wheel (object, 2/3): a type tie goes to the taxonomy order.
     assert labels.loc[1, "label"] == "wheel" and labels.loc[1, "category"] == "part"
@@ -211,9 +216,10 @@ def test_mturk_round_trip(dissection):
 def test_labelstudio_round_trip(dissection):
     labels = import_answers(dissection, [LABELSTUDIO], "labelstudio").set_index("unit")
     # unit 0: Sky (region, 2/3) and clouds (scene, 3/3); the cancelled annotation is ignored.
+    # The tie goes to cloud, whose answer alone gives type and precision.
     assert labels.loc[0, "label"] == "cloud" and labels.loc[0, "n_annotators"] == 2
-    assert labels.loc[0, "category"] == "region"
-    assert labels.loc[0, "precision"] == pytest.approx(5 / 6)
+    assert labels.loc[0, "category"] == "scene"
+    assert labels.loc[0, "precision"] == pytest.approx(1.0)
     assert labels.loc[1, "precision"] == pytest.approx(1 / 3)
     raw = read_raw(dissection)
     assert set(raw["worker"]) == {"labelstudio:1", "labelstudio:2"}
@@ -228,7 +234,7 @@ def test_importing_again_adds_and_counts_each_answer_once(dissection):
     assert len(read_raw(dissection)) == 7 + 3
     # unit 0 over both: sky, sky, grass (MTurk) + sky, clouds (Label Studio).
     assert labels.loc[0, "n_annotators"] == 5 and labels.loc[0, "agreement"] == pytest.approx(0.6)
-    assert labels.loc[0, "precision"] == pytest.approx((2 / 3 + 1 + 1 / 3 + 2 / 3 + 1) / 5)
+    assert labels.loc[0, "precision"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)  # the sky answers
     assert labels.loc[1, "category"] == "part" and labels.loc[1, "n_annotators"] == 3
 
 
@@ -255,14 +261,13 @@ def test_crowd_labels_win_over_iou(dissection):
     assert merged.loc[("conv2", 5), "source"] == "iou"
 
 
-def test_html_page_escapes_labels(dissection):
+def test_html_page_shows_no_imported_label(dissection):
     import_answers(dissection, [MTURK])
-    export_annotation(dissection, "html", ["conv2"], [0, 2], top=2, progress=False)
+    export_annotation(dissection, "html", ["conv2"], [0, 2], top=2, sentinels=0, progress=False)
     page = dissection.path("annotation", "html", "annotate.html").read_text()
     assert page.count('<section class="task"') == 2
     assert page.count("data:image/png;base64,") == 4
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert SCRIPT not in page
+    assert "alert(1)" not in page and "imported label" not in page
     # Re-exporting with fewer images keeps the package consistent for import.
     tasks = pd.read_csv(dissection.path("annotation", "private", "tasks.csv"))
     assert len(tasks) == 2 + 3 + 2
@@ -419,8 +424,8 @@ def test_export_arguments(template):
 def test_cli_export_and_import(dissection, capsys):
     directory = str(dissection.directory)
     args = ["export", directory, "--format", "labelstudio", "--layers", "conv2", "--units", "1"]
-    assert main([*args, "--top", "2", "--base-url", BASE_URL]) == 0
-    assert "exported 1 unit(s), 2 images" in capsys.readouterr().out
+    assert main([*args, "--top", "1", "--base-url", BASE_URL]) == 0
+    assert "exported 1 unit(s), 1 images + 1 sentinel(s)" in capsys.readouterr().out
     assert main(["import", directory, str(PLAIN)]) == 0
     assert "3 unit(s) labelled from 3 answer(s)" in capsys.readouterr().out
     # Label Studio's answers for task 1 named 3 images; the package now has 2 for it.
@@ -433,11 +438,11 @@ def test_cli_export_and_import(dissection, capsys):
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's script")
 def test_html_page_saves_answers_that_import(dissection, tmp_path):
-    export_annotation(dissection, "html", ["conv2"], [0, 1], progress=False)
+    export_annotation(dissection, "html", ["conv2"], [0, 1], sentinels=0, progress=False)
     page = dissection.path("annotation", "html", "annotate.html").read_text()
     sections = re.findall(
-        r'<section class="task" id="(u[0-9a-f]{12})" data-layer="conv2" data-unit="(\d)" '
-        r'data-shown="(\d)">',
+        r'<section class="task" id="(u[0-9a-f]{12})" data-task="u[0-9a-f]{12}" '
+        r'data-layer="conv2" data-unit="(\d)" data-shown="(\d)">',
         page,
     )
     assert [(task, int(unit)) for task, unit, _ in sections] == [(TASKS[0], 0), (TASKS[1], 1)]
@@ -450,6 +455,7 @@ def test_html_page_saves_answers_that_import(dissection, tmp_path):
         "annotator": 'lab "A"',
         "tasks": [
             {
+                "task": TASKS[0],
                 "layer": "conv2",
                 "unit": 0,
                 "shown": 3,
@@ -458,6 +464,7 @@ def test_html_page_saves_answers_that_import(dissection, tmp_path):
                 "mismatches": [2],
             },
             {
+                "task": TASKS[1],
                 "layer": "conv2",
                 "unit": 1,
                 "shown": 3,

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
 from ..dissection import Dissection
 from ..errors import DissectError
 from ..io import write_csv, write_text
-from ..labels import read_labels
 from ..segment import iter_segments
 from ..segment.pictures import dim_outside, write_png
 from .formats import EXPORT_FORMATS
@@ -19,6 +17,7 @@ from .labelstudio import write_labelstudio
 from .mturk import write_mturk
 from .package import (
     ROOT,
+    TASK_COLUMNS,
     Package,
     image_name,
     images_folder,
@@ -27,6 +26,7 @@ from .package import (
     stale_images,
     task_id,
 )
+from .sentinels import default_count, plan_sentinels
 
 _README = """Annotation package written by dissect export.
 
@@ -47,9 +47,14 @@ def export_annotation(
     *,
     base_url: str | None = None,
     dim: float = 0.25,
+    sentinels: int | None = None,
+    seed: int = 0,
     **options,
 ) -> pd.DataFrame:
     """Write an annotation package under ``DIR/annotation/``.
+
+    No label the dissection already has (automatic or crowd) is shown: the answers are meant
+    to be independent of it.
 
     Parameters
     ----------
@@ -64,6 +69,12 @@ def export_annotation(
         Where the ``images/`` folder will be served (required for mturk and labelstudio).
     dim : float
         Brightness of the image outside the unit's region.
+    sentinels : int, optional
+        Sentinel images (top images of other units of the layer) mixed into each task to check
+        the answers (default: one per 12 own images, at least one; 0 for none). See
+        :mod:`dissect.annotation.sentinels`.
+    seed : int
+        Seed of the choice and places of the sentinels.
     **options
         ``peak_fraction``, ``model``, ``batch_size``, ``device``, ``progress``: see
         :func:`dissect.segment.iter_segments`.
@@ -71,7 +82,8 @@ def export_annotation(
     Returns
     -------
     DataFrame
-        The exported tasks: ``task, layer, unit, n, image, image_index, image_path``.
+        The exported tasks: ``task, layer, unit, n, image, image_index, image_path, sentinel,
+        source_unit``, one row per image shown.
     """
     if fmt not in EXPORT_FORMATS:
         raise DissectError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}.")
@@ -80,6 +92,10 @@ def export_annotation(
             f"--format {fmt} needs --base-url: the web address where the package's images/ "
             "folder will be served (e.g. https://example.org/unit-images)."
         )
+    if sentinels is not None and sentinels < 0:
+        raise DissectError(f"--sentinels must be 0 or more, got {sentinels}.")
+    if top is not None and top < 1:
+        raise DissectError(f"--top must be at least 1, got {top}.")
     layers = dissection.check_layers(layers)
     for layer in layers:
         dissection.check_units(layer, units)
@@ -87,26 +103,47 @@ def export_annotation(
     salt = package_salt(dissection)
     folder = images_folder(dissection)
     paths = dissection.images().set_index("index")["path"]
-    rows = []
+    rows: list[dict] = []
+    order: dict[str, int] = {}
     for layer in layers:
-        for segments in iter_segments(dissection, layer, units, top, **options):
+        chosen = dissection.check_units(layer, units)
+        index = dissection.topk(layer)["index"]
+        shown = index.shape[1] if top is None else min(top, index.shape[1])
+        plans = {}
+        for unit in chosen:
+            n_own = int((index[unit, :shown] >= 0).sum())
+            count = default_count(n_own) if sentinels is None else sentinels
+            plans[unit] = plan_sentinels(index, layer, unit, n_own, count, shown, seed)
+        # Sentinel picture (source unit, image index) -> the files it goes to.
+        wanted: dict[tuple[int, int], list[str]] = {}
+        for unit, plan in plans.items():
+            task = task_id(salt, layer, unit)
+            order[task] = len(order)
+            for place, source in zip(plan.positions, plan.sources, strict=True):
+                wanted.setdefault(source, []).append(image_name(task, place))
+                rows.append(_row(task, layer, unit, place, source, paths))
+        donors = sorted({source_unit for source_unit, _ in wanted} - set(chosen))
+        for segments in iter_segments(dissection, layer, chosen + donors, top, **options):
+            pictures = [
+                dim_outside(image, mask, dim)
+                for image, mask in zip(segments.images, segments.masks, strict=True)
+            ]
+            for picture, image in zip(pictures, segments.indices.tolist(), strict=True):
+                for name in wanted.get((segments.unit, int(image)), []):
+                    write_png(folder / name, picture)
+            if segments.unit not in plans:
+                continue
             task = task_id(salt, layer, segments.unit)
-            for n, image in enumerate(segments.images, start=1):
-                name = image_name(task, n)
-                write_png(folder / name, dim_outside(image, segments.masks[n - 1], dim))
-                index = int(segments.indices[n - 1])
-                rows.append(
-                    {
-                        "task": task,
-                        "layer": layer,
-                        "unit": segments.unit,
-                        "n": n,
-                        "image": name,
-                        "image_index": index,
-                        "image_path": paths.get(index, ""),
-                    }
-                )
-    tasks = pd.DataFrame(rows)
+            taken = set(plans[segments.unit].positions)
+            places = [n for n in range(1, len(pictures) + len(taken) + 1) if n not in taken]
+            for place, picture, image in zip(
+                places, pictures, segments.indices.tolist(), strict=True
+            ):
+                write_png(folder / image_name(task, place), picture)
+                rows.append(_row(task, layer, segments.unit, place, (segments.unit, image), paths))
+    # Tasks in the order their units were asked for, images in their places.
+    rows.sort(key=lambda row: (order[row["task"]], row["n"]))
+    tasks = pd.DataFrame(rows, columns=TASK_COLUMNS)
     old = Package.read(dissection).tasks
     write_csv(dissection.path(ROOT, "private", "tasks.csv"), merge_tasks(old, tasks))
     for name in stale_images(old, tasks):
@@ -117,15 +154,23 @@ def export_annotation(
     elif fmt == "labelstudio":
         write_labelstudio(out, tasks, base_url)
     else:
-        write_html(out, tasks, folder, _current_labels(dissection.directory))
+        write_html(out, tasks, folder)
     write_text(dissection.path(ROOT, "README.txt"), _README.format(base_url=base_url or "a URL"))
     return tasks
 
 
-def _current_labels(directory: Path) -> dict[tuple[str, int], str]:
-    labels = read_labels(directory)
+def _row(
+    task: str, layer: str, unit: int, place: int, source: tuple[int, int], paths: pd.Series
+) -> dict:
+    source_unit, image = source
     return {
-        (str(layer), int(unit)): str(label)
-        for layer, unit, label in zip(labels["layer"], labels["unit"], labels["label"], strict=True)
-        if isinstance(label, str) and label
+        "task": task,
+        "layer": layer,
+        "unit": unit,
+        "n": place,
+        "image": image_name(task, place),
+        "image_index": int(image),
+        "image_path": paths.get(int(image), ""),
+        "sentinel": int(source_unit != unit),
+        "source_unit": int(source_unit),
     }

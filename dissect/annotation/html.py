@@ -1,9 +1,10 @@
 """A self-contained offline page for annotating units in the lab.
 
 The page embeds the segmented top images (``data:`` URIs), asks the three questions for each
-unit, and saves the answers as a plain CSV (``layer,unit,label,category,precision,annotator``)
-that ``dissect import`` reads. Everything taken from the dissection (layer names, labels already
-imported) is HTML-escaped.
+unit, and saves the answers as a CSV (``task,layer,unit,label,category,mismatch,annotator``;
+``mismatch`` lists the numbers of the pictures ticked as not showing the concept) that
+``dissect import`` scores against the package's private mapping. No label the units already
+have is shown, so the answers stay independent of it. Layer names are HTML-escaped.
 """
 
 from __future__ import annotations
@@ -23,22 +24,21 @@ section { border-top: 1px solid #ccc; padding: 0.5em 0; }
 .images { display: flex; flex-wrap: wrap; gap: 8px; }
 figure { margin: 0; text-align: center; }
 img { width: 128px; height: 128px; image-rendering: pixelated; }
-.current { color: #666; }
 """
 
 _SCRIPT = """
 function quote(value) { return '"' + String(value).replace(/"/g, '""') + '"'; }
 document.getElementById("save").addEventListener("click", function () {
   var annotator = document.getElementById("annotator").value.trim();
-  var lines = ["layer,unit,label,category,precision,annotator"];
+  var lines = ["task,layer,unit,label,category,mismatch,annotator"];
   document.querySelectorAll("section.task").forEach(function (task) {
     var label = task.querySelector(".concept").value.trim();
     var type = task.querySelector("input[type=radio]:checked");
     if (!label || !type) { return; }
-    var shown = Number(task.dataset.shown);
-    var bad = task.querySelectorAll(".mismatch:checked").length;
-    lines.push([quote(task.dataset.layer), task.dataset.unit, quote(label), type.value,
-                (1 - bad / shown).toFixed(6), quote(annotator)].join(","));
+    var bad = Array.prototype.map.call(task.querySelectorAll(".mismatch:checked"),
+                                       function (box) { return box.value; });
+    lines.push([task.dataset.task, quote(task.dataset.layer), task.dataset.unit, quote(label),
+                type.value, bad.join(" "), quote(annotator)].join(","));
   });
   document.getElementById("status").textContent =
     (lines.length - 1) + " answered unit(s) saved to annotations.csv";
@@ -51,11 +51,8 @@ document.getElementById("save").addEventListener("click", function () {
 """
 
 
-def page(tasks: pd.DataFrame, images: Path, current: dict[tuple[str, int], str]) -> str:
-    """The annotation page for ``tasks`` whose image files are in ``images``.
-
-    ``current`` maps (layer, unit) to a label already imported, shown as a hint.
-    """
+def page(tasks: pd.DataFrame, images: Path) -> str:
+    """The annotation page for ``tasks`` whose image files are in ``images``."""
     e = html.escape
     sections = []
     for number, (task, rows) in enumerate(tasks.groupby("task", sort=False)):
@@ -72,11 +69,9 @@ def page(tasks: pd.DataFrame, images: Path, current: dict[tuple[str, int], str])
             f'<label><input type="radio" name="type-{number}" value="{key}"/> {e(name)}</label>'
             for key, name in DEFAULT_TYPES.items()
         )
-        hint = current.get((layer, unit))
-        hint_html = f'<p class="current">imported label: {e(hint)}</p>' if hint else ""
         sections.append(
-            f'<section class="task" id="{e(task)}" data-layer="{e(layer)}" data-unit="{unit}" '
-            f'data-shown="{len(rows)}">\n<h2>{e(layer)}, unit {unit}</h2>\n{hint_html}\n'
+            f'<section class="task" id="{e(task)}" data-task="{e(task)}" data-layer="{e(layer)}" '
+            f'data-unit="{unit}" data-shown="{len(rows)}">\n<h2>{e(layer)}, unit {unit}</h2>\n'
             f'<div class="images">{"".join(figures)}</div>\n'
             '<p><label>Concept the highlighted regions share: <input type="text" '
             'class="concept" size="30"/></label></p>\n'
@@ -105,10 +100,8 @@ and pick its type. Then press <em>Save answers</em> and give the saved annotatio
 """
 
 
-def write_html(
-    folder: Path, tasks: pd.DataFrame, images: Path, current: dict[tuple[str, int], str]
-) -> list[Path]:
+def write_html(folder: Path, tasks: pd.DataFrame, images: Path) -> list[Path]:
     """Write ``annotate.html`` into ``folder``; return its path in a list."""
     path = folder / "annotate.html"
-    write_text(path, page(tasks, images, current))
+    write_text(path, page(tasks, images))
     return [path]

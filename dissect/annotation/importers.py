@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,15 +33,23 @@ def detect_format(path: Path) -> str:
     )
 
 
-def read_plain_csv(path: Path, dissection: Dissection) -> list[dict]:
+def read_plain_csv(path: Path, dissection: Dissection, package: Package) -> list[dict]:
     """Answers from a CSV ``layer,unit,label,category[,precision][,annotator]``.
+
+    The offline page (``dissect export --format html``) adds ``task`` and ``mismatch`` (the
+    numbers of the pictures ticked as not showing the concept, separated by spaces): a row with
+    a task is checked against the annotation package and its precision computed there, over the
+    unit's own images, with its sentinels scored. Rows carry no assignment id of their own; each
+    gets ``<file digest>:<line>``, so importing the same file again adds nothing while another
+    file's identical answers are votes of their own.
 
     Raises
     ------
     DissectError
-        Naming file and line, for unknown layers, units or types, a bad precision, an empty
-        label, or a malformed file.
+        Naming file and line, for unknown layers, units, tasks or types, a bad precision or
+        image number, an empty label, or a malformed file.
     """
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     answers = []
     for line, row in csv_rows(path):
         where = f"{path}, line {line}"
@@ -50,38 +59,71 @@ def read_plain_csv(path: Path, dissection: Dissection) -> list[dict]:
                 f"{where}: column(s) {', '.join(missing)} missing; a plain CSV needs "
                 "layer,unit,label,category[,precision]."
             )
-        layer = row["layer"].strip()
-        if layer not in dissection.layers:
-            raise DissectError(
-                f"{where}: layer {layer!r} was not dissected here; it has "
-                f"{', '.join(dissection.layers)}."
-            )
-        try:
-            unit = int(row["unit"])
-            (unit,) = dissection.check_units(layer, [unit])
-        except (ValueError, DissectError) as error:
-            detail = error if isinstance(error, DissectError) else "it is not a whole number"
-            raise DissectError(f"{where}: unit {row['unit']!r}: {detail}") from None
+        common = {
+            "worker": (row.get("annotator") or "").strip(),
+            "assignment": f"{digest}:{line}",
+            "fmt": "csv",
+            "file": path.name,
+            "line": line,
+        }
+        task = (row.get("task") or "").strip()
+        if task:
+            answers.append(_task_answer(where, row, task, package, common))
+            continue
+        layer, unit = _layer_unit(where, row, dissection)
         text = (row.get("precision") or "").strip()
         try:
             precision = float(text) if text else None
         except ValueError:
             raise DissectError(f"{where}: precision {text!r} is not a number.") from None
         answers.append(
-            answer(
-                where,
-                layer,
-                unit,
-                row["label"],
-                row["category"],
-                precision=precision,
-                worker=(row.get("annotator") or "").strip(),
-                fmt="csv",
-                file=path.name,
-                line=line,
-            )
+            answer(where, layer, unit, row["label"], row["category"], precision=precision, **common)
         )
     return answers
+
+
+def _layer_unit(where: str, row: dict[str, str], dissection: Dissection) -> tuple[str, int]:
+    layer = row["layer"].strip()
+    if layer not in dissection.layers:
+        raise DissectError(
+            f"{where}: layer {layer!r} was not dissected here; it has "
+            f"{', '.join(dissection.layers)}."
+        )
+    try:
+        unit = int(row["unit"])
+        (unit,) = dissection.check_units(layer, [unit])
+    except (ValueError, DissectError) as error:
+        detail = error if isinstance(error, DissectError) else "it is not a whole number"
+        raise DissectError(f"{where}: unit {row['unit']!r}: {detail}") from None
+    return layer, unit
+
+
+def _task_answer(where: str, row: dict[str, str], task: str, package: Package, common) -> dict:
+    """An answer of the offline page: its task's images, the pictures ticked."""
+    layer, unit, images = package.task(task, where)
+    if (row["layer"].strip(), row["unit"].strip()) != (layer, str(unit)):
+        raise DissectError(
+            f"{where}: task {task!r} is {layer} unit {unit} in this annotation package, not "
+            f"{row['layer'].strip()} unit {row['unit'].strip()}; was the file edited?"
+        )
+    try:
+        mismatches = {int(n) for n in (row.get("mismatch") or "").split()}
+    except ValueError:
+        raise DissectError(
+            f"{where}: mismatch {row.get('mismatch')!r} must list image numbers separated by "
+            "spaces."
+        ) from None
+    return answer(
+        where,
+        layer,
+        unit,
+        row["label"],
+        row["category"],
+        n_shown=len(images),
+        mismatches=mismatches,
+        sentinels=package.sentinels(task),
+        **common,
+    )
 
 
 def read_answers(dissection: Dissection, files: Sequence[str | Path], fmt: str = "auto") -> list:
@@ -120,5 +162,5 @@ def read_answers(dissection: Dissection, files: Sequence[str | Path], fmt: str =
         elif kind == "labelstudio":
             answers.extend(read_labelstudio(path, package))
         else:
-            answers.extend(read_plain_csv(path, dissection))
+            answers.extend(read_plain_csv(path, dissection, package))
     return answers

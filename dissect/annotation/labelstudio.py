@@ -119,6 +119,7 @@ def read_labelstudio(path: Path, package: Package) -> list[dict]:
                     values["category"][0] if values["category"] else "",
                     n_shown=len(images),
                     mismatches=mismatches,
+                    sentinels=package.sentinels(task),
                     worker=f"labelstudio:{_annotator(annotation.get('completed_by'))}",
                     assignment=str(annotation.get("id", "")),
                     fmt="labelstudio",

@@ -151,6 +151,7 @@ def read_mturk(path: Path, package: Package) -> list[dict]:
                 types[0],
                 n_shown=len(images),
                 mismatches=mismatches,
+                sentinels=package.sentinels(task),
                 worker=row["WorkerId"].strip(),
                 assignment=row["AssignmentId"].strip(),
                 fmt="mturk",

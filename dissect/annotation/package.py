@@ -3,9 +3,12 @@
 ``DIR/annotation/`` holds:
 
 - ``images/u<id>_<n>.png``: the segmented top images, named by a salted hash of layer and unit
-  and the image's rank, so a name reveals neither the image's path nor which unit it belongs to;
-- ``private/tasks.csv``: ``task, layer, unit, n, image, image_index, image_path`` (keep it: it is
-  not uploaded, and import checks answers against it); ``private/salt.txt``;
+  and the image's place in the task, so a name reveals neither the image's path, nor which unit
+  it belongs to, nor whether it is a sentinel;
+- ``private/tasks.csv``: ``task, layer, unit, n, image, image_index, image_path, sentinel,
+  source_unit`` (keep it: it is not uploaded, and import checks and scores answers against it):
+  ``sentinel`` is 1 for a sentinel image, a top image of ``source_unit`` mixed into the task
+  (see :mod:`dissect.annotation.sentinels`); ``private/salt.txt``;
 - one folder per export format (``mturk/``, ``labelstudio/``, ``html/``).
 """
 
@@ -23,7 +26,17 @@ from ..errors import DissectError
 from ..io import write_text
 
 ROOT = "annotation"
-TASK_COLUMNS = ["task", "layer", "unit", "n", "image", "image_index", "image_path"]
+TASK_COLUMNS = [
+    "task",
+    "layer",
+    "unit",
+    "n",
+    "image",
+    "image_index",
+    "image_path",
+    "sentinel",
+    "source_unit",
+]
 
 
 def package_salt(dissection: Dissection) -> str:
@@ -63,7 +76,10 @@ class Package:
         path = dissection.path(ROOT, "private", "tasks.csv")
         if not path.is_file():
             return cls(pd.DataFrame(columns=TASK_COLUMNS))
-        return cls(pd.read_csv(path, dtype={"task": str, "layer": str, "image": str}))
+        tasks = pd.read_csv(path, dtype={"task": str, "layer": str, "image": str})
+        if "sentinel" not in tasks:  # a package of an older version: no sentinels
+            tasks = tasks.assign(sentinel=0, source_unit=tasks["unit"])
+        return cls(tasks[TASK_COLUMNS])
 
     def task(self, task: str, where: str) -> tuple[str, int, list[str]]:
         """Layer, unit and image names of ``task``; a clear error naming ``where`` if unknown."""
@@ -75,6 +91,11 @@ class Package:
             )
         rows = rows.sort_values("n")
         return str(rows["layer"].iloc[0]), int(rows["unit"].iloc[0]), list(rows["image"])
+
+    def sentinels(self, task: str) -> set[int]:
+        """The numbers of the sentinel images of ``task`` (empty for a task without)."""
+        rows = self.tasks[(self.tasks["task"] == task) & (self.tasks["sentinel"] == 1)]
+        return {int(n) for n in rows["n"]}
 
     def check_images(self, task: str, shown: dict[int, str], where: str) -> None:
         """Refuse image URLs or names (image number -> value) that are not the task's images."""

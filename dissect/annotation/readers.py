@@ -108,6 +108,7 @@ def answer(
     *,
     n_shown: int | None = None,
     mismatches: set[int] | None = None,
+    sentinels: set[int] | None = None,
     precision: float | None = None,
     worker: str = "",
     assignment: str = "",
@@ -119,7 +120,10 @@ def answer(
 
     The label must be non-empty; the category is mapped onto a semantic type key (keys,
     display names and common spellings are accepted); mismatching image numbers must lie in
-    1..n_shown; precision is ``1 - len(mismatches) / n_shown`` unless given.
+    1..n_shown. ``sentinels`` are the numbers of the task's sentinel images (images of other
+    units, see :mod:`dissect.annotation.sentinels`): they are left out of the precision,
+    ``1 - (own images marked) / (own images shown)``, and counted as caught when marked. Without
+    mismatches the precision is the one given, if any.
     """
     text = "" if label is None else " ".join(str(label).split())
     if not text:
@@ -130,6 +134,7 @@ def answer(
             f"{where}: unknown concept type {str(category)!r}; use one of "
             f"{', '.join(DEFAULT_TYPES)}."
         )
+    n_sentinels = kept = None
     if mismatches is not None:
         bad = sorted(n for n in mismatches if not 1 <= n <= (n_shown or 0))
         if bad:
@@ -137,6 +142,10 @@ def answer(
                 f"{where}: image(s) {', '.join(map(str, bad))} marked as not matching, but the "
                 f"task shows images 1..{n_shown}."
             )
+        sentinels = sentinels or set()
+        n_sentinels, kept = len(sentinels), len(sentinels - mismatches)
+        n_shown -= n_sentinels
+        mismatches = mismatches - sentinels
         precision = 1 - len(mismatches) / n_shown
     if precision is not None and not 0 <= precision <= 1:
         raise DissectError(f"{where}: precision {precision} is not between 0 and 1.")
@@ -148,6 +157,8 @@ def answer(
         "n_shown": n_shown if n_shown is not None else np.nan,
         "n_mismatch": len(mismatches) if mismatches is not None else np.nan,
         "precision": np.nan if precision is None else float(precision),
+        "n_sentinels": np.nan if n_sentinels is None else n_sentinels,
+        "sentinels_kept": np.nan if kept is None else kept,
         "worker": worker,
         "assignment": assignment,
         "format": fmt,

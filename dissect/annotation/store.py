@@ -11,10 +11,17 @@ from ..dissection import Dissection
 from ..errors import DissectError
 from ..io import write_csv
 from ..labels import write_labels
-from .aggregate import RAW_COLUMNS, aggregate_answers, dedupe_answers
+from .aggregate import (
+    NUMERIC_COLUMNS,
+    RAW_COLUMNS,
+    aggregate_answers,
+    annotator_table,
+    dedupe_answers,
+)
 from .importers import read_answers
 
 RAW_FILE = "annotations_raw.csv"
+ANNOTATORS_FILE = "annotators.csv"
 
 
 def read_raw(dissection: Dissection) -> pd.DataFrame:
@@ -27,13 +34,14 @@ def read_raw(dissection: Dissection) -> pd.DataFrame:
             path,
             dtype={"layer": str, "label": str, "worker": str, "assignment": str},
             keep_default_na=False,
-            na_values={column: [""] for column in ("n_shown", "n_mismatch", "precision")},
+            na_values={column: [""] for column in NUMERIC_COLUMNS},
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DissectError(f"{path} is malformed ({error}); restore it from a backup.") from error
-    if list(raw.columns) != RAW_COLUMNS:
+    older = [column for column in RAW_COLUMNS if column not in ("n_sentinels", "sentinels_kept")]
+    if list(raw.columns) not in (RAW_COLUMNS, older):
         raise DissectError(f"{path} does not have the columns {','.join(RAW_COLUMNS)}.")
-    return raw
+    return raw.reindex(columns=RAW_COLUMNS)  # files of older versions had no sentinel columns
 
 
 def import_answers(
@@ -42,8 +50,12 @@ def import_answers(
     """Import answer files, re-aggregate all answers, and write the crowd labels.
 
     Every file is read and checked before anything is written; ``annotations_raw.csv`` and
-    then ``labels_crowd.csv`` / ``labels.csv`` (through :func:`dissect.labels.write_labels`)
-    are written atomically. The same answer imported twice counts once.
+    then ``annotators.csv`` (sentinels caught per annotator, see
+    :func:`~dissect.annotation.aggregate.annotator_table`) and ``labels_crowd.csv`` /
+    ``labels.csv`` (through :func:`dissect.labels.write_labels`) are written atomically. The
+    same answer imported twice counts once (see
+    :func:`~dissect.annotation.aggregate.dedupe_answers`); answers that kept a sentinel image
+    are kept in ``annotations_raw.csv`` but left out of the labels.
 
     Parameters
     ----------
@@ -68,5 +80,6 @@ def import_answers(
     raw = dedupe_answers(pd.concat(frames, ignore_index=True)) if frames else new
     labels = aggregate_answers(raw).assign(source="crowd")
     write_csv(dissection.path(RAW_FILE), raw)
+    write_csv(dissection.path(ANNOTATORS_FILE), annotator_table(raw))
     write_labels(dissection.directory, "crowd", labels)
     return labels

@@ -19,6 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-url",
         help="web address where annotation/images/ will be served (mturk, labelstudio)",
     )
+    parser.add_argument(
+        "--sentinels",
+        type=int,
+        help="images of other units mixed into each unit's task to check the answers "
+        "(default: 1 per 12 top images, at least 1; 0 for none)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the sentinels' choice and places (0)"
+    )
     add_segment_arguments(parser)
 
 
@@ -34,12 +43,16 @@ def run(args: argparse.Namespace) -> int:
         split_ints(args.units),
         args.top,
         base_url=args.base_url,
+        sentinels=args.sentinels,
+        seed=args.seed,
         peak_fraction=args.peak_fraction,
         batch_size=args.batch_size,
         device=args.device,
     )
+    n_sentinels = int(tasks["sentinel"].sum())
     print(
-        f"exported {tasks['task'].nunique()} unit(s), {len(tasks)} images -> "
+        f"exported {tasks['task'].nunique()} unit(s), {len(tasks) - n_sentinels} images + "
+        f"{n_sentinels} sentinel(s) -> "
         f"{dissection.path('annotation', args.format)} (upload annotation/images; keep "
         "annotation/private for dissect import)"
     )

@@ -21,11 +21,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..annotation import import_answers
+    from ..annotation import import_answers, read_raw
+    from ..annotation.aggregate import answer_weights
+    from ..dissection import Dissection
 
     labels = import_answers(args.directory, args.files, args.format)
     print(
         f"{len(labels)} unit(s) labelled from {int(labels['n_annotators'].sum())} answer(s) "
         f"-> {args.directory}/labels.csv"
     )
+    raw = read_raw(Dissection(args.directory))
+    dropped = int((answer_weights(raw) == 0).sum())
+    if dropped:
+        print(
+            f"{dropped} answer(s) kept a sentinel image (a picture of another unit) and were left "
+            f"out; ask for revised answers (sentinels per annotator: {args.directory}/"
+            "annotators.csv)"
+        )
     return 0
