@@ -1,7 +1,8 @@
 """The static HTML report of a dissection directory (``dissect report``).
 
 ``report/index.html`` shows whatever stages have been run: the run summary; per-layer semantic
-types (from ``labels.csv``); the receptive-field summary (``receptive_fields_layers.csv``); and one
+types (from ``labels.csv``); the agreement between annotators of each layer (Fleiss' kappa, from
+``annotations_raw.csv``); the receptive-field summary (``receptive_fields_layers.csv``); and one
 row per unit with its label, type, score, whether it counts as a detector, its receptive-field
 size, a strip of its segmented top images (from ``segments/``, ``dissect segment``) and its
 empirical receptive-field map (from ``receptive_fields/``, ``dissect rf``). A small inline script
@@ -26,6 +27,8 @@ from matplotlib import colormaps
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .annotation.agreement import layer_agreement
+from .annotation.store import read_raw
 from .dissection import Dissection, layer_file_name
 from .errors import DissectError
 from .io import atomic_path, read_npz, write_text
@@ -66,6 +69,8 @@ dt { font-weight: bold; }
 $summary
 <h2>Semantic types per layer</h2>
 $types
+<h2>Agreement between annotators</h2>
+$agreement
 <h2>Receptive fields</h2>
 $receptive_fields
 <h2>Units</h2>
@@ -190,6 +195,19 @@ def types_section(
         for path in figures
     )
     return _table(table) + images
+
+
+def agreement_section(dissection: Dissection) -> str:
+    """Fleiss' kappa of the crowd answers of every layer, over labels and over types."""
+    raw = read_raw(dissection)
+    if raw.empty:
+        return _note("No crowd answers imported: dissect export, then dissect import DIR FILE.")
+    table = layer_agreement(raw, dissection.layers)
+    note = _note(
+        "Fleiss' kappa over the units with two or more counted answers (answers that kept a "
+        "sentinel image left out): 1 is full agreement, 0 what chance gives."
+    )
+    return _table(table) + note
 
 
 def rf_section(dissection: Dissection, root: Path) -> str:
@@ -408,6 +426,7 @@ def write_report(
         thumb=int(thumbnail),
         summary=summary_section(dissection, stages),
         types=types_section(types, figures, root, taxonomy),
+        agreement=agreement_section(dissection),
         receptive_fields=rf_section(dissection, root),
         layer_options=layer_options,
         type_options=type_options,

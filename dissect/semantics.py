@@ -3,7 +3,9 @@
 Types come from a :class:`~dissect.taxonomy.Taxonomy`. Statistics read ``labels.csv`` (see
 :mod:`dissect.labels`): a unit counts as a *detector* when its crowd precision reaches
 ``min_precision`` (crowd labels) or its IoU reaches ``min_iou`` (automatic labels); rows without
-the score their source needs never count.
+the score their source needs never count. Where crowd answers were imported, the agreement
+between annotators of each layer (Fleiss' kappa, :mod:`dissect.annotation.agreement`) is written
+beside them.
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from .annotation.agreement import layer_agreement
+from .annotation.store import read_raw
 from .dissection import Dissection
 from .errors import DissectError
 from .io import write_csv
 from .labels import read_labels
 from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
+
+#: Per-layer inter-annotator agreement, written where crowd answers were imported.
+AGREEMENT_FILE = "layer_agreement.csv"
 
 
 def detectors(
@@ -149,6 +156,10 @@ def write_statistics(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Compute and write ``layer_types.csv`` and ``concepts.csv`` of a dissection directory.
 
+    With imported crowd answers (``annotations_raw.csv``) it also writes ``layer_agreement.csv``
+    (see :func:`dissect.annotation.agreement.layer_agreement`), and removes one left from
+    earlier answers otherwise.
+
     Parameters
     ----------
     directory : path-like
@@ -178,4 +189,10 @@ def write_statistics(
     concepts = concept_table(labels, **thresholds)
     write_csv(dissection.directory / "layer_types.csv", types)
     write_csv(dissection.directory / "concepts.csv", concepts)
+    raw = read_raw(dissection)
+    agreement = dissection.directory / AGREEMENT_FILE
+    if len(raw):
+        write_csv(agreement, layer_agreement(raw, layers))
+    else:
+        agreement.unlink(missing_ok=True)
     return types, concepts

@@ -34,7 +34,8 @@ images/     the segmented top images: upload them where {base_url} serves them
 mturk/      batch_input.csv (one HIT per unit) and layout.html (the HIT layout)
 labelstudio/ tasks.json (import into a project) and config.xml (the labelling config)
 html/       annotate.html: a self-contained page for annotating offline
-private/    the mapping from tasks to units: do NOT upload it; keep it for dissect import
+private/    the mapping from tasks to units and sentinel images: do NOT upload it; keep it
+            for dissect import
 """
 
 

@@ -6,7 +6,10 @@ import argparse
 
 from .common import add_detector_arguments, taxonomy_from_args
 
-HELP = "per-layer semantic-type statistics from labels.csv: layer_types.csv, concepts.csv, plots"
+HELP = (
+    "per-layer semantic-type statistics from labels.csv: layer_types.csv, concepts.csv, plots; "
+    "agreement between annotators: layer_agreement.csv"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,8 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pandas as pd
+
     from ..plots.semantics import write_semantic_plots
-    from ..semantics import write_statistics
+    from ..semantics import AGREEMENT_FILE, write_statistics
 
     taxonomy = taxonomy_from_args(args)
     types, concepts = write_statistics(
@@ -34,4 +41,10 @@ def run(args: argparse.Namespace) -> int:
         f"{int(types['n_units'].sum())} detector units, {len(concepts)} layer-concept pairs -> "
         f"{args.directory}/layer_types.csv, concepts.csv, plots/"
     )
+    agreement = Path(args.directory) / AGREEMENT_FILE
+    if agreement.is_file():
+        table = pd.read_csv(agreement, dtype={"layer": str})
+        print("agreement between annotators (Fleiss' kappa):")
+        print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+        print(f"-> {agreement}")
     return 0
