@@ -85,7 +85,7 @@ def dedupe_answers(raw: pd.DataFrame) -> pd.DataFrame:
     neither are never merged, however alike their answers.
     """
     raw = raw.reset_index(drop=True)
-    assignment, worker = _text(raw["assignment"]), _text(raw["worker"])
+    assignment = _text(raw["assignment"])
     same_assignment = pd.Series(False, index=raw.index)
     has_id = assignment != ""
     same_assignment[has_id] = pd.DataFrame(
@@ -111,8 +111,8 @@ def answer_weights(raw: pd.DataFrame) -> pd.Series:
     The rule: an answer that kept (did not mark as not matching) any sentinel of its task is
     dropped (weight 0), as the paper's workers were asked to revise such answers; every other
     answer of a named annotator weighs the annotator's catch rate, the share of all sentinels
-    shown to them, over all their answers, that they marked. Answers shown no sentinel, and
-    anonymous answers that caught theirs, weigh 1.
+    shown to them, over all their answers, that they marked. Anonymous answers that kept no
+    sentinel, and the answers of annotators never shown one, weigh 1.
 
     Returns
     -------
