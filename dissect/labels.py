@@ -25,6 +25,8 @@ LABEL_COLUMNS = [
     "concept_category",
     "precision",
     "iou",
+    "p_value",
+    "z_score",
     "n_annotators",
     "agreement",
     "source",

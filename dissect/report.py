@@ -34,7 +34,7 @@ from .errors import DissectError
 from .io import atomic_path, read_npz, write_text
 from .labels import read_labels
 from .plots.semantics import write_semantic_plots
-from .semantics import concept_table, detectors, layer_type_table
+from .semantics import concept_table, detectors, label_types, layer_type_table
 from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
 
 #: Files of other stages the report reads, relative to the dissection directory.
@@ -230,15 +230,16 @@ def unit_table(
     min_precision: float,
     min_iou: float,
     taxonomy: Taxonomy,
+    max_p: float | None = None,
 ) -> pd.DataFrame:
-    """One row per dissected unit with its label, type, score, detector flag and RF size."""
+    """One row per dissected unit with its label, type, score, p-value, detector flag, RF size."""
     units = dissection.units()[["layer", "unit", "threshold", "max_activation"]]
     labels = read_labels(dissection.directory)
     table = units.merge(
         labels.drop(columns=["threshold"], errors="ignore"), on=["layer", "unit"], how="left"
     )
-    table["type"] = taxonomy.map_categories(table["category"].tolist())
-    found = detectors(labels, min_precision, min_iou, taxonomy)
+    table["type"] = label_types(table, taxonomy)
+    found = detectors(labels, min_precision, min_iou, taxonomy, max_p)
     keys = set(zip(found["layer"], found["unit"], strict=True))
     table["detector"] = [
         (layer, unit) in keys for layer, unit in zip(table["layer"], table["unit"], strict=True)
@@ -318,7 +319,7 @@ def units_section(table: pd.DataFrame, strips: dict, maps: dict, root: Path) -> 
     """The filterable table of every unit."""
     head = (
         "<tr><th>layer</th><th>unit</th><th>label</th><th>type</th><th>source</th>"
-        "<th>score</th><th>detector</th><th>threshold</th><th>RF (px)</th>"
+        "<th>score</th><th>p</th><th>detector</th><th>threshold</th><th>RF (px)</th>"
         "<th>top images</th><th>RF map</th></tr>"
     )
     rows = []
@@ -345,6 +346,7 @@ def units_section(table: pd.DataFrame, strips: dict, maps: dict, root: Path) -> 
             f'<td>{e(row.layer)}</td><td class="num">{int(row.unit)}</td><td>{e(label)}</td>'
             f"<td>{e(row.type)}</td><td>{e(row.source)}</td>"
             f'<td class="num" title="{e(score_name)}">{_number(row.score)}</td>'
+            f'<td class="num" title="permutation p-value">{_number(row.p_value)}</td>'
             f'<td class="detector">{"yes" if row.detector else ""}</td>'
             f'<td class="num">{_number(row.threshold)}</td><td class="num">{rf_size}</td>'
             f"<td>{strip}</td><td>{rf_map}</td></tr>"
@@ -358,6 +360,7 @@ def write_report(
     min_precision: float = MIN_PRECISION,
     min_iou: float = MIN_IOU,
     taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    max_p: float | None = None,
     top: int = 5,
     thumbnail: int = 72,
     progress: bool = True,
@@ -373,6 +376,8 @@ def write_report(
         Thresholds above which crowd / automatic labels count as detectors.
     taxonomy : Taxonomy
         Semantic types and the mapping of label categories onto them.
+    max_p : float, optional
+        Automatic labels count as detectors only with a p-value at most this.
     top : int
         Segmented top images shown per unit.
     thumbnail : int
@@ -408,12 +413,13 @@ def write_report(
             min_precision=min_precision,
             min_iou=min_iou,
             taxonomy=taxonomy,
+            max_p=max_p,
         )
         concepts = concept_table(
-            labels, min_precision=min_precision, min_iou=min_iou, taxonomy=taxonomy
+            labels, min_precision=min_precision, min_iou=min_iou, taxonomy=taxonomy, max_p=max_p
         )
         figures = write_semantic_plots(root / "assets", types, concepts, taxonomy)
-    table = unit_table(dissection, min_precision, min_iou, taxonomy)
+    table = unit_table(dissection, min_precision, min_iou, taxonomy, max_p)
     strips, maps = unit_assets(dissection, table, root, top, thumbnail, progress)
     layer_options = "".join(
         f'<option value="{e(layer)}">{e(layer)}</option>' for layer in dissection.layers

@@ -2,10 +2,13 @@
 
 Types come from a :class:`~dissect.taxonomy.Taxonomy`. Statistics read ``labels.csv`` (see
 :mod:`dissect.labels`): a unit counts as a *detector* when its crowd precision reaches
-``min_precision`` (crowd labels) or its IoU reaches ``min_iou`` (automatic labels); rows without
-the score their source needs never count. Where crowd answers were imported, the agreement
-between annotators of each layer (Fleiss' kappa, :mod:`dissect.annotation.agreement`) is written
-beside them.
+``min_precision`` (crowd labels) or its IoU reaches ``min_iou`` (automatic labels) and, when
+``max_p`` is given, its permutation p-value is at most ``max_p`` (see
+:mod:`dissect.iou.significance`); rows without the score their source needs never count. A label's
+type comes from its dataset category (``concept_category``) where it has one, else from its
+``category`` (the type a crowd worker chose), so a ``--mapping`` means the same in every command.
+Where crowd answers were imported, the agreement between annotators of each layer (Fleiss' kappa,
+:mod:`dissect.annotation.agreement`) is written beside them.
 """
 
 from __future__ import annotations
@@ -27,11 +30,30 @@ from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
 AGREEMENT_FILE = "layer_agreement.csv"
 
 
+def label_types(labels: pd.DataFrame, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> list[str | None]:
+    """The type key of every row of a labels table: of its ``concept_category`` where it has
+    one (automatic labels), else of its ``category``; None where the taxonomy does not know it."""
+    category = labels["category"]
+    if "concept_category" in labels:
+        dataset = labels["concept_category"]
+        known = dataset.notna() & (dataset.astype(str).str.strip() != "")
+        category = dataset.where(known, category)
+    return taxonomy.map_categories(category.tolist())
+
+
+def _numbers(labels: pd.DataFrame, column: str) -> pd.Series:
+    """A column as numbers (NaN where empty or missing)."""
+    if column not in labels:
+        return pd.Series(float("nan"), index=labels.index)
+    return pd.to_numeric(labels[column], errors="coerce")
+
+
 def detectors(
     labels: pd.DataFrame,
     min_precision: float = MIN_PRECISION,
     min_iou: float = MIN_IOU,
     taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    max_p: float | None = None,
 ) -> pd.DataFrame:
     """The rows of a labels table that count as detectors, with their semantic type.
 
@@ -45,7 +67,10 @@ def detectors(
     min_iou : float
         Automatic (``iou``) labels count when their IoU is at least this.
     taxonomy : Taxonomy
-        Maps each row's ``category`` onto a type key.
+        Maps each row's ``concept_category`` (else its ``category``) onto a type key.
+    max_p : float, optional
+        Automatic labels count only when their ``p_value`` is at most this (rows without one
+        then never count); None ignores p-values.
 
     Returns
     -------
@@ -55,12 +80,12 @@ def detectors(
     """
     if labels.empty:
         return labels.assign(type=pd.Series(dtype=object))
-    precision = pd.to_numeric(labels["precision"], errors="coerce")
-    iou = pd.to_numeric(labels["iou"], errors="coerce")
-    passes = ((labels["source"] == "crowd") & (precision >= min_precision)) | (
-        (labels["source"] == "iou") & (iou >= min_iou)
-    )
-    typed = labels.assign(type=taxonomy.map_categories(labels["category"].tolist()))
+    precision, iou, p_value = (_numbers(labels, name) for name in ("precision", "iou", "p_value"))
+    automatic = (labels["source"] == "iou") & (iou >= min_iou)
+    if max_p is not None:
+        automatic &= p_value <= max_p
+    passes = ((labels["source"] == "crowd") & (precision >= min_precision)) | automatic
+    typed = labels.assign(type=label_types(labels, taxonomy))
     has_label = typed["label"].notna() & (typed["label"].astype(str).str.strip() != "")
     return typed[passes & has_label & typed["type"].notna()].reset_index(drop=True)
 
@@ -73,6 +98,7 @@ def layer_type_table(
     min_precision: float = MIN_PRECISION,
     min_iou: float = MIN_IOU,
     taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    max_p: float | None = None,
 ) -> pd.DataFrame:
     """Units per semantic type in every layer (``layer_types.csv``).
 
@@ -85,7 +111,7 @@ def layer_type_table(
     n_units : mapping of str to int, optional
         Units per layer; the denominator of ``fraction`` (default: the labelled units of the
         layer).
-    min_precision, min_iou, taxonomy
+    min_precision, min_iou, taxonomy, max_p
         See :func:`detectors`.
 
     Returns
@@ -96,7 +122,7 @@ def layer_type_table(
         their share of the layer's units, ``unique_concepts`` the distinct labels among them.
     """
     layers = list(dict.fromkeys(labels["layer"])) if layers is None else list(layers)
-    found = detectors(labels, min_precision, min_iou, taxonomy)
+    found = detectors(labels, min_precision, min_iou, taxonomy, max_p)
     rows = []
     for layer in layers:
         in_layer = found[found["layer"] == layer]
@@ -123,15 +149,16 @@ def concept_table(
     min_precision: float = MIN_PRECISION,
     min_iou: float = MIN_IOU,
     taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    max_p: float | None = None,
 ) -> pd.DataFrame:
-    """Detector units per concept and layer (``concepts.csv``).
+    """Detector units per concept and layer (``concepts.csv``); options as :func:`detectors`.
 
     Returns
     -------
     DataFrame
         ``layer,category,label,n_units``, most units first within each layer (ties by label).
     """
-    found = detectors(labels, min_precision, min_iou, taxonomy)
+    found = detectors(labels, min_precision, min_iou, taxonomy, max_p)
     columns = ["layer", "category", "label", "n_units"]
     if found.empty:
         return pd.DataFrame(columns=columns)
@@ -153,6 +180,7 @@ def write_statistics(
     min_precision: float = MIN_PRECISION,
     min_iou: float = MIN_IOU,
     taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    max_p: float | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Compute and write ``layer_types.csv`` and ``concepts.csv`` of a dissection directory.
 
@@ -165,7 +193,7 @@ def write_statistics(
     directory : path-like
         A dissection directory with ``labels.csv`` (from ``dissect autolabel`` or imported crowd
         annotations).
-    min_precision, min_iou, taxonomy
+    min_precision, min_iou, taxonomy, max_p
         See :func:`detectors`.
 
     Returns
@@ -184,7 +212,9 @@ def write_statistics(
     layers = dissection.layers + [
         layer for layer in dict.fromkeys(labels["layer"]) if layer not in counts
     ]
-    thresholds = {"min_precision": min_precision, "min_iou": min_iou, "taxonomy": taxonomy}
+    thresholds = {
+        "min_precision": min_precision, "min_iou": min_iou, "taxonomy": taxonomy, "max_p": max_p
+    }  # fmt: skip
     types = layer_type_table(labels, layers, counts, **thresholds)
     concepts = concept_table(labels, **thresholds)
     write_csv(dissection.directory / "layer_types.csv", types)

@@ -18,6 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward (16)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--workers", type=int, default=0, help="image-loading processes (0)")
+    parser.add_argument(
+        "--permutations",
+        type=int,
+        default=None,
+        help="P, random re-pairings of images for each label's p-value (19: smallest p 0.05; "
+        "each adds one counting pass per batch; 0 for none)",
+    )
     add_detector_arguments(parser, crowd=False)
     parser.add_argument(
         "--restart",
@@ -29,8 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..iou import autolabel
+    from ..iou.significance import DEFAULT_PERMUTATIONS
+    from ..semantics import detectors
 
     taxonomy = taxonomy_from_args(args)
+    permutations = DEFAULT_PERMUTATIONS if args.permutations is None else args.permutations
     labels = autolabel(
         args.directory,
         split_names(args.layers),
@@ -39,14 +49,18 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         restart=args.restart,
+        permutations=permutations,
     )
     if not distributed.is_main():
         return 0
+    rule = f"IoU >= {args.min_iou}" + (f", p <= {args.max_p}" if args.max_p else "")
+    found = detectors(labels.assign(source="iou"), min_iou=args.min_iou, taxonomy=taxonomy,
+                      max_p=args.max_p)  # fmt: skip
     for layer, rows in labels.groupby("layer", sort=False):
-        found = rows[rows["iou"] >= args.min_iou]
+        mine = found[found["layer"] == layer]
         print(
-            f"{layer}: {len(found)} of {len(rows)} units detect a concept (IoU >= {args.min_iou}), "
-            f"{found['label'].nunique()} distinct"
+            f"{layer}: {len(mine)} of {len(rows)} units detect a concept ({rule}), "
+            f"{mine['label'].nunique()} distinct"
         )
     print(f"-> {args.directory}/labels.csv, {args.directory}/iou/")
     return 0

@@ -77,7 +77,9 @@ def _floats3(text: str) -> tuple[float, float, float]:
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser, crowd: bool = True) -> None:
-    """--min-precision (when ``crowd``), --min-iou and --mapping: which units count, and types."""
+    """--min-precision (when ``crowd``), --min-iou, --max-p and --mapping: which units count as
+    detectors, and of which type; every command that takes them reads them the same way (see
+    :func:`dissect.semantics.detectors`)."""
     if crowd:
         parser.add_argument(
             "--min-precision",
@@ -92,10 +94,27 @@ def add_detector_arguments(parser: argparse.ArgumentParser, crowd: bool = True) 
         help=f"automatic labels count as detectors from this IoU ({MIN_IOU})",
     )
     parser.add_argument(
+        "--max-p",
+        type=_probability,
+        help="automatic labels count as detectors only with a permutation p-value at most this "
+        "(default: p-values not used; the smallest is 1/(permutations+1))",
+    )
+    parser.add_argument(
         "--mapping",
         metavar="CSV",
-        help="your own category -> semantic type mapping, a CSV with columns category,type",
+        help="your own dataset category -> semantic type mapping, a CSV with columns "
+        "category,type (applied to every label's dataset category, else its own category)",
     )
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number like 0.05, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a p-value in (0, 1], got {text!r}")
+    return value
 
 
 def taxonomy_from_args(args: argparse.Namespace) -> Taxonomy:

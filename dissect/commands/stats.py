@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
         args.directory,
         min_precision=args.min_precision,
         min_iou=args.min_iou,
+        max_p=args.max_p,
         taxonomy=taxonomy,
     )
     write_semantic_plots(args.directory, types, concepts, taxonomy)

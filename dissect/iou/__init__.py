@@ -40,12 +40,15 @@ from ..labels import read_labels, write_labels
 from ..models import LoadedModel
 from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from .concepts import ConceptCollate, ConceptDataset, ConceptIndex, segmented_source
+from .significance import DEFAULT_PERMUTATIONS, PermutationNull, significance
 from .tally import IoUStats, count_layer
 
 CHECKPOINT = "checkpoint.pt"
 
 
-def _fingerprint(dissection: Dissection, layers: Sequence[str], index: ConceptIndex) -> str:
+def _fingerprint(
+    dissection: Dissection, layers: Sequence[str], index: ConceptIndex, null: str = ""
+) -> str:
     """Identifies what a checkpoint was computed for: the pass, the layers, the concepts."""
     text = "|".join(
         [
@@ -54,6 +57,7 @@ def _fingerprint(dissection: Dissection, layers: Sequence[str], index: ConceptIn
             f"world_size={distributed.world_size()}",
             ",".join(layers),
             index.table.to_csv(index=False),
+            null,
         ]
     )
     return hashlib.sha256(text.encode()).hexdigest()
@@ -71,6 +75,8 @@ def compute_iou(
     progress: bool = True,
     checkpoint: bool = True,
     restart: bool = False,
+    permutations: int = 0,
+    nulls: dict[str, PermutationNull] | None = None,
 ) -> tuple[dict[str, IoUStats], ConceptIndex]:
     """Stream the dissected images through the network and count IoU for every unit and concept.
 
@@ -97,6 +103,13 @@ def compute_iou(
         interruption loses at most the batch in flight.
     restart : bool
         Ignore an existing checkpoint and start from the first image.
+    permutations : int
+        P, re-pairings of unit masks with the concept masks of other images counted alongside
+        for the significance of every label (see :mod:`dissect.iou.significance`); 0 (the
+        default here) for none; :func:`autolabel` asks for ``DEFAULT_PERMUTATIONS`` (19).
+        Each adds one set of counters and one more counting pass per batch.
+    nulls : dict, optional
+        Filled with the :class:`PermutationNull` of every layer when ``permutations`` > 0.
 
     Returns
     -------
@@ -106,6 +119,13 @@ def compute_iou(
     layers = dissection.check_layers(layers)
     if batch_size < 1:
         raise DissectError(f"--batch-size must be at least 1, got {batch_size}.")
+    if permutations < 0:
+        raise DissectError(f"--permutations must be 0 or more, got {permutations}.")
+    if permutations and batch_size < 2:
+        raise DissectError(
+            "the significance of labels pairs images within a batch, so it needs --batch-size "
+            "of at least 2; raise --batch-size or pass --permutations 0 to skip p-values."
+        )
     source = segmented_source(source or dissection.open_data())
     loaded = model or dissection.load_model()
     preprocess = dissection.preprocess
@@ -124,10 +144,20 @@ def compute_iou(
         )
         for layer in layers
     }
+    seed = int(dissection.config.seed)
+    null = {
+        layer: PermutationNull(
+            len(thresholds[layer]), index.category_of, len(index.categories), permutations,
+            seed, torch_device,
+        )
+        for layer in layers
+        if permutations
+    }  # fmt: skip
     path = checkpoint_path(dissection)
-    fingerprint = _fingerprint(dissection, layers, index)
+    setup = f"permutations={permutations},seed={seed},batch={batch_size}" if permutations else ""
+    fingerprint = _fingerprint(dissection, layers, index, setup)
     resume = checkpoint and not restart
-    start = _resume(path, fingerprint, stats, torch_device) if resume else 0
+    start = _resume(path, fingerprint, stats, null, torch_device) if resume else 0
     size = preprocess.image_size
     shard = distributed.shard(range(len(source)), block=batch_size)
     loader = torch.utils.data.DataLoader(
@@ -145,30 +175,54 @@ def compute_iou(
                 warnings.warn(f"skipped image {source.image_id(image)!r}: {reason}", stacklevel=2)
             if images is not None:
                 outputs = trace(images.to(torch_device))
+                gone = {image for image, _ in skipped}
+                read = [i for i in shard[position : position + count] if i not in gone]
                 for layer in layers:
                     stats[layer].add_concepts(concepts)
+                    if null:
+                        null[layer].add_concepts(concepts, read)
                     count_layer(stats[layer], outputs[layer], thresholds[layer],
-                                 geometry[layer], size, concepts)  # fmt: skip
+                                 geometry[layer], size, concepts, null.get(layer))  # fmt: skip
             position += count
             if checkpoint:
-                _save_checkpoint(path, fingerprint, position, stats)
+                _save_checkpoint(path, fingerprint, position, stats, null)
             bar.update(count)
     bar.close()
     merged = distributed.gather_and_merge(
-        {layer: counts.state_dict() for layer, counts in stats.items()}, _merge_states
+        {"layers": _states(stats), "null": _states(null)}, _merge_states
     )
     if merged is None:
         return {}, index
+    if nulls is not None:
+        nulls.update(
+            {
+                name: PermutationNull.from_state_dict(merged["null"][name], torch_device)
+                for name in merged["null"]
+            }
+        )
+    merged = merged["layers"]
     return {layer: IoUStats.from_state_dict(merged[layer], torch_device) for layer in layers}, index
 
 
+def _states(counters: dict) -> dict:
+    return {layer: value.state_dict() for layer, value in counters.items()}
+
+
 def _merge_states(first: dict, second: dict) -> dict:
-    """Merge two ranks' ``{layer: IoUStats.state_dict()}``."""
+    """Merge two ranks' ``{"layers": {layer: IoUStats state}, "null": {layer: null state}}``."""
     return {
-        layer: IoUStats.from_state_dict(first[layer])
-        .merge(IoUStats.from_state_dict(second[layer]))
-        .state_dict()
-        for layer in first
+        "layers": {
+            layer: IoUStats.from_state_dict(first["layers"][layer])
+            .merge(IoUStats.from_state_dict(second["layers"][layer]))
+            .state_dict()
+            for layer in first["layers"]
+        },
+        "null": {
+            layer: PermutationNull.from_state_dict(first["null"][layer])
+            .merge(PermutationNull.from_state_dict(second["null"][layer]))
+            .state_dict()
+            for layer in first["null"]
+        },
     }
 
 
@@ -178,23 +232,28 @@ def checkpoint_path(dissection: Dissection) -> Path:
     return dissection.path("iou", CHECKPOINT if rank == 0 else f"checkpoint-rank{rank}.pt")
 
 
-def _resume(path: Path, fingerprint: str, stats: dict[str, IoUStats], device) -> int:
+def _resume(path: Path, fingerprint: str, stats: dict[str, IoUStats], null: dict, device) -> int:
     """Load counters from a matching checkpoint; return the first image still to do."""
     if not path.is_file():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("fingerprint") != fingerprint or set(state["layers"]) != set(stats):
         return 0
+    if set(state.get("null", {})) != set(null):
+        return 0
     for layer in stats:
         stats[layer] = IoUStats.from_state_dict(state["layers"][layer], device)
+    for layer in null:
+        null[layer] = PermutationNull.from_state_dict(state["null"][layer], device)
     return int(state["position"])
 
 
-def _save_checkpoint(path: Path, fingerprint: str, position: int, stats) -> None:
+def _save_checkpoint(path: Path, fingerprint: str, position: int, stats, null) -> None:
     state = {
         "fingerprint": fingerprint,
         "position": position,
-        "layers": {layer: value.state_dict() for layer, value in stats.items()},
+        "layers": _states(stats),
+        "null": _states(null),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -217,11 +276,14 @@ def best_concepts(
     Returns
     -------
     DataFrame
-        ``unit,label,category,concept_category,iou,concept``; ties go to the lower column.
+        ``unit,label,category,concept_category,iou,concept``; ties go to the lower column. A unit
+        whose best IoU is 0 (a dead unit, never above its threshold T, or one that never meets a
+        concept) gets no label: empty ``label``, ``category``, ``concept_category``, ``concept``.
     """
     best = iou.argmax(1)
     rows = index.table.iloc[best]
-    return pd.DataFrame(
+    live = iou[np.arange(len(iou)), best] > 0
+    labelled = pd.DataFrame(
         {
             "unit": np.arange(len(iou)),
             "label": rows["name"].to_numpy(),
@@ -231,6 +293,10 @@ def best_concepts(
             "concept": rows["number"].to_numpy(),
         }
     )
+    blank = ["label", "category", "concept_category", "concept"]
+    labelled[blank] = labelled[blank].astype(object)
+    labelled.loc[~live, blank] = None
+    return labelled
 
 
 def autolabel(
@@ -257,17 +323,20 @@ def autolabel(
         Maps dataset categories onto semantic types for the ``category`` column.
     **options
         ``model``, ``source``, ``batch_size``, ``device``, ``workers``, ``progress``,
-        ``checkpoint``, ``restart``: see :func:`compute_iou`.
+        ``checkpoint``, ``restart``, ``permutations``: see :func:`compute_iou`.
 
     Returns
     -------
     DataFrame
-        The ``iou`` labels: ``layer,unit,label,category,concept_category,iou,concept``.
+        The ``iou`` labels: ``layer,unit,label,category,concept_category,iou,p_value,z_score,
+        concept`` (``p_value`` and ``z_score`` empty with ``permutations=0``).
     """
     dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
-    stats, index = compute_iou(dissection, layers, **options)
+    nulls: dict[str, PermutationNull] = {}
+    options.setdefault("permutations", DEFAULT_PERMUTATIONS)
+    stats, index = compute_iou(dissection, layers, nulls=nulls, **options)
     if distributed.is_main():
-        labels = _write_labels(dissection, stats, index, taxonomy)
+        labels = _write_labels(dissection, stats, index, taxonomy, nulls)
     distributed.barrier()  # rank 0 has written
     checkpoint_path(dissection).unlink(missing_ok=True)
     if not distributed.is_main():
@@ -277,7 +346,11 @@ def autolabel(
 
 
 def _write_labels(
-    dissection: Dissection, stats: dict[str, IoUStats], index: ConceptIndex, taxonomy: Taxonomy
+    dissection: Dissection,
+    stats: dict[str, IoUStats],
+    index: ConceptIndex,
+    taxonomy: Taxonomy,
+    nulls: dict[str, PermutationNull],
 ) -> pd.DataFrame:
     """Write the IoU tables and the ``iou`` label source; return the new labels."""
     write_csv(
@@ -287,13 +360,19 @@ def _write_labels(
     tables = []
     for layer, counts in stats.items():
         iou = counts.iou()
+        labels = best_concepts(iou, index, taxonomy)
+        arrays = {}
+        if layer in nulls:
+            arrays["null_best"] = nulls[layer].best()
+            labels["p_value"], labels["z_score"] = significance(labels["iou"], arrays["null_best"])
         write_npz(
             dissection.path("iou", f"{layer_file_name(layer)}.npz"),
             iou=iou,
             intersection=counts.intersection.cpu().numpy(),
             union=counts.union().cpu().numpy(),
+            **arrays,
         )
-        tables.append(best_concepts(iou, index, taxonomy).assign(layer=layer))
+        tables.append(labels.assign(layer=layer))
     labels = pd.concat(tables, ignore_index=True)
     labels = labels[["layer", *[c for c in labels.columns if c != "layer"]]]
     earlier = read_labels(dissection.directory, "iou")

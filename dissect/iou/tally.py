@@ -152,11 +152,14 @@ def count_layer(
     geometry,
     size: int,
     concepts: ConceptBatch,
+    null=None,
 ) -> None:
     """Upsample, threshold and count the maps of one layer for one batch.
 
     Bilinear upsampling never exceeds a map's peak, so only (image, unit) pairs whose peak is
     above the unit's threshold can have a non-empty mask: the others are skipped, exactly.
+    ``null``, a :class:`~dissect.iou.significance.PermutationNull`, counts the same masks
+    against the concept masks of other images.
     """
     acts = acts[:, :, None, None] if acts.dim() == 2 else acts
     peaks = acts.flatten(2).amax(2)
@@ -167,3 +170,5 @@ def count_layer(
         maps = acts[image, unit].reshape(len(image), 1, *acts.shape[2:])
         masks = upsample_maps(maps, geometry, size)[:, 0] > thresholds[unit][:, None, None]
         stats.add_masks(masks.flatten(1), image, unit, concepts)
+        if null is not None:
+            null.add_masks(masks.flatten(1), image, unit, concepts)

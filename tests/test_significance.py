@@ -1,0 +1,224 @@
+"""Significance of IoU labels: the permutation null against a brute-force re-pairing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY_SPEC
+from test_iou import BROKEN, CONCEPTS, PREPROCESS, TinyWorld
+
+from dissect.dissection import Dissection
+from dissect.errors import DissectError
+from dissect.iou import autolabel, best_concepts, compute_iou
+from dissect.iou.concepts import ConceptBatch, ConceptIndex, ImageConcepts
+from dissect.iou.significance import PermutationNull, partners, significance
+from dissect.iou.tally import IoUStats
+from dissect.labels import read_labels
+from dissect.models import load_model
+from dissect.semantics import detectors
+from dissect.streaming import run_dissection
+from dissect.upsample import upsample_maps
+
+
+@pytest.fixture(scope="module")
+def dissected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("significance") / "run"
+    with pytest.warns(UserWarning, match="world/004"):
+        run_dissection(
+            TINY_SPEC, TinyWorld(), out, ["conv2"], topk=3, quantile=0.2,
+            preprocess=PREPROCESS, progress=False, seed=5,
+        )  # fmt: skip
+    return Dissection(out)
+
+
+def per_image(dissection: Dissection, source: TinyWorld):
+    """Unit masks, concept regions and annotated categories of every readable image."""
+    model = load_model(TINY_SPEC).module
+    thresholds = dissection.thresholds("conv2")
+    numbers = CONCEPTS["number"].tolist()
+    found = {}
+    for i in range(len(source)):
+        if i == BROKEN:
+            continue
+        x = PREPROCESS.tensor(source.read_rgb(i))[None]
+        with torch.no_grad():
+            acts = model.conv2(model.pool1(torch.relu(model.conv1(x))))
+        maps = upsample_maps(acts, dissection.geometry("conv2"), 16)[0].numpy()
+        seg = source.segmentation(i)
+        regions = np.zeros((len(numbers), 16, 16), dtype=bool)
+        for column, number in enumerate(numbers):
+            for maps_of_category in seg.pixel.values():
+                for label_map in maps_of_category:
+                    regions[column] |= PREPROCESS.display_labels(label_map) == number
+            if any(number in values for values in seg.image.values()):
+                regions[column] = True
+        present = {c for c, v in seg.pixel.items() if v} | {c for c, v in seg.image.items() if v}
+        found[i] = (maps > thresholds[:, None, None], regions, present)
+    return found
+
+
+def brute_force_null(found, batch_size: int, seed: int, permutation: int) -> np.ndarray:
+    """Best IoU of every unit when image i's masks meet the concepts of its partner, by sets."""
+    categories = CONCEPTS["category"].tolist()
+    units = next(iter(found.values()))[0].shape[0]
+    inter = np.zeros((units, len(categories)))
+    union_unit = np.zeros((units, len(categories)))
+    concept_area = np.zeros(len(categories))
+    for first in range(0, 11, batch_size):
+        read = [i for i in range(first, min(first + batch_size, 11)) if i in found]
+        rows = partners(read, seed, permutation)
+        for row, image in enumerate(read):
+            masks = found[image][0]
+            _, regions, present = found[read[rows[row]]]
+            concept_area += regions.sum((1, 2))
+            for column, category in enumerate(categories):
+                inter[:, column] += (masks & regions[column]).sum((1, 2))
+                if category in present:
+                    union_unit[:, column] += masks.sum((1, 2))
+    union = union_unit + concept_area - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0).max(1)
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+@pytest.mark.parametrize("batch_size", [3, 5])
+def test_null_matches_brute_force_repairing(dissected, batch_size):
+    nulls = {}
+    compute_iou(
+        dissected, source=TinyWorld(), batch_size=batch_size, progress=False, checkpoint=False,
+        permutations=3, nulls=nulls,
+    )  # fmt: skip
+    found = per_image(dissected, TinyWorld())
+    expected = np.stack(
+        [brute_force_null(found, batch_size, 5, p) for p in range(3)]
+    )  # the dissection's seed
+    np.testing.assert_allclose(nulls["conv2"].best(), expected, rtol=1e-12)
+    assert (expected > 0).any()
+
+
+def test_partners_are_one_cycle_keyed_on_global_indices():
+    indices = [40, 3, 17, 8, 99, 21]
+    rows = partners(indices, seed=1, permutation=0)
+    assert sorted(rows) == list(range(6)) and (rows != np.arange(6)).all()
+    seen, row = set(), 0
+    for _ in range(6):
+        seen.add(row)
+        row = rows[row]
+    assert seen == set(range(6))  # a single cycle: nobody is paired with itself
+    shuffled = [8, 99, 40, 21, 3, 17]  # the same images listed in another order
+    other = partners(shuffled, seed=1, permutation=0)
+    pairs = {indices[i]: indices[rows[i]] for i in range(6)}
+    assert pairs == {shuffled[i]: shuffled[other[i]] for i in range(6)}
+    assert not np.array_equal(partners(indices, 1, 1), rows) or not np.array_equal(
+        partners(indices, 2, 0), rows
+    )
+    assert partners([7], 0, 0).tolist() == [0]
+
+
+def test_p_value_counts_the_real_pairing_and_z_score():
+    best = np.array([0.5, 0.1, 0.0])
+    null = np.array([[0.1, 0.2, 0.0], [0.2, 0.1, 0.0], [0.3, 0.0, 0.0]])
+    p_value, z_score = significance(best, null)
+    np.testing.assert_allclose(p_value, [0.25, 0.75, 1.0])
+    assert z_score[0] == pytest.approx((0.5 - 0.2) / 0.1)
+    assert np.isnan(z_score[2])
+
+
+def test_a_planted_detector_is_significant_and_random_units_are_not():
+    rng = np.random.default_rng(0)
+    count, pixels, concepts, noisy = 16, 64, 3, 40
+    images = [
+        ImageConcepts(
+            torch.from_numpy(rng.integers(-1, concepts, (1, pixels))),
+            torch.zeros(0, dtype=torch.int64),
+            torch.ones(1, dtype=torch.bool),
+        )
+        for _ in range(count)
+    ]
+    batch = ConceptBatch.stack(images, pixels, concepts)
+    planted = batch.pixel[:, None, :, 0] == 1  # unit 0 fires exactly on concept 1
+    noise = torch.from_numpy(rng.random((count, noisy, pixels)) < 0.3)  # the others anywhere
+    masks = torch.cat([planted, noise], 1)
+    units = 1 + noisy
+    category_of = np.zeros(concepts, dtype=np.int64)
+    real = IoUStats(units, category_of, 1)
+    null = PermutationNull(units, category_of, 1, permutations=9, seed=0)
+    real.add(masks, batch)
+    null.add_concepts(batch, list(range(100, 100 + count)))
+    image, unit = torch.arange(count).repeat_interleave(units), torch.arange(units).repeat(count)
+    null.add_masks(masks.reshape(count * units, pixels), image, unit, batch)
+    p_value, z_score = significance(real.iou().max(1), null.best())
+    assert real.iou()[0, 1] == 1.0
+    assert p_value[0] == pytest.approx(0.1) and z_score[0] > 5  # the floor 1 / (P + 1)
+    assert 0.4 < p_value[1:].mean() < 0.7  # about uniform: 0.55 expected
+    assert (p_value[1:] <= 0.1).mean() < 0.25
+    np.testing.assert_array_equal(null.counts[0].concept_area, real.concept_area)
+    np.testing.assert_array_equal(null.counts[0].unit_area, real.unit_area)
+
+
+def test_dead_units_get_no_label():
+    index = ConceptIndex(CONCEPTS)
+    iou = np.zeros((2, len(CONCEPTS)))
+    iou[1, 3] = 0.2
+    table = best_concepts(iou, index)
+    assert table["label"].isna().tolist() == [True, False]
+    assert table["concept"].isna().tolist() == [True, False]
+    assert table.loc[1, "label"] == "cat"
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_labels_carry_p_values_and_max_p_selects_detectors(dissected):
+    labels = autolabel(dissected, source=TinyWorld(), batch_size=4, progress=False, permutations=4)
+    assert set(labels["p_value"]) <= {0.2, 0.4, 0.6, 0.8, 1.0}
+    table = read_labels(dissected.directory)
+    assert table["p_value"].tolist() == pytest.approx(labels["p_value"].tolist())
+    assert "z_score" in table
+    everything = detectors(table, min_iou=0.0)
+    strict = detectors(table, min_iou=0.0, max_p=0.2)
+    assert len(strict) == (labels["p_value"] <= 0.2).sum() < len(everything)
+    crowd = pd.DataFrame(
+        {"layer": ["x"], "unit": [0], "label": ["sky"], "category": ["region"],
+         "precision": [0.9], "iou": [np.nan], "p_value": [np.nan], "source": ["crowd"]}
+    )  # fmt: skip
+    assert len(detectors(crowd, max_p=0.01)) == 1  # --max-p concerns automatic labels only
+    null = np.load(dissected.path("iou", "conv2.npz"))["null_best"]
+    assert null.shape == (4, 6)
+
+
+def test_batches_of_one_image_cannot_give_a_null(dissected):
+    with pytest.raises(DissectError, match="--batch-size"):
+        compute_iou(dissected, source=TinyWorld(), batch_size=1, permutations=2)
+
+
+def test_mapping_applies_to_the_dataset_category_in_every_command(tmp_path):
+    from dissect.taxonomy import Taxonomy
+
+    labels = pd.DataFrame(
+        {"layer": ["a", "a"], "unit": [0, 1], "label": ["wood", "sky"],
+         "category": ["texture", "region"], "concept_category": ["material", None],
+         "precision": [np.nan, 0.9], "iou": [0.3, np.nan], "source": ["iou", "crowd"]}
+    )  # fmt: skip
+    mine = Taxonomy.from_mapping({"material": "object"})
+    # autolabel without --mapping wrote category "texture"; stats --mapping must still apply.
+    assert detectors(labels, taxonomy=mine)["type"].tolist() == ["object", "region"]
+
+
+def test_max_p_on_the_command_line(tmp_path, capsys):
+    from dissect.cli import main
+
+    out = tmp_path / "world"
+    argv = ["run", TINY_SPEC, "synthetic:8", "--layers", "conv2", "--out", str(out)]
+    assert main([*argv, "--image-size", "32", "--topk", "2", "--quantile", "0.05"]) == 0
+    assert main(["autolabel", str(out), "--batch-size", "4", "--permutations", "3"]) == 0
+    assert "p <= " not in capsys.readouterr().out
+    labels = read_labels(out)
+    assert set(labels["p_value"].dropna()) <= {0.25, 0.5, 0.75, 1.0}
+    assert main(["stats", str(out), "--min-iou", "0", "--max-p", "0.25"]) == 0
+    strict = pd.read_csv(out / "layer_types.csv")["n_units"].sum()
+    assert strict == len(detectors(labels, min_iou=0, max_p=0.25))
+    assert main(["report", str(out), "--max-p", "0.5"]) == 0
+    assert "permutation p-value" in (out / "report" / "index.html").read_text(encoding="utf-8")
+    with pytest.raises(SystemExit):
+        main(["stats", str(out), "--max-p", "2"])
+    assert "expected a p-value" in capsys.readouterr().err
