@@ -6,7 +6,8 @@ directory (no checkpoints, one repetition each, the faster of two). Prints ``nam
 seconds of each pass, their ratio, and the share of units whose p-value reaches the floor
 ``1 / (P + 1)``.
 
-    python benchmarks/bench_significance.py [--images 256] [--layers conv1,conv5] [--permutations 19]
+    python benchmarks/bench_significance.py [--images 256] [--layers conv1,conv5]
+        [--permutations 19] [--batch-size 16]
 """
 
 from __future__ import annotations
