@@ -2,7 +2,7 @@
 
 Dissects the built-in scene CNN on the synthetic world once, then times
 :func:`dissect.iou.compute_iou` with ``permutations=0`` and with ``permutations=P`` on the same
-directory (no checkpoints, one repetition each, the faster of two). Prints ``name: value`` lines:
+directory (no checkpoints, the faster of two runs each). Prints ``name: value`` lines:
 seconds of each pass, their ratio, and the share of units whose p-value reaches the floor
 ``1 / (P + 1)``.
 

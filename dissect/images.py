@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DissectError
 
@@ -71,11 +71,24 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 
 def read_image_file(path: Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8; raise ImageReadError naming the problem."""
+    """Read an image file as (H, W, 3) uint8, upright; raise ImageReadError naming the problem.
+
+    The EXIF orientation of a photo is applied (``PIL.ImageOps.exif_transpose``), so the pixels
+    are those a viewer shows. An image with more pixels than PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``, twice it for an outright refusal) is not decoded: it is
+    reported as unreadable, like a corrupt file, and the pass skips it.
+    """
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return to_rgb(ImageOps.exif_transpose(image))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(
+            f"image too large to decode safely (PIL's decompression-bomb limit is "
+            f"{Image.MAX_IMAGE_PIXELS} pixels): {error}"
+        ) from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageReadError(f"cannot read image: {error}") from error
 

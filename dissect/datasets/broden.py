@@ -163,8 +163,9 @@ class BrodenDataset(SegmentedSource):
                 try:
                     with Image.open(path) as image:
                         labels = decode_label_png(np.asarray(image.convert("RGB")))
-                except OSError as error:
-                    raise DissectError(f"cannot read label image {str(path)!r}: {error}") from error
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+                    # The image is skipped and listed, as an unreadable image is.
+                    raise ImageReadError(f"cannot read label image {token!r}: {error}") from error
                 size = size or self._image_size(index)
                 if labels.shape != size:
                     labels = np.asarray(
@@ -231,11 +232,11 @@ def export_broden(source: SegmentedSource, outdir: str | Path, progress: bool = 
     for index in tqdm(range(len(source)), desc="export", unit="img", disable=not progress):
         try:
             rgb = source.read_rgb(index)
+            segmentation = source.segmentation(index)
         except ImageReadError as error:
             warnings.warn(f"skipped image {source.image_id(index)!r}: {error}", stacklevel=2)
             continue
         stem = _stem(source.image_id(index))
-        segmentation = source.segmentation(index)
         image_name = f"{stem}.png"
         _save_png(outdir / "images" / image_name, rgb)
         row = {"image": image_name, "split": "train", "ih": rgb.shape[0], "iw": rgb.shape[1]}

@@ -51,7 +51,11 @@ class SegmentedSource(ImageSource):
 
     @abc.abstractmethod
     def segmentation(self, index: int) -> Segmentation:
-        """The concept labels of image ``index``, at the size ``read_rgb(index)`` returns."""
+        """The concept labels of image ``index``, at the size ``read_rgb(index)`` returns.
+
+        Raises :class:`~dissect.images.ImageReadError` when a label map cannot be read: the image
+        is then skipped and listed, like an unreadable image.
+        """
 
     def concept_names(self) -> dict[int, str]:
         """Concept number -> name."""

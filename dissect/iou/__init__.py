@@ -77,6 +77,7 @@ def compute_iou(
     restart: bool = False,
     permutations: int = 0,
     nulls: dict[str, PermutationNull] | None = None,
+    skipped: list[tuple[int, str]] | None = None,
 ) -> tuple[dict[str, IoUStats], ConceptIndex]:
     """Stream the dissected images through the network and count IoU for every unit and concept.
 
@@ -110,6 +111,9 @@ def compute_iou(
         Each adds one set of counters and one more counting pass per batch.
     nulls : dict, optional
         Filled with the :class:`PermutationNull` of every layer when ``permutations`` > 0.
+    skipped : list, optional
+        Filled with (index, reason) of every image left out because it or one of its label maps
+        could not be read (all processes, all sessions of a resumed pass), by index.
 
     Returns
     -------
@@ -157,7 +161,8 @@ def compute_iou(
     setup = f"permutations={permutations},seed={seed},batch={batch_size}" if permutations else ""
     fingerprint = _fingerprint(dissection, layers, index, setup)
     resume = checkpoint and not restart
-    start = _resume(path, fingerprint, stats, null, torch_device) if resume else 0
+    passed: list[tuple[int, str]] = []  # images skipped
+    start = _resume(path, fingerprint, stats, null, passed, torch_device) if resume else 0
     size = preprocess.image_size
     shard = distributed.shard(range(len(source)), block=batch_size)
     loader = torch.utils.data.DataLoader(
@@ -170,12 +175,13 @@ def compute_iou(
     bar = tqdm(total=len(shard), initial=start, unit="img", desc="iou", disable=not show)
     position = start
     with torch.inference_mode(), LayerTrace(module, layers, stop=True) as trace:
-        for count, images, concepts, skipped in loader:
-            for image, reason in skipped:
+        for count, images, concepts, skipped_now in loader:
+            for image, reason in skipped_now:
                 warnings.warn(f"skipped image {source.image_id(image)!r}: {reason}", stacklevel=2)
+            passed.extend(skipped_now)
             if images is not None:
                 outputs = trace(images.to(torch_device))
-                gone = {image for image, _ in skipped}
+                gone = {image for image, _ in skipped_now}
                 read = [i for i in shard[position : position + count] if i not in gone]
                 for layer in layers:
                     stats[layer].add_concepts(concepts)
@@ -185,14 +191,16 @@ def compute_iou(
                                  geometry[layer], size, concepts, null.get(layer))  # fmt: skip
             position += count
             if checkpoint:
-                _save_checkpoint(path, fingerprint, position, stats, null)
+                _save_checkpoint(path, fingerprint, position, stats, null, passed)
             bar.update(count)
     bar.close()
     merged = distributed.gather_and_merge(
-        {"layers": _states(stats), "null": _states(null)}, _merge_states
+        {"layers": _states(stats), "null": _states(null), "skipped": passed}, _merge_states
     )
     if merged is None:
         return {}, index
+    if skipped is not None:
+        skipped.extend((int(image), str(reason)) for image, reason in merged["skipped"])
     if nulls is not None:
         nulls.update(
             {
@@ -223,6 +231,7 @@ def _merge_states(first: dict, second: dict) -> dict:
             .state_dict()
             for layer in first["null"]
         },
+        "skipped": sorted(first["skipped"] + second["skipped"]),
     }
 
 
@@ -232,7 +241,9 @@ def checkpoint_path(dissection: Dissection) -> Path:
     return dissection.path("iou", CHECKPOINT if rank == 0 else f"checkpoint-rank{rank}.pt")
 
 
-def _resume(path: Path, fingerprint: str, stats: dict[str, IoUStats], null: dict, device) -> int:
+def _resume(
+    path: Path, fingerprint: str, stats: dict[str, IoUStats], null: dict, skipped: list, device
+) -> int:
     """Load counters from a matching checkpoint; return the first image still to do."""
     if not path.is_file():
         return 0
@@ -245,15 +256,17 @@ def _resume(path: Path, fingerprint: str, stats: dict[str, IoUStats], null: dict
         stats[layer] = IoUStats.from_state_dict(state["layers"][layer], device)
     for layer in null:
         null[layer] = PermutationNull.from_state_dict(state["null"][layer], device)
+    skipped.extend((int(image), str(reason)) for image, reason in state.get("skipped", []))
     return int(state["position"])
 
 
-def _save_checkpoint(path: Path, fingerprint: str, position: int, stats, null) -> None:
+def _save_checkpoint(path: Path, fingerprint: str, position: int, stats, null, skipped) -> None:
     state = {
         "fingerprint": fingerprint,
         "position": position,
         "layers": _states(stats),
         "null": _states(null),
+        "skipped": [[image, reason] for image, reason in skipped],
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -308,8 +321,10 @@ def autolabel(
 ) -> pd.DataFrame:
     """Label every unit by its best IoU concept and write the results.
 
-    Writes ``iou/<layer>.npz`` (arrays ``iou``, ``intersection``, ``union`` of shape (U, C)),
-    ``iou/concepts.csv`` (``column,number,name,category``) and the ``iou`` label source, which
+    Writes ``iou/<layer>.npz`` (arrays ``iou``, ``intersection``, ``union`` of shape (U, C), and
+    ``null_best`` (P, U) with permutations), ``iou/concepts.csv`` (``column,number,name,category``),
+    ``iou/skipped.csv`` (``index,path,reason`` of images left out because they or one of their
+    label maps could not be read) and the ``iou`` label source, which
     rebuilds ``labels.csv`` (crowd labels keep precedence; the ``iou`` labels of layers not
     labelled this time are kept).
 
@@ -333,9 +348,19 @@ def autolabel(
     """
     dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
     nulls: dict[str, PermutationNull] = {}
+    skipped: list[tuple[int, str]] = []
     options.setdefault("permutations", DEFAULT_PERMUTATIONS)
-    stats, index = compute_iou(dissection, layers, nulls=nulls, **options)
+    stats, index = compute_iou(dissection, layers, nulls=nulls, skipped=skipped, **options)
     if distributed.is_main():
+        paths = dissection.images().set_index("index")["path"]
+        names = [str(paths.get(image, "")) for image, _ in skipped]
+        write_csv(
+            dissection.path("iou", "skipped.csv"),
+            pd.DataFrame(
+                {"index": [image for image, _ in skipped], "path": names,
+                 "reason": [reason for _, reason in skipped]}
+            ),
+        )  # fmt: skip
         labels = _write_labels(dissection, stats, index, taxonomy, nulls)
     distributed.barrier()  # rank 0 has written
     checkpoint_path(dissection).unlink(missing_ok=True)

@@ -145,7 +145,8 @@ def _keep_first(pixel: np.ndarray, whole: np.ndarray) -> np.ndarray:
 
 
 class ConceptDataset(torch.utils.data.Dataset):
-    """Preprocessed images with their concept masks; unreadable images come back as None."""
+    """Preprocessed images with their concept masks; images that cannot be read, or whose label
+    maps cannot, come back as None (with the reason)."""
 
     def __init__(
         self,
@@ -166,10 +167,10 @@ class ConceptDataset(torch.utils.data.Dataset):
         image = self.indices[position]
         try:
             tensor = self.preprocess.tensor(self.source.read_rgb(image))
+            segmentation = self.source.segmentation(image)  # a corrupt label map skips the image
         except ImageReadError as error:
             return image, None, None, str(error)
-        concepts = self.index.image_concepts(self.source.segmentation(image), self.preprocess)
-        return image, tensor, concepts, ""
+        return image, tensor, self.index.image_concepts(segmentation, self.preprocess), ""
 
 
 class ConceptCollate:
