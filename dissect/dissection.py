@@ -5,7 +5,7 @@ It holds:
 
 - ``manifest.json``: model and data specs, layers, parameters, layer geometry, version, timing;
 - ``images.csv``: ``index,path,skipped,reason`` for every image of the data source;
-- ``units.csv``: ``layer,unit,max_activation,mean_activation,threshold,quantile``;
+- ``units.csv``: ``layer,unit,max_activation,mean_activation,threshold,quantile,nonfinite``;
 - ``topk/<layer>.npz``: arrays ``index``, ``score``, ``y``, ``x`` of shape (units, K), best first;
 - ``.checkpoint/rank<r>.pt`` while a pass is unfinished (see :mod:`dissect.checkpoint`).
 

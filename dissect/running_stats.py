@@ -196,10 +196,19 @@ class TailQuantile:
         self._count(other.count)
         self._keep(other.values.to(self.values.device))
 
-    def threshold(self) -> np.ndarray:
-        """T per unit: the value with a ``quantile`` fraction of all values above it."""
-        rank = int(self.quantile * self.count * self.rate)
-        return self.values.topk(rank + 1, 1).values[:, rank].cpu().numpy()
+    def threshold(self, left_out: torch.Tensor | None = None) -> np.ndarray:
+        """T per unit: the value with a ``quantile`` fraction of all values above it.
+
+        ``left_out`` (units,) counts values of each unit that were added as -inf to keep them out
+        (non-finite activations): they do not count among "all values".
+        """
+        if left_out is None:
+            rank = int(self.quantile * self.count * self.rate)
+            return self.values.topk(rank + 1, 1).values[:, rank].cpu().numpy()
+        counts = (self.count - left_out.to(self.values.device)).double()
+        ranks = (self.quantile * counts * self.rate).long().clamp(min=0)
+        top = self.values.topk(int(ranks.max()) + 1, 1).values
+        return top.gather(1, ranks[:, None])[:, 0].cpu().numpy()
 
     def state_dict(self) -> dict:
         return {
@@ -269,9 +278,15 @@ class UnitStats:
         self.images = 0
         self.sum = torch.zeros(units, dtype=torch.float64, device=device)
         self.peak = torch.full((units,), -math.inf, device=device)
+        #: (units,) NaN or infinite values seen, kept out of every statistic.
+        self.nonfinite = torch.zeros(units, dtype=torch.int64, device=device)
 
-    def add(self, acts: torch.Tensor, indices: torch.Tensor) -> None:
-        """Add a batch of activations.
+    def add(self, acts: torch.Tensor, indices: torch.Tensor) -> int:
+        """Add a batch of activations; return how many of its values were NaN or infinite.
+
+        NaN and infinite values are counted in :attr:`nonfinite` and kept out of every statistic:
+        they are never a peak, an image whose map holds no finite value never enters the top-K,
+        and the mean and the threshold count only the finite values.
 
         Parameters
         ----------
@@ -286,17 +301,31 @@ class UnitStats:
             raise ValueError(f"expected (B, {self.units}, H, W) activations, got {acts.shape}")
         batch, units, _, width = acts.shape
         flat = acts.float().reshape(batch, units, -1)
+        finite = torch.isfinite(flat)
+        bad = None if bool(finite.all()) else ~finite
+        found = 0
+        if bad is not None:
+            per_unit = bad.sum((0, 2))
+            found = int(per_unit.sum())
+            self.nonfinite += per_unit.to(self.nonfinite.device)
+            flat = flat.masked_fill(bad, -math.inf)
+            acts = flat.reshape(acts.shape)
         score = flat.amax(2)
         # Peak locations only where an image can enter the unit's top-K: its score reaches the
         # current K-th (every image while the top-K is filling).
         image, unit = (score >= self.topk_images.score[:, -1]).nonzero(as_tuple=True)
         peak = torch.zeros_like(score, dtype=torch.int64)
         peak[image, unit] = flat[image, unit].argmax(1)  # the first maximal position
-        self.topk_images.add(score.T, indices.to(score.device), (peak // width).T, (peak % width).T)
+        indices = indices.to(score.device)
+        if bad is not None:  # an image with no finite value is no candidate
+            indices = torch.where(score.T > -math.inf, indices[None, :], -1)
+            flat = flat.masked_fill(bad, 0.0)  # for the sum
+        self.topk_images.add(score.T, indices, (peak // width).T, (peak % width).T)
         self.peak = torch.maximum(self.peak, score.amax(0))
         self.sum += flat.sum(2).double().sum(0)
         self.images += batch
         self.tail.add(acts)
+        return found
 
     def merge(self, other: UnitStats) -> None:
         """Fold in the statistics of another shard (disjoint images)."""
@@ -304,6 +333,7 @@ class UnitStats:
         self.tail.merge(other.tail)
         self.peak = torch.maximum(self.peak, other.peak.to(self.peak.device))
         self.sum += other.sum.to(self.sum.device)
+        self.nonfinite += other.nonfinite.to(self.nonfinite.device)
         self.images += other.images
 
     def topk(self) -> dict[str, np.ndarray]:
@@ -315,12 +345,13 @@ class UnitStats:
         return self.peak.cpu().numpy()
 
     def mean(self) -> np.ndarray:
-        """Mean activation of each unit over all positions and images."""
-        return (self.sum / max(self.tail.count, 1)).cpu().numpy()
+        """Mean activation of each unit over all its finite values."""
+        counts = (self.tail.count - self.nonfinite).clamp(min=1).to(self.sum.device)
+        return (self.sum / counts).cpu().numpy()
 
     def threshold(self) -> np.ndarray:
         """The activation threshold T of each unit (see :class:`TailQuantile`)."""
-        return self.tail.threshold()
+        return self.tail.threshold(self.nonfinite if bool(self.nonfinite.any()) else None)
 
     def state_dict(self) -> dict:
         return {
@@ -328,6 +359,7 @@ class UnitStats:
             "images": self.images,
             "sum": self.sum,
             "peak": self.peak,
+            "nonfinite": self.nonfinite,
             "topk": self.topk_images.state_dict(),
             "tail": self.tail.state_dict(),
         }
@@ -337,6 +369,9 @@ class UnitStats:
         stats = cls.__new__(cls)
         stats.units, stats.images = state["units"], state["images"]
         stats.sum, stats.peak = state["sum"], state["peak"]
+        stats.nonfinite = state.get(
+            "nonfinite", torch.zeros(stats.units, dtype=torch.int64, device=stats.sum.device)
+        )
         stats.topk_images = TopK.from_state_dict(state["topk"])
         stats.tail = TailQuantile.from_state_dict(state["tail"])
         return stats

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,7 @@ def collect_stats(
     )
     start, before, unsaved = time.perf_counter(), result.seconds, 0
     batch_indices = torch.empty(0, dtype=torch.int64)
+    warned: set[str] = set()  # layers warned about non-finite values, once each
 
     def add_to_stats(name: str, acts: torch.Tensor) -> None:
         """Fold one layer's output for the current batch into its statistics."""
@@ -184,7 +186,15 @@ def collect_stats(
                 seed,
                 device=acts.device,
             )
-        result.stats[name].add(acts, batch_indices)
+        found = result.stats[name].add(acts, batch_indices)
+        if found and name not in warned:
+            warned.add(name)
+            warnings.warn(
+                f"layer {name!r} gave {found} NaN or infinite activation value(s) in this batch; "
+                "they are left out of its statistics and counted in units.csv (nonfinite). "
+                "Check the model's weights and the input normalisation.",
+                stacklevel=2,
+            )
 
     with (
         torch.inference_mode(),
@@ -368,6 +378,7 @@ def write_dissection(
                     "mean_activation": stats.mean().astype(np.float32),
                     "threshold": stats.threshold(),
                     "quantile": config.quantile,
+                    "nonfinite": stats.nonfinite.cpu().numpy(),
                 }
             )
         )

@@ -75,3 +75,61 @@ def test_a_corrupt_label_png_skips_its_image_in_autolabel(tmp_path, capsys):
     with pytest.warns(UserWarning, match="label image"):
         export_broden(broden, data_out, progress=False)  # the exporter skips it too
     assert len(pd.read_csv(data_out / "index.csv")) == 5
+
+
+def test_nonfinite_activations_stay_out_of_the_statistics():
+    import torch
+
+    from dissect.running_stats import UnitStats
+
+    acts = torch.arange(3 * 2 * 4, dtype=torch.float32).reshape(3, 2, 2, 2)
+    acts[1, 0, 0, 0] = float("nan")  # image 1 is unit 0's best image, but not at (0, 0)
+    acts[2, 1] = float("inf")  # image 2 of unit 1: nothing finite at all
+    acts[0, 1, 1, 1] = float("-inf")
+    stats = UnitStats(2, 2, max_values=3 * 4, quantile=0.25)
+    assert stats.add(acts, torch.tensor([10, 11, 12])) == 1 + 4 + 1
+    assert stats.nonfinite.tolist() == [1, 5]
+    top = stats.topk()
+    assert top["index"][0].tolist() == [12, 11] and top["index"][1].tolist() == [11, 10]
+    assert top["score"][1].tolist() == [15.0, 6.0]
+    assert (top["y"][0, 1], top["x"][0, 1]) == (1, 1)  # image 11's finite peak, not the NaN
+    assert stats.max().tolist() == [19.0, 15.0]
+    finite = [[0, 1, 2, 3, 9, 10, 11, 16, 17, 18, 19], [4, 5, 6, 12, 13, 14, 15]]
+    np.testing.assert_allclose(stats.mean(), [np.mean(finite[0]), np.mean(finite[1])])
+    # T: the value with a quarter of the finite values above it (the sketch keeps them all here).
+    expected = [sorted(values, reverse=True)[int(0.25 * len(values))] for values in finite]
+    assert stats.threshold().tolist() == expected == [17, 14]
+
+
+def test_a_layer_with_nonfinite_values_warns_once_and_counts_them(tmp_path, recwarn):
+    import torch
+    from torch import nn
+
+    from dissect.dissection import Dissection
+    from dissect.images import Preprocess
+    from dissect.models import LoadedModel
+    from dissect.streaming import run_dissection
+
+    class Broken(nn.Module):
+        """Unit 1 of ``bad`` is NaN at one position of every image."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+            self.bad = nn.Identity()
+
+        def forward(self, x):
+            y = self.conv(x)
+            y = y.clone()
+            y[:, 1, 0, 0] = float("nan")
+            return self.bad(y)
+
+    torch.manual_seed(0)
+    loaded = LoadedModel(Broken().eval(), "in-memory", preprocess=Preprocess(8))
+    out = tmp_path / "run"
+    run_dissection(loaded, "synthetic:6:1", out, ["bad"], batch_size=2, topk=2, progress=False)
+    messages = [str(w.message) for w in recwarn if "NaN or infinite" in str(w.message)]
+    assert len(messages) == 1 and "'bad'" in messages[0]  # once for the layer, not per batch
+    units = Dissection(out).units()
+    assert units["nonfinite"].tolist() == [0, 6]
+    assert np.isfinite(units[["max_activation", "mean_activation", "threshold"]]).all().all()
