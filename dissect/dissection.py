@@ -19,7 +19,9 @@ Later stages (receptive fields, segmentation, labels, report) open it with :clas
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +37,59 @@ from .io import read_npz
 from .models import LoadedModel, load_model
 
 MANIFEST = "manifest.json"
+#: What ``dissect run`` itself writes; everything else in the directory is a later stage's output.
+RUN_OUTPUTS = frozenset({MANIFEST, "units.csv", "images.csv", "topk", ".checkpoint", "stale"})
+#: Where ``dissect run`` moves the later stages' outputs of the run it replaces.
+STALE = "stale"
+
+
+def run_digest(manifest: dict, tables: Sequence[bytes]) -> str:
+    """The run id: a digest of what a pass computed (manifest without timing, and its tables).
+
+    Two passes that computed the same statistics from the same model, data and parameters get
+    the same id, so re-running an identical pass keeps the later stages valid; any difference
+    gives another id.
+    """
+    digest = hashlib.sha256()
+    kept = {key: value for key, value in manifest.items()
+            if key not in ("created", "seconds", "world_size", "run_id")}  # fmt: skip
+    digest.update(json.dumps(kept, sort_keys=True, default=str).encode())
+    for table in tables:
+        digest.update(hashlib.sha256(table).digest())
+    return digest.hexdigest()[:16]
+
+
+def retire_stale_outputs(directory: str | Path, run_id: str) -> Path | None:
+    """Move the later stages' outputs of an earlier, different run aside; return where to.
+
+    Called by ``dissect run`` before it writes ``run_id`` into ``directory``. When the directory
+    holds a dissection with another run id (or one from before run ids), every entry that
+    ``dissect run`` does not write itself (labels, ``iou/``, receptive fields, segments, the
+    annotation package, statistics, plots, the report, ...) moves to ``stale/<old run id>/``:
+    nothing is deleted (crowd answers are costly) and nothing stale looks current.
+    """
+    directory = Path(directory)
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        old = json.loads(manifest.read_text(encoding="utf-8")).get("run_id") or "unknown"
+    except (json.JSONDecodeError, AttributeError):
+        old = "unknown"
+    if old == run_id:
+        return None
+    moving = [entry for entry in directory.iterdir() if entry.name not in RUN_OUTPUTS]
+    if not moving:
+        return None
+    target = directory / STALE / old
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = directory / STALE / f"{old}-{suffix}"
+    target.mkdir(parents=True)
+    for entry in moving:
+        shutil.move(str(entry), str(target / entry.name))
+    return target
 
 
 @dataclass(frozen=True)
@@ -113,6 +168,35 @@ class Dissection:
 
     def __repr__(self) -> str:
         return f"Dissection({str(self.directory)!r}, layers={self.layers})"
+
+    @property
+    def run_id(self) -> str:
+        """The id of the pass this directory holds (empty for directories from before run ids).
+
+        Every later stage records it in what it writes, and readers refuse outputs of another
+        run (see :func:`check_run`).
+        """
+        return str(self.manifest.get("run_id", ""))
+
+    def check_run(self, found: object, what: str, fix: str) -> None:
+        """Refuse an output recorded for another run than this directory's.
+
+        Parameters
+        ----------
+        found : object
+            The run id the output records (empty or missing: written before run ids; accepted).
+        what : str
+            The output, for the message (``"labels.csv"``).
+        fix : str
+            The command that makes it again.
+        """
+        found = "" if found is None or found != found else str(found)
+        if found and self.run_id and found != self.run_id:
+            raise DissectError(
+                f"{what} in {str(self.directory)!r} comes from run {found}, but the directory "
+                f"now holds run {self.run_id} (dissect run was run again); make it again "
+                f"with: {fix}"
+            )
 
     @property
     def config(self) -> RunConfig:

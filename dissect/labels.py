@@ -10,10 +10,12 @@ category the concept has in its dataset (Broden's ``material``, say), where know
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
+from .errors import DissectError
 from .io import write_csv
 
 #: Columns of every labels table.
@@ -30,6 +32,7 @@ LABEL_COLUMNS = [
     "n_annotators",
     "agreement",
     "source",
+    "run_id",
 ]
 #: Sources in order of precedence (first wins).
 SOURCES = ("crowd", "iou")
@@ -55,21 +58,50 @@ def write_labels(directory: str | Path, source: str, labels: pd.DataFrame) -> pd
         One row per unit with (a subset of) :data:`LABEL_COLUMNS`; missing columns are empty.
     """
     table = labels.reindex(columns=LABEL_COLUMNS).assign(source=source)
+    table["run_id"] = table["run_id"].astype(object).fillna(current_run(directory))
     write_csv(source_path(directory, source), table)
     return rebuild_labels(directory)
 
 
-def read_labels(directory: str | Path, source: str | None = None) -> pd.DataFrame:
-    """The merged labels (or one source's); an empty table when there are none yet."""
+def current_run(directory: str | Path) -> str:
+    """The run id in the directory's ``manifest.json`` (empty when it has none)."""
+    try:
+        manifest = json.loads((Path(directory) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return ""
+    return str(manifest.get("run_id", "")) if isinstance(manifest, dict) else ""
+
+
+def read_labels(
+    directory: str | Path, source: str | None = None, *, check: bool = True
+) -> pd.DataFrame:
+    """The merged labels (or one source's); an empty table when there are none yet.
+
+    With ``check``, labels recorded for another run than the directory's (``run_id``; see
+    :attr:`dissect.dissection.Dissection.run_id`) are refused with a :class:`DissectError`.
+    """
     path = Path(directory) / "labels.csv" if source is None else source_path(directory, source)
     if not path.is_file():
         return pd.DataFrame(columns=LABEL_COLUMNS)
-    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"layer": str})
+    table = pd.read_csv(
+        path, keep_default_na=False, na_values=[""], dtype={"layer": str, "run_id": str}
+    )
+    run = current_run(directory)
+    if check and run and "run_id" in table:
+        stale = table[table["run_id"].notna() & (table["run_id"] != run)]
+        if len(stale):
+            sources = ", ".join(sorted(set(stale["source"].astype(str))))
+            raise DissectError(
+                f"{path.name} in {str(directory)!r} holds {len(stale)} label(s) from run "
+                f"{stale['run_id'].iloc[0]} ({sources}), but the directory now holds run {run}; "
+                f"label this run again: dissect autolabel {directory} (or dissect import)."
+            )
+    return table
 
 
 def rebuild_labels(directory: str | Path) -> pd.DataFrame:
     """Merge every source's labels into ``labels.csv``, one row per unit, by precedence."""
-    tables = [read_labels(directory, source) for source in SOURCES]
+    tables = [read_labels(directory, source, check=False) for source in SOURCES]
     tables = [table for table in tables if len(table)]
     if not tables:
         merged = pd.DataFrame(columns=LABEL_COLUMNS)

@@ -162,6 +162,7 @@ def summary_section(dissection: Dissection, stages: dict[str, bool]) -> str:
         "top images kept": config.get("topk"),
         "threshold quantile": config.get("quantile"),
         "created": manifest.get("created"),
+        "run id": manifest.get("run_id") or "(none: written before run ids)",
         "dissect version": manifest.get("dissect_version"),
         "stages run": ", ".join(name for name, done in stages.items() if done) or "dissection",
         "stages not run": ", ".join(name for name, done in stages.items() if not done) or "none",

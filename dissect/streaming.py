@@ -29,7 +29,14 @@ from .checkpoint import (
 )
 from .datasets import open_data
 from .device import pick_device
-from .dissection import MANIFEST, Dissection, RunConfig, layer_file_name
+from .dissection import (
+    MANIFEST,
+    Dissection,
+    RunConfig,
+    layer_file_name,
+    retire_stale_outputs,
+    run_digest,
+)
 from .errors import DissectError
 from .geometry import LayerGeometry, layer_geometry
 from .hooks import LayerTrace, resolve_layers
@@ -365,10 +372,10 @@ def write_dissection(
     different summation order changes only the last bits, and is stored as float32.
     """
     out = Path(out)
-    rows = []
+    rows, topk = [], {}
     for name in config.layers:
         stats = result.stats[name]
-        write_npz(out / "topk" / f"{layer_file_name(name)}.npz", **stats.topk())
+        topk[name] = stats.topk()
         rows.append(
             pd.DataFrame(
                 {
@@ -382,8 +389,8 @@ def write_dissection(
                 }
             )
         )
-    write_csv(out / "units.csv", pd.concat(rows, ignore_index=True))
-    write_csv(out / "images.csv", images_table(source, result.skipped))
+    units = pd.concat(rows, ignore_index=True)
+    images = images_table(source, result.skipped)
     manifest = {
         "dissect_version": __version__,
         "model": loaded.spec,
@@ -398,6 +405,21 @@ def write_dissection(
         "seconds": round(result.seconds, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    tables = [units.to_csv(index=False).encode(), images.to_csv(index=False).encode()]
+    tables += [np.ascontiguousarray(array).tobytes()
+               for name in config.layers for _, array in sorted(topk[name].items())]  # fmt: skip
+    manifest["run_id"] = run_digest(manifest, tables)
+    moved = retire_stale_outputs(out, manifest["run_id"])
+    if moved is not None:
+        warnings.warn(
+            f"{str(out)!r} held the outputs of later stages of another run; they were moved to "
+            f"{str(moved)!r}. Run those stages again for this run.",
+            stacklevel=2,
+        )
+    for name in config.layers:
+        write_npz(out / "topk" / f"{layer_file_name(name)}.npz", **topk[name])
+    write_csv(out / "units.csv", units)
+    write_csv(out / "images.csv", images)
     write_json(out / MANIFEST, manifest)
     return Dissection(out)
 

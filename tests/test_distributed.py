@@ -151,6 +151,8 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     for size in sizes:
         assert_same_directory(tmp_path / f"dist{size}", tmp_path / f"single{size}")
         assert Dissection(tmp_path / f"dist{size}").manifest["world_size"] == 2
+        single = Dissection(tmp_path / f"single{size}").run_id
+        assert Dissection(tmp_path / f"dist{size}").run_id == single  # the same run
         assert not (tmp_path / f"dist{size}" / ".checkpoint").exists()
 
 

@@ -222,3 +222,46 @@ def test_max_p_on_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["stats", str(out), "--max-p", "2"])
     assert "expected a p-value" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_a_new_run_moves_later_stages_aside_and_stale_labels_are_refused(tmp_path, capsys):
+    from dissect.cli import main
+    from dissect.iou import read_iou
+
+    out = tmp_path / "run"
+    argv = ["run", TINY_SPEC, "synthetic:6:1", "--layers", "conv2", "--out", str(out)]
+    options = ["--image-size", "32", "--topk", "2", "--quantile", "0.05"]
+    assert main([*argv, *options]) == 0
+    first = Dissection(out).run_id
+    assert len(first) == 16
+    assert main(["autolabel", str(out), "--batch-size", "3", "--permutations", "2"]) == 0
+    assert set(read_labels(out)["run_id"]) == {first}
+    assert main([*argv, *options]) == 0  # the same pass again: same run, labels stay current
+    assert Dissection(out).run_id == first and (out / "labels.csv").is_file()
+    (out / "report").mkdir()
+    (out / "report" / "index.html").write_text("old report")
+    with pytest.warns(UserWarning, match="moved to"):
+        assert main([*argv[:2], "synthetic:6:2", *argv[3:], *options]) == 0  # other data
+    second = Dissection(out).run_id
+    assert second != first
+    for name in ("labels.csv", "labels_iou.csv", "iou", "report"):
+        assert not (out / name).exists()
+        assert (out / "stale" / first / name).exists()
+    assert read_labels(out).empty
+    # An output copied back from the old run is refused, not shown as current.
+    (out / "stale" / first / "labels_iou.csv").rename(out / "labels_iou.csv")
+    (out / "stale" / first / "iou").rename(out / "iou")
+    from dissect.labels import rebuild_labels
+
+    rebuild_labels(out)
+    with pytest.raises(DissectError, match=f"from run {first}"):
+        read_labels(out)
+    assert main(["report", str(out)]) == 2
+    assert "dissect autolabel" in capsys.readouterr().err
+    with pytest.raises(DissectError, match="dissect autolabel"):
+        read_iou(out, "conv2")
+    assert main(["autolabel", str(out), "--batch-size", "3", "--permutations", "2"]) == 0
+    assert set(read_labels(out)["run_id"]) == {second}  # labelled again: current
+    assert main(["report", str(out)]) == 0
+    assert second in (out / "report" / "index.html").read_text(encoding="utf-8")

@@ -395,13 +395,16 @@ def _write_labels(
             iou=iou,
             intersection=counts.intersection.cpu().numpy(),
             union=counts.union().cpu().numpy(),
+            run_id=np.array(dissection.run_id),
             **arrays,
         )
         tables.append(labels.assign(layer=layer))
     labels = pd.concat(tables, ignore_index=True)
     labels = labels[["layer", *[c for c in labels.columns if c != "layer"]]]
-    earlier = read_labels(dissection.directory, "iou")
+    earlier = read_labels(dissection.directory, "iou", check=False)
     earlier = earlier[~earlier["layer"].isin(list(stats))]  # layers labelled in an earlier run
+    if dissection.run_id:  # labels of another pass over the data are dropped, not kept
+        earlier = earlier[earlier["run_id"].isna() | (earlier["run_id"] == dissection.run_id)]
     write_labels(dissection.directory, "iou", pd.concat([earlier, labels], ignore_index=True))
     return labels
 
@@ -423,5 +426,11 @@ def read_iou(directory: str | Path | Dissection, layer: str) -> pd.DataFrame:
         )
     concepts = pd.read_csv(dissection.path("iou", "concepts.csv"), keep_default_na=False)
     columns = pd.MultiIndex.from_frame(concepts[["category", "name"]])
-    table = pd.DataFrame(read_npz(path)["iou"], columns=columns)
+    arrays = read_npz(path)
+    dissection.check_run(
+        arrays["run_id"].item() if "run_id" in arrays else "",
+        f"iou/{path.name}",
+        f"dissect autolabel {dissection.directory}",
+    )
+    table = pd.DataFrame(arrays["iou"], columns=columns)
     return table.rename_axis("unit")
