@@ -248,13 +248,20 @@ def unit_table(
     table["score"] = np.where(table["source"] == "crowd", table["precision"], table["iou"])
     rf = dissection.path(RF_UNITS)
     if rf.is_file():
-        sizes = pd.read_csv(rf, dtype={"layer": str})
+        sizes = pd.read_csv(rf, dtype={"layer": str, "run_id": str})
+        _check_run(dissection, sizes, RF_UNITS, "dissect rf")
         sizes = sizes[["layer", "unit", "rf_empirical", "rf_theoretical"]]
         table = table.merge(sizes, on=["layer", "unit"], how="left")
     else:
         table["rf_empirical"] = np.nan
         table["rf_theoretical"] = np.nan
     return table
+
+
+def _check_run(dissection: Dissection, table: pd.DataFrame, what: str, command: str) -> None:
+    """Refuse a stage's table whose rows record another run than the directory's."""
+    for found in table.get("run_id", pd.Series(dtype=str)).dropna().unique():
+        dissection.check_run(found, what, f"{command} {dissection.directory}")
 
 
 def segment_strip(dissection: Dissection, layer: str, unit: int, top: int, height: int):
@@ -306,6 +313,10 @@ def unit_assets(
                 maps[(layer, unit)] = path
     if not dissection.path("segments").is_dir():
         return strips, maps
+    for listing in sorted(dissection.path("segments").glob("*/segments.csv")):
+        written = pd.read_csv(listing, dtype={"layer": str, "run_id": str})
+        what = f"segments/{listing.parent.name}/segments.csv"
+        _check_run(dissection, written, what, "dissect segment")
     rows = list(zip(table["layer"], table["unit"], strict=True))
     for layer, unit in tqdm(rows, desc="report", unit="unit", disable=not progress):
         strip = segment_strip(dissection, layer, int(unit), top, height)

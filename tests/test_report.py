@@ -154,3 +154,29 @@ def test_unit_figures(dissected):
     assert figure._suptitle.get_text().startswith("conv1 unit 3: \\$\\alpha\\$ & co")
     receptive_fields(dissected, ["conv1"], [1], OcclusionConfig(top=2, occluder=5, stride=4))
     assert isinstance(plot_rf_map(dissected, "conv1", 1), Figure)
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_report_refuses_segments_and_receptive_fields_of_another_run(dissected, capsys):
+    import pandas as pd
+
+    write_segments(dissected, ["conv1"], top=1, progress=False)
+    config = OcclusionConfig(top=1, occluder=5, stride=4, batch_size=16)
+    receptive_fields(dissected, ["conv2"], [0], config, progress=False)
+    run = dissected.run_id
+    rf = dissected.directory / "receptive_fields.csv"
+    segments = dissected.directory / "segments" / "conv1" / "segments.csv"
+    for path in (rf, segments):
+        assert set(pd.read_csv(path, dtype={"run_id": str})["run_id"]) == {run}
+    for path, command in ((rf, "dissect rf"), (segments, "dissect segment")):
+        table = pd.read_csv(path, dtype={"layer": str, "run_id": str})
+        table.assign(run_id="0123456789abcdef").to_csv(path, index=False)
+        assert main(["report", str(dissected.directory), "--top", "1"]) == 2
+        assert command in capsys.readouterr().err
+        table.to_csv(path, index=False)
+    receptive_fields(dissected, ["conv1"], [0], config, progress=False)
+    assert sorted(pd.read_csv(rf)["layer"]) == ["conv1", "conv2"]  # this run's conv2 rows stay
+    table = pd.read_csv(rf, dtype={"layer": str, "run_id": str})
+    table.assign(run_id="0123456789abcdef").to_csv(rf, index=False)
+    receptive_fields(dissected, ["conv1"], [0], config, progress=False)
+    assert pd.read_csv(rf)["layer"].tolist() == ["conv1"]  # another run's rows are dropped

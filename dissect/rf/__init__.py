@@ -211,11 +211,14 @@ def receptive_fields(
     if not distributed.is_main():
         distributed.barrier()  # wait for rank 0's tables
         return pd.read_csv(dissection.path(UNITS_CSV), dtype={"layer": str})
-    table = pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True).assign(run_id=dissection.run_id)
     path = dissection.path(UNITS_CSV)
     if path.is_file():
-        previous = pd.read_csv(path, dtype={"layer": str})
-        table = pd.concat([previous[~previous["layer"].isin(layers)], table], ignore_index=True)
+        previous = pd.read_csv(path, dtype={"layer": str, "run_id": str})
+        previous = previous[~previous["layer"].isin(layers)]
+        if "run_id" in previous:  # rows of another run are dropped, not kept
+            previous = previous[previous["run_id"].fillna(dissection.run_id) == dissection.run_id]
+        table = pd.concat([previous, table], ignore_index=True)
     depth = {name: position for position, name in enumerate(dissection.layers)}
     table = table.sort_values(
         ["layer", "unit"], key=lambda c: c.map(depth) if c.name == "layer" else c

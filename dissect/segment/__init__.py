@@ -327,6 +327,7 @@ def write_segments(
         table = pd.DataFrame(rows)
         images = dissection.images().set_index("index")["path"]
         table.insert(4, "image", images.reindex(table["image_index"]).to_numpy())
+        table["run_id"] = dissection.run_id
         write_csv(folder / "segments.csv", _merge_rows(folder / "segments.csv", table))
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
@@ -345,6 +346,9 @@ def _merge_rows(path: Path, table: pd.DataFrame) -> pd.DataFrame:
     """``table`` plus the rows of units it does not have from an earlier ``segments.csv``."""
     if not path.is_file():
         return table
-    old = pd.read_csv(path, dtype={"layer": str})
+    old = pd.read_csv(path, dtype={"layer": str, "run_id": str})
     kept = old[~old["unit"].isin(set(table["unit"]))]
+    if "run_id" in kept:  # rows of another run are dropped, not kept
+        run = table["run_id"].iloc[0] if len(table) else ""
+        kept = kept[kept["run_id"].fillna(run) == run]
     return pd.concat([kept, table], ignore_index=True).sort_values(["unit", "rank"], kind="stable")
