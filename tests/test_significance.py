@@ -265,3 +265,18 @@ def test_a_new_run_moves_later_stages_aside_and_stale_labels_are_refused(tmp_pat
     assert set(read_labels(out)["run_id"]) == {second}  # labelled again: current
     assert main(["report", str(out)]) == 0
     assert second in (out / "report" / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_labels_written_before_run_ids_are_read_and_relabelled(dissected):
+    old = pd.DataFrame(
+        {"layer": ["conv9"], "unit": [0], "label": ["sky"], "iou": [0.2], "source": ["iou"]}
+    )
+    old.to_csv(dissected.directory / "labels_iou.csv", index=False)  # no run_id column
+    from dissect.labels import rebuild_labels
+
+    assert len(rebuild_labels(dissected.directory)) == 1
+    assert len(read_labels(dissected.directory)) == 1  # accepted: written before run ids
+    autolabel(dissected, source=TinyWorld(), batch_size=4, progress=False, permutations=0)
+    labels = read_labels(dissected.directory, "iou")
+    assert "conv9" in set(labels["layer"]) and len(labels) == 7

@@ -403,7 +403,7 @@ def _write_labels(
     labels = labels[["layer", *[c for c in labels.columns if c != "layer"]]]
     earlier = read_labels(dissection.directory, "iou", check=False)
     earlier = earlier[~earlier["layer"].isin(list(stats))]  # layers labelled in an earlier run
-    if dissection.run_id:  # labels of another pass over the data are dropped, not kept
+    if dissection.run_id and "run_id" in earlier:  # another pass's labels are dropped, not kept
         earlier = earlier[earlier["run_id"].isna() | (earlier["run_id"] == dissection.run_id)]
     write_labels(dissection.directory, "iou", pd.concat([earlier, labels], ignore_index=True))
     return labels
