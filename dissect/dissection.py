@@ -25,6 +25,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,9 @@ from .geometry import LayerGeometry
 from .images import ImageSource, Preprocess
 from .io import read_npz
 from .models import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MANIFEST = "manifest.json"
 #: What ``dissect run`` itself writes; everything else in the directory is a later stage's output.
@@ -208,7 +212,12 @@ class Dissection:
     def preprocess(self) -> Preprocess:
         """Input size and normalisation used by the pass."""
         values = self.manifest["preprocess"]
-        return Preprocess(values["image_size"], tuple(values["mean"]), tuple(values["std"]))
+        return Preprocess(
+            values["image_size"],
+            tuple(values["mean"]),
+            tuple(values["std"]),
+            bool(values.get("bgr", False)),
+        )
 
     def units(self) -> pd.DataFrame:
         """``units.csv``: one row per unit of every layer."""
@@ -262,12 +271,26 @@ class Dissection:
             )
         return list(units)
 
-    def load_model(self) -> LoadedModel:
-        """Load the dissected model again from the manifest's MODEL spec."""
+    def load_model(self, model: str | nn.Module | LoadedModel | None = None) -> LoadedModel:
+        """The dissected model: ``model`` when given, else loaded again from the manifest.
+
+        Parameters
+        ----------
+        model : str, nn.Module or LoadedModel, optional
+            The network to use instead of the manifest's MODEL spec (required when the
+            dissection was run on an in-memory module).
+
+        Returns
+        -------
+        LoadedModel
+        """
+        if model is not None:
+            return load_model(model)
         spec = self.manifest.get("model")
         if not spec:
             raise DissectError(
-                "this dissection was run on an in-memory model; pass the model explicitly."
+                f"{str(self.directory)!r} was dissected from an in-memory model, which cannot be "
+                "loaded again from the manifest; pass the module as model=."
             )
         return load_model(spec, self.manifest.get("weights"))
 

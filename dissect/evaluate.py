@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from .datasets import open_data
@@ -33,7 +34,7 @@ def class_map(model_classes: Sequence[str] | None, data_classes: Sequence[str]) 
 
 
 def evaluate(
-    model: str | LoadedModel,
+    model: str | nn.Module | LoadedModel,
     data: str | ImageSource,
     *,
     batch_size: int = 64,
@@ -46,8 +47,8 @@ def evaluate(
 
     Parameters
     ----------
-    model : str or LoadedModel
-        A MODEL spec or a loaded model.
+    model : str, nn.Module or LoadedModel
+        A MODEL spec, an in-memory module, or a loaded model.
     data : str or ImageSource
         A labelled source: the synthetic world, a Broden directory with scenes, or a folder with
         one sub-folder per class (matched to the model's classes by name when it has them).
@@ -67,7 +68,7 @@ def evaluate(
     float
         Fraction of readable images whose highest-scoring class is the true one.
     """
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    loaded = load_model(model)
     source = open_data(data)
     if source.classes is None:
         raise DissectError(

@@ -87,7 +87,10 @@ class LayerTrace:
     Notes
     -----
     Hooks are removed on exit, even after an error. A module called several times in one forward
-    (a shared ReLU, say) keeps its first output.
+    (a shared ReLU, say) keeps its first output. A network with a static batch size B (an
+    attribute ``static_batch``, set on ``.pt2`` programs exported that way) runs B images at a
+    time: the trace splits larger batches, and cuts off the padding the network adds to smaller
+    ones, so every traced output has one row per input image.
     """
 
     def __init__(
@@ -106,6 +109,8 @@ class LayerTrace:
         self.outputs: dict[str, torch.Tensor] = {}
         self._reached: set[str] = set()
         self._consume: Callable[[str, torch.Tensor], None] | None = None
+        self._rows: int | None = None
+        self._static_batch: int | None = getattr(module, "static_batch", None)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> LayerTrace:
@@ -129,6 +134,8 @@ class LayerTrace:
                     "trace one of its sub-layers instead (dissect layers MODEL lists them)."
                 )
             self._reached.add(name)
+            if self._static_batch is not None and self._rows is not None:
+                output = output[: self._rows]  # padding rows of a static-batch network
             if self.detach:
                 output = output.detach()
             if self._consume is not None:
@@ -150,11 +157,18 @@ class LayerTrace:
         """
         if not self._handles:
             raise RuntimeError("LayerTrace must be entered (use it in a with statement)")
+        batch = self._static_batch
+        if batch is not None and len(inputs) == 1 and len(inputs[0]) > batch:
+            parts = [self(part) for part in inputs[0].split(batch)]
+            return {name: torch.cat([part[name] for part in parts]) for name in self.layers}
         self.outputs, self._reached = {}, set()
+        self._rows = len(inputs[0]) if inputs and isinstance(inputs[0], torch.Tensor) else None
         try:
             self.module(*inputs)
         except _StopForward:
             pass
+        finally:
+            self._rows = None
         missing = [name for name in self.layers if name not in self._reached]
         if missing:
             raise DissectError(
@@ -175,6 +189,11 @@ class LayerTrace:
         DissectError
             If a traced layer was never reached by the forward pass.
         """
+        batch = self._static_batch
+        if batch is not None and len(inputs) == 1 and len(inputs[0]) > batch:
+            for name, output in self(*inputs).items():  # split into parts, joined per layer
+                consume(name, output)
+            return
         self._consume = consume
         try:
             self(*inputs)

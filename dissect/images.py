@@ -102,12 +102,16 @@ class Preprocess:
     image_size : int
         Side of the square network input, in pixels.
     mean, std : tuple of float
-        Per-channel normalisation applied to values in [0, 1].
+        Per-channel normalisation applied to values in [0, 1], in R, G, B order.
+    bgr : bool
+        Feed the channels in B, G, R order (networks trained with OpenCV / Caffe); ``mean`` and
+        ``std`` are still given as R, G, B.
     """
 
     image_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    bgr: bool = False
 
     def display(self, rgb: np.ndarray) -> np.ndarray:
         """Return the resized, centre-cropped (S, S, 3) uint8 image the network sees."""
@@ -135,10 +139,17 @@ class Preprocess:
         scale = np.float32(255.0) * np.asarray(self.std, dtype=np.float32)
         shift = np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32)
         array = self.display(rgb).astype(np.float32) / scale - shift
+        if self.bgr:
+            array = array[:, :, ::-1]
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
     def to_dict(self) -> dict:
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "bgr": self.bgr,
+        }
 
 
 class TensorDataset(torch.utils.data.Dataset):

@@ -45,11 +45,22 @@ from .io import write_csv, write_json, write_npz
 from .models import LoadedModel, load_model
 from .running_stats import UnitStats
 
+_DEFAULT_KINDS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
 
 def default_layers(module: nn.Module) -> list[str]:
-    """Every convolution and pooling layer, in definition order."""
-    kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-    return [name for name, child in module.named_modules() if name and isinstance(child, kinds)]
+    """Every convolution and pooling layer, in definition order.
+
+    Layers of a ``.pt2`` program count by the module they were exported from
+    (``original_type``, see :mod:`dissect.models.export`).
+    """
+    names = {f"{kind.__module__}.{kind.__qualname__}" for kind in _DEFAULT_KINDS}
+    return [
+        name
+        for name, child in module.named_modules()
+        if name
+        and (isinstance(child, _DEFAULT_KINDS) or getattr(child, "original_type", None) in names)
+    ]
 
 
 @dataclass
@@ -257,7 +268,7 @@ def run_fingerprint(
 
 
 def run_dissection(
-    model: str | LoadedModel,
+    model: str | nn.Module | LoadedModel,
     data: str | ImageSource,
     out: str | Path,
     layers: Sequence[str] | None = None,
@@ -284,8 +295,9 @@ def run_dissection(
 
     Parameters
     ----------
-    model : str or LoadedModel
-        A MODEL spec (see :func:`dissect.models.load_model`) or an already loaded model.
+    model : str, nn.Module or LoadedModel
+        A MODEL spec (see :func:`dissect.models.load_model`), an in-memory module (later stages
+        then take it again as ``model=``), or an already loaded model.
     data : str or ImageSource
         A DATA spec (see :func:`dissect.datasets.open_data`) or a source.
     out : path-like
@@ -313,7 +325,7 @@ def run_dissection(
     """
     if checkpoint_every < 1:
         raise DissectError(f"--checkpoint-every must be at least 1 image, got {checkpoint_every}.")
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
+    loaded = load_model(model, weights)
     source = open_data(data)
     preprocess = preprocess or loaded.preprocess
     names = resolve_layers(loaded.module, layers or default_layers(loaded.module))

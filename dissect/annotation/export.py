@@ -100,7 +100,7 @@ def export_annotation(
     layers = dissection.check_layers(layers)
     for layer in layers:
         dissection.check_units(layer, units)
-    options.setdefault("model", dissection.load_model())
+    options["model"] = dissection.load_model(options.get("model"))
     salt = package_salt(dissection)
     folder = images_folder(dissection)
     paths = dissection.images().set_index("index")["path"]

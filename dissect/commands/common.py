@@ -38,8 +38,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model",
         metavar="MODEL",
-        help="built-in name (scene-cnn), file.py:callable or package.module:callable, or a "
-        "torch.export .pt2 file",
+        help="built-in name (scene-cnn), file.py:callable or package.module:callable, a "
+        "torch.export .pt2 file, or an .onnx file (pip install 'dissect[onnx]')",
     )
     parser.add_argument("--weights", help="state-dict file for a file.py:callable MODEL")
     parser.add_argument(
@@ -51,6 +51,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--std", type=_floats3, help="normalisation std as R,G,B (default ImageNet's)"
     )
+    parser.add_argument(
+        "--bgr",
+        action="store_true",
+        help="feed channels in B,G,R order (OpenCV/Caffe-trained models); --mean/--std stay R,G,B",
+    )
 
 
 def preprocess_from_args(args: argparse.Namespace, loaded: LoadedModel) -> Preprocess:
@@ -61,7 +66,7 @@ def preprocess_from_args(args: argparse.Namespace, loaded: LoadedModel) -> Prepr
     size = args.image_size or base.image_size
     if size < 8:
         raise DissectError(f"--image-size must be at least 8 pixels, got {size}.")
-    return Preprocess(size, args.mean or base.mean, args.std or base.std)
+    return Preprocess(size, args.mean or base.mean, args.std or base.std, args.bgr or base.bgr)
 
 
 def _floats3(text: str) -> tuple[float, float, float]:

@@ -67,7 +67,7 @@ def compute_iou(
     dissection: Dissection,
     layers: Sequence[str] | None = None,
     *,
-    model: LoadedModel | None = None,
+    model: str | torch.nn.Module | LoadedModel | None = None,
     source: ImageSource | None = None,
     batch_size: int = 16,
     device: str = "auto",
@@ -87,8 +87,9 @@ def compute_iou(
         An opened dissection directory (gives thresholds, geometry, preprocessing).
     layers : sequence of str, optional
         Layers to label (default: all dissected ones).
-    model : LoadedModel, optional
-        The dissected model (default: loaded again from the manifest).
+    model : str, nn.Module or LoadedModel, optional
+        The dissected model (default: loaded again from the manifest's MODEL spec); required
+        when the dissection was run on an in-memory module.
     source : ImageSource, optional
         The dissected data with concept masks (default: opened again from the manifest).
     batch_size : int
@@ -131,7 +132,7 @@ def compute_iou(
             "of at least 2; raise --batch-size or pass --permutations 0 to skip p-values."
         )
     source = segmented_source(source or dissection.open_data())
-    loaded = model or dissection.load_model()
+    loaded = dissection.load_model(model)
     preprocess = dissection.preprocess
     index = ConceptIndex(source.concepts)
     torch_device = pick_device(device)

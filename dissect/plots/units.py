@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -15,6 +16,9 @@ from ..models import LoadedModel
 from ..rf import load_maps
 from ..segment import iter_segments
 from .figure import plain
+
+if TYPE_CHECKING:
+    import torch
 
 
 def unit_title(dissection: Dissection, layer: str, unit: int) -> str:
@@ -37,7 +41,7 @@ def plot_unit_top_images(
     unit: int,
     top: int = 6,
     *,
-    model: LoadedModel | None = None,
+    model: str | torch.nn.Module | LoadedModel | None = None,
     peak_fraction: float | None = None,
 ) -> Figure:
     """A unit's top images with the outline of the region above its threshold.
@@ -52,8 +56,9 @@ def plot_unit_top_images(
         The unit.
     top : int
         How many top images to show.
-    model : LoadedModel, optional
-        The dissected model (default: loaded again from the manifest).
+    model : str, nn.Module or LoadedModel, optional
+        The dissected model (default: loaded again from the manifest's MODEL spec); required
+        when the dissection was run on an in-memory module.
     peak_fraction : float, optional
         Outline the region above this fraction of each map's peak instead of the threshold T.
 

@@ -175,7 +175,7 @@ def receptive_fields(
     config.check_image(preprocess.image_size)
     for layer in layers:
         Measurements.from_topk(dissection.topk(layer), chosen[layer][:1], config.top)
-    loaded = model or dissection.load_model()
+    loaded = dissection.load_model(model)
     source = dissection.open_data()
     torch_device = pick_device(device)
     distributed.init(torch_device)

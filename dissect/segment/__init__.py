@@ -178,7 +178,7 @@ def iter_segments(
     top: int | None = None,
     *,
     peak_fraction: float | None = None,
-    model: LoadedModel | None = None,
+    model: str | torch.nn.Module | LoadedModel | None = None,
     batch_size: int = 32,
     device: str = "auto",
     progress: bool = True,
@@ -197,9 +197,9 @@ def iter_segments(
         How many top images per unit (default: all the dissection kept).
     peak_fraction : float, optional
         Threshold each map at this fraction of its own peak instead of the unit's threshold T.
-    model : LoadedModel, optional
-        The dissected model, when the dissection was run on an in-memory model (default:
-        loaded again from the manifest).
+    model : str, nn.Module or LoadedModel, optional
+        The dissected model (default: loaded again from the manifest's MODEL spec); required
+        when the dissection was run on an in-memory module.
     batch_size : int
         Images per forward when recomputing the maps.
     device : str
@@ -227,7 +227,7 @@ def iter_segments(
     index = topk["index"][units, :top]
     scores = topk["score"][units, :top]
     unit_thresholds = dissection.thresholds(layer)[units]
-    loaded = model or dissection.load_model()
+    loaded = dissection.load_model(model)
     source = dissection.open_data()
     preprocess = dissection.preprocess
     maps = top_maps(
@@ -296,7 +296,7 @@ def write_segments(
         crop_left, crop_bottom, crop_right``: one row per top image written.
     """
     layers = dissection.check_layers(layers)
-    options.setdefault("model", dissection.load_model())
+    options["model"] = dissection.load_model(options.get("model"))
     tables = []
     for layer in layers:
         folder = dissection.path("segments", layer_file_name(layer))

@@ -1,14 +1,17 @@
-"""Resolve a MODEL spec into an ``nn.Module`` in eval mode, safely.
+"""Resolve a MODEL into an ``nn.Module`` in eval mode, safely.
 
 Forms of MODEL:
 
+- an ``nn.Module`` object (from Python: a notebook's model as it is);
 - a built-in name (``scene-cnn``), see :mod:`dissect.zoo`;
 - ``path/to/file.py:callable`` or ``package.module:callable`` returning an ``nn.Module``, with
   optional weights (a state dict, loaded with ``weights_only=True``);
-- a ``torch.export`` program saved with ``torch.export.save`` (``.pt2``), turned back into a module
-  tree with ``torch.export.unflatten`` so that forward hooks work on its original layer names.
+- a ``torch.export`` program saved with ``torch.export.save`` (``.pt2``), read without unpickling
+  anything and turned back into a module tree (:mod:`dissect.models.export`);
+- an ONNX file (``.onnx``), converted with onnx2torch (:mod:`dissect.models.onnx`).
 
 TorchScript files and fully pickled modules are refused with a message that says how to convert.
+Every failure to load is a :class:`DissectError` of one line that says what to do.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import importlib
 import importlib.util
 import pickle
 import sys
+import traceback
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import DissectError
-from .images import Preprocess
-from .zoo import builtin_models
+from ..errors import DissectError
+from ..images import Preprocess
+from ..zoo import builtin_models
 
 
 @dataclass
@@ -39,7 +44,8 @@ class LoadedModel:
     module : nn.Module
         The network, in eval mode.
     spec : str
-        The MODEL spec it came from.
+        The MODEL spec it came from; empty for an in-memory module (a later stage then needs
+        the module again: pass ``model=``).
     weights : str or None
         The weights file given with it.
     preprocess : Preprocess
@@ -55,13 +61,14 @@ class LoadedModel:
     classes: tuple[str, ...] | None = None
 
 
-def load_model(spec: str, weights: str | None = None) -> LoadedModel:
+def load_model(spec: str | nn.Module | LoadedModel, weights: str | None = None) -> LoadedModel:
     """Load a model from a MODEL spec; see the module docstring for the accepted forms.
 
     Parameters
     ----------
-    spec : str
-        The MODEL spec.
+    spec : str, nn.Module or LoadedModel
+        The MODEL spec, an in-memory module (put in eval mode; its spec is empty), or an
+        already loaded model (returned as it is).
     weights : str, optional
         A state-dict file for ``file.py:callable`` / ``module:callable`` specs (or to replace a
         built-in model's weights). Checkpoint dicts holding ``state_dict`` and ``module.``
@@ -71,6 +78,16 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
     -------
     LoadedModel
     """
+    if isinstance(spec, LoadedModel):
+        return spec
+    if isinstance(spec, nn.Module):
+        if weights is not None:
+            load_weights(spec, weights)
+        return _ready(LoadedModel(spec, "", weights), freeze=False)
+    if not isinstance(spec, str):
+        raise DissectError(
+            f"MODEL must be a spec (str) or a torch nn.Module, got {type(spec).__name__}."
+        )
     builtins = builtin_models()
     if spec in builtins:
         entry = builtins[spec]
@@ -81,7 +98,14 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
         return _ready(LoadedModel(module, spec, weights, entry.preprocess, entry.classes))
     path = Path(spec)
     if path.suffix == ".pt2":
-        return _ready(LoadedModel(_load_export(path), spec, weights))
+        return _ready(_load_export(path, spec, weights))
+    if path.suffix == ".onnx":
+        from .onnx import load_onnx
+
+        module = load_onnx(path)
+        if weights is not None:
+            load_weights(module, weights)
+        return _ready(LoadedModel(module, spec, weights))
     if ":" in spec and not path.exists():
         module = _call_factory(spec)
         if weights is not None:
@@ -92,14 +116,16 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
     names = ", ".join(sorted(builtins)) or "none registered"
     raise DissectError(
         f"MODEL {spec!r} is not a built-in name ({names}), a 'file.py:callable' or "
-        "'package.module:callable' spec, or a torch.export '.pt2' file."
+        "'package.module:callable' spec, a torch.export '.pt2' file or an '.onnx' file "
+        "(dissect layers --help lists the forms)."
     )
 
 
-def _ready(loaded: LoadedModel) -> LoadedModel:
+def _ready(loaded: LoadedModel, freeze: bool = True) -> LoadedModel:
     loaded.module.eval()
-    for parameter in loaded.module.parameters():
-        parameter.requires_grad_(False)
+    if freeze:
+        for parameter in loaded.module.parameters():
+            parameter.requires_grad_(False)
     return loaded
 
 
@@ -115,7 +141,14 @@ def _call_factory(spec: str) -> nn.Module:
         module_spec = importlib.util.spec_from_file_location(module_name, file)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:  # noqa: BLE001 - whatever the user's file raises
+            del sys.modules[module_name]
+            raise DissectError(
+                f"MODEL {spec!r}: running {target!r} failed with {_where(error)}; fix the file "
+                "(python FILE shows the whole traceback)."
+            ) from error
     else:
         try:
             module = importlib.import_module(target)
@@ -124,10 +157,21 @@ def _call_factory(spec: str) -> nn.Module:
                 f"MODEL {spec!r}: cannot import {target!r} ({error}). Check the module path, "
                 "or give a file: path/to/file.py:callable."
             ) from error
+        except Exception as error:  # noqa: BLE001 - whatever the user's module raises
+            raise DissectError(
+                f"MODEL {spec!r}: importing {target!r} failed with {_where(error)}; fix the "
+                f"module (python -c 'import {target}' shows the whole traceback)."
+            ) from error
     factory = getattr(module, name, None)
     if not callable(factory):
         raise DissectError(f"MODEL {spec!r}: {target!r} has no callable named {name!r}.")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as error:  # noqa: BLE001 - whatever the user's factory raises
+        raise DissectError(
+            f"MODEL {spec!r}: {name}() failed with {_where(error)}; fix the factory so that "
+            "it builds the model with no arguments."
+        ) from error
     if not isinstance(model, nn.Module):
         raise DissectError(
             f"MODEL {spec!r}: {name}() returned {type(model).__name__}, not a torch nn.Module."
@@ -201,17 +245,33 @@ def _few(keys: Sequence[str], limit: int = 5) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def _load_export(path: Path) -> nn.Module:
-    if not path.is_file():
-        raise DissectError(f"MODEL {str(path)!r} does not exist.")
-    try:
-        program = torch.export.load(path)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad archive
+def _where(error: BaseException) -> str:
+    """``Type: message (file:line)`` of an exception, on one line."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    frames = traceback.extract_tb(error.__traceback__)
+    place = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {text}{place}"
+
+
+def _load_export(path: Path, spec: str, weights: str | None) -> LoadedModel:
+    from .export import load_exported
+
+    if weights is not None:
         raise DissectError(
-            f"MODEL {str(path)!r} is not a torch.export program saved with torch.export.save: "
-            f"{error}"
-        ) from error
-    return torch.export.unflatten(program)
+            f"MODEL {spec!r}: a .pt2 program holds its own weights; drop --weights (or export "
+            "the program again after loading the weights into the model)."
+        )
+    module, expected = load_exported(path)
+    preprocess = Preprocess()
+    if expected.image_size is not None:
+        preprocess = Preprocess(expected.image_size)
+    if expected.batch is not None:
+        warnings.warn(
+            f"MODEL {spec!r} was exported with a static batch size of {expected.batch}: dissect "
+            f"runs it {expected.batch} image(s) at a time, padding the last batch.",
+            stacklevel=3,
+        )
+    return LoadedModel(module, spec, weights, preprocess)
 
 
 def _refuse_file(path: Path) -> None:
