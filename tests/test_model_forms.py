@@ -172,7 +172,8 @@ def test_in_memory_module_everywhere(tmp_path):
 def test_given_model_is_used_instead_of_the_manifest(tmp_path):
     spec_file = tmp_path / "net.py"
     spec_file.write_text("from tiny_models import tiny_net\n", encoding="utf-8")
-    d = run_dissection(f"{spec_file}:tiny_net", "synthetic:6:1", tmp_path / "d", ["conv2"], **_small())
+    spec = f"{spec_file}:tiny_net"
+    d = run_dissection(spec, "synthetic:6:1", tmp_path / "d", ["conv2"], **_small())
     spec_file.unlink()  # the manifest's MODEL can no longer be loaded
     table = write_segments(d, units=[1], top=1, model=tiny_net(), progress=False)
     assert len(table) == 1
