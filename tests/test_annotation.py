@@ -266,12 +266,27 @@ def test_html_page_shows_no_imported_label(dissection):
     export_annotation(dissection, "html", ["conv2"], [0, 2], top=2, sentinels=0, progress=False)
     page = dissection.path("annotation", "html", "annotate.html").read_text()
     assert page.count('<section class="task"') == 2
-    assert page.count("data:image/png;base64,") == 4
+    # The page shows the package's pictures from images/ beside its folder, inlining none.
+    assert "base64" not in page
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 4
+    folder = dissection.path("annotation", "html")
+    assert all((folder / source).resolve().is_file() for source in sources)
+    assert all(source.startswith("../images/") for source in sources)
     assert "alert(1)" not in page and "imported label" not in page
     # Re-exporting with fewer images keeps the package consistent for import.
     tasks = pd.read_csv(dissection.path("annotation", "private", "tasks.csv"))
     assert len(tasks) == 2 + 3 + 2
     assert not dissection.path("annotation", "images", f"{TASKS[0]}_3.png").exists()
+
+
+def test_html_export_says_what_to_do_with_the_page(dissection, capsys):
+    args = ["export", str(dissection.directory), "--format", "html", "--units", "0", "--top", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "annotate.html in a browser" in out and "upload" not in out
+    readme = dissection.path("annotation", "README.txt").read_text()
+    assert "self-contained" not in readme
 
 
 def edited(tmp_path, source: Path, old: str, new: str, count: int = 1) -> Path:

@@ -15,7 +15,7 @@ from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.geometry import LayerGeometry
 from dissect.images import Preprocess
-from dissect.segment import iter_segments, write_segments
+from dissect.segment import PICTURES, iter_segments, write_segments
 from dissect.segment.pictures import boundary, crop, crop_box, dim_outside, image_grid, outline
 from dissect.segment.rules import peak_thresholds, threshold_masks
 from dissect.streaming import run_dissection
@@ -197,7 +197,7 @@ def test_non_spatial_layer_is_refused(tmp_path, image_folder, tiny_spec):
 
 
 def test_write_segments_files(dissection):
-    table = write_segments(dissection, ["conv2"], [1, 3], top=2, progress=False)
+    table = write_segments(dissection, ["conv2"], [1, 3], top=2, pictures=PICTURES, progress=False)
     assert len(table) == 4 and list(table["rank"]) == [1, 2, 1, 2]
     folder = dissection.path("segments", "conv2")
     on_disk = pd.read_csv(folder / "segments.csv")
@@ -214,7 +214,7 @@ def test_write_segments_files(dissection):
         box = crop_box(segmented.masks[rank - 1])
         assert tuple(row[["crop_top", "crop_left", "crop_bottom", "crop_right"]]) == box
         assert row["coverage"] == pytest.approx(segmented.masks[rank - 1].mean())
-    write_segments(dissection, ["conv2"], [3, 4], top=1, progress=False)
+    write_segments(dissection, ["conv2"], [3, 4], top=1, pictures=PICTURES, progress=False)
     merged = pd.read_csv(folder / "segments.csv")
     assert list(zip(merged["unit"], merged["rank"], strict=True)) == [
         (1, 1),
@@ -223,7 +223,7 @@ def test_write_segments_files(dissection):
         (4, 1),
     ]
     assert not (folder / "unit0003" / "02_crop.png").exists()
-    write_segments(dissection, ["conv2"], [3], top=2, progress=False)
+    write_segments(dissection, ["conv2"], [3], top=2, pictures=PICTURES, progress=False)
     grid = np.asarray(Image.open(folder / "unit0003_grid.png"))
     np.testing.assert_array_equal(grid, segmented.grid())
     assert not list(folder.rglob("*.tmp"))
@@ -237,3 +237,20 @@ def test_cli_segment(dissection, capsys):
     assert "--units" in capsys.readouterr().err
     reopened = Dissection(dissection.directory)
     assert len(pd.read_csv(reopened.path("segments", "conv1", "segments.csv"))) == 4
+
+
+def test_cli_segment_writes_only_what_the_report_shows_by_default(dissection):
+    from dissect import segment
+    from dissect.commands import segment as command
+
+    assert (command.DEFAULT_TOP, command.PICTURES) == (segment.DEFAULT_TOP, segment.PICTURES)
+    assert main(["segment", str(dissection.directory), "--layers", "conv2", "--units", "5"]) == 0
+    folder = dissection.path("segments", "conv2")
+    written = sorted(path.name for path in (folder / "unit0005").iterdir())
+    assert written == [f"{rank:02d}_segmented.png" for rank in range(1, 5)]  # topk=4 kept
+    assert not (folder / "unit0005_grid.png").exists()
+    args = ["segment", str(dissection.directory), "--layers", "conv2", "--units", "5", "--top", "1"]
+    assert main([*args, "--pictures", "outline,grid"]) == 0
+    assert (folder / "unit0005" / "01_outline.png").is_file()
+    assert (folder / "unit0005_grid.png").is_file()
+    assert main([*args, "--pictures", "movie"]) == 2

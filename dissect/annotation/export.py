@@ -30,10 +30,12 @@ from .sentinels import default_count, plan_sentinels
 
 _README = """Annotation package written by dissect export.
 
-images/     the segmented top images: upload them where {base_url} serves them
+images/     the segmented top images (for mturk and labelstudio: upload them where
+            {base_url} serves them)
 mturk/      batch_input.csv (one HIT per unit) and layout.html (the HIT layout)
 labelstudio/ tasks.json (import into a project) and config.xml (the labelling config)
-html/       annotate.html: a self-contained page for annotating offline
+html/       annotate.html: a page for annotating offline; it shows the pictures in ../images,
+            so keep this folder together (nothing to upload)
 private/    the mapping from tasks to units and sentinel images: do NOT upload it; keep it
             for dissect import
 """
@@ -63,7 +65,7 @@ def export_annotation(
         An opened dissection directory.
     fmt : str
         ``mturk`` (batch input CSV and HIT layout), ``labelstudio`` (tasks JSON and labelling
-        config) or ``html`` (a self-contained offline page).
+        config) or ``html`` (an offline page that shows the pictures in ``images/``).
     layers, units, top
         Which layers, units of each layer, and top images per unit (default: all).
     base_url : str, optional

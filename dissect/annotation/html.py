@@ -1,17 +1,21 @@
-"""A self-contained offline page for annotating units in the lab.
+"""An offline page for annotating units in the lab.
 
-The page embeds the segmented top images (``data:`` URIs), asks the three questions for each
-unit, and saves the answers as a CSV (``task,layer,unit,label,category,mismatch,annotator``;
-``mismatch`` lists the numbers of the pictures ticked as not showing the concept) that
-``dissect import`` scores against the package's private mapping. No label the units already
-have is shown, so the answers stay independent of it. Layer names are HTML-escaped.
+The page (``annotation/html/annotate.html``) shows the segmented top images from the package's
+``images/`` folder beside it (``../images/``, loaded lazily as the annotator scrolls: the page
+itself stays small; nothing needs uploading, the ``annotation`` folder is kept together), asks the
+three questions for each unit, and saves the answers as a CSV
+(``task,layer,unit,label,category,mismatch,annotator``; ``mismatch`` lists the numbers of the
+pictures ticked as not showing the concept) that ``dissect import`` scores against the package's
+private mapping. No label the units already have is shown, so the answers stay independent of
+it. Layer names and file names are HTML-escaped.
 """
 
 from __future__ import annotations
 
-import base64
 import html
+import os
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -51,17 +55,20 @@ document.getElementById("save").addEventListener("click", function () {
 """
 
 
-def page(tasks: pd.DataFrame, images: Path) -> str:
-    """The annotation page for ``tasks`` whose image files are in ``images``."""
+def page(tasks: pd.DataFrame, images: str) -> str:
+    """The annotation page for ``tasks`` whose image files are in the folder ``images``.
+
+    ``images`` is the folder's path relative to the page (``../images``).
+    """
     e = html.escape
     sections = []
     for number, (task, rows) in enumerate(tasks.groupby("task", sort=False)):
         layer, unit = str(rows["layer"].iloc[0]), int(rows["unit"].iloc[0])
         figures = []
         for n, name in zip(rows["n"], rows["image"], strict=True):
-            data = base64.b64encode((images / Path(name).name).read_bytes()).decode("ascii")
+            src = e(f"{images}/{quote(Path(name).name)}")
             figures.append(
-                f'<figure><img src="data:image/png;base64,{data}" alt="image {n}"/><br/>'
+                f'<figure><img src="{src}" loading="lazy" alt="image {n}"/><br/>'
                 f'<label><input type="checkbox" class="mismatch" value="{n}"/> {n}: does not '
                 "show it</label></figure>"
             )
@@ -90,7 +97,8 @@ def page(tasks: pd.DataFrame, images: Path) -> str:
 <p>Each picture highlights the region one unit responds to (the rest is darkened). For each
 unit: name the concept most highlighted regions share, tick the pictures that do not show it,
 and pick its type. Then press <em>Save answers</em> and give the saved annotations.csv to
-<code>dissect import DIR annotations.csv</code>. Units left unanswered are not saved.</p>
+<code>dissect import DIR annotations.csv</code>. Units left unanswered are not saved. The pictures
+come from the <code>images</code> folder next to this page's folder: keep them together.</p>
 <p><label>Your name or initials: <input type="text" id="annotator"/></label></p>
 {body}
 <p><button id="save" type="button">Save answers</button> <span id="status"></span></p>
@@ -101,7 +109,11 @@ and pick its type. Then press <em>Save answers</em> and give the saved annotatio
 
 
 def write_html(folder: Path, tasks: pd.DataFrame, images: Path) -> list[Path]:
-    """Write ``annotate.html`` into ``folder``; return its path in a list."""
+    """Write ``annotate.html`` into ``folder``, showing the pictures in ``images``.
+
+    Returns its path in a list.
+    """
     path = folder / "annotate.html"
-    write_text(path, page(tasks, images))
+    relative = Path(os.path.relpath(images, folder)).as_posix()
+    write_text(path, page(tasks, relative))
     return [path]

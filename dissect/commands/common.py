@@ -127,11 +127,16 @@ def taxonomy_from_args(args: argparse.Namespace) -> Taxonomy:
     return Taxonomy.from_csv(args.mapping) if args.mapping else DEFAULT_TAXONOMY
 
 
-def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
-    """Which units' top images to segment, and how."""
+def add_segment_arguments(parser: argparse.ArgumentParser, top: int | None = None) -> None:
+    """Which units' top images to segment, and how (``top``: default top images per unit)."""
     parser.add_argument("--layers", help="comma-separated layers (default: all dissected)")
     parser.add_argument("--units", help="comma-separated unit numbers (default: all)")
-    parser.add_argument("--top", type=int, help="top images per unit (default: all kept)")
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=top,
+        help=f"top images per unit (default: {top if top else 'all kept'})",
+    )
     parser.add_argument(
         "--peak-fraction",
         type=float,

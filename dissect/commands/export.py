@@ -50,10 +50,16 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     n_sentinels = int(tasks["sentinel"].sum())
+    if args.format == "html":
+        where = (
+            f"open {dissection.path('annotation', 'html', 'annotate.html')} in a browser; it "
+            "shows the pictures in annotation/images, so move the annotation folder as a whole"
+        )
+    else:
+        where = f"upload annotation/images to {args.base_url}"
     print(
         f"exported {tasks['task'].nunique()} unit(s), {len(tasks) - n_sentinels} images + "
-        f"{n_sentinels} sentinel(s) -> "
-        f"{dissection.path('annotation', args.format)} (upload annotation/images; keep "
-        "annotation/private for dissect import)"
+        f"{n_sentinels} sentinel(s) -> {dissection.path('annotation', args.format)} ({where}; "
+        "keep annotation/private for dissect import)"
     )
     return 0

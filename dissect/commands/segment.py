@@ -6,12 +6,22 @@ import argparse
 
 from .common import add_segment_arguments, split_ints, split_names
 
-HELP = "segment every unit's top images (dimmed / outline / crop, and a grid) into DIR/segments"
+HELP = "segment every unit's top images (dimmed; on request outline, crop, grid) into DIR/segments"
+
+#: Defaults of dissect.segment (kept here so that --help imports nothing heavy).
+DEFAULT_TOP = 10
+PICTURES = ("segmented", "outline", "crop", "grid")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="a dissection directory (dissect run)")
-    add_segment_arguments(parser)
+    add_segment_arguments(parser, top=DEFAULT_TOP)
+    parser.add_argument(
+        "--pictures",
+        default="segmented",
+        help=f"comma-separated, some of {','.join(PICTURES)} (default: segmented, what the "
+        "report shows)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         split_names(args.layers),
         split_ints(args.units),
         args.top,
+        pictures=split_names(args.pictures) or (),
         peak_fraction=args.peak_fraction,
         batch_size=args.batch_size,
         device=args.device,

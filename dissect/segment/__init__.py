@@ -40,6 +40,12 @@ from .rules import peak_thresholds, threshold_masks
 
 #: Pictures made for every top image, in the order files are written.
 KINDS = ("segmented", "outline", "crop")
+#: Everything :func:`write_segments` can write: the pictures of each top image, a grid per unit.
+PICTURES = (*KINDS, "grid")
+#: Written by default: what the report shows (the rest on request, ``--pictures``).
+DEFAULT_PICTURES = ("segmented",)
+#: Top images per unit written by default (the report shows the first 5).
+DEFAULT_TOP = 10
 
 
 @dataclass
@@ -264,16 +270,19 @@ def write_segments(
     dissection: Dissection,
     layers: Sequence[str] | None = None,
     units: Sequence[int] | None = None,
-    top: int | None = None,
+    top: int | None = DEFAULT_TOP,
+    *,
+    pictures: Sequence[str] = DEFAULT_PICTURES,
     **options,
 ) -> pd.DataFrame:
     """Write every unit's segmented top images under ``segments/<layer>/``.
 
-    Per unit, ``segments/<layer>/unit<NNNN>/<rank>_segmented.png``, ``_outline.png`` and
-    ``_crop.png`` for each top image, and ``segments/<layer>/unit<NNNN>_grid.png`` with the
-    segmented images side by side; ``segments/<layer>/segments.csv`` lists them (rows of units
-    segmented earlier and not now are kept). Each file is written atomically as its unit
-    finishes, so an interruption loses at most one unit.
+    Per unit and top image, ``segments/<layer>/unit<NNNN>/<rank>_segmented.png`` (what the
+    report shows) and, when asked for in ``pictures``, ``_outline.png`` and ``_crop.png``;
+    ``grid`` adds ``segments/<layer>/unit<NNNN>_grid.png`` with the segmented images side by
+    side. ``segments/<layer>/segments.csv`` lists the top images (rows of units segmented
+    earlier and not now are kept). Each file is written atomically as its unit finishes, so an
+    interruption loses at most one unit.
 
     Parameters
     ----------
@@ -284,7 +293,9 @@ def write_segments(
     units : sequence of int, optional
         Units of each layer (default: all).
     top : int, optional
-        Top images per unit (default: all kept).
+        Top images per unit (default 10; None: all kept).
+    pictures : sequence of str
+        Which of ``segmented``, ``outline``, ``crop``, ``grid`` to write (default: segmented).
     **options
         ``peak_fraction``, ``model``, ``batch_size``, ``device``, ``progress``: see
         :func:`iter_segments`.
@@ -293,8 +304,15 @@ def write_segments(
     -------
     DataFrame
         ``layer, unit, rank, image_index, image, score, threshold, coverage, crop_top,
-        crop_left, crop_bottom, crop_right``: one row per top image written.
+        crop_left, crop_bottom, crop_right``: one row per top image segmented.
     """
+    pictures = (pictures,) if isinstance(pictures, str) else tuple(pictures)
+    unknown = sorted(set(pictures) - set(PICTURES))
+    if unknown or not pictures:
+        raise DissectError(
+            f"--pictures takes some of {','.join(PICTURES)}, got {','.join(pictures) or 'none'}."
+        )
+    kinds = [kind for kind in KINDS if kind in pictures]
     layers = dissection.check_layers(layers)
     options["model"] = dissection.load_model(options.get("model"))
     tables = []
@@ -303,10 +321,14 @@ def write_segments(
         rows = []
         for segments in iter_segments(dissection, layer, units, top, **options):
             unit_folder = folder / f"unit{segments.unit:04d}"
-            pictures = zip(segments.segmented(), segments.outlined(), segments.crops(), strict=True)
-            for rank, (segmented, outlined, cropped) in enumerate(pictures, start=1):
-                for kind, picture in zip(KINDS, (segmented, outlined, cropped), strict=True):
-                    write_png(unit_folder / f"{rank:02d}_{kind}.png", picture)
+            made = {
+                "segmented": segments.segmented() if "segmented" in kinds else None,
+                "outline": segments.outlined() if "outline" in kinds else None,
+                "crop": segments.crops() if "crop" in kinds else None,
+            }
+            for rank in range(1, len(segments.indices) + 1):
+                for kind in kinds:
+                    write_png(unit_folder / f"{rank:02d}_{kind}.png", made[kind][rank - 1])
                 mask = segments.masks[rank - 1]
                 rows.append(
                     {
@@ -323,7 +345,8 @@ def write_segments(
             for rank in range(len(segments.indices) + 1, _highest_rank(unit_folder) + 1):
                 for kind in KINDS:
                     (unit_folder / f"{rank:02d}_{kind}.png").unlink(missing_ok=True)
-            write_png(folder / f"unit{segments.unit:04d}_grid.png", segments.grid())
+            if "grid" in pictures:
+                write_png(folder / f"unit{segments.unit:04d}_grid.png", segments.grid())
         table = pd.DataFrame(rows)
         images = dissection.images().set_index("index")["path"]
         table.insert(4, "image", images.reindex(table["image_index"]).to_numpy())
