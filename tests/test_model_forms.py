@@ -247,3 +247,13 @@ def test_onnx_without_the_extra_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
     with pytest.raises(DissectError, match=r"pip install 'dissect\[onnx\]'"):
         load_model(str(path))
+
+
+def test_weights_of_other_shapes_are_one_line(tmp_path, tiny_spec):
+    other = torch.nn.Sequential()
+    other.conv1 = torch.nn.Conv2d(3, 5, 3)  # TinyNet's conv1 has 4 filters
+    path = tmp_path / "other.pt"
+    torch.save(other.state_dict(), path)
+    with pytest.raises(DissectError, match="size mismatch for conv1.weight") as error:
+        load_model(tiny_spec, str(path))
+    assert "\n" not in str(error.value)

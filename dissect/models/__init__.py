@@ -206,7 +206,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ) from error
     except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
         raise DissectError(
-            f"weights file {str(path)!r} is not a readable torch file: {error}"
+            f"weights file {str(path)!r} is not a readable torch file ({_first_line(error)}); "
+            "save the weights with torch.save(model.state_dict(), FILE)."
         ) from error
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
@@ -227,7 +228,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def load_weights(module: nn.Module, path: str | Path) -> None:
     """Load a state dict file into ``module``, with an error that lists mismatched keys."""
     state = read_state_dict(path)
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shapes that differ: one line per tensor from torch
+        mismatched = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+        raise DissectError(
+            f"weights file {str(path)!r} does not fit the model ({_few(mismatched, 2)}). "
+            "Check that MODEL builds the architecture these weights were trained with."
+        ) from error
     problems = []
     if result.missing_keys:
         problems.append(f"missing from the file: {_few(result.missing_keys)}")
@@ -243,6 +251,11 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
 def _few(keys: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def _where(error: BaseException) -> str:
