@@ -165,7 +165,7 @@ def test_in_memory_module_everywhere(tmp_path):
 
     from dissect.annotation import export_annotation
 
-    tasks = export_annotation(d, "html", units=[0], top=2, model=model, progress=False)
+    tasks = export_annotation(d, "html", units=[0], top=2, sentinels=0, model=model, progress=False)
     assert len(tasks) == 2
 
 
