@@ -82,8 +82,9 @@ def measure(loaded, dissection, layer, source, args) -> dict[str, str]:
     naive = discrepancy_maps(*common, method="naive", progress=False)
     naive_seconds = time.perf_counter() - start
     radius = map_radius(geometry, config, preprocess.image_size)
-    fast_maps, _ = average_maps(fast, measurements, units, geometry, config, radius)
-    naive_maps, _ = average_maps(naive, measurements, units, geometry, config, radius)
+    size = preprocess.image_size
+    fast_maps, *_ = average_maps(fast, measurements, units, geometry, config, radius, size)
+    naive_maps, *_ = average_maps(naive, measurements, units, geometry, config, radius, size)
     positions = len(occluder_corners(preprocess.image_size, args.occluder, args.stride)) ** 2
     return {
         "units": str(len(units)),

@@ -40,6 +40,8 @@ from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
 #: Files of other stages the report reads, relative to the dissection directory.
 RF_UNITS = "receptive_fields.csv"
 RF_LAYERS = "receptive_fields_layers.csv"
+#: Per-unit sizes shown: half-max rule, 50%-of-mass rule, theoretical.
+RF_SIZES = ("rf_empirical", "rf_mass50", "rf_theoretical")
 
 PAGE = Template(
     """<!DOCTYPE html>
@@ -223,7 +225,13 @@ def rf_section(dissection: Dissection, root: Path) -> str:
             shutil.copyfile(figure, tmp)
         link, name = href(copy, root), e(figure.stem)
         images.append(f'<p><img class="figure" src="{link}" alt="{name}"></p>')
-    return _table(pd.read_csv(path, dtype={"layer": str})) + "".join(images)
+    rules = _note(
+        "Empirical sizes by two rules: half-max (rf_empirical, the paper's: the area where the "
+        "averaged occlusion map reaches half its maximum) and mass (rf_mass50, rf_mass80: the "
+        "smallest area holding 50% or 80% of the discrepancy); n_silent units never changed "
+        "under occlusion and have no size."
+    )
+    return rules + _table(pd.read_csv(path, dtype={"layer": str})) + "".join(images)
 
 
 def unit_table(
@@ -250,11 +258,11 @@ def unit_table(
     if rf.is_file():
         sizes = pd.read_csv(rf, dtype={"layer": str, "run_id": str})
         _check_run(dissection, sizes, RF_UNITS, "dissect rf")
-        sizes = sizes[["layer", "unit", "rf_empirical", "rf_theoretical"]]
+        sizes = sizes.reindex(columns=["layer", "unit", *RF_SIZES])
         table = table.merge(sizes, on=["layer", "unit"], how="left")
     else:
-        table["rf_empirical"] = np.nan
-        table["rf_theoretical"] = np.nan
+        for column in RF_SIZES:
+            table[column] = np.nan
     return table
 
 
@@ -331,7 +339,8 @@ def units_section(table: pd.DataFrame, strips: dict, maps: dict, root: Path) -> 
     """The filterable table of every unit."""
     head = (
         "<tr><th>layer</th><th>unit</th><th>label</th><th>type</th><th>source</th>"
-        "<th>score</th><th>p</th><th>detector</th><th>threshold</th><th>RF (px)</th>"
+        "<th>score</th><th>p</th><th>detector</th><th>threshold</th>"
+        '<th title="half-max rule / 50% of discrepancy mass / theoretical">RF (px)</th>'
         "<th>top images</th><th>RF map</th></tr>"
     )
     rows = []
@@ -350,7 +359,7 @@ def units_section(table: pd.DataFrame, strips: dict, maps: dict, root: Path) -> 
         )
         rf_size = _number(row.rf_empirical)
         if rf_size:
-            rf_size += f" / {_number(row.rf_theoretical)}"
+            rf_size += f" / {_number(row.rf_mass50)} / {_number(row.rf_theoretical)}"
         label = "" if row.label is None or row.label != row.label else row.label
         rows.append(
             f'<tr class="unit" data-layer="{e(row.layer)}" data-type="{e(row.type)}" '

@@ -18,10 +18,14 @@ from dissect.models import LoadedModel
 from dissect.rf import (
     Measurements,
     OcclusionConfig,
+    average_maps,
     discrepancy_maps,
     load_maps,
+    map_radius,
     noise_patch,
+    occluder_corners,
     receptive_fields,
+    rf_mass_size,
     rf_size,
     schedule,
 )
@@ -292,3 +296,106 @@ def test_cli_writes_tables_maps_and_plots(tmp_path, image_folder, tiny_spec, cap
     assert load_maps(out, "conv2")["maps"].shape[0] == 2
     assert main(["rf", out, "--units", "9"]) == 2
     assert "do not exist" in capsys.readouterr().err
+
+
+def box_unit_net(side: int = 5) -> nn.Module:
+    """One unit summing a ``side`` x ``side`` box of all channels: translation invariant."""
+    conv = nn.Conv2d(3, 1, side, padding=side // 2, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    return nn.Sequential(conv).eval()
+
+
+def box_unit_sizes(peaks: list[tuple[int, int]], occluder: int = 1, stride: int = 1):
+    """Half-max and mass sizes of the box unit measured with its peak at each of ``peaks``."""
+    net, size = box_unit_net(), 32
+    geometry = layer_geometry(net, ["0"], size)["0"]
+    images = torch.zeros(len(peaks), 3, size, size)
+    ys, xs = (np.array(values) for values in zip(*peaks, strict=True))
+    count = len(peaks)
+    measurements = Measurements(np.arange(count), np.zeros(count, np.int64), ys, xs)
+    config = OcclusionConfig(occluder=occluder, stride=stride)
+    patch = noise_patch(PREPROCESS, occluder, 0)
+    grids = discrepancy_maps(net, "0", geometry, images.__getitem__, measurements, patch, config,
+                             progress=False)  # fmt: skip
+    radius = map_radius(geometry, config, size)
+    maps, counts, _ = average_maps(grids, measurements, [0], geometry, config, radius, size)
+    assert counts[0] == count
+    return rf_size(maps, 0.5)[0], rf_mass_size(maps, 0.8)[0]
+
+
+def test_peaks_at_the_border_measure_like_peaks_inside():
+    inside = box_unit_sizes([(16, 16), (12, 20), (20, 9)])
+    assert inside[0] == 5.0
+    # All peaks in a corner: the field is clipped by the border on every image (the old
+    # average counted the missing offsets as zero and measured 3 px).
+    np.testing.assert_allclose(box_unit_sizes([(0, 0), (0, 0), (31, 31)]), inside)
+    # Some peaks on a border, some inside: each offset averaged over the images covering it.
+    np.testing.assert_allclose(box_unit_sizes([(16, 16), (0, 7), (31, 20)]), inside)
+    # With a blurring occluder on a coarse grid, corner and interior peaks agree within a
+    # pixel by the mass rule (half-max depends on the noise patch's sharpest sum).
+    blurred = box_unit_sizes([(15, 15), (18, 12)], occluder=5, stride=3)
+    corner = box_unit_sizes([(0, 0), (0, 0)], occluder=5, stride=3)
+    assert abs(corner[1] - blurred[1]) <= 1.0
+
+
+@pytest.mark.parametrize("method", ["naive", "crop", "incremental"])
+def test_last_occluder_window_reaches_the_last_pixel(method):
+    assert list(occluder_corners(112, 11, 3)[-2:]) == [99, 102]  # 102..112, clipped at 111
+    assert list(occluder_corners(32, 8, 4)) == [0, 4, 8, 12, 16, 20, 24]  # fits exactly
+    # A unit that sees only the bottom-right pixel: occluders stopping at 30 never touch it.
+    net, size = box_unit_net(1), 32
+    geometry = layer_geometry(net, ["0"], size)["0"]
+    images = torch.zeros(1, 3, size, size)
+    measurements = Measurements(np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([31]),
+                                np.array([31]))  # fmt: skip
+    config = OcclusionConfig(occluder=7, stride=4)
+    patch = noise_patch(PREPROCESS, 7, 0)
+    grids = discrepancy_maps(net, "0", geometry, images.__getitem__, measurements, patch, config,
+                             method=method, progress=False)  # fmt: skip
+    assert grids.shape == (1, 8, 8)
+    expected = abs(float(patch[:, 3, 3].sum()))  # pixel 31 is row 3 of the window at 28
+    np.testing.assert_allclose(grids[0, -1, -1], expected, rtol=1e-5)
+    assert (grids[0, :-1].max(), grids[0, :, :-1].max()) == (0.0, 0.0)
+
+
+def test_rf_mass_size_is_steadier_than_half_max():
+    maps = np.zeros((4, 9, 9))
+    maps[0, 3:6, 3:6] = 1.0  # a flat 3x3 field: 9 pixels
+    maps[1] = maps[0]
+    maps[1, 4, 4] = 3.0  # the same field with a sharp maximum
+    maps[2, 0, 0] = 2.0  # one pixel
+    np.testing.assert_allclose(rf_size(maps, 0.5)[:3], [3.0, 1.0, 1.0])
+    mass = rf_mass_size(maps, 0.5)
+    # 50% of a flat 9-pixel field is 4.5 pixels; the sharp maximum holds 3 of 11.
+    np.testing.assert_allclose(mass[:3], [np.sqrt(4.5), np.sqrt(1 + 2.5), np.sqrt(0.5)])
+    assert np.isnan(mass[3]) and np.isnan(rf_size(maps, 0.5)[3])
+    np.testing.assert_allclose(rf_mass_size(maps[:1], 1.0), [3.0])
+
+
+def test_units_with_zero_discrepancy_are_reported(tmp_path, image_folder, capsys):
+    net = known_net()
+    with torch.no_grad():
+        net[0].weight[1] = 0.0  # unit 1 of layer "0" is dead: occlusion never changes it
+    loaded = dissect_known(tmp_path, image_folder, net)
+    config = OcclusionConfig(top=4, occluder=3, stride=2)
+    table = receptive_fields(tmp_path / "out", ["0"], config=config, model=loaded, progress=False)
+    assert np.isnan(table["rf_empirical"].iloc[1]) and table["max_discrepancy"].iloc[1] == 0
+    layers = pd.read_csv(tmp_path / "out" / "receptive_fields_layers.csv")
+    assert layers[["n_units", "n_silent"]].values.tolist() == [[1, 1]]
+    assert str(layers["silent_units"].iloc[0]) == "1"
+    assert {"rf_mass50_mean", "rf_mass80_mean"} <= set(layers.columns)
+
+
+def test_cost_is_said_up_front_with_an_estimate(tmp_path, image_folder, capsys, monkeypatch):
+    net = known_net()
+    with torch.no_grad():
+        net[0].weight[1] = 0.0
+    loaded = dissect_known(tmp_path, image_folder, net)
+    monkeypatch.setattr("dissect.rf.occlusion._Cost.HINT_SECONDS", -1.0)
+    config = OcclusionConfig(top=4, occluder=3, stride=2, batch_size=4)
+    receptive_fields(tmp_path / "out", ["0"], config=config, model=loaded, progress=True)
+    out = capsys.readouterr().out
+    assert "occluded passes to run" in out and "8 unit-image pairs" in out
+    assert "left for these passes (estimated from the first batch)" in out
+    assert "--stride" in out and "--top" in out

@@ -84,7 +84,14 @@ def run(args: argparse.Namespace) -> int:
         save_figure(figure, dissection.path("plots", f"rf_{layer_file_name(layer)}.png"))
     summary = pd.read_csv(dissection.path(LAYERS_CSV))
     save_figure(plot_rf_sizes(summary), dissection.path("plots", "rf_sizes.png"))
+    summary = layer_summary(table[table["layer"].isin(layers)])
     with pd.option_context("display.width", 200):
-        print(layer_summary(table[table["layer"].isin(layers)]).to_string(index=False))
+        print(summary.drop(columns="silent_units").to_string(index=False))
+    for row in summary[summary["n_silent"] > 0].itertuples():
+        print(
+            f"{row.layer}: occlusion never changed unit(s) {row.silent_units.replace(' ', ', ')} "
+            "on their top images (zero discrepancy everywhere: dead or saturated units); they "
+            "have no size and are left out of the means"
+        )
     print(f"-> {dissection.path(UNITS_CSV)}, {dissection.path(LAYERS_CSV)}, plots in DIR/plots")
     return 0

@@ -79,13 +79,14 @@ def plot_rf_maps(
 
 
 def plot_rf_sizes(layers: pd.DataFrame) -> Figure:
-    """Empirical (mean +- std over units) and theoretical receptive-field size per layer.
+    """Empirical (mean +- std over units, both size rules) and theoretical size per layer.
 
     Parameters
     ----------
     layers : DataFrame
         ``layer, rf_theoretical, rf_empirical_mean, rf_empirical_std`` in depth order, as in
-        ``receptive_fields_layers.csv``.
+        ``receptive_fields_layers.csv``; ``rf_mass50_mean``, ``rf_mass80_mean`` (and their
+        ``_std``), where present, are drawn too.
 
     Returns
     -------
@@ -95,18 +96,26 @@ def plot_rf_sizes(layers: pd.DataFrame) -> Figure:
     ax = figure.subplots()
     x = np.arange(len(layers))
     ax.plot(x, layers["rf_theoretical"], "s--", color="grey", label="theoretical")
-    ax.errorbar(
-        x,
-        layers["rf_empirical_mean"],
-        yerr=layers["rf_empirical_std"],
-        fmt="o-",
-        color="C3",
-        capsize=3,
-        label="empirical (mean +- std)",
+    rules = (
+        ("rf_empirical", "half-max (mean +- std)", "C3"),
+        ("rf_mass50", "50% of discrepancy mass", "C0"),
+        ("rf_mass80", "80% of discrepancy mass", "C2"),
     )
+    for shift, (column, label, color) in enumerate(rules):
+        if f"{column}_mean" not in layers:
+            continue
+        ax.errorbar(
+            x + 0.06 * (shift - 1),
+            layers[f"{column}_mean"],
+            yerr=layers[f"{column}_std"],
+            fmt="o-",
+            color=color,
+            capsize=3,
+            label=label,
+        )
     ax.set_xticks(x, [str(name) for name in layers["layer"]])
     ax.set_ylabel("receptive field size (px)")
     ax.set_ylim(bottom=0)
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, fontsize=8)
     ax.set_title("Receptive field size by layer")
     return figure

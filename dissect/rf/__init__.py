@@ -2,7 +2,8 @@
 
 For a unit and each of its top images, a patch of random pixel noise (the *occluder*, ``occluder``
 px square) is pasted at every position of a grid with step ``stride`` px (top-left corners
-``0, stride, 2 * stride, ...`` as long as the patch fits in the image). For each position the
+``0, stride, 2 * stride, ...`` until a patch reaches the last pixel; that last one is clipped
+by the border where the stride does not fit the image evenly). For each position the
 *discrepancy* is measured:
 
 - ``peak`` (default): ``|a_occluded - a_original|`` of the unit at its peak feature position
@@ -11,13 +12,22 @@ px square) is pasted at every position of a grid with step ``stride`` px (top-le
 
 That gives a discrepancy map per image on the grid of occluder centres. Each map is re-centred on
 the input pixel of the unit's peak (:meth:`LayerGeometry.center`): it is sampled at integer pixel
-offsets ``-R..R`` from that pixel by bilinear interpolation between occluder centres (zero beyond
-the outermost centres). The re-centred maps are averaged over the unit's top images: that average
-is the unit's empirical receptive field. Its size, ``rf_empirical``, is the side of the square with
-the same area as the region where the map is at least ``fraction`` (0.5) of its maximum, counted in
-input pixels. It includes the blur of the occluder itself (a unit that sees one pixel responds to
-every occluder covering it). ``rf_theoretical`` is the side of the square with the area of the
-theoretical receptive field (``rf`` of the layer geometry, padding pixels counted).
+offsets ``-R..R`` from that pixel by bilinear interpolation between occluder centres (the outermost
+centre's value between it and the border, nothing outside the image). The
+re-centred maps are averaged over the unit's top images, each offset over the images that cover it
+(offsets no image covers are mirrored from the opposite side of the peak, see
+:func:`~dissect.rf.maps.average_maps`): that average is the unit's empirical receptive field. Its
+size is measured by two rules, in input pixels, as the side of a square of the same area:
+
+- half-max (``rf_empirical``, the paper's): the region where the map is at least ``fraction``
+  (0.5) of its maximum; sensitive to a sharp maximum;
+- mass (``rf_mass50``, ``rf_mass80``): the smallest region that holds 50% (80%) of the map's
+  total discrepancy; steadier.
+
+Both include the blur of the occluder itself (a unit that sees one pixel responds to every
+occluder covering it). Units whose discrepancy is zero everywhere have no size and are counted
+apart (``n_silent`` of the layer summary). ``rf_theoretical`` is the side of the square with the
+area of the theoretical receptive field (``rf`` of the layer geometry, padding pixels counted).
 
 Speed. The naive method (:func:`discrepancy_maps` with ``method="naive"``) runs one full forward
 per occluder position, per image, per unit. The fast method computes the same numbers with
@@ -83,10 +93,12 @@ from ..io import read_npz, write_csv, write_npz
 from ..models import LoadedModel
 from .discrepancy import discrepancy_maps
 from .maps import (
+    MASSES,
     _rows,
     average_maps,
     layer_summary,
     map_radius,
+    rf_mass_size,
     rf_size,
     theoretical_size,
 )
@@ -116,6 +128,7 @@ __all__ = [
     "noise_patch",
     "occluder_corners",
     "receptive_fields",
+    "rf_mass_size",
     "rf_size",
     "theoretical_size",
 ]
@@ -163,9 +176,10 @@ def receptive_fields(
     -------
     DataFrame
         One row per unit: ``layer, unit, rf_empirical, rf_theoretical, n_images, ratio,
-        max_discrepancy, rf_theoretical_h, rf_theoretical_w``. The same rows (plus those of
-        layers measured earlier) are written to ``receptive_fields.csv``; the per-layer summary to
-        ``receptive_fields_layers.csv``, the maps to ``receptive_fields/<layer>.npz``.
+        max_discrepancy, rf_theoretical_h, rf_theoretical_w, rf_mass50, rf_mass80``. The same
+        rows (plus those of layers measured earlier) are written to ``receptive_fields.csv``; the
+        per-layer summary to ``receptive_fields_layers.csv``, the maps to
+        ``receptive_fields/<layer>.npz``.
     """
     config = config or OcclusionConfig()
     dissection = dissection if isinstance(dissection, Dissection) else Dissection(dissection)
@@ -232,7 +246,14 @@ def receptive_fields(
 
 def _params(config: OcclusionConfig, units: Sequence[int]) -> str:
     """What a layer's maps file was measured with (a rerun with the same reuses it)."""
-    return json.dumps({"config": config.to_dict(), "units": list(units)}, sort_keys=True)
+    # ``version``: how grids and maps are computed; files of an earlier version are measured again.
+    return json.dumps(
+        {"config": config.to_dict(), "units": list(units), "version": _VERSION}, sort_keys=True
+    )
+
+
+#: Version 2: clipped last occluder window, per-offset averaging, mass-rule sizes.
+_VERSION = 2
 
 
 def _join(parts: list[dict], config: OcclusionConfig, units: Sequence[int]) -> dict:
@@ -243,7 +264,10 @@ def _join(parts: list[dict], config: OcclusionConfig, units: Sequence[int]) -> d
 
 
 #: Arrays of a layer's maps file with one entry per unit.
-_PER_UNIT = ("maps", "units", "n_images", "rf_empirical", "max_discrepancy")
+_PER_UNIT = (
+    "maps", "units", "n_images", "rf_empirical", "max_discrepancy",
+    *(f"rf_mass{round(100 * m)}" for m in MASSES),
+)  # fmt: skip
 
 
 def maps_path(dissection: Dissection, layer: str) -> Path:
@@ -312,12 +336,15 @@ def _measure_layer(
         save()
         raise
     radius = map_radius(geometry, config, image_size)
-    maps, counts = average_maps(result, measurements, units, geometry, config, radius)
+    maps, counts, _ = average_maps(
+        result, measurements, units, geometry, config, radius, image_size
+    )
     arrays = {
         "maps": maps,
         "units": np.asarray(units, dtype=np.int64),
         "n_images": counts,
         "rf_empirical": rf_size(maps, config.fraction).astype(np.float32),
+        **{f"rf_mass{round(100 * m)}": rf_mass_size(maps, m).astype(np.float32) for m in MASSES},
         "max_discrepancy": maps.reshape(len(maps), -1).max(1),
         "radius": np.int64(radius),
         "rf_theoretical": np.asarray(geometry.rf, dtype=np.int64),

@@ -267,7 +267,10 @@ class _Incremental:
             needed = [(out[a] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2)]
             need = start * np.array(step.stride)  # in padded coordinates
             offset = low + np.array(step.padding) - need  # computed window in gathered coords
-            gathered = _gather_paste(bases[index], images, need, needed, window, offset)
+            # Pasted values land only on real inputs, never on padding (a clipped occluder).
+            inner = np.array(step.padding) - need
+            bounds = (inner, inner + np.array(self.inputs[index][1:]))
+            gathered = _gather_paste(bases[index], images, need, needed, window, offset, bounds)
             window, changed, low = step.apply(gathered), first, start
         return window, low
 
@@ -295,9 +298,12 @@ def _gather_paste(
     size: Sequence[int],
     window: torch.Tensor,
     offset: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray],
 ) -> torch.Tensor:
     """Windows (B, C, h, w) of ``size`` cut at ``corner`` (B, 2) from ``base[images[b]]`` (I, H,
-    W, C), with ``window[b]`` (C, h', w') pasted at ``offset[b]`` (parts outside are cut off).
+    W, C), with ``window[b]`` (C, h', w') pasted at ``offset[b]``; parts outside the window or
+    outside ``bounds[0][b] <= (y, x) < bounds[1][b]`` (the real inputs, in window coordinates)
+    are cut off.
 
     Works on rows of channels: one ``index_select`` gathers every item's window, one
     ``index_copy_`` pastes every item's recomputed values.
@@ -314,7 +320,11 @@ def _gather_paste(
     # Window position (i, j) of item b lands at (i + offset_y, j + offset_x) of its window.
     to_y = offset[:, :1] + np.arange(inner_h)  # (B, h')
     to_x = offset[:, 1:] + np.arange(inner_w)
-    keep = ((to_y >= 0) & (to_y < height))[:, :, None] & ((to_x >= 0) & (to_x < width))[:, None, :]
+    low = np.maximum(bounds[0], 0)
+    high = np.minimum(bounds[1], (height, width))
+    inside_y = (to_y >= low[:, :1]) & (to_y < high[:, :1])
+    inside_x = (to_x >= low[:, 1:]) & (to_x < high[:, 1:])
+    keep = inside_y[:, :, None] & inside_x[:, None, :]
     item = np.arange(count)[:, None, None]
     target = (item * height + to_y[:, :, None]) * width + to_x[:, None, :]
     origin = (item * inner_h + np.arange(inner_h)[None, :, None]) * inner_w + np.arange(inner_w)

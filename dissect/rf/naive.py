@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..hooks import LayerTrace
-from .occlusion import _occlude
+from .occlusion import _Cost, _occlude
 
 
 def _naive(
@@ -19,7 +19,9 @@ def _naive(
 ) -> None:  # fmt: skip
     """One full forward per occluder position, per measurement."""
     positions = [(int(y), int(x)) for y in corners for x in corners]
-    bar = tqdm(total=len(measurements) * len(positions), unit="pass", disable=not progress)
+    total = len(measurements) * len(positions)
+    cost = _Cost(total, 0, measurements, len(positions), "naive", progress)
+    bar = tqdm(total=total, unit="pass", disable=not progress)
     with LayerTrace(module, [layer]) as trace:
         for m in range(len(measurements)):
             image = load_image(int(measurements.image[m])).to(device)
@@ -35,5 +37,6 @@ def _naive(
                 else:
                     values.append((maps - base).abs().sum((1, 2)))
                 bar.update(len(chunk))
+                cost.update(bar.n)
             grids[m] = torch.cat(values).reshape(len(corners), len(corners)).float().cpu().numpy()
     bar.close()

@@ -8,11 +8,13 @@ their maps agree to float32 round-off.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import DissectError
 from ..images import Preprocess
@@ -129,8 +131,14 @@ class Measurements:
 
 
 def occluder_corners(image_size: int, occluder: int, stride: int) -> np.ndarray:
-    """Top-left coordinates of the occluder along one axis: ``0, stride, ...`` while it fits."""
-    return np.arange(0, image_size - occluder + 1, stride, dtype=np.int64)
+    """Top-left coordinates of the occluder along one axis: ``0, stride, 2 * stride, ...``.
+
+    The grid goes on until a window reaches the last pixel: where ``stride`` does not divide
+    ``image_size - occluder``, that last window hangs past the border and is clipped to the
+    image, so every pixel is occluded by some window.
+    """
+    count = -(-(image_size - occluder) // stride) + 1
+    return np.arange(count, dtype=np.int64) * stride
 
 
 def noise_patch(preprocess: Preprocess, occluder: int, seed: int) -> torch.Tensor:
@@ -152,3 +160,62 @@ def _occlude(image: torch.Tensor, patch: torch.Tensor, y: int, x: int) -> torch.
     if top < bottom and left < right:
         occluded[:, top:bottom, left:right] = patch[:, top - y : bottom - y, left - x : right - x]
     return occluded
+
+
+class _Cost:
+    """Says up front what an occlusion run costs, and after its first batch how long it will take.
+
+    Parameters
+    ----------
+    total : int
+        Occluded passes the method runs.
+    done : int
+        Passes already finished (a resumed run).
+    measurements : Measurements
+        What is measured.
+    positions : int
+        Occluder positions per image.
+    method : str
+        The method's name, for the message.
+    show : bool
+        Print the messages (with ``tqdm.write``, so progress bars stay intact).
+    """
+
+    #: Estimates above this many seconds come with ways to cut the cost.
+    HINT_SECONDS = 60.0
+
+    def __init__(self, total, done, measurements, positions, method, show):
+        self.total, self.first, self.show, self.told = total, done, show, False
+        self.start = time.perf_counter()
+        if show:
+            images = len(np.unique(measurements.image))
+            tqdm.write(
+                f"{total:,} occluded passes to run ({method} method; {len(measurements):,} "
+                f"unit-image pairs on {images:,} distinct images, {positions:,} occluder "
+                "positions each)"
+            )
+
+    def update(self, finished: int) -> None:
+        """After a batch: the first time, print the estimated time left (and how to cut it)."""
+        if not self.show or self.told or finished <= self.first:
+            return
+        self.told = True
+        elapsed = time.perf_counter() - self.start
+        left = elapsed * (self.total - finished) / (finished - self.first)
+        message = f"about {_duration(left)} left for these passes (estimated from the first batch)"
+        if left > self.HINT_SECONDS:
+            message += (
+                "; to cut it: fewer top images (--top), a coarser occluder grid (--stride: "
+                "passes fall with its square), fewer units (--units) or layers (--layers), or "
+                "a GPU (--device cuda)"
+            )
+        tqdm.write(message)
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``12 min``, ``3.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -18,6 +18,7 @@ from ..errors import DissectError
 from ..hooks import LayerTrace
 from .crop import _axes, _crop_pass, _Group, _groups_for_image
 from .incremental import _chain, _Incremental
+from .occlusion import _Cost
 
 
 def _fast(
@@ -78,6 +79,8 @@ def _fast(
         for group in (group for groups in per_image for group in groups):
             window_plan(group.box)
     total = sum(len(group.jobs) for groups in per_image for group in groups)
+    name = "crop" if incremental is None else "incremental"
+    cost = _Cost(total, done, measurements, len(corners) ** 2, name, progress)
     bar = tqdm(total=total, initial=done, unit="pass", disable=not progress)
     chunk_images = max(1, config.batch_size // (1 if incremental is None else 8))
     position = 0
@@ -142,6 +145,7 @@ def _fast(
                 _record(grids, maps, starts, targets, k, r, c)
                 bar.update(len(k))
                 index = end
+                cost.update(position + index)
                 if checkpoint is not None:
                     checkpoint(position + index)
             position += len(jobs)
