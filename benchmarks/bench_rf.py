@@ -1,18 +1,35 @@
-"""Speed-up of fast occlusion receptive fields over the naive per-unit loop, and their agreement.
+"""Fast occlusion receptive fields against per-target occlusion and the naive loop: time, memory.
 
-Dissects the layers (each with >= 64 units) of the model over the data, then measures every
-unit's top images twice with the same noise occluder, in one run:
+Dissects the layers of the model over the data, then measures the same units' top images with
+the same noise occluder three ways, each in a fresh child process (its wall time, and its peak
+resident memory above what it held before the measurement: ``VmHWM`` reset through
+``/proc/self/clear_refs``):
 
-- naive: for every unit, for every top image, one full forward per occluder position (batched by
-  ``--batch-size`` occluded images, as the fast path is);
-- fast: :func:`dissect.rf.discrepancy_maps` (shared per image, stopped at the layer,
+- ``per_target``: occlusion as Captum's ``Occlusion.attribute`` runs it, one target at a time:
+  for each unit and top image, a forward of the image for the baseline value, then batches of
+  ``--batch-size`` occluded copies (each built as ``image * (1 - mask) + occluder``, Captum's
+  ablated input), a forward, and the target (the unit at its peak) read out. The forward stops at
+  the measured layer (cheaper than Captum's whole-model ``forward_func``, so the speed-up below
+  is not flattered);
+- ``naive``: :func:`dissect.rf.discrepancy_maps` with ``method="naive"`` (the same loop, pasting
+  the occluder into a copy, whole-model forwards);
+- ``fast``: :func:`dissect.rf.discrepancy_maps` (shared per image, stopped at the layer,
   skipping occluders outside the receptive fields, cropped or incremental, batched).
 
-Prints ``name: value`` lines per layer: the two wall times, ``speedup`` (naive / fast),
-``max_abs_diff`` of the discrepancy maps and of the averaged maps, and the occluded passes each
-method ran; ``speedup_min`` over the layers last.
+Prints ``name: value`` lines per layer: seconds and peak memory (MiB) of each, the passes each
+ran, ``speedup_vs_per_target`` (per_target / fast), ``speedup_vs_naive``, ``memory_vs_naive``
+(peak of fast / peak of naive), ``max_abs_diff`` of fast against naive; the worst of each
+ratio over the layers last.
 
     python benchmarks/bench_rf.py [--model scene-cnn] [--data synthetic:100] [--layers conv2,conv5]
+                                  [--units 12] [--top 5]
+
+``--paper`` measures the paper's setting instead: 224 px images, an AlexNet-sized network (the
+five convolutions of AlexNet, random seeded weights), layer conv5, 11 px occluder, stride 3, top
+10 images, ``--units`` units (default 4). There one naive (and per-target) measurement runs
+about 5,000 forwards of AlexNet, too slow for this machine: they are timed on their first
+``--sample`` batches of every measurement and extrapolated to all positions (their cost per pass
+is constant; ``*_extrapolated: yes`` says so); the fast method runs in full.
 
 The model defaults to the built-in ``scene-cnn``; without its weights file, the same architecture
 with seeded random weights is used (``model:`` says which).
@@ -21,31 +38,62 @@ with seeded random weights is used (``model:`` says which).
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
+from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from dissect.datasets import open_data
 from dissect.dissection import Dissection
 from dissect.errors import DissectError
+from dissect.hooks import LayerTrace
+from dissect.images import Preprocess
 from dissect.models import LoadedModel, builtin_models, load_model
 from dissect.rf import (
     Measurements,
     OcclusionConfig,
-    average_maps,
     discrepancy_maps,
-    map_radius,
     noise_patch,
     occluder_corners,
 )
 from dissect.streaming import run_dissection
 
+METHODS = ("per_target", "naive", "fast")
+
+
+def alexnet_conv() -> nn.Module:
+    """AlexNet's five convolutions (torchvision's widths) named conv1..conv5, seeded weights."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(3, 64, 11, stride=4, padding=2)), ("relu1", nn.ReLU()),
+                ("pool1", nn.MaxPool2d(3, 2)),
+                ("conv2", nn.Conv2d(64, 192, 5, padding=2)), ("relu2", nn.ReLU()),
+                ("pool2", nn.MaxPool2d(3, 2)),
+                ("conv3", nn.Conv2d(192, 384, 3, padding=1)), ("relu3", nn.ReLU()),
+                ("conv4", nn.Conv2d(384, 256, 3, padding=1)), ("relu4", nn.ReLU()),
+                ("conv5", nn.Conv2d(256, 256, 3, padding=1)),
+            ]
+        )
+    ).eval()  # fmt: skip
+
 
 def pick_model(spec: str) -> tuple[LoadedModel, str]:
     """The model, and how it was obtained (trained weights, or seeded random ones)."""
+    if spec == "alexnet-conv":
+        preprocess = Preprocess(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        note = "AlexNet's five convolutions, seeded random weights"
+        return LoadedModel(alexnet_conv(), spec, preprocess=preprocess), note
     try:
         return load_model(spec), f"{spec} (trained weights)"
     except DissectError as error:
@@ -58,13 +106,50 @@ def pick_model(spec: str) -> tuple[LoadedModel, str]:
         return LoadedModel(module, spec, preprocess=entry.preprocess), note
 
 
-def measure(loaded, dissection, layer, source, args) -> dict[str, str]:
-    """Time both methods on every unit of ``layer``; return the figures as printable strings."""
-    topk, geometry = dissection.topk(layer), dissection.geometry(layer)
-    units = list(range(geometry.output_shape[0]))
-    if len(units) < 64:
-        raise SystemExit(f"layer {layer} has {len(units)} units; pick layers with >= 64")
-    measurements = Measurements.from_topk(topk, units, args.top)
+def per_target(module, layer, load_image, measurements, patch, config, corners, limit=None):
+    """Captum-style occlusion, one target (unit at its peak, on one image) at a time."""
+    size = patch.shape[-1]
+    positions = [(int(y), int(x)) for y in corners for x in corners][:limit]
+    grids = np.zeros((len(measurements), len(positions)), dtype=np.float32)
+    with torch.inference_mode(), LayerTrace(module, [layer], stop=True) as trace:
+        for m in range(len(measurements)):
+            image = load_image(int(measurements.image[m]))
+            side = image.shape[-1]
+            unit, y, x = int(measurements.unit[m]), int(measurements.y[m]), int(measurements.x[m])
+            base = trace(image[None])[layer][0, unit, y, x]
+            for start in range(0, len(positions), config.batch_size):
+                chunk = positions[start : start + config.batch_size]
+                mask = torch.zeros(len(chunk), 1, side, side)
+                occluder = torch.zeros(len(chunk), 3, side, side)
+                for b, (py, px) in enumerate(chunk):
+                    h, w = min(size, side - py), min(size, side - px)
+                    mask[b, :, py : py + h, px : px + w] = 1
+                    occluder[b, :, py : py + h, px : px + w] = patch[:, :h, :w]
+                ablated = image[None] * (1 - mask) + occluder
+                out = trace(ablated)[layer][:, unit, y, x]
+                grids[m, start : start + len(chunk)] = (out - base).abs().numpy()
+    return grids
+
+
+def _status(field: str) -> float:
+    """A ``VmRSS``/``VmHWM`` line of /proc/self/status, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(args) -> None:
+    """Run one method on one layer in this fresh process; print a JSON line of its figures."""
+    torch.set_grad_enabled(False)
+    warnings.simplefilter("ignore")
+    loaded, _ = pick_model(args.model)
+    dissection = Dissection(args.directory)
+    source = open_data(args.data)
+    layer = args.child_layer
+    geometry = dissection.geometry(layer)
+    units = list(range(min(args.units, geometry.output_shape[0])))
+    measurements = Measurements.from_topk(dissection.topk(layer), units, args.top)
     config = OcclusionConfig(
         top=args.top, occluder=args.occluder, stride=args.stride, batch_size=args.batch_size
     )
@@ -73,71 +158,158 @@ def measure(loaded, dissection, layer, source, args) -> dict[str, str]:
     images = {
         int(i): preprocess.tensor(source.read_rgb(int(i))) for i in np.unique(measurements.image)
     }
-    passes = [0]
+    corners = occluder_corners(preprocess.image_size, args.occluder, args.stride)
+    positions = len(corners) ** 2
+    method = args.child_method
+    limit = None
+    if args.paper and method != "fast":  # time the first batches, extrapolate
+        limit = min(positions, args.sample * args.batch_size)
     common = (loaded.module, layer, geometry, images.__getitem__, measurements, patch, config)
+    passes = [0]
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
+    except OSError:
+        pass
+    before = _status("VmRSS")
     start = time.perf_counter()
-    fast = discrepancy_maps(*common, progress=False, checkpoint=passes.append)
-    fast_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    naive = discrepancy_maps(*common, method="naive", progress=False)
-    naive_seconds = time.perf_counter() - start
-    radius = map_radius(geometry, config, preprocess.image_size)
-    size = preprocess.image_size
-    fast_maps, *_ = average_maps(fast, measurements, units, geometry, config, radius, size)
-    naive_maps, *_ = average_maps(naive, measurements, units, geometry, config, radius, size)
-    positions = len(occluder_corners(preprocess.image_size, args.occluder, args.stride)) ** 2
-    return {
-        "units": str(len(units)),
-        "rf_theoretical": str(geometry.rf[0]),
-        "unit_images": str(len(measurements)),
-        "distinct_images": str(len(images)),
-        "naive_passes": str(len(measurements) * positions),
-        "fast_passes": str(passes[-1]),
-        "naive_seconds": f"{naive_seconds:.3f}",
-        "fast_seconds": f"{fast_seconds:.3f}",
-        "speedup": f"{naive_seconds / fast_seconds:.1f}",
-        "max_abs_diff": f"{np.abs(fast - naive).max():.3g}",
-        "max_abs_diff_averaged": f"{np.abs(fast_maps - naive_maps).max():.3g}",
-        "max_discrepancy": f"{naive.max():.3g}",
+    if method == "per_target":
+        grids = per_target(loaded.module, layer, images.__getitem__, measurements, patch, config,
+                           corners, limit)  # fmt: skip
+    elif method == "naive" and limit is not None:
+        grids = naive_sample(*common, corners, limit)
+    else:
+        kwargs = {"method": method, "progress": False}
+        if method == "fast":
+            kwargs["checkpoint"] = passes.append
+        grids = discrepancy_maps(*common, **kwargs)
+    seconds = time.perf_counter() - start
+    peak = _status("VmHWM") - before
+    run = len(measurements) * (limit or positions)
+    if limit is not None:
+        seconds *= positions / limit
+    flat = np.asarray(grids).reshape(len(grids), -1)
+    np.save(Path(args.directory) / f"{layer}_{method}.npy", flat)
+    figures = {
+        "seconds": seconds,
+        "peak_mib": peak,
+        "passes": passes[-1] if method == "fast" else len(measurements) * positions,
+        "extrapolated": limit is not None,
+        "ran_passes": passes[-1] if method == "fast" else run,
+        "unit_images": len(measurements),
+        "distinct_images": len(images),
+        "units": len(units),
     }
+    print("RESULT " + json.dumps(figures), flush=True)
+
+
+def naive_sample(module, layer, geometry, load_image, measurements, patch, config, corners, limit):
+    """The naive method's loop (a copy with the occluder pasted, whole-model forward) on the first
+    ``limit`` positions of every measurement, for extrapolation."""
+    from dissect.rf.occlusion import _occlude
+
+    positions = [(int(y), int(x)) for y in corners for x in corners][:limit]
+    grids = np.zeros((len(measurements), len(positions)), dtype=np.float32)
+    with torch.inference_mode(), LayerTrace(module, [layer]) as trace:
+        for m in range(len(measurements)):
+            image = load_image(int(measurements.image[m]))
+            unit, y, x = int(measurements.unit[m]), int(measurements.y[m]), int(measurements.x[m])
+            base = trace(image[None])[layer][0, unit]
+            for start in range(0, len(positions), config.batch_size):
+                chunk = positions[start : start + config.batch_size]
+                batch = torch.stack([_occlude(image, patch, py, px) for py, px in chunk])
+                maps = trace(batch)[layer][:, unit]
+                grids[m, start : start + len(chunk)] = (maps[:, y, x] - base[y, x]).abs().numpy()
+    return grids
+
+
+def run_child(args, layer: str, method: str) -> dict:
+    """Run :func:`child` for one method in a fresh Python process."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child-method", method,
+            "--child-layer", layer, "--directory", args.directory] + args.passthrough  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy())
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise SystemExit(f"{method} on {layer} failed:\n{done.stdout}\n{done.stderr}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="scene-cnn")
     parser.add_argument("--data", default="synthetic:100")
-    parser.add_argument(
-        "--layers", default="conv2,conv5", help="comma-separated layers with >= 64 units each"
-    )
+    parser.add_argument("--layers", default="conv2,conv5", help="comma-separated layers")
+    parser.add_argument("--units", type=int, default=12, help="units measured per layer (12)")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--occluder", type=int, default=11)
     parser.add_argument("--stride", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--paper", action="store_true", help="the paper's setting (see above)")
+    parser.add_argument("--sample", type=int, default=2, help="--paper: batches timed (2)")
+    parser.add_argument("--child-method", help=argparse.SUPPRESS)
+    parser.add_argument("--child-layer", help=argparse.SUPPRESS)
+    parser.add_argument("--directory", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.paper:
+        defaults = {"model": "scene-cnn", "data": "synthetic:100", "layers": "conv2,conv5",
+                    "units": 12, "top": 5}  # fmt: skip
+        paper = {"model": "alexnet-conv", "data": "synthetic:60", "layers": "conv5",
+                 "units": 4, "top": 10}  # fmt: skip
+        for name, value in paper.items():
+            if getattr(args, name) == defaults[name]:
+                setattr(args, name, value)
+    if args.child_method:
+        child(args)
+        return
+    args.passthrough = [
+        "--model", args.model, "--data", args.data, "--units", str(args.units), "--top",
+        str(args.top), "--occluder", str(args.occluder), "--stride", str(args.stride),
+        "--batch-size", str(args.batch_size), "--sample", str(args.sample),
+    ] + (["--paper"] if args.paper else [])  # fmt: skip
     warnings.simplefilter("ignore")
     torch.set_grad_enabled(False)
     loaded, note = pick_model(args.model)
-    source = open_data(args.data)
     layers = args.layers.split(",")
     print(f"model: {note}")
     print(f"data: {args.data}")
     print(f"image_size: {loaded.preprocess.image_size}")
-    print(f"top: {args.top}")
-    print(f"occluder: {args.occluder}")
-    print(f"stride: {args.stride}")
+    for name in ("top", "occluder", "stride", "batch_size"):
+        print(f"{name}: {getattr(args, name)}")
     corners = occluder_corners(loaded.preprocess.image_size, args.occluder, args.stride)
     print(f"occluder_positions: {len(corners) ** 2}")
     print(f"torch_threads: {torch.get_num_threads()}")
-    speedups = []
+    worst = {"speedup_vs_per_target": [], "speedup_vs_naive": [], "memory_vs_naive": []}
     with tempfile.TemporaryDirectory() as out:
-        run_dissection(loaded, source, out, layers, topk=args.top, batch_size=64, progress=False)
-        dissection = Dissection(out)
+        args.directory = out
+        source = open_data(args.data)
+        run_dissection(loaded, source, out, layers, topk=args.top, batch_size=32, progress=False)
         for layer in layers:
-            figures = measure(loaded, dissection, layer, source, args)
-            for name, value in figures.items():
-                print(f"{layer}_{name}: {value}", flush=True)
-            speedups.append(float(figures["speedup"]))
-    print(f"speedup_min: {min(speedups):.1f}")
+            figures = {method: run_child(args, layer, method) for method in METHODS}
+            first = figures["fast"]
+            print(f"{layer}_units: {first['units']}")
+            print(f"{layer}_unit_images: {first['unit_images']}")
+            print(f"{layer}_distinct_images: {first['distinct_images']}")
+            for method in METHODS:
+                f = figures[method]
+                print(f"{layer}_{method}_passes: {f['passes']}")
+                print(f"{layer}_{method}_seconds: {f['seconds']:.2f}")
+                print(f"{layer}_{method}_peak_mib: {f['peak_mib']:.1f}")
+                if f["extrapolated"]:
+                    print(f"{layer}_{method}_extrapolated: yes (from {f['ran_passes']} passes)")
+            ratios = {
+                "speedup_vs_per_target": figures["per_target"]["seconds"] / first["seconds"],
+                "speedup_vs_naive": figures["naive"]["seconds"] / first["seconds"],
+                "memory_vs_naive": first["peak_mib"] / max(figures["naive"]["peak_mib"], 1e-9),
+            }
+            fast = np.load(Path(out) / f"{layer}_fast.npy")
+            naive = np.load(Path(out) / f"{layer}_naive.npy")
+            width = min(fast.shape[1], naive.shape[1])
+            print(f"{layer}_max_abs_diff: {np.abs(fast[:, :width] - naive[:, :width]).max():.3g}")
+            for name, value in ratios.items():
+                print(f"{layer}_{name}: {value:.2f}", flush=True)
+                worst[name].append(value)
+    print(f"speedup_vs_per_target: {min(worst['speedup_vs_per_target']):.2f}")
+    print(f"speedup_vs_naive: {min(worst['speedup_vs_naive']):.2f}")
+    print(f"memory_vs_naive: {max(worst['memory_vs_naive']):.2f}")
 
 
 if __name__ == "__main__":
