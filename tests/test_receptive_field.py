@@ -20,6 +20,7 @@ from dissect.rf import (
     OcclusionConfig,
     average_maps,
     discrepancy_maps,
+    incremental,
     load_maps,
     map_radius,
     noise_patch,
@@ -399,3 +400,38 @@ def test_cost_is_said_up_front_with_an_estimate(tmp_path, image_folder, capsys, 
     assert "occluded passes to run" in out and "8 unit-image pairs" in out
     assert "left for these passes (estimated from the first batch)" in out
     assert "--stride" in out and "--top" in out
+
+
+def test_incremental_batches_hold_no_more_than_whole_image_batches(monkeypatch):
+    """A batch of B whole-image equivalents holds at most what B whole-image forwards would,
+    channels counted: deep, wide steps get fewer passes per batch."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 64, 3, padding=1),
+        nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1),
+    ).eval()  # fmt: skip
+    size, layer = 32, "4"
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(5))
+    geometry = layer_geometry(net, [layer], size)[layer]
+    measurements = Measurements(np.array([0, 1]), np.array([3, 9]), np.array([4, 12]),
+                                np.array([10, 2]))  # fmt: skip
+    config = OcclusionConfig(occluder=5, stride=2, discrepancy="map", batch_size=2)
+    whole, x = 0, images[:1]
+    for module in net:
+        y = module(x)
+        whole, x = max(whole, x.numel() + y.numel()), y
+    held = []
+    apply = incremental._Step.apply
+
+    def record(step, window):
+        out = apply(step, window)
+        held.append(window.numel() + out.numel())
+        return out
+
+    monkeypatch.setattr(incremental._Step, "apply", record)
+    patch = noise_patch(PREPROCESS, 5, 0)
+    run = (net, layer, geometry, images.__getitem__, measurements, patch, config)
+    fast = discrepancy_maps(*run, method="incremental", progress=False)
+    assert held and max(held) <= config.batch_size * whole
+    naive = discrepancy_maps(*run, method="naive", progress=False)
+    np.testing.assert_allclose(fast, naive, rtol=1e-5, atol=1e-5)

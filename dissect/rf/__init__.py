@@ -56,8 +56,10 @@ per occluder position, per image, per unit. The fast method computes the same nu
 
   ``fast`` picks ``incremental`` when it applies and the crops would cover more than a quarter
   of the image on average, else ``crop``;
-- occluded passes streamed in batches of ``batch_size`` whole-image equivalents (more passes per
-  batch when they are smaller), never built all at once.
+- occluded passes streamed in batches of ``batch_size`` whole-image equivalents, never built all
+  at once: more passes per batch when they are smaller, as many as hold (channels counted, at
+  their largest step) what ``batch_size`` whole-image forwards would, so the fast methods' peak
+  memory stays at the naive method's.
 
 All methods use the same seeded noise patch, so their maps agree to float32 round-off.
 

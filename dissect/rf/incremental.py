@@ -157,7 +157,10 @@ class _Incremental:
         # Changed span [lo, hi] of every occluder corner, per axis (the image is square).
         lo = [np.asarray(corners, dtype=np.int64)] * 2
         hi = [np.minimum(lo[0] + occluder, image.shape[-1]) - 1] * 2
-        self.full = 0  # input positions read by a whole-image pass (all steps)
+        # Floats a whole-image forward holds at its largest step (input and output), the unit
+        # in which batches are sized: a batch of B whole-image equivalents holds what B whole
+        # images would.
+        self.full = 0
         x = image[None]
         for step in steps:
             self.inputs.append(tuple(x.shape[1:]))
@@ -165,8 +168,9 @@ class _Incremental:
                 self.windows.append(None)
                 x = step.module.forward(x)
                 continue
-            self.full += x.shape[2] * x.shape[3]
+            floats_in = x[0].numel()
             x = step.module.forward(x)
+            self.full = max(self.full, floats_in + x[0].numel())
             lengths = x.shape[2:]
             spans = [_changed_span(step, a, lo[a], hi[a], lengths[a]) for a in range(2)]
             lo, hi = [span[0] for span in spans], [span[1] for span in spans]
@@ -197,8 +201,13 @@ class _Incremental:
         return tuple(plans)
 
     def cost(self, plan: tuple) -> tuple[float, int]:
-        """Multiply-adds of one pass with ``plan``, and input positions it reads."""
-        macs, positions = 0.0, 0
+        """Multiply-adds of one pass with ``plan``, and the floats it holds at its largest step.
+
+        A step holds its gathered input window twice (gathered, then made contiguous for the
+        convolution), the previous step's window it pastes (twice: reshaped, then picked) and
+        its output window.
+        """
+        macs, floats, previous = 0.0, 0, 0
         for step, axes, shape in zip(self.steps, plan, self.inputs, strict=True):
             if axes is None:
                 continue
@@ -209,10 +218,13 @@ class _Incremental:
                 macs += out * taps * conv.in_channels * conv.out_channels / conv.groups
             else:
                 macs += out * taps * shape[0]
-            positions += math.prod(
+            gathered = shape[0] * math.prod(
                 (axes[a][1] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2)
             )
-        return macs, positions
+            channels = step.module.out_channels if isinstance(step.module, nn.Conv2d) else shape[0]
+            floats = max(floats, 2 * gathered + 2 * previous + out * channels)
+            previous = out * channels
+        return macs, floats
 
     def base(self, image: torch.Tensor) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         """Padded inputs of the spatial steps, and the layer output, for one image."""

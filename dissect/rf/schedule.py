@@ -122,8 +122,8 @@ def _fast(
                 if incremental is None:
                     limit = config.batch_size * image_size**2 // int(np.prod(shapes[index]))
                 else:
-                    reads = incremental.cost(plans[groups[jobs[index, 0]].box])[1]
-                    limit = config.batch_size * incremental.full // max(reads, 1)
+                    floats = incremental.cost(plans[groups[jobs[index, 0]].box])[1]
+                    limit = config.batch_size * incremental.full // max(floats, 1)
                 end = index + 1
                 while end < len(jobs) and end - index < limit:
                     if (shapes[end] != shapes[index]).any():
