@@ -16,13 +16,14 @@ resident memory above what it held before the measurement: ``VmHWM`` reset throu
 - ``fast``: :func:`dissect.rf.discrepancy_maps` (shared per image, stopped at the layer,
   skipping occluders outside the receptive fields, cropped or incremental, batched).
 
-Prints ``name: value`` lines per layer: seconds and peak memory (MiB) of each, the passes each
-ran, ``speedup_vs_per_target`` (per_target / fast), ``speedup_vs_naive``, ``memory_vs_naive``
-(peak of fast / peak of naive), ``max_abs_diff`` of fast against naive; the worst of each
-ratio over the layers last.
+Each child runs ``--threads`` torch threads (1). Prints ``name: value`` lines per layer: CPU
+seconds (the ratios use them: on a shared machine they move far less than wall time, also
+printed), peak memory (MiB) and passes of each method, ``speedup_vs_per_target`` (per_target /
+fast), ``speedup_vs_naive``, ``memory_vs_naive`` (peak of fast / peak of naive), ``max_abs_diff``
+of fast against naive; the worst of each ratio over the layers last.
 
-    python benchmarks/bench_rf.py [--model scene-cnn] [--data synthetic:100] [--layers conv2,conv5]
-                                  [--units 12] [--top 5]
+    python benchmarks/bench_rf.py [--model scene-cnn] [--data synthetic:60] [--layers conv2,conv5]
+                                  [--units 4] [--top 3]
 
 ``--paper`` measures the paper's setting instead: 224 px images, an AlexNet-sized network (the
 five convolutions of AlexNet, random seeded weights), layer conv5, 11 px occluder, stride 3, top
@@ -142,6 +143,7 @@ def _status(field: str) -> float:
 def child(args) -> None:
     """Run one method on one layer in this fresh process; print a JSON line of its figures."""
     torch.set_grad_enabled(False)
+    torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     loaded, _ = pick_model(args.model)
     dissection = Dissection(args.directory)
@@ -171,7 +173,7 @@ def child(args) -> None:
     except OSError:
         pass
     before = _status("VmRSS")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if method == "per_target":
         grids = per_target(loaded.module, layer, images.__getitem__, measurements, patch, config,
                            corners, limit)  # fmt: skip
@@ -182,15 +184,16 @@ def child(args) -> None:
         if method == "fast":
             kwargs["checkpoint"] = passes.append
         grids = discrepancy_maps(*common, **kwargs)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = _status("VmHWM") - before
     run = len(measurements) * (limit or positions)
     if limit is not None:
-        seconds *= positions / limit
+        seconds, cpu = seconds * positions / limit, cpu * positions / limit
     flat = np.asarray(grids).reshape(len(grids), -1)
     np.save(Path(args.directory) / f"{layer}_{method}.npy", flat)
     figures = {
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "peak_mib": peak,
         "passes": passes[-1] if method == "fast" else len(measurements) * positions,
         "extrapolated": limit is not None,
@@ -236,10 +239,11 @@ def run_child(args, layer: str, method: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="scene-cnn")
-    parser.add_argument("--data", default="synthetic:100")
+    parser.add_argument("--data", default="synthetic:60")
     parser.add_argument("--layers", default="conv2,conv5", help="comma-separated layers")
-    parser.add_argument("--units", type=int, default=12, help="units measured per layer (12)")
-    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--units", type=int, default=4, help="units measured per layer (4)")
+    parser.add_argument("--top", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per child (1)")
     parser.add_argument("--occluder", type=int, default=11)
     parser.add_argument("--stride", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -250,8 +254,8 @@ def main() -> None:
     parser.add_argument("--directory", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.paper:
-        defaults = {"model": "scene-cnn", "data": "synthetic:100", "layers": "conv2,conv5",
-                    "units": 12, "top": 5}  # fmt: skip
+        defaults = {"model": "scene-cnn", "data": "synthetic:60", "layers": "conv2,conv5",
+                    "units": 4, "top": 3}  # fmt: skip
         paper = {"model": "alexnet-conv", "data": "synthetic:60", "layers": "conv5",
                  "units": 4, "top": 10}  # fmt: skip
         for name, value in paper.items():
@@ -264,6 +268,7 @@ def main() -> None:
         "--model", args.model, "--data", args.data, "--units", str(args.units), "--top",
         str(args.top), "--occluder", str(args.occluder), "--stride", str(args.stride),
         "--batch-size", str(args.batch_size), "--sample", str(args.sample),
+        "--threads", str(args.threads),
     ] + (["--paper"] if args.paper else [])  # fmt: skip
     warnings.simplefilter("ignore")
     torch.set_grad_enabled(False)
@@ -276,7 +281,7 @@ def main() -> None:
         print(f"{name}: {getattr(args, name)}")
     corners = occluder_corners(loaded.preprocess.image_size, args.occluder, args.stride)
     print(f"occluder_positions: {len(corners) ** 2}")
-    print(f"torch_threads: {torch.get_num_threads()}")
+    print(f"torch_threads: {args.threads}")
     worst = {"speedup_vs_per_target": [], "speedup_vs_naive": [], "memory_vs_naive": []}
     with tempfile.TemporaryDirectory() as out:
         args.directory = out
@@ -291,13 +296,15 @@ def main() -> None:
             for method in METHODS:
                 f = figures[method]
                 print(f"{layer}_{method}_passes: {f['passes']}")
-                print(f"{layer}_{method}_seconds: {f['seconds']:.2f}")
+                print(f"{layer}_{method}_cpu_seconds: {f['cpu_seconds']:.2f}")
+                print(f"{layer}_{method}_wall_seconds: {f['seconds']:.2f}")
                 print(f"{layer}_{method}_peak_mib: {f['peak_mib']:.1f}")
                 if f["extrapolated"]:
                     print(f"{layer}_{method}_extrapolated: yes (from {f['ran_passes']} passes)")
             ratios = {
-                "speedup_vs_per_target": figures["per_target"]["seconds"] / first["seconds"],
-                "speedup_vs_naive": figures["naive"]["seconds"] / first["seconds"],
+                "speedup_vs_per_target": figures["per_target"]["cpu_seconds"]
+                / first["cpu_seconds"],
+                "speedup_vs_naive": figures["naive"]["cpu_seconds"] / first["cpu_seconds"],
                 "memory_vs_naive": first["peak_mib"] / max(figures["naive"]["peak_mib"], 1e-9),
             }
             fast = np.load(Path(out) / f"{layer}_fast.npy")
