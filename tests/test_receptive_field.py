@@ -398,7 +398,7 @@ def test_cost_is_said_up_front_with_an_estimate(tmp_path, image_folder, capsys, 
     receptive_fields(tmp_path / "out", ["0"], config=config, model=loaded, progress=True)
     out = capsys.readouterr().out
     assert "occluded passes to run" in out and "8 unit-image pairs" in out
-    assert "left for these passes (estimated from the first batch)" in out
+    assert "left for these passes (estimated from the first batches)" in out
     assert "--stride" in out and "--top" in out
 
 

@@ -163,7 +163,7 @@ def _occlude(image: torch.Tensor, patch: torch.Tensor, y: int, x: int) -> torch.
 
 
 class _Cost:
-    """Says up front what an occlusion run costs, and after its first batch how long it will take.
+    """Says up front what an occlusion run costs, and after its first batches how long it takes.
 
     Parameters
     ----------
@@ -185,8 +185,8 @@ class _Cost:
     HINT_SECONDS = 60.0
 
     def __init__(self, total, done, measurements, positions, method, show):
-        self.total, self.first, self.show, self.told = total, done, show, False
-        self.start = time.perf_counter()
+        self.total, self.show, self.told = total, show, False
+        self.first: tuple[float, int] | None = None
         if show:
             images = len(np.unique(measurements.image))
             tqdm.write(
@@ -196,13 +196,25 @@ class _Cost:
             )
 
     def update(self, finished: int) -> None:
-        """After a batch: the first time, print the estimated time left (and how to cut it)."""
-        if not self.show or self.told or finished <= self.first:
+        """After a batch: after the second, print the estimated time left (and how to cut it).
+
+        The rate is that of the batches after the first, which also loaded the images and ran
+        their unoccluded forward.
+        """
+        if not self.show or self.told:
+            return
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (now, finished)
+            return
+        if finished <= self.first[1]:
             return
         self.told = True
-        elapsed = time.perf_counter() - self.start
-        left = elapsed * (self.total - finished) / (finished - self.first)
-        message = f"about {_duration(left)} left for these passes (estimated from the first batch)"
+        rate = (now - self.first[0]) / (finished - self.first[1])
+        left = rate * (self.total - finished)
+        message = (
+            f"about {_duration(left)} left for these passes (estimated from the first batches)"
+        )
         if left > self.HINT_SECONDS:
             message += (
                 "; to cut it: fewer top images (--top), a coarser occluder grid (--stride: "
