@@ -330,6 +330,8 @@ def test_peaks_at_the_border_measure_like_peaks_inside():
     assert inside[0] == 5.0
     # All peaks in a corner: the field is clipped by the border on every image (the old
     # average counted the missing offsets as zero and measured 3 px).
+    np.testing.assert_allclose(box_unit_sizes([(0, 0), (0, 0)]), inside)
+    np.testing.assert_allclose(box_unit_sizes([(31, 0), (31, 0)]), inside)
     np.testing.assert_allclose(box_unit_sizes([(0, 0), (0, 0), (31, 31)]), inside)
     # Some peaks on a border, some inside: each offset averaged over the images covering it.
     np.testing.assert_allclose(box_unit_sizes([(16, 16), (0, 7), (31, 20)]), inside)

@@ -110,7 +110,7 @@ def _mirror_fill(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     filled, known = values.copy(), known.copy()
     for axes in ((0,), (1,), (0, 1)):
         take = ~known & np.flip(known, axes)
-        filled[take] = np.flip(values, axes)[take]
+        filled[take] = np.flip(filled, axes).copy()[take]  # mirrors filled earlier count too
         known |= take
     return filled
 
