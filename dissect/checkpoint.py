@@ -2,11 +2,12 @@
 
 A pass saves its partial state every so often to ``DIR/.checkpoint/rank<r>.pt`` (atomically,
 tensors and numbers only, read back with ``weights_only=True``). Each checkpoint holds the
-*fingerprint* of the run (model weights digest, data spec and image list digest, layers,
-parameters, world size); a run started again with the same arguments resumes from it, and one
-with anything changed is refused with a message naming what changed, so results of two different
-runs are never mixed. Ctrl-C and SIGTERM are deferred to the end of the batch in flight, which is
-saved before the run stops; SIGKILL loses at most the work since the last checkpoint.
+*fingerprint* of the run (the checkpoint format version, model weights digest, data spec and
+image list digest, layers, parameters, world size); a run started again with the same arguments
+resumes from it, and one with anything changed is refused with a message naming what changed, so
+results of two different runs are never mixed. Ctrl-C and SIGTERM are deferred to the end of the
+batch in flight, which is saved before the run stops; SIGKILL loses at most the work since the
+last checkpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 CHECKPOINT_DIR = ".checkpoint"
 #: Images a rank processes between two checkpoints, by default.
 DEFAULT_CHECKPOINT_EVERY = 10000
+#: Version of what checkpoints hold; part of every fingerprint (the statistics pass, IoU labels,
+#: receptive fields), so a resume after an upgrade that changed it is refused, not misread.
+#: 2: the threshold sketch samples by a hash of (seed, image, position), not a generator state.
+CHECKPOINT_FORMAT = 2
 
 
 def module_digest(module: nn.Module) -> str:
@@ -63,15 +68,25 @@ class Checkpoint:
     out : path-like
         The output directory of the run.
     fingerprint : dict
-        Everything that must match for a checkpoint to be resumed (str / number / list values).
+        Everything that must match for a checkpoint to be resumed (str / number / list values);
+        :data:`CHECKPOINT_FORMAT` is added to it.
     rank : int
         This process's rank; each rank keeps its own file.
+    folder : str
+        The checkpoint folder inside ``out``, one per kind of pass (default ``.checkpoint``, the
+        statistics pass).
     """
 
-    def __init__(self, out: str | Path, fingerprint: dict[str, Any], rank: int = 0):
-        self.folder = Path(out) / CHECKPOINT_DIR
+    def __init__(
+        self,
+        out: str | Path,
+        fingerprint: dict[str, Any],
+        rank: int = 0,
+        folder: str = CHECKPOINT_DIR,
+    ):
+        self.folder = Path(out) / folder
         self.path = self.folder / f"rank{rank}.pt"
-        self.fingerprint = fingerprint
+        self.fingerprint = {"format": CHECKPOINT_FORMAT, **fingerprint}
         self.rank = rank
 
     def load(self) -> dict | None:
@@ -88,6 +103,8 @@ class Checkpoint:
                 f"checkpoint {self.path} cannot be read (damaged, or not written by dissect: "
                 f"{type(error).__name__}); add --restart to discard it and start over."
             ) from error
+        if not isinstance(old, dict) or old.get("format") != CHECKPOINT_FORMAT:
+            raise DissectError(format_refusal(self.path, old))
         changed = describe_changes(old, self.fingerprint)
         if changed:
             raise DissectError(
@@ -119,6 +136,16 @@ class Checkpoint:
             self.folder.rmdir()
         except OSError:
             pass  # other ranks' files are still there, or another rank removed the folder
+
+
+def format_refusal(path: str | Path, fingerprint: Any) -> str:
+    """The message refusing a checkpoint written in another format (by another version)."""
+    found = fingerprint.get("format") if isinstance(fingerprint, dict) else None
+    return (
+        f"checkpoint {path} was written by another version of dissect (checkpoint format "
+        f"{found if found is not None else 'unversioned'}, this version reads format "
+        f"{CHECKPOINT_FORMAT}) and cannot be resumed; add --restart to discard it and start over."
+    )
 
 
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -184,14 +184,3 @@ def barrier() -> None:
     """Wait until every rank gets here."""
     if active():
         dist.barrier()
-
-
-def rank_seed(seed: int, rank_: int | None = None) -> int:
-    """A seed of its own for each rank, derived from the run seed; rank 0 keeps ``seed`` itself.
-
-    So a one-process run draws exactly the numbers it always did, and ranks never share a stream.
-    """
-    rank_ = rank() if rank_ is None else rank_
-    if rank_ == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, rank_]).generate_state(1, np.uint32)[0])

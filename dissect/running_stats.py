@@ -13,7 +13,9 @@ values). Beyond that it keeps the same top of a uniform random sample of the val
 largest rate ``2 ** -level`` that leaves at most ``size`` values in the sample's tail; the sample's
 tail then holds between ``size / 2`` and ``size`` values, so the fraction of values above T is
 within about ``1 / sqrt(size / 2)`` (relative standard error; 1.6-2.2% at the default size) of
-the quantile.
+the quantile. Whether a value is in the sample is a hash of (seed, global image index, position)
+alone, shared by all units, so the sample -- and T -- do not depend on batching, on how the images
+are sharded over processes, or on where a run was interrupted and resumed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,43 @@ import torch
 
 #: Most values the threshold sketch keeps of each unit's upper tail.
 DEFAULT_SKETCH_SIZE = 4096
+
+_MASK32 = 0xFFFFFFFF
+_MIX = 0x45D9F3B  # < 2**27: products of 32-bit values stay inside int64
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mix of int64 values in [0, 2**32) (no overflow, the same on any device)."""
+    x = (((x >> 16) ^ x) * _MIX) & _MASK32
+    x = (((x >> 16) ^ x) * _MIX) & _MASK32
+    return (x >> 16) ^ x
+
+
+def sample_mask(seed: int, images: torch.Tensor, positions: int, level: int) -> torch.Tensor:
+    """Which (image, position) values a sketch at rate ``2 ** -level`` samples.
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed.
+    images : Tensor
+        (B,) int64 global image indices.
+    positions : int
+        Values per image and unit (the positions of a map).
+    level : int
+        Sampling level, 0 to 32: a value is kept with probability ``2 ** -level``.
+
+    Returns
+    -------
+    Tensor
+        (B, positions) bool, a function of (seed, image index, position) only.
+    """
+    device = images.device
+    seed_key = _hash32(torch.tensor(seed & _MASK32, dtype=torch.int64, device=device))
+    image_key = _hash32((images.long() & _MASK32) ^ seed_key)
+    position_key = _hash32(torch.arange(positions, dtype=torch.int64, device=device) + 0x9E3779B9)
+    mixed = _hash32(image_key[:, None] ^ position_key[None, :])
+    return (mixed >> (32 - level)) == 0
 
 
 class TopK:
@@ -119,7 +158,7 @@ class TailQuantile:
     size : int
         Most values kept per unit.
     seed : int
-        Seeds the sampling, so a run is repeatable.
+        Keys the sampling (with the image index and position), so a run is repeatable.
     """
 
     def __init__(
@@ -136,8 +175,9 @@ class TailQuantile:
         self.quantile = quantile
         self.max_values = max_values
         self.size = size
+        self.seed = seed
         self.level = 0  # values are sampled at rate 2 ** -level
-        while quantile * max_values * self.rate > size:
+        while quantile * max_values * self.rate > size and self.level < 32:
             self.level += 1
         self.count = 0  # values seen per unit
         self.capacity = int(quantile * max_values * self.rate) + 1  # the tail T needs, at most
@@ -145,22 +185,33 @@ class TailQuantile:
         # and the smallest of that top at the last compaction: nothing below it can enter.
         self.values = torch.full((units, self.capacity), -math.inf, device=device)
         self.floor = torch.full((units,), -math.inf, device=device)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.next_image = 0  # the image index ``add`` assumes when it is given none
 
     @property
     def rate(self) -> float:
         return 2.0**-self.level
 
-    def add(self, values: torch.Tensor) -> None:
-        """Add values of shape (units, n), or (batch, units, ...) such as a batch of maps."""
+    def add(self, values: torch.Tensor, images: torch.Tensor | None = None) -> None:
+        """Add values of shape (units, n) (one image), or (batch, units, ...) such as maps.
+
+        Parameters
+        ----------
+        values : Tensor
+            (units, n) or (batch, units, ...) values.
+        images : Tensor, optional
+            (batch,) global image indices, which key the sampling; default: the images after
+            the last one added. Pass them whenever shards or resumed runs must agree.
+        """
         values = values[None] if values.dim() == 2 else values
         values = values.reshape(*values.shape[:2], -1)  # (batch, units, n)
         batch, units, n = values.shape
+        if images is None:
+            images = torch.arange(self.next_image, self.next_image + batch)
         self._count(batch * n)
+        self.next_image = int(images.max()) + 1 if len(images) else self.next_image
         enters = values > self.floor[:, None]
         if self.level:
-            keep = torch.rand((batch, 1, n), generator=self.generator, device=enters.device)
-            enters &= keep < self.rate
+            enters &= sample_mask(self.seed, images.to(enters.device), n, self.level)[:, None]
         if torch.isinf(self.floor).any():  # the top is not full yet: take every (sampled) value
             dense = torch.where(enters, values.float(), -math.inf)
             self._keep(dense.transpose(0, 1).reshape(units, -1))
@@ -188,12 +239,14 @@ class TailQuantile:
         self.floor = self.values.amin(1)
 
     def merge(self, other: TailQuantile) -> None:
-        """Fold in another shard's sketch, made with the same quantile, bound and size."""
-        mine = (self.quantile, self.max_values, self.size)
-        theirs = (other.quantile, other.max_values, other.size)
+        """Fold in another shard's sketch, made with the same quantile, bound, size and seed."""
+        # The seed matters only when the sketch samples.
+        mine = (self.quantile, self.max_values, self.size, self.seed if self.level else None)
+        theirs = (other.quantile, other.max_values, other.size, other.seed if other.level else None)
         if mine != theirs:
             raise ValueError(f"cannot merge sketches made for {theirs} into {mine}")
         self._count(other.count)
+        self.next_image = max(self.next_image, other.next_image)
         self._keep(other.values.to(self.values.device))
 
     def threshold(self, left_out: torch.Tensor | None = None) -> np.ndarray:
@@ -217,7 +270,8 @@ class TailQuantile:
             "size": self.size,
             "count": self.count,
             "values": self.values,
-            "generator": self.generator.get_state(),
+            "seed": self.seed,
+            "next_image": self.next_image,
         }
 
     @classmethod
@@ -225,11 +279,16 @@ class TailQuantile:
         values = state["values"]
         units = values.shape[0]
         sketch = cls(
-            units, state["quantile"], state["max_values"], state["size"], device=values.device
+            units,
+            state["quantile"],
+            state["max_values"],
+            state["size"],
+            int(state["seed"]),
+            device=values.device,
         )
         sketch.count, sketch.values = state["count"], values
+        sketch.next_image = int(state["next_image"])
         sketch._compact()
-        sketch.generator.set_state(state["generator"])
         return sketch
 
 
@@ -257,7 +316,7 @@ class UnitStats:
     quantile : float
         Top fraction of activation values above the threshold T.
     seed : int
-        Seeds the threshold sketch.
+        Keys the threshold sketch's sampling (see :func:`sample_mask`).
     sketch_size : int
         Values the threshold sketch keeps per unit.
     """
@@ -324,7 +383,7 @@ class UnitStats:
         self.peak = torch.maximum(self.peak, score.amax(0))
         self.sum += flat.sum(2).double().sum(0)
         self.images += batch
-        self.tail.add(acts)
+        self.tail.add(acts, indices)
         return found
 
     def merge(self, other: UnitStats) -> None:

@@ -117,12 +117,12 @@ class PassResult:
 
 
 def _state_to(state: dict, device: torch.device | str) -> dict:
-    """A nested state dict with its tensors on ``device`` (generator states stay on the CPU)."""
+    """A nested state dict with its tensors on ``device``."""
     moved = {}
     for key, value in state.items():
         if isinstance(value, dict):
             value = _state_to(value, device)
-        elif isinstance(value, torch.Tensor) and key != "generator":
+        elif isinstance(value, torch.Tensor):
             value = value.to(device)
         moved[key] = value
     return moved
@@ -155,8 +155,8 @@ def collect_stats(
     preprocess : Preprocess
         Resizing and normalisation.
     config : RunConfig
-        Layers and pass parameters. Under torchrun each rank seeds its statistics with its own
-        seed derived from ``config.seed`` (see :func:`dissect.distributed.rank_seed`).
+        Layers and pass parameters. ``config.seed`` keys the threshold sketch's sampling with
+        the global image index and position, the same on every rank.
     indices : sequence of int, optional
         Which images (default: all of them, in order).
     progress : bool
@@ -176,7 +176,7 @@ def collect_stats(
         Its ``stats`` are empty when no image was readable.
     """
     device = distributed.local_device(pick_device(config.device))
-    seed = distributed.rank_seed(config.seed)
+    seed = config.seed
     torch.manual_seed(seed)
     module.to(device)
     indices = list(range(len(source)) if indices is None else indices)
@@ -379,9 +379,10 @@ def write_dissection(
     """Write the statistics of a finished pass as a dissection directory (manifest last).
 
     ``topk/*.npz``, ``max_activation`` and ``threshold`` do not depend on how the images were
-    sharded over processes or how often the run was resumed (while the threshold sketch is exact;
-    see :mod:`dissect.running_stats`). ``mean_activation`` is accumulated in float64, where a
-    different summation order changes only the last bits, and is stored as float32.
+    sharded over processes or how often the run was resumed (the threshold sketch's sample is
+    keyed on seed, image index and position; see :mod:`dissect.running_stats`).
+    ``mean_activation`` is accumulated in float64, where a different summation order changes
+    only the last bits, and is stored as float32.
     """
     out = Path(out)
     rows, topk = [], {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 
 import numpy as np
 import pandas as pd
@@ -10,11 +12,13 @@ import pytest
 import torch
 from conftest import TINY_SPEC
 
+from dissect.checkpoint import Checkpoint
 from dissect.cli import main
 from dissect.datasets.masks import Segmentation, SegmentedSource
 from dissect.dissection import Dissection
+from dissect.errors import DissectError
 from dissect.images import ImageReadError, Preprocess
-from dissect.iou import CHECKPOINT, autolabel, compute_iou, read_iou
+from dissect.iou import CHECKPOINT_FOLDER, autolabel, compute_iou, read_iou
 from dissect.iou.concepts import ImageConcepts
 from dissect.iou.tally import IoUStats
 from dissect.labels import read_labels, write_labels
@@ -39,9 +43,10 @@ class TinyWorld(SegmentedSource):
     concepts = CONCEPTS
     spec = "tiny-world"
 
-    def __init__(self, count: int = 11, fail_at: int | None = None):
+    def __init__(self, count: int = 11, fail_at: int | None = None, term_at: int | None = None):
         self.count = count
         self.fail_at = fail_at
+        self.term_at = term_at
 
     def __len__(self) -> int:
         return self.count
@@ -58,6 +63,8 @@ class TinyWorld(SegmentedSource):
     def read_rgb(self, index: int) -> np.ndarray:
         if index == self.fail_at:
             raise KeyboardInterrupt
+        if index == self.term_at:
+            os.kill(os.getpid(), signal.SIGTERM)
         if index == BROKEN:
             raise ImageReadError("corrupt")
         return self._rng(index).integers(0, 256, (*self._size(index), 3), dtype=np.uint8)
@@ -153,17 +160,53 @@ def test_iou_matches_brute_force(dissected, expected, batch_size):
     assert (expected["conv2"] > 0).any() and (expected["conv2"] < 1).any()  # a real test
 
 
+def saved_state(dissection: Dissection) -> dict:
+    path = dissection.path(CHECKPOINT_FOLDER, "rank0.pt")
+    return torch.load(path, weights_only=True)["state"]
+
+
 @pytest.mark.filterwarnings("ignore:skipped image")
-def test_interrupted_pass_resumes_from_checkpoint(dissected, expected):
-    checkpoint = dissected.path("iou", CHECKPOINT)
+def test_interrupted_pass_resumes_from_checkpoint_with_the_same_batch_size(dissected, expected):
     with pytest.raises(KeyboardInterrupt):
         compute_iou(dissected, source=TinyWorld(fail_at=7), batch_size=3, progress=False)
-    state = torch.load(checkpoint, weights_only=True)
+    state = saved_state(dissected)
     assert state["position"] == 6  # two whole batches kept; the batch in flight lost
     assert state["layers"]["conv1"]["images"] == 5  # image 4 was skipped
-    stats, _ = compute_iou(dissected, source=TinyWorld(), batch_size=4, progress=False)
+    # torchrun cuts shards on batch boundaries: another batch size is refused, not misread.
+    with pytest.raises(DissectError, match="batch_size 3 -> 4.*--restart"):
+        compute_iou(dissected, source=TinyWorld(), batch_size=4, progress=False)
+    stats, _ = compute_iou(dissected, source=TinyWorld(), batch_size=3, progress=False)
     np.testing.assert_allclose(stats["conv2"].iou(), expected["conv2"], rtol=1e-12)
-    checkpoint.unlink()
+    stats, _ = compute_iou(
+        dissected, source=TinyWorld(), batch_size=4, progress=False, restart=True
+    )
+    np.testing.assert_allclose(stats["conv2"].iou(), expected["conv2"], rtol=1e-12)
+    Checkpoint(dissected.directory, {}, 0, CHECKPOINT_FOLDER).remove()
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_sigterm_saves_the_batch_in_flight_and_checkpoints_go_by_time(
+    dissected, expected, monkeypatch
+):
+    with pytest.raises(KeyboardInterrupt):
+        compute_iou(dissected, source=TinyWorld(term_at=7), batch_size=3, progress=False)
+    assert saved_state(dissected)["position"] == 9  # the batch in flight finished and was saved
+    saves = []
+    original = Checkpoint.save
+
+    def counted(self, state):
+        saves.append(state["position"])
+        original(self, state)
+
+    monkeypatch.setattr(Checkpoint, "save", counted)
+    stats, _ = compute_iou(dissected, source=TinyWorld(), batch_size=3, progress=False)
+    np.testing.assert_allclose(stats["conv1"].iou(), expected["conv1"], rtol=1e-12)
+    assert saves == [11]  # not after every batch: once at the end (well within 60 s)
+    saves.clear()
+    compute_iou(dissected, source=TinyWorld(), batch_size=3, progress=False, restart=True,
+                checkpoint_seconds=0)  # fmt: skip
+    assert saves == [3, 6, 9, 11, 11]
+    Checkpoint(dissected.directory, {}, 0, CHECKPOINT_FOLDER).remove()
 
 
 @pytest.mark.filterwarnings("ignore:skipped image")
@@ -189,7 +232,7 @@ def test_autolabel_writes_labels_and_tables(dissected, expected):
     table = read_iou(dissected, "conv2")
     assert table.shape == (6, 7)
     assert table[("scene", "<b>street</b>")].tolist() == pytest.approx(expected["conv2"][:, 6])
-    assert not dissected.path("iou", CHECKPOINT).exists()
+    assert not dissected.path(CHECKPOINT_FOLDER).exists()
     autolabel(dissected, ["conv2"], source=TinyWorld(), progress=False)
     assert len(read_labels(dissected.directory, "iou")) == 10  # conv1 labels kept
 

@@ -152,6 +152,17 @@ def test_fingerprint_changes_are_named(tmp_path):
     assert not (tmp_path / CHECKPOINT_DIR).exists()
 
 
+def test_checkpoint_of_another_format_is_refused_clearly(tmp_path):
+    fingerprint = {"batch_size": 64, "layers": ["conv1"]}
+    (tmp_path / CHECKPOINT_DIR).mkdir()
+    # What dissect wrote before checkpoints carried a format version: the same fingerprint.
+    torch.save({"fingerprint": fingerprint, "state": {"done": 3}}, Checkpoint(tmp_path, {}).path)
+    with pytest.raises(DissectError, match="another version of dissect.*format.*--restart"):
+        Checkpoint(tmp_path, fingerprint).load()
+    Checkpoint(tmp_path, fingerprint).save({"done": 3})
+    assert Checkpoint(tmp_path, fingerprint).load() == {"done": 3}
+
+
 def test_digests_see_changed_weights_and_images(tmp_path):
     from tiny_models import tiny_net
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .common import add_detector_arguments, split_names, taxonomy_from_args
+
+CHECKPOINT_FOLDER = "iou/.checkpoint"  # dissect.iou.CHECKPOINT_FOLDER (not imported: heavy)
 
 HELP = (
     "label units automatically by IoU of their thresholded maps with the dense concept masks "
@@ -29,7 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--restart",
         action="store_true",
-        help="ignore a checkpoint left by an interrupted run and start over",
+        help="discard the checkpoint left by an interrupted run and start over",
+    )
+    parser.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="save partial counts every S seconds and on Ctrl-C / SIGTERM (60); the same "
+        "command started again resumes from them",
     )
 
 
@@ -41,16 +52,25 @@ def run(args: argparse.Namespace) -> int:
 
     taxonomy = taxonomy_from_args(args)
     permutations = DEFAULT_PERMUTATIONS if args.permutations is None else args.permutations
-    labels = autolabel(
-        args.directory,
-        split_names(args.layers),
-        taxonomy=taxonomy,
-        batch_size=args.batch_size,
-        device=args.device,
-        workers=args.workers,
-        restart=args.restart,
-        permutations=permutations,
-    )
+    try:
+        labels = autolabel(
+            args.directory,
+            split_names(args.layers),
+            taxonomy=taxonomy,
+            batch_size=args.batch_size,
+            device=args.device,
+            workers=args.workers,
+            restart=args.restart,
+            permutations=permutations,
+            checkpoint_seconds=args.checkpoint_seconds,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"dissect autolabel: interrupted; progress is saved in {args.directory}/"
+            f"{CHECKPOINT_FOLDER}. Run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
     if not distributed.is_main():
         return 0
     rule = f"IoU >= {args.min_iou}" + (f", p <= {args.max_p}" if args.max_p else "")

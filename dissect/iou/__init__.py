@@ -12,14 +12,16 @@ that carry no part labels, say: ``union = A_k,cat(c) + |L_c| - I_k,c``.
 
 :class:`IoUStats` keeps the three counters (units x concepts, units x categories, concepts), not
 images; it has ``add``, ``merge``, ``state_dict`` and ``from_state_dict`` so shards combine
-exactly. :func:`compute_iou` streams a dataset through the network and checkpoints after every
-batch; :func:`autolabel` writes ``iou/<layer>.npz``, ``iou/concepts.csv`` and the ``iou`` label
-source (``dissect autolabel``).
+exactly. :func:`compute_iou` streams a dataset through the network, saving its counters
+to ``iou/.checkpoint/`` every ``checkpoint_seconds`` and on Ctrl-C / SIGTERM; :func:`autolabel`
+writes ``iou/<layer>.npz``, ``iou/concepts.csv`` and the ``iou`` label source (``dissect
+autolabel``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,12 +32,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..checkpoint import Checkpoint, deferred_interrupts
 from ..device import pick_device
 from ..dissection import Dissection, layer_file_name
 from ..errors import DissectError
 from ..hooks import LayerTrace
 from ..images import ImageSource
-from ..io import atomic_path, read_npz, write_csv, write_npz
+from ..io import read_npz, write_csv, write_npz
 from ..labels import read_labels, write_labels
 from ..models import LoadedModel
 from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
@@ -43,24 +46,41 @@ from .concepts import ConceptCollate, ConceptDataset, ConceptIndex, segmented_so
 from .significance import DEFAULT_PERMUTATIONS, PermutationNull, significance
 from .tally import IoUStats, count_layer
 
-CHECKPOINT = "checkpoint.pt"
+#: Folder of the IoU pass's checkpoints (one file per rank), inside the dissection directory.
+CHECKPOINT_FOLDER = "iou/.checkpoint"
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _fingerprint(
-    dissection: Dissection, layers: Sequence[str], index: ConceptIndex, null: str = ""
-) -> str:
-    """Identifies what a checkpoint was computed for: the pass, the layers, the concepts."""
-    text = "|".join(
-        [
-            str(dissection.manifest.get("created")),
-            str(dissection.manifest.get("n_images")),
-            f"world_size={distributed.world_size()}",
-            ",".join(layers),
-            index.table.to_csv(index=False),
-            null,
-        ]
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
+    dissection: Dissection,
+    layers: Sequence[str],
+    index: ConceptIndex,
+    thresholds: dict[str, torch.Tensor],
+    batch_size: int,
+    null: dict,
+) -> dict:
+    """What must not change between an interrupted IoU pass and its resumption.
+
+    The batch size is in it because torchrun shards are cut on batch boundaries (and the
+    permutation null pairs images inside batches).
+    """
+    return {
+        "pass": "iou",
+        "dissection_created": str(dissection.manifest.get("created")),
+        "run_id": str(dissection.run_id),
+        "n_images": int(dissection.manifest.get("n_images", 0)),
+        "world_size": distributed.world_size(),
+        "layers": list(layers),
+        "batch_size": batch_size,
+        "concepts_sha256": _digest(index.table.to_csv(index=False).encode()),
+        "thresholds_sha256": _digest(
+            b"".join(thresholds[layer].cpu().numpy().tobytes() for layer in layers)
+        ),
+        "null": null,
+    }
 
 
 def compute_iou(
@@ -78,6 +98,7 @@ def compute_iou(
     permutations: int = 0,
     nulls: dict[str, PermutationNull] | None = None,
     skipped: list[tuple[int, str]] | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> tuple[dict[str, IoUStats], ConceptIndex]:
     """Stream the dissected images through the network and count IoU for every unit and concept.
 
@@ -101,10 +122,13 @@ def compute_iou(
     progress : bool
         Show a progress bar.
     checkpoint : bool
-        Save the counters to ``iou/checkpoint.pt`` after every batch and resume from it, so an
-        interruption loses at most the batch in flight.
+        Save the counters to ``iou/.checkpoint/rank<r>.pt`` every ``checkpoint_seconds``, on
+        Ctrl-C / SIGTERM (deferred to the end of the batch in flight; then ``KeyboardInterrupt``
+        is raised) and on an interruption between batches, and resume from it. A checkpoint of
+        another pass (other thresholds, layers, concepts, batch size, null, number of
+        processes, or checkpoint format) is refused with a :class:`DissectError`.
     restart : bool
-        Ignore an existing checkpoint and start from the first image.
+        Discard an existing checkpoint and start from the first image.
     permutations : int
         P, re-pairings of unit masks with the concept masks of other images counted alongside
         for the significance of every label (see :mod:`dissect.iou.significance`); 0 (the
@@ -115,6 +139,8 @@ def compute_iou(
     skipped : list, optional
         Filled with (index, reason) of every image left out because it or one of its label maps
         could not be read (all processes, all sessions of a resumed pass), by index.
+    checkpoint_seconds : float
+        Seconds between two checkpoints.
 
     Returns
     -------
@@ -158,12 +184,24 @@ def compute_iou(
         for layer in layers
         if permutations
     }  # fmt: skip
-    path = checkpoint_path(dissection)
-    setup = f"permutations={permutations},seed={seed},batch={batch_size}" if permutations else ""
-    fingerprint = _fingerprint(dissection, layers, index, setup)
-    resume = checkpoint and not restart
-    passed: list[tuple[int, str]] = []  # images skipped
-    start = _resume(path, fingerprint, stats, null, passed, torch_device) if resume else 0
+    setup = {"permutations": permutations, "seed": seed} if permutations else {}
+    saver = Checkpoint(
+        dissection.directory,
+        _fingerprint(dissection, layers, index, thresholds, batch_size, setup),
+        distributed.rank(),
+        CHECKPOINT_FOLDER,
+    )
+    if restart:
+        saver.remove(distributed.world_size())
+    state = saver.load() if checkpoint else None
+    start, passed = 0, []  # passed: images skipped
+    if state is not None:
+        stats = {layer: IoUStats.from_state_dict(state["layers"][layer], torch_device)
+                 for layer in layers}  # fmt: skip
+        null = {layer: PermutationNull.from_state_dict(state["null"][layer], torch_device)
+                for layer in null}  # fmt: skip
+        passed = [(int(image), str(reason)) for image, reason in state["skipped"]]
+        start = int(state["position"])
     size = preprocess.image_size
     shard = distributed.shard(range(len(source)), block=batch_size)
     loader = torch.utils.data.DataLoader(
@@ -174,27 +212,53 @@ def compute_iou(
     )
     show = progress and distributed.is_main()
     bar = tqdm(total=len(shard), initial=start, unit="img", desc="iou", disable=not show)
-    position = start
-    with torch.inference_mode(), LayerTrace(module, layers, stop=True) as trace:
-        for count, images, concepts, skipped_now in loader:
-            for image, reason in skipped_now:
-                warnings.warn(f"skipped image {source.image_id(image)!r}: {reason}", stacklevel=2)
-            passed.extend(skipped_now)
-            if images is not None:
-                outputs = trace(images.to(torch_device))
-                gone = {image for image, _ in skipped_now}
-                read = [i for i in shard[position : position + count] if i not in gone]
-                for layer in layers:
-                    stats[layer].add_concepts(concepts)
-                    if null:
-                        null[layer].add_concepts(concepts, read)
-                    count_layer(stats[layer], outputs[layer], thresholds[layer],
-                                 geometry[layer], size, concepts, null.get(layer))  # fmt: skip
-            position += count
-            if checkpoint:
-                _save_checkpoint(path, fingerprint, position, stats, null, passed)
-            bar.update(count)
+    position, saved, consistent = start, time.monotonic(), True
+
+    def save() -> None:
+        nonlocal saved
+        if checkpoint:
+            done = [[image, reason] for image, reason in passed]
+            saver.save({"position": position, "layers": _states(stats), "null": _states(null),
+                        "skipped": done})  # fmt: skip
+        saved = time.monotonic()
+
+    with (
+        torch.inference_mode(),
+        LayerTrace(module, layers, stop=True) as trace,
+        deferred_interrupts() as stop,
+    ):
+        try:
+            for count, images, concepts, skipped_now in loader:
+                for image, reason in skipped_now:
+                    warnings.warn(
+                        f"skipped image {source.image_id(image)!r}: {reason}", stacklevel=2
+                    )
+                consistent = False  # until every layer has counted this batch
+                passed.extend(skipped_now)
+                if images is not None:
+                    outputs = trace(images.to(torch_device))
+                    gone = {image for image, _ in skipped_now}
+                    read = [i for i in shard[position : position + count] if i not in gone]
+                    for layer in layers:
+                        stats[layer].add_concepts(concepts)
+                        if null:
+                            null[layer].add_concepts(concepts, read)
+                        count_layer(stats[layer], outputs[layer], thresholds[layer],
+                                     geometry[layer], size, concepts, null.get(layer))  # fmt: skip
+                position += count
+                consistent = True
+                bar.update(count)
+                if stop.requested or time.monotonic() - saved > checkpoint_seconds:
+                    save()
+                if stop.requested:
+                    raise KeyboardInterrupt(stop.signal)
+        except KeyboardInterrupt:
+            if consistent and not stop.requested:
+                save()  # interrupted between batches (e.g. while reading): keep what is done
+            raise
     bar.close()
+    if checkpoint:
+        save()  # the finished shard survives a failed merge
     merged = distributed.gather_and_merge(
         {"layers": _states(stats), "null": _states(null), "skipped": passed}, _merge_states
     )
@@ -234,43 +298,6 @@ def _merge_states(first: dict, second: dict) -> dict:
         },
         "skipped": sorted(first["skipped"] + second["skipped"]),
     }
-
-
-def checkpoint_path(dissection: Dissection) -> Path:
-    """This process's checkpoint of the IoU pass (one per rank under torchrun)."""
-    rank = distributed.rank()
-    return dissection.path("iou", CHECKPOINT if rank == 0 else f"checkpoint-rank{rank}.pt")
-
-
-def _resume(
-    path: Path, fingerprint: str, stats: dict[str, IoUStats], null: dict, skipped: list, device
-) -> int:
-    """Load counters from a matching checkpoint; return the first image still to do."""
-    if not path.is_file():
-        return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != fingerprint or set(state["layers"]) != set(stats):
-        return 0
-    if set(state.get("null", {})) != set(null):
-        return 0
-    for layer in stats:
-        stats[layer] = IoUStats.from_state_dict(state["layers"][layer], device)
-    for layer in null:
-        null[layer] = PermutationNull.from_state_dict(state["null"][layer], device)
-    skipped.extend((int(image), str(reason)) for image, reason in state.get("skipped", []))
-    return int(state["position"])
-
-
-def _save_checkpoint(path: Path, fingerprint: str, position: int, stats, null, skipped) -> None:
-    state = {
-        "fingerprint": fingerprint,
-        "position": position,
-        "layers": _states(stats),
-        "null": _states(null),
-        "skipped": [[image, reason] for image, reason in skipped],
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def best_concepts(
@@ -339,7 +366,8 @@ def autolabel(
         Maps dataset categories onto semantic types for the ``category`` column.
     **options
         ``model``, ``source``, ``batch_size``, ``device``, ``workers``, ``progress``,
-        ``checkpoint``, ``restart``, ``permutations``: see :func:`compute_iou`.
+        ``checkpoint``, ``restart``, ``permutations``, ``checkpoint_seconds``: see
+        :func:`compute_iou`.
 
     Returns
     -------
@@ -364,7 +392,9 @@ def autolabel(
         )  # fmt: skip
         labels = _write_labels(dissection, stats, index, taxonomy, nulls)
     distributed.barrier()  # rank 0 has written
-    checkpoint_path(dissection).unlink(missing_ok=True)
+    Checkpoint(dissection.directory, {}, distributed.rank(), CHECKPOINT_FOLDER).remove(
+        distributed.world_size()
+    )
     if not distributed.is_main():
         labels = read_labels(dissection.directory, "iou")
         labels = labels[labels["layer"].isin(dissection.check_layers(layers))]

@@ -88,6 +88,7 @@ import pandas as pd
 import torch
 
 from .. import distributed
+from ..checkpoint import CHECKPOINT_FORMAT
 from ..device import pick_device
 from ..dissection import Dissection, layer_file_name
 from ..errors import DissectError
@@ -249,9 +250,9 @@ def receptive_fields(
 def _params(config: OcclusionConfig, units: Sequence[int]) -> str:
     """What a layer's maps file was measured with (a rerun with the same reuses it)."""
     # ``version``: how grids and maps are computed; files of an earlier version are measured again.
-    return json.dumps(
-        {"config": config.to_dict(), "units": list(units), "version": _VERSION}, sort_keys=True
-    )
+    # ``format``: the checkpoint format of dissect (see dissect.checkpoint.CHECKPOINT_FORMAT).
+    fields = {"config": config.to_dict(), "units": list(units), "version": _VERSION}
+    return json.dumps({**fields, "format": CHECKPOINT_FORMAT}, sort_keys=True)
 
 
 #: Version 2: clipped last occluder window, per-offset averaging, mass-rule sizes.
