@@ -293,3 +293,46 @@ def test_autolabel_stats_report_commands_on_the_synthetic_world(tmp_path, tiny_s
     assert pd.read_csv(out / "layer_types.csv")["n_units"].sum() == 6
     assert main(["report", str(out)]) == 0
     assert "conv2" in (out / "report" / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("stride", "offset", "side"), [(4.0, 1.5, 13), (3.0, -2.0, 7), (1.0, 0.0, 16), (8.0, 4.0, 1)]
+)
+def test_sparse_tally_equals_dense_upsampled_masks(stride, offset, side):
+    """Counting only the cells that can exceed T gives the counts of every upsampled map."""
+    from dissect.geometry import LayerGeometry
+    from dissect.iou.concepts import ConceptBatch
+    from dissect.iou.tally import count_layer
+
+    rng = np.random.default_rng(side)
+    size, units, images = 40, 5, 3
+    geometry = LayerGeometry(
+        "l", "Conv2d", (units, side, side), (9, 9), (stride, stride), (offset, offset)
+    )
+    acts = torch.from_numpy(rng.normal(size=(images, units, side, side)).astype(np.float32))
+    thresholds = torch.from_numpy(np.quantile(acts.numpy(), 0.9, axis=(0, 2, 3))).float()
+    concepts = ConceptBatch.stack(
+        [
+            ImageConcepts(
+                torch.from_numpy(rng.integers(-1, 6, (2, size * size))),
+                torch.tensor([6]) if i == 1 else torch.zeros(0, dtype=torch.int64),
+                torch.tensor([True, i != 2]),
+            )
+            for i in range(images)
+        ],
+        size * size,
+        7,
+    )
+    category_of = np.array([0, 0, 0, 1, 1, 1, 1])
+    sparse, dense = IoUStats(units, category_of, 2), IoUStats(units, category_of, 2)
+    count_layer(sparse, acts, thresholds, geometry, size, concepts)
+    masks = upsample_maps(acts, geometry, size) > thresholds[None, :, None, None]
+    dense.add_masks(
+        masks.reshape(images * units, -1),
+        torch.arange(images).repeat_interleave(units),
+        torch.arange(units).repeat(images),
+        concepts,
+    )
+    assert masks.any() and not masks.all()
+    np.testing.assert_array_equal(sparse.intersection.numpy(), dense.intersection.numpy())
+    np.testing.assert_array_equal(sparse.unit_area.numpy(), dense.unit_area.numpy())

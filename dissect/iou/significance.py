@@ -159,6 +159,19 @@ class PermutationNull:
         for rows, counts in zip(self._partners, self.counts, strict=True):
             counts.add_masks(masks, rows[images], units, concepts)
 
+    def add_pixels(
+        self,
+        pair: torch.Tensor,
+        position: torch.Tensor,
+        images: torch.Tensor,
+        units: torch.Tensor,
+        concepts: ConceptBatch,
+    ) -> None:
+        """The sparse form of :meth:`add_masks` (see ``IoUStats.add_pixels``)."""
+        images = images.to(self.counts[0].intersection.device)
+        for rows, counts in zip(self._partners, self.counts, strict=True):
+            counts.add_pixels(pair, position, rows[images], units, concepts)
+
     def merge(self, other: PermutationNull) -> PermutationNull:
         """Add another shard's counts (over different images); return self."""
         if self.permutations != other.permutations or self.seed != other.seed:

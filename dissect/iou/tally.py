@@ -1,13 +1,19 @@
-"""Mergeable IoU counters of units against concepts, and counting one batch of one layer."""
+"""Mergeable IoU counters of units against concepts, and counting one batch of one layer.
+
+Counters are added to by :meth:`IoUStats.add_pixels` (mask pixels as (pair, position) lists);
+:func:`count_layer` finds those pixels sparsely, evaluating only the cells of the upsampled maps
+that can exceed the unit's threshold.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from ..upsample import upsample_maps
+from ..upsample import layer_weights
 from .concepts import ConceptBatch, ImageConcepts
 
 #: Bytes of upsampled unit maps handled at once (images are split to stay under it).
@@ -84,23 +90,47 @@ class IoUStats:
         concepts : ConceptBatch
             The concept masks of the batch's images.
         """
+        pair, position = masks.to(self.intersection.device).nonzero(as_tuple=True)
+        self.add_pixels(pair, position, images, units, concepts)
+
+    def add_pixels(
+        self,
+        pair: torch.Tensor,
+        position: torch.Tensor,
+        images: torch.Tensor,
+        units: torch.Tensor,
+        concepts: ConceptBatch,
+    ) -> None:
+        """Count mask pixels given as (pair, pixel) lists: the sparse form of :meth:`add_masks`.
+
+        Parameters
+        ----------
+        pair, position : Tensor
+            (m,) int64: for every pixel inside a mask, its pair (index into ``images`` and
+            ``units``) and its flat position in the image; each pixel of a pair at most once.
+        images, units : Tensor
+            (n,) int64: the image (row of ``concepts``) and the unit of each pair; pairs are
+            distinct.
+        concepts : ConceptBatch
+            The concept masks of the batch's images.
+        """
         device = self.intersection.device
         total, count = self.intersection.shape
-        masks, images, units = masks.to(device), images.to(device), units.to(device)
-        pair, position = masks.nonzero(as_tuple=True)
-        area = torch.bincount(pair, minlength=len(masks)).double()  # (n,)
-        by_unit = torch.nn.functional.one_hot(units, total).T.double() * area  # (U, n)
-        self.unit_area += by_unit @ concepts.present.to(device)[images].double()
+        pair, position = pair.to(device), position.to(device)
+        images, units = images.to(device), units.to(device)
+        area = torch.bincount(pair, minlength=len(images)).double()  # (n,)
+        # Areas as (image, unit): image-level sums become one small matrix product each.
+        by_image = torch.zeros((len(concepts.whole), total), dtype=torch.float64, device=device)
+        by_image.index_put_((images, units), area, accumulate=True)
+        self.unit_area += by_image.T @ concepts.present.to(device).double()
         # Image-level concepts cover every pixel of their image.
-        self.intersection += by_unit @ concepts.whole.to(device)[images].double()
+        self.intersection += by_image.T @ concepts.whole.to(device).double()
         # Pixel-level concepts: count (unit, concept) pairs at the pixels inside the masks.
         pixels = concepts.pixel.shape[1]
         columns = concepts.by_pixel.to(device).index_select(0, images[pair] * pixels + position)
-        pairs = (units[pair] * count)[:, None] + columns  # (m, maps)
-        pairs = pairs[columns >= 0]
-        self.intersection += (
-            torch.bincount(pairs, minlength=total * count).view(total, count).double()
-        )
+        keys = (units[pair] * count)[:, None] + columns  # (m, maps)
+        keys = keys[columns >= 0]
+        self.intersection += torch.bincount(keys, minlength=total * count).view(total, count)
 
     def merge(self, other: IoUStats) -> IoUStats:
         """Add another shard's counts (over different images) to these; return self."""
@@ -154,21 +184,69 @@ def count_layer(
     concepts: ConceptBatch,
     null=None,
 ) -> None:
-    """Upsample, threshold and count the maps of one layer for one batch.
+    """Threshold the upsampled maps of one layer for one batch and count them, sparsely.
 
-    Bilinear upsampling never exceeds a map's peak, so only (image, unit) pairs whose peak is
-    above the unit's threshold can have a non-empty mask: the others are skipped, exactly.
-    ``null``, a :class:`~dissect.iou.significance.PermutationNull`, counts the same masks
-    against the concept masks of other images.
+    Exactly what upsampling every map with :func:`~dissect.upsample.upsample_maps` and
+    thresholding it gives, without upsampling every map: a bilinear value never exceeds the four
+    feature values around it, so only (image, unit) pairs whose peak is above the unit's
+    threshold, and in them only the cells (pixels between four feature centres) with a corner
+    above it, can hold mask pixels; those pixels alone are evaluated, with the same float32
+    operations as :func:`~dissect.upsample.upsample_maps`. ``null``, a
+    :class:`~dissect.iou.significance.PermutationNull`, counts the same mask pixels against the
+    concept masks of other images.
     """
     acts = acts[:, :, None, None] if acts.dim() == 2 else acts
+    height, width = acts.shape[2:]
+    ys, xs = (a.to(acts.device) for a in _weights(geometry, size, height, width))
     peaks = acts.flatten(2).amax(2)
     images, units = (peaks > thresholds[None, :]).nonzero(as_tuple=True)
-    step = max(1, CHUNK_BYTES // (4 * size * size))
+    step = max(1, CHUNK_BYTES // (16 * height * width))
     for first in range(0, len(images), step):
         image, unit = images[first : first + step], units[first : first + step]
-        maps = acts[image, unit].reshape(len(image), 1, *acts.shape[2:])
-        masks = upsample_maps(maps, geometry, size)[:, 0] > thresholds[unit][:, None, None]
-        stats.add_masks(masks.flatten(1), image, unit, concepts)
-        if null is not None:
-            null.add_masks(masks.flatten(1), image, unit, concepts)
+        maps, limit = acts[image, unit].float(), thresholds[unit]
+        # Each cell's largest corner: the most any pixel of the cell can reach.
+        below = (torch.arange(height, device=maps.device) + 1).clamp(max=height - 1)
+        right = (torch.arange(width, device=maps.device) + 1).clamp(max=width - 1)
+        corners = torch.maximum(maps, maps[:, below])
+        corners = torch.maximum(corners, corners[:, :, right])
+        pair, row, column = (corners > limit[:, None, None]).nonzero(as_tuple=True)
+        cells = max(1, CHUNK_BYTES // (16 * ys.cells.shape[1] * xs.cells.shape[1]))
+        for start in range(0, len(pair), cells):
+            part = slice(start, start + cells)
+            _count_cells(stats, maps, limit, pair[part], row[part], column[part], ys, xs, size,
+                         image, unit, concepts, null)  # fmt: skip
+
+
+def _count_cells(stats, maps, limit, pair, row, column, ys, xs, size, image, unit, concepts, null):
+    """Evaluate the pixels of some cells of some maps and count those above the threshold."""
+    pixel_y, pixel_x = ys.cells[row], xs.cells[column]  # (m, most) each, -1 padded
+    y, x = pixel_y.clamp(min=0), pixel_x.clamp(min=0)
+    below = (row + 1).clamp(max=maps.shape[1] - 1)
+    low_row, high_row = maps[pair, row], maps[pair, below]  # (m, w): the cell's feature rows
+    # Along x within the two feature rows, then along y: as upsample_maps does.
+    top = low_row.gather(1, xs.low[x]) * xs.rest[x] + low_row.gather(1, xs.high[x]) * xs.weight[x]
+    bottom = (
+        high_row.gather(1, xs.low[x]) * xs.rest[x] + high_row.gather(1, xs.high[x]) * xs.weight[x]
+    )
+    values = (
+        top[:, None, :] * ys.rest[y][:, :, None] + bottom[:, None, :] * ys.weight[y][:, :, None]
+    )
+    inside = values > limit[pair][:, None, None]
+    inside &= (pixel_y >= 0)[:, :, None] & (pixel_x >= 0)[:, None, :]
+    cell, sy, sx = inside.nonzero(as_tuple=True)
+    position = pixel_y[cell, sy] * size + pixel_x[cell, sx]
+    stats.add_pixels(pair[cell], position, image, unit, concepts)
+    if null is not None:
+        null.add_pixels(pair[cell], position, image, unit, concepts)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_weights(geometry, size: int, height: int, width: int):
+    return layer_weights(geometry, size, height, width)
+
+
+def _weights(geometry, size: int, height: int, width: int):
+    try:
+        return _cached_weights(geometry, size, height, width)
+    except TypeError:  # an unhashable geometry
+        return layer_weights(geometry, size, height, width)
