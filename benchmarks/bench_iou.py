@@ -5,8 +5,9 @@ The data is a Broden-format export of the synthetic world (``dissect data export
 torchvision). Both sides label the same layers (default ``layer2,layer3,layer4``, the last block
 included) on the same images.
 
-- ours: ``run_dissection`` (top-K, threshold sketch) then ``autolabel`` (sparse IoU tally), each
-  timed as a whole (loading, probing, writing included);
+- ours: ``run_dissection`` (top-K, threshold sketch) then ``autolabel`` (sparse IoU tally,
+  without the permutation null, which the baseline lacks too), each timed as a whole (loading,
+  probing, writing included);
 - baseline, as NetDissect-Lite does it: one pass keeping the features of every image (float64,
   as its memmaps), the exact per-unit quantile over all of them, then a second pass reading the
   concept masks, upsampling every unit's map of every image with a plain bilinear resize
@@ -118,7 +119,8 @@ def ours(data: str, out: Path, layers: list[str], batch_size: int) -> tuple[floa
     start = time.perf_counter()
     run_dissection(loaded, data, out, layers, batch_size=batch_size, device="cpu", progress=False)
     middle = time.perf_counter()
-    autolabel(out, model=loaded, batch_size=batch_size, device="cpu", progress=False)
+    autolabel(out, model=loaded, batch_size=batch_size, device="cpu", progress=False,
+              permutations=0)  # fmt: skip
     return middle - start, time.perf_counter() - middle
 
 
@@ -135,7 +137,7 @@ def baseline(data: str, layers: list[str], batch_size: int, quantile: float, ali
     start = time.perf_counter()
     loaded = loaded_model()
     source, preprocess, size = open_data(data), loaded.preprocess, loaded.preprocess.image_size
-    geometry = layer_geometry(loaded.module, layers, size)
+    geometry = layer_geometry(loaded.module, layers, size) if aligned else None
     if features is None:  # pass 1: every feature map of every image, as float64
         features = {layer: [] for layer in layers}
         loader = make_loader(source, preprocess, range(len(source)), batch_size)

@@ -128,9 +128,10 @@ class IoUStats:
         # Pixel-level concepts: count (unit, concept) pairs at the pixels inside the masks.
         pixels = concepts.pixel.shape[1]
         columns = concepts.by_pixel.to(device).index_select(0, images[pair] * pixels + position)
-        keys = (units[pair] * count)[:, None] + columns  # (m, maps)
-        keys = keys[columns >= 0]
-        self.intersection += torch.bincount(keys, minlength=total * count).view(total, count)
+        # Pixels without a concept in a map (-1) go to one spare bin past the end.
+        keys = torch.where(columns >= 0, (units[pair] * count)[:, None] + columns, total * count)
+        found = torch.bincount(keys.flatten(), minlength=total * count + 1)[: total * count]
+        self.intersection += found.view(total, count)
 
     def merge(self, other: IoUStats) -> IoUStats:
         """Add another shard's counts (over different images) to these; return self."""
