@@ -11,7 +11,7 @@ import pytest
 from dissect.datasets import open_data
 from dissect.datasets.masks import SegmentedSource
 from dissect.datasets.synthetic import IMAGE_SIZE, SyntheticWorld, open_synthetic
-from dissect.datasets.synthetic.scenes import OBJECTS, SCENES
+from dissect.datasets.synthetic.scenes import OBJECTS, PARTS, SCENES, _primitive_mask
 from dissect.datasets.synthetic.textures import COLORS, color_names
 from dissect.errors import DissectError
 
@@ -44,7 +44,7 @@ def test_bytes_are_pinned_across_machines_and_versions():
         for array in _arrays(world, i)[:5]:
             digest.update(array.tobytes())
     assert digest.hexdigest() == (
-        "9271ea901bfecf577a81501906fafed2f6ac43c1c7c925b04df306c871b4ad5a"
+        "b48b3a25002b20ec16d5027316e455deb3cd149174ca4459b493be520ccfec81"
     )
 
 
@@ -122,3 +122,70 @@ def test_color_names_by_hand():
         ["white", "grey", "brown", "pink", "purple"],
     ]
     assert [[COLORS[i] for i in row] for row in color_names(pixels)] == expected
+
+
+@pytest.fixture(scope="module")
+def world_300():
+    """``synthetic:300`` with every image's concept numbers and object / part pixel counts."""
+    world = SyntheticWorld(300)
+    present, object_pixels, part_pixels = [], np.zeros(len(OBJECTS)), np.zeros(len(PARTS))
+    for i in range(len(world)):
+        segmentation = world.segmentation(i)
+        numbers = {int(n) for maps in segmentation.pixel.values() for n in np.unique(maps[0])}
+        present.append((numbers | set(segmentation.image["scene"])) - {0})
+        rendered = world.render(i)
+        object_pixels += np.bincount(rendered.object[rendered.object >= 0], minlength=len(OBJECTS))
+        part_pixels += np.bincount(rendered.part[rendered.part >= 0], minlength=len(PARTS))
+    return world, present, object_pixels, part_pixels
+
+
+def test_every_concept_occurs_in_a_few_hundred_images(world_300):
+    world, present, _, _ = world_300
+    images = {
+        f"{row.category} {row.name}": sum(row.number in numbers for numbers in present)
+        for row in world.concepts.itertuples()
+    }
+    assert {name: count for name, count in images.items() if count < 10} == {}
+
+
+def test_every_part_is_a_proper_piece_of_its_object(world_300):
+    # Over all the images, each part covers some but not all of its object's pixels: a part
+    # that paints nothing, or that is the whole object (lamp pole = lamp), fails.
+    _, _, object_pixels, part_pixels = world_300
+    index = {kind.name: i for i, kind in enumerate(OBJECTS)}
+    shares = {
+        f"{obj} {part}": part_pixels[i] / object_pixels[index[obj]]
+        for i, (obj, part) in enumerate(PARTS)
+    }
+    assert {name: share for name, share in shares.items() if not 0.05 <= share <= 0.95} == {}
+
+
+POLYGONS = [
+    params for kind in OBJECTS for _, shape, params in kind.primitives if shape == "poly"
+] + [((0.1, 0.1), (0.9, 0.1), (0.5, 0.5), (0.9, 0.9), (0.1, 0.9))]  # not convex
+
+
+@pytest.mark.parametrize("vertices", POLYGONS)
+def test_polygons_paint_the_same_pixels_in_either_vertex_order(vertices):
+    grid = (np.arange(200, dtype=np.float32) + 0.5) / 200
+    u, v = grid[None, :], grid[:, None]
+    mask = _primitive_mask("poly", vertices, u, v)
+    corners = np.array(vertices)
+    area = 0.5 * abs(np.dot(corners[:, 0], np.roll(corners[:, 1], -1))
+                     - np.dot(corners[:, 1], np.roll(corners[:, 0], -1)))  # fmt: skip
+    assert abs(mask.mean() - area) < 0.02
+    for start in range(len(vertices)):
+        rotated = vertices[start:] + vertices[:start]
+        assert (_primitive_mask("poly", rotated, u, v) == mask).all()
+        assert (_primitive_mask("poly", rotated[::-1], u, v) == mask).all()
+
+
+def test_a_rectangle_polygon_paints_what_rect_paints():
+    # Pixel centres on the rectangle's edges, so the half-open rule is exercised too.
+    grid = np.arange(40, dtype=np.float32) / 40
+    u, v = grid[None, :], grid[:, None]
+    corners = ((0.25, 0.125), (0.75, 0.125), (0.75, 0.625), (0.25, 0.625))
+    rect = _primitive_mask("rect", (0.25, 0.125, 0.75, 0.625), u, v)
+    assert rect.sum() == 20 * 20
+    assert (_primitive_mask("poly", corners, u, v) == rect).all()
+    assert (_primitive_mask("poly", corners[::-1], u, v) == rect).all()

@@ -1,6 +1,6 @@
 """Objects, parts and scenes of the synthetic world, and the renderer that paints one image.
 
-Every object is a list of primitives (rectangles, ellipses, convex polygons) in a unit box, each
+Every object is a list of primitives (rectangles, ellipses, polygons) in a unit box, each
 belonging to a named part. A scene is a set of four characteristic objects; an image of a scene
 shows three or four of them. Any three objects identify the scene (no two scenes share three), so
 a scene can only be recognised through its objects: backgrounds, object colours and materials,
@@ -16,7 +16,8 @@ import numpy as np
 from .textures import BACKGROUND_MATERIALS, MATERIALS, OBJECT_MATERIALS, PALETTE, TILE, texture
 
 # A primitive: (part, kind, parameters) in unit-box coordinates (u right, v down, both 0..1).
-#   rect: (u0, v0, u1, v1); ellipse: (cu, cv, ru, rv, v_max); poly: ((u, v), ...) convex.
+#   rect: (u0, v0, u1, v1); ellipse: (cu, cv, ru, rv, v_max); poly: ((u, v), ...) in either
+#   order (see _inside_polygon).
 Primitive = tuple[str, str, tuple]
 
 
@@ -209,16 +210,46 @@ class Rendered:
 
 
 def _primitive_mask(kind: str, params: tuple, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Where the primitive ``(kind, params)`` covers the points ``(u, v)`` (broadcast)."""
     if kind == "rect":
         u0, v0, u1, v1 = params
         return (u >= u0) & (u < u1) & (v >= v0) & (v < v1)
     if kind == "ellipse":
         cu, cv, ru, rv, v_max = params
         return (((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 <= 1.0) & (v <= v_max)
-    inside = np.ones(np.broadcast_shapes(u.shape, v.shape), dtype=bool)
-    points = params + (params[0],)
-    for (ua, va), (ub, vb) in zip(points[:-1], points[1:], strict=True):
-        inside &= (ub - ua) * (v - va) - (vb - va) * (u - ua) <= 0
+    return _inside_polygon(params, u, v)
+
+
+def _inside_polygon(vertices: tuple, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Even-odd crossing test: which points ``(u, v)`` lie inside the polygon ``vertices``.
+
+    Counts the polygon edges crossed by a ray from each point towards +u. Each edge is taken
+    with its lower-``v`` end first and counted over the half-open span ``va <= v < vb``, so the
+    result is the same for either vertex order (clockwise or not, bit for bit: the arithmetic
+    does not depend on the listed direction) and a point on an edge shared by two polygons
+    belongs to one of them. Only subtractions, multiplications and comparisons: correctly
+    rounded, so every machine paints the same pixels.
+
+    Parameters
+    ----------
+    vertices : tuple of (float, float)
+        The polygon's ``(u, v)`` corners, in either order; need not be convex.
+    u, v : ndarray
+        Point coordinates, broadcast against each other.
+
+    Returns
+    -------
+    ndarray of bool
+        The broadcast shape of ``u`` and ``v``.
+    """
+    inside = np.zeros(np.broadcast_shapes(u.shape, v.shape), dtype=bool)
+    for (ua, va), (ub, vb) in zip(vertices, vertices[1:] + vertices[:1], strict=True):
+        if va == vb:
+            continue
+        if va > vb:
+            (ua, va), (ub, vb) = (ub, vb), (ua, va)
+        # The edge crosses the point's row and lies to its right: u < ua + (v-va)(ub-ua)/(vb-va).
+        inside ^= (v >= va) & (v < vb) & ((u - ua) * (vb - va) < (ub - ua) * (v - va))
     return inside
 
 
