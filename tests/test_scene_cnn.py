@@ -1,18 +1,28 @@
-"""The built-in scene CNN: architecture, shipped weights, evaluation, training determinism."""
+"""The built-in CNNs (scene-cnn, object-cnn): architecture, shipped weights, evaluation,
+training determinism."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from dissect.cli import main
 from dissect.datasets.synthetic import SyntheticWorld
+from dissect.datasets.synthetic.scenes import OBJECTS
 from dissect.errors import DissectError
-from dissect.evaluate import class_map, evaluate
+from dissect.evaluate import average_precision, class_map, evaluate
 from dissect.models import load_model, read_state_dict
-from dissect.zoo.scene_cnn import WEIGHTS_PATH, SceneCNN, fold_batch_norm, scene_cnn
-from dissect.zoo.train import accuracy, render_world, train
+from dissect.zoo.scene_cnn import (
+    OBJECT_WEIGHTS_PATH,
+    WEIGHTS_PATH,
+    SceneCNN,
+    fold_batch_norm,
+    object_cnn,
+    scene_cnn,
+)
+from dissect.zoo.train import accuracy, mean_average_precision, render_world, train
 
 LAYERS = [
     "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4",
@@ -41,10 +51,13 @@ def test_folding_batch_norm_changes_nothing():
     assert torch.allclose(fold_batch_norm(trained).eval()(x), trained(x), atol=1e-4)
 
 
-def test_shipped_weights_are_a_small_plain_state_dict():
-    assert WEIGHTS_PATH.stat().st_size <= 10 * 2**20
-    state = read_state_dict(WEIGHTS_PATH)  # weights_only=True
-    assert set(state) == set(scene_cnn().state_dict())
+@pytest.mark.parametrize(
+    ("path", "factory"), [(WEIGHTS_PATH, scene_cnn), (OBJECT_WEIGHTS_PATH, object_cnn)]
+)
+def test_shipped_weights_are_a_small_plain_state_dict(path, factory):
+    assert path.stat().st_size <= 10 * 2**20
+    state = read_state_dict(path)  # weights_only=True
+    assert set(state) == set(factory().state_dict())
 
 
 def test_shipped_model_classifies_fresh_images_well_above_chance():
@@ -102,3 +115,47 @@ def test_training_is_deterministic(tmp_path):
     torch.manual_seed(3)
     initial = SceneCNN(batch_norm=True).fc.weight.detach()
     assert not torch.allclose(runs[0]["fc.weight"], initial)
+
+
+def test_average_precision_by_hand():
+    scores = np.array([[0.9, 0.1, 0.5], [0.8, 0.2, 0.5], [0.7, 0.3, 0.5], [0.1, 0.4, 0.5]])
+    targets = np.array([[1, 0, 1], [0, 0, 0], [1, 0, 0], [0, 0, 1]])
+    # Column 0: hits at ranks 1 and 3 -> (1/1 + 2/3) / 2. Column 1: no positive. Column 2: all
+    # tied, one threshold -> precision 2/4 at recall 1.
+    expected = [(1 + 2 / 3) / 2, np.nan, 0.5]
+    np.testing.assert_allclose(average_precision(scores, targets), expected)
+    np.testing.assert_allclose(average_precision(np.eye(3), np.eye(3)), [1.0, 1.0, 1.0])
+
+
+def test_shipped_object_cnn_tells_objects_well_above_chance(capsys):
+    loaded = load_model("object-cnn")
+    assert loaded.classes == tuple(kind.name for kind in OBJECTS)
+    assert loaded.presence_category == "object"
+    images, presence = render_world(SyntheticWorld(96, seed=2024), progress=False, task="objects")
+    # Chance (random scores) is each class's frequency, about 0.3 on average.
+    assert mean_average_precision(loaded.module, images, presence) >= 0.8
+    images, presence = render_world(SyntheticWorld(12, seed=77), progress=False, task="objects")
+    expected = mean_average_precision(loaded.module, images, presence)
+    for size in (1, 5):
+        result = evaluate(loaded, "synthetic:12:77", batch_size=size, progress=False)
+        assert result == pytest.approx(expected, abs=1e-6)
+    assert main(["evaluate", "object-cnn", "synthetic:12:77"]) == 0
+    assert capsys.readouterr().out.strip() == f"mAP: {expected:.4f}"
+
+
+def test_object_cnn_needs_object_masks(image_folder, capsys):
+    assert main(["evaluate", "object-cnn", str(image_folder)]) == 2
+    assert "no object masks" in capsys.readouterr().err
+
+
+def test_objects_recipe_runs(tmp_path):
+    out = tmp_path / "objects.pt"
+    result = train(str(out), seed=3, images=16, epochs=1, batch_size=8, val_images=4,
+                   progress=False, task="objects")  # fmt: skip
+    assert 0.0 <= result <= 1.0
+    state = read_state_dict(out)
+    assert set(state) == set(object_cnn().state_dict())
+    assert state["fc.weight"].shape == (len(OBJECTS), 96)
+    assert load_model("object-cnn", str(out)).module(torch.zeros(1, 3, 112, 112)).shape == (1, 11)
+    with pytest.raises(ValueError, match="task must be one of"):
+        train(str(out), task="parts")

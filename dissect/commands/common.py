@@ -38,8 +38,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model",
         metavar="MODEL",
-        help="built-in name (scene-cnn), file.py:callable or package.module:callable, a "
-        "torch.export .pt2 file, or an .onnx file (pip install 'dissect[onnx]')",
+        help="built-in name (scene-cnn, object-cnn), file.py:callable or "
+        "package.module:callable, a torch.export .pt2 file, or an .onnx file "
+        "(pip install 'dissect[onnx]')",
     )
     parser.add_argument("--weights", help="state-dict file for a file.py:callable MODEL")
     parser.add_argument(

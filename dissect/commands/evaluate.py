@@ -1,4 +1,5 @@
-"""``dissect evaluate MODEL DATA``: top-1 accuracy on images with class labels."""
+"""``dissect evaluate MODEL DATA``: top-1 accuracy on images with class labels, or mean average
+precision of a model that tells which objects are present (``object-cnn``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import argparse
 
 from .common import add_model_arguments, preprocess_from_args
 
-HELP = "top-1 accuracy of MODEL on DATA with image-level labels (check model and preprocessing)"
+HELP = (
+    "top-1 accuracy of MODEL on DATA with image-level labels, or mAP of a presence model such as "
+    "object-cnn on DATA with masks (check model and preprocessing)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "data",
         metavar="DATA",
-        help="synthetic:N[:SEED], a Broden directory with scenes, or a folder with one "
-        "sub-folder per class",
+        help="synthetic:N[:SEED], a Broden directory with scenes (or objects, for a presence "
+        "model), or a folder with one sub-folder per class",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward (64)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
@@ -35,5 +39,6 @@ def run(args: argparse.Namespace) -> int:
         preprocess=preprocess_from_args(args, loaded),
         device=args.device,
     )
-    print(f"accuracy: {fraction:.4f}")
+    metric = "accuracy" if loaded.presence_category is None else "mAP"
+    print(f"{metric}: {fraction:.4f}")
     return 0

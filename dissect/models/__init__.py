@@ -3,7 +3,7 @@
 Forms of MODEL:
 
 - an ``nn.Module`` object (from Python: a notebook's model as it is);
-- a built-in name (``scene-cnn``), see :mod:`dissect.zoo`;
+- a built-in name (``scene-cnn``, ``object-cnn``), see :mod:`dissect.zoo`;
 - ``path/to/file.py:callable`` or ``package.module:callable`` returning an ``nn.Module``, with
   optional weights (a state dict, loaded with ``weights_only=True``);
 - a ``torch.export`` program saved with ``torch.export.save`` (``.pt2``), read without unpickling
@@ -52,6 +52,9 @@ class LoadedModel:
         Default input size and normalisation (a built-in model's own; ImageNet's otherwise).
     classes : tuple of str or None
         Output class names, when known.
+    presence_category : str or None
+        For a multi-label model, the concept category whose presence its outputs predict (see
+        :class:`dissect.zoo.BuiltinModel`); None for a classifier.
     """
 
     module: nn.Module
@@ -59,6 +62,7 @@ class LoadedModel:
     weights: str | None = None
     preprocess: Preprocess = field(default_factory=Preprocess)
     classes: tuple[str, ...] | None = None
+    presence_category: str | None = None
 
 
 def load_model(spec: str | nn.Module | LoadedModel, weights: str | None = None) -> LoadedModel:
@@ -95,7 +99,11 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | None = None) 
         weights_file = weights or entry.weights
         if weights_file is not None:
             load_weights(module, weights_file)
-        return _ready(LoadedModel(module, spec, weights, entry.preprocess, entry.classes))
+        return _ready(
+            LoadedModel(
+                module, spec, weights, entry.preprocess, entry.classes, entry.presence_category
+            )
+        )
     path = Path(spec)
     if path.suffix == ".pt2":
         return _ready(_load_export(path, spec, weights))

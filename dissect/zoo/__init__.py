@@ -1,8 +1,8 @@
 """The built-in models: each one's architecture, training recipe and committed weights.
 
-A built-in MODEL name (``scene-cnn``) maps to a :class:`BuiltinModel`: a factory for the
-untrained architecture, the weights file beside this module, and the preprocessing it was trained
-with. ``python -m dissect.zoo.train`` reproduces the weights (see ``data/README.md``).
+A built-in MODEL name (``scene-cnn``, ``object-cnn``) maps to a :class:`BuiltinModel`: a factory
+for the untrained architecture, the weights file beside this module, and the preprocessing it was
+trained with. ``python -m dissect.zoo.train`` reproduces the weights (see ``data/README.md``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from torch import nn
 
 from ..datasets.synthetic import IMAGE_SIZE
-from ..datasets.synthetic.scenes import SCENES
+from ..datasets.synthetic.scenes import OBJECTS, SCENES
 from ..images import Preprocess
-from .scene_cnn import MEAN, STD, WEIGHTS_PATH, scene_cnn
+from .scene_cnn import MEAN, OBJECT_WEIGHTS_PATH, STD, WEIGHTS_PATH, object_cnn, scene_cnn
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,10 @@ class BuiltinModel:
         Input size and normalisation the model was trained with.
     classes : tuple of str or None
         Output class names.
+    presence_category : str or None
+        None for a classifier (one of ``classes`` per image). For a multi-label model, the
+        concept category (``object``) whose presence each output predicts, one logit per
+        concept of that category named in ``classes``.
     description : str
         One line for listings.
     """
@@ -44,6 +48,7 @@ class BuiltinModel:
     weights: Path | None
     preprocess: Preprocess
     classes: tuple[str, ...] | None = None
+    presence_category: str | None = None
     description: str = ""
 
 
@@ -57,6 +62,16 @@ _BUILTINS = {
             Preprocess(IMAGE_SIZE, MEAN, STD),
             classes=tuple(SCENES),
             description="AlexNet-style scene classifier trained on the synthetic world",
+        ),
+        BuiltinModel(
+            "object-cnn",
+            object_cnn,
+            OBJECT_WEIGHTS_PATH,
+            Preprocess(IMAGE_SIZE, MEAN, STD),
+            classes=tuple(kind.name for kind in OBJECTS),
+            presence_category="object",
+            description="the same network trained on the synthetic world to tell which objects "
+            "are present (multi-label)",
         ),
     )
 }

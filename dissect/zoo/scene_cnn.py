@@ -1,9 +1,11 @@
-"""The built-in scene CNN: a small AlexNet-style network trained on the synthetic world.
+"""The built-in CNNs: a small AlexNet-style network trained on the synthetic world.
 
 Layers, in order: ``conv1 relu1 pool1 conv2 relu2 pool2 conv3 relu3 conv4 relu4 conv5 relu5
 pool5``, then the classifier ``avgpool dropout fc``. Trained by ``python -m dissect.zoo.train``
-(with batch normalisation, folded into the convolutions before saving); loaded as MODEL
-``scene-cnn``.
+(with batch normalisation, folded into the convolutions before saving). Two trainings of the
+same architecture ship: MODEL ``scene-cnn`` classifies the scene (8 classes, the paper's
+Places-CNN) and ``object-cnn`` tells which of the 11 object classes are present (one logit each,
+the paper's ImageNet-CNN).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..datasets.synthetic.scenes import SCENES
+from ..datasets.synthetic.scenes import OBJECTS, SCENES
 
-#: The committed state dict of the trained network.
+#: The committed state dict of the trained scene classifier (``scene-cnn``).
 WEIGHTS_PATH = Path(__file__).parent / "weights" / "scene_cnn.pt"
+#: The committed state dict of the trained object-presence network (``object-cnn``).
+OBJECT_WEIGHTS_PATH = Path(__file__).parent / "weights" / "object_cnn.pt"
 #: Input normalisation (the synthetic world's channel statistics are close to 0.5 +- 0.25).
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
@@ -34,7 +38,7 @@ class SceneCNN(nn.Module):
     Parameters
     ----------
     classes : int
-        Number of scene classes.
+        Number of outputs (scene classes, or object classes for presence logits).
     batch_norm : bool
         Put a BatchNorm2d (``bn1`` .. ``bn5``) after each convolution; used for training only,
         see :func:`fold_batch_norm`.
@@ -68,7 +72,7 @@ class SceneCNN(nn.Module):
         self._order = [name for name, _ in self.named_children() if name not in _CLASSIFIER]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Output of ``pool5``: (N, 64, 4, 4) for a 112-pixel input (conv5 is 7 x 7)."""
+        """Output of ``pool5``: (N, 96, 4, 4) for a 112-pixel input (conv5 is 7 x 7)."""
         for name in self._order:
             x = getattr(self, name)(x)
         return x
@@ -106,3 +110,11 @@ def scene_cnn() -> SceneCNN:
     Load the trained network with ``dissect.load_model("scene-cnn")``.
     """
     return SceneCNN(len(SCENES))
+
+
+def object_cnn() -> SceneCNN:
+    """The architecture of the built-in ``object-cnn`` model (one logit per object), untrained.
+
+    Load the trained network with ``dissect.load_model("object-cnn")``.
+    """
+    return SceneCNN(len(OBJECTS))
