@@ -1,0 +1,183 @@
+"""The probe on what used to fool it: ATen operators, mixing layers, constants, upsampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dissect.geometry import geometry_table, layer_geometry
+from dissect.models import load_model
+
+
+def conv_relu_pool_conv() -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("conv1", nn.Conv2d(3, 4, 3, padding=1))
+    net.add_module("relu1", nn.ReLU())
+    net.add_module("pool1", nn.MaxPool2d(2))
+    net.add_module("conv2", nn.Conv2d(4, 4, 3, padding=1))
+    return net.eval()
+
+
+def _triples(geometry):
+    return {name: (g.rf[0], g.stride[0], g.offset[0]) for name, g in geometry.items()}
+
+
+def test_exported_program_has_the_geometry_of_its_module(tmp_path):
+    net = conv_relu_pool_conv()
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(net, (torch.zeros(1, 3, 32, 32),)), path)
+    exported = load_model(str(path)).module
+    expected = {"conv1": (3, 1, 0), "pool1": (4, 2, 0.5), "conv2": (8, 2, 0.5)}
+    assert _triples(layer_geometry(net, list(expected), 32)) == expected
+    assert _triples(layer_geometry(exported, list(expected), 32)) == expected
+
+
+def test_core_aten_max_pool_with_indices(tmp_path):
+    net = conv_relu_pool_conv()
+    program = torch.export.export(net, (torch.zeros(1, 3, 32, 32),)).run_decompositions()
+    path = tmp_path / "core.pt2"
+    torch.export.save(program, path)
+    geometry = layer_geometry(load_model(str(path)).module, ["conv2"], 32)
+    assert _triples(geometry) == {"conv2": (8, 2, 0.5)}
+
+
+class Normed(nn.Module):
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = norm
+        self.conv2 = nn.Conv2d(4, 4, 5, padding=2)
+
+    def forward(self, x):
+        return self.conv2(self.norm(self.conv1(x)))
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [nn.GroupNorm(2, 4), nn.InstanceNorm2d(4), nn.LayerNorm([4, 16, 16]), nn.BatchNorm2d(4)],
+    ids=["group", "instance", "layer", "batch-statistics"],
+)
+def test_normalisation_over_space_is_global(norm):
+    net = Normed(norm).eval()
+    net.norm.train(isinstance(norm, nn.BatchNorm2d))  # batch statistics: the image's own
+    geometry = layer_geometry(net, ["conv1", "norm", "conv2"], 16)
+    assert not geometry["conv1"].is_global and geometry["conv1"].rf == (3, 3)
+    for name in ("norm", "conv2"):
+        g = geometry[name]
+        assert g.is_global and g.rf == (16, 16) and not g.is_local, name
+        assert (g.stride, g.offset) == ((1, 1), (0, 0))  # positions still sit on their pixels
+
+
+def test_batchnorm_in_eval_and_channel_layernorm_stay_local():
+    net = Normed(nn.BatchNorm2d(4)).eval()
+    g = layer_geometry(net, ["conv2"], 16)["conv2"]
+    assert not g.is_global and g.rf == (7, 7)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Conv2d(4, 4, 1)
+        self.out = nn.Identity()
+
+    def forward(self, x):
+        x = self.conv(x)
+        scale = torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+        return self.out(x * scale)
+
+
+def test_global_pooling_makes_the_block_global_but_keeps_positions():
+    g = layer_geometry(SqueezeExcite().eval(), ["conv", "out"], 16)
+    assert not g["conv"].is_global
+    assert g["out"].is_global and "mean" in g["out"].global_reason
+    assert (g["out"].stride, g["out"].offset) == ((1, 1), (0, 0))
+    table = geometry_table(SqueezeExcite().eval(), 16).set_index("layer")
+    assert table.loc["out", "rf"] == "global" and "global" in table.loc["out", "note"]
+
+
+class LearnedConstants(nn.Module):
+    """Per-block learned constants (onnx2torch Mul/Add) that turn every activation negative."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.register_buffer("scale", -torch.ones(1, 4, 1, 1))
+        self.register_buffer("shift", -5 * torch.ones(1, 4, 1, 1))
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.six = nn.ReLU6()
+        self.conv3 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = self.relu(self.conv1(x) * self.scale + self.shift)
+        return self.conv3(self.six(self.conv2(x) - 100.0))
+
+
+def test_learned_constants_do_not_blind_the_probe():
+    g = layer_geometry(LearnedConstants().eval(), ["relu", "conv3"], 16)
+    assert (g["relu"].rf, g["conv3"].rf) == ((3, 3), (7, 7))
+    assert not g["conv3"].problem
+
+
+class Ignores(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.blank = nn.Identity()
+        self.after = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.after(x) + self.blank(torch.zeros_like(x))
+
+
+def test_a_layer_that_cannot_be_measured_does_not_stop_the_others():
+    g = layer_geometry(Ignores().eval(), ["conv", "blank", "after"], 16)
+    assert g["blank"].problem and "no input pixel" in g["blank"].problem
+    assert g["blank"].stride == (1, 1) and g["blank"].offset == (0, 0)  # a plain resize's
+    assert g["after"].rf == (5, 5) and not g["after"].problem
+    table = geometry_table(Ignores().eval(), 16).set_index("layer")
+    assert "not measured" in table.loc["blank", "note"] and table.loc["after", "rf"] == "5"
+
+
+class Decoder(nn.Module):
+    """A stride-8 encoder, then a x2 upsampling of its map (an FPN/U-Net step)."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.down = nn.Sequential(*[nn.Conv2d(3 if i == 0 else 4, 4, 3, 2, 1) for i in range(3)])
+        self.up = nn.Upsample(scale_factor=2, mode=mode)
+        self.head = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(self.up(self.down(x)))
+
+
+def test_bilinear_upsampling_halves_the_stride():
+    g = layer_geometry(Decoder("bilinear").eval(), ["down", "up", "head"], 64)
+    assert g["down"].stride == (8, 8) and g["down"].offset == (0, 0)
+    # Bilinear x2 (align_corners=False): position i samples i/2 - 0.25 of the stride-8 map.
+    assert g["up"].stride == (4, 4) and g["up"].offset == (-2, -2)
+    assert g["head"].stride == (4, 4) and g["head"].offset == (-2, -2)
+    assert g["up"].rf[0] > g["down"].rf[0] and not g["up"].problem
+
+
+def test_nearest_upsampling_is_stride_four_too():
+    g = layer_geometry(Decoder("nearest").eval(), ["up"], 64)["up"]
+    assert g.stride == (4, 4) and not g.problem
+
+
+def test_receptive_field_beyond_four_images_keeps_its_stride():
+    layers = [nn.Conv2d(3, 2, 3, 2, 1), nn.Conv2d(2, 2, 3, 2, 1)]
+    layers += [nn.Conv2d(2, 2, 9, padding=4) for _ in range(12)]
+    g = layer_geometry(nn.Sequential(*layers).eval(), ["13"], 32)["13"]
+    assert g.stride == (4, 4) and g.rf_clipped and g.rf[0] >= 4 * 32  # a lower bound, said so
+    assert "lower bound" in g.problem
+
+
+def test_non_square_input():
+    g = layer_geometry(conv_relu_pool_conv(), ["conv2"], (16, 24))["conv2"]
+    assert (g.rf, g.stride, g.offset, g.output_shape) == ((8, 8), (2, 2), (0.5, 0.5), (4, 8, 12))
