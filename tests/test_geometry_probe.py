@@ -181,3 +181,28 @@ def test_receptive_field_beyond_four_images_keeps_its_stride():
 def test_non_square_input():
     g = layer_geometry(conv_relu_pool_conv(), ["conv2"], (16, 24))["conv2"]
     assert (g.rf, g.stride, g.offset, g.output_shape) == ((8, 8), (2, 2), (0.5, 0.5), (4, 8, 12))
+
+
+@pytest.mark.parametrize("net", [Normed(nn.GroupNorm(2, 4)), Decoder("bilinear")], ids=["gn", "up"])
+def test_fast_occlusion_falls_back_where_positions_are_not_local(net):
+    import numpy as np
+
+    from dissect.images import Preprocess
+    from dissect.rf import Measurements, OcclusionConfig, discrepancy_maps, noise_patch
+
+    torch.manual_seed(0)
+    net, size = net.eval(), 32
+    layer = "conv2" if isinstance(net, Normed) else "head"
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    geometry = layer_geometry(net, [layer], size)[layer]
+    measurements = Measurements(np.array([0, 1]), np.array([0, 3]), np.array([3, 6]),
+                                np.array([5, 2]))  # fmt: skip
+    patch = noise_patch(Preprocess(size), 5, 0)
+    config = OcclusionConfig(occluder=5, stride=3)
+    run = (net, layer, geometry, images.__getitem__, measurements, patch, config)
+    naive = discrepancy_maps(*run, method="naive", progress=False)
+    for method in ("fast", "crop"):
+        fast = discrepancy_maps(*run, method=method, progress=False)
+        np.testing.assert_allclose(fast, naive, rtol=1e-5, atol=1e-5)
+    # Far from the measured position, the GroupNorm layer still responds to the occluder.
+    assert (naive > 0).mean() > 0.9 if isinstance(net, Normed) else naive.max() > 0

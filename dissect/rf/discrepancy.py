@@ -58,7 +58,10 @@ def discrepancy_maps(
         ``fast`` (default): ``incremental`` where the network up to ``layer`` is a plain chain of
         convolutions, max pooling and point-wise modules, else ``crop`` (see the module
         docstring); ``naive``: one full forward per occluder position, per measurement, batched
-        by ``config.batch_size``. All give the same maps up to float32 round-off.
+        by ``config.batch_size``. All give the same maps up to float32 round-off. Where the fast
+        methods' assumption that a position depends only on its receptive-field box does not
+        hold (a global layer, a layer whose geometry was not measured, a fractional stride after
+        upsampling), every method runs the naive one.
     device : torch.device or str
         Where the forward passes run.
     progress : bool
@@ -95,6 +98,8 @@ def discrepancy_maps(
     patch = patch.to(device)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not _fast_holds(geometry):
+        method = "naive"
     args = (module, layer, geometry, load_image, measurements, patch, config, corners)
     with torch.inference_mode():
         if method == "naive":
@@ -102,6 +107,11 @@ def discrepancy_maps(
         else:
             _fast(*args, image_size, device, progress, grids, done, checkpoint, method)
     return grids
+
+
+def _fast_holds(geometry: LayerGeometry) -> bool:
+    """Whether the crop and incremental methods' locality assumption holds for the layer."""
+    return geometry.is_local and all(float(s).is_integer() and s > 0 for s in geometry.stride)
 
 
 def _image_size(load_image, measurements) -> int:
