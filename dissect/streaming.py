@@ -330,7 +330,9 @@ def run_dissection(
     preprocess = preprocess or loaded.preprocess
     names = resolve_layers(loaded.module, layers or default_layers(loaded.module))
     config = RunConfig(tuple(names), topk, quantile, batch_size, device, seed, workers)
+    started = time.perf_counter()
     geometry = layer_geometry(loaded.module, names, preprocess.image_size)
+    probe_seconds = time.perf_counter() - started
     torch_device = pick_device(config.device)
     distributed.init(torch_device)
     fingerprint = run_fingerprint(loaded, source, preprocess, config, torch_device)
@@ -357,7 +359,9 @@ def run_dissection(
     if merged is not None:
         merged = PassResult.from_state_dict(merged, device)
         if merged.stats:
-            write_dissection(out, loaded, source, preprocess, config, geometry, merged)
+            write_dissection(
+                out, loaded, source, preprocess, config, geometry, merged, probe_seconds
+            )
         else:
             problem = f"no readable image in DATA {source.spec!r}; nothing to dissect."
     problem = distributed.broadcast(problem)  # also: nobody goes on before rank 0 has written
@@ -375,6 +379,7 @@ def write_dissection(
     config: RunConfig,
     geometry: dict[str, LayerGeometry],
     result: PassResult,
+    probe_seconds: float = 0.0,
 ) -> Dissection:
     """Write the statistics of a finished pass as a dissection directory (manifest last).
 
@@ -382,7 +387,8 @@ def write_dissection(
     sharded over processes or how often the run was resumed (the threshold sketch's sample is
     keyed on seed, image index and position; see :mod:`dissect.running_stats`).
     ``mean_activation`` is accumulated in float64, where a different summation order changes
-    only the last bits, and is stored as float32.
+    only the last bits, and is stored as float32. ``probe_seconds`` is the time the geometry
+    probe took.
     """
     out = Path(out)
     rows, topk = [], {}
@@ -416,6 +422,7 @@ def write_dissection(
         "n_skipped": len(result.skipped),
         "world_size": distributed.world_size(),
         "seconds": round(result.seconds, 3),
+        "probe_seconds": round(probe_seconds, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     tables = [units.to_csv(index=False).encode(), images.to_csv(index=False).encode()]

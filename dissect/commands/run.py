@@ -85,8 +85,14 @@ def run(args: argparse.Namespace) -> int:
     if not distributed.is_main():
         return 0
     manifest = dissection.manifest
+    for layer in dissection.layers:
+        geometry = dissection.geometry(layer)
+        if geometry.problem:
+            print(f"layer {layer}: {geometry.problem}", file=sys.stderr)
+    probe = manifest.get("probe_seconds", 0.0)
     print(
         f"dissected {len(dissection.layers)} layer(s) over {manifest['n_images']} images "
-        f"({manifest['n_skipped']} skipped) in {manifest['seconds']:.1f} s -> {args.out}"
+        f"({manifest['n_skipped']} skipped) in {manifest['seconds'] + probe:.1f} s "
+        f"(pass {manifest['seconds']:.1f} s, geometry probe {probe:.1f} s) -> {args.out}"
     )
     return 0
