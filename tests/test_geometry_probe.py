@@ -206,3 +206,32 @@ def test_fast_occlusion_falls_back_where_positions_are_not_local(net):
         np.testing.assert_allclose(fast, naive, rtol=1e-5, atol=1e-5)
     # Far from the measured position, the GroupNorm layer still responds to the occluder.
     assert (naive > 0).mean() > 0.9 if isinstance(net, Normed) else naive.max() > 0
+
+
+def test_cli_layers_takes_a_non_square_size_and_marks_global_layers(tmp_path, capsys):
+    from dissect.cli import main
+
+    source = tmp_path / "nets.py"
+    source.write_text(
+        "from torch import nn\n"
+        "def net():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4),\n"
+        "                         nn.Conv2d(4, 4, 3, stride=2, padding=1))\n"
+    )
+    assert main(["layers", f"{source}:net", "--image-size", "16,24"]) == 0
+    out = capsys.readouterr().out
+    assert "at 16x24 px" in out and "4x8x12" in out
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert " global " in rows["1"] and "group_norm" in rows["2"]
+    with pytest.raises(SystemExit):
+        main(["layers", f"{source}:net", "--image-size", "16,x"])
+    assert "H,W" in capsys.readouterr().err
+
+
+def test_cli_run_reports_the_probe_time(tmp_path, image_folder, tiny_spec, capsys):
+    from dissect.cli import main
+
+    args = ["run", tiny_spec, str(image_folder), "--layers", "conv2", "--out", str(tmp_path)]
+    with pytest.warns(UserWarning, match="broken"):
+        assert main([*args, "--image-size", "32", "--topk", "2"]) == 0
+    assert "geometry probe" in capsys.readouterr().out

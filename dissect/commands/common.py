@@ -44,7 +44,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--weights", help="state-dict file for a file.py:callable MODEL")
     parser.add_argument(
-        "--image-size", type=int, help="input side in pixels (default: the model's own, else 224)"
+        "--image-size",
+        type=image_size,
+        help="input side N (N x N), or H,W, in pixels (default: the model's own, else 224)",
     )
     parser.add_argument(
         "--mean", type=_floats3, help="normalisation mean as R,G,B (default ImageNet's)"
@@ -65,9 +67,29 @@ def preprocess_from_args(args: argparse.Namespace, loaded: LoadedModel) -> Prepr
 
     base = loaded.preprocess
     size = args.image_size or base.image_size
-    if size < 8:
-        raise DissectError(f"--image-size must be at least 8 pixels, got {size}.")
+    if isinstance(size, tuple):
+        if size[0] != size[1]:
+            raise DissectError(
+                f"--image-size {size[0]},{size[1]}: only dissect layers takes a non-square size "
+                "so far; give one side N for N x N."
+            )
+        size = size[0]
     return Preprocess(size, args.mean or base.mean, args.std or base.std, args.bgr or base.bgr)
+
+
+def image_size(text: str) -> int | tuple[int, int]:
+    """``"224"`` -> 224 (224 x 224); ``"240,320"`` -> (240, 320) (height, width)."""
+    try:
+        values = [int(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected N or H,W in pixels, like 224 or 240,320, got {text!r}"
+        ) from None
+    if len(values) not in (1, 2) or min(values) < 8:
+        raise argparse.ArgumentTypeError(
+            f"expected N or H,W in pixels, each at least 8, like 224 or 240,320, got {text!r}"
+        )
+    return values[0] if len(values) == 1 else (values[0], values[1])
 
 
 def _floats3(text: str) -> tuple[float, float, float]:

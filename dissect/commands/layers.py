@@ -20,9 +20,10 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
 
     loaded = load_model(args.model, args.weights)
-    preprocess = preprocess_from_args(args, loaded)
-    table = geometry_table(loaded.module, image_size=preprocess.image_size)
-    with pd.option_context("display.max_rows", None, "display.width", 200):
-        print(f"# {args.model} at {preprocess.image_size}x{preprocess.image_size} px")
+    size = args.image_size or preprocess_from_args(args, loaded).image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    table = geometry_table(loaded.module, image_size=(height, width))
+    with pd.option_context("display.max_rows", None, "display.width", 250):
+        print(f"# {args.model} at {height}x{width} px (height x width)")
         print(table.to_string(index=False))
     return 0
