@@ -69,6 +69,9 @@ class LayerGeometry:
     problem : str
         Why the geometry could not be measured (then ``stride`` and ``offset`` are those of a
         plain resize); empty when it was.
+    resampled : bool
+        The layer comes after a resampling (upsampling) of activations: supports alternate
+        around ``offset + i * stride``, and ``rf`` holds them all.
     """
 
     name: str
@@ -81,11 +84,13 @@ class LayerGeometry:
     is_global: bool = False
     global_reason: str = ""
     problem: str = ""
+    resampled: bool = False
 
     @property
     def is_local(self) -> bool:
-        """Whether each position depends only on its receptive-field box (fast occlusion holds)."""
-        return self.is_spatial and not self.is_global and not self.problem
+        """Whether each position depends exactly on its receptive-field box, the same way for
+        every position (what the fast occlusion methods need)."""
+        return self.is_spatial and not (self.is_global or self.problem or self.resampled)
 
     @property
     def is_spatial(self) -> bool:
@@ -228,37 +233,40 @@ def _geometries(
     """LayerGeometry of each probed layer; receptive fields larger than the image are probed
     again on larger canvases (stride and offset taken there when the image was too small)."""
     axes = {name: _axes(probe, size) for name, probe in probes.items()}
-    clipped = [
-        name
-        for name, fits in axes.items()
-        if fits
-        and not probes[name].global_reason
-        and any(f.clipped and not f.problem for f in fits)
-    ]
+
+    def unsure(name: str) -> bool:
+        fits = axes[name]
+        return any((f.clipped or not f.located) and not f.problem for f in fits)
+
+    pending = [name for name in axes if not probes[name].global_reason and unsure(name)]
     for factor in _CANVASES:
-        if not clipped:
+        if not pending:
             break
         canvas = (size[0] * factor, size[1] * factor)
         try:
-            larger = probe_layers(module, canvas, clipped)
+            larger = probe_layers(module, canvas, pending)
         except DissectError:  # a network that only runs at its own input size
             break
-        for name in clipped:
-            fits = _axes(larger[name], canvas)
+        for name in pending:
             axes[name] = [
-                AxisFit(
-                    max(new.rf, old.rf),
-                    old.stride if old.located else new.stride,
-                    old.offset if old.located else new.offset,
-                    new.clipped,
-                    old.located or new.located,
-                )
-                if not new.problem
-                else old
-                for new, old in zip(fits, axes[name], strict=True)
+                _better(old, new)
+                for old, new in zip(axes[name], _axes(larger[name], canvas), strict=True)
             ]
-        clipped = [name for name in clipped if any(f.clipped for f in axes[name])]
+        pending = [name for name in pending if unsure(name)]
     return {name: _geometry(name, probe, size, axes[name]) for name, probe in probes.items()}
+
+
+def _better(old: AxisFit, new: AxisFit) -> AxisFit:
+    """Combine a fit at the image size with one on a larger canvas: the larger receptive field,
+    and the better-founded stride and offset (located, else measured, else the image's)."""
+    if new.problem:
+        return old
+    if old.located or (new.guessed and not old.guessed) or (not new.located and not old.guessed):
+        stride, offset, located, guessed = old.stride, old.offset, old.located, old.guessed
+    else:
+        stride, offset, located, guessed = new.stride, new.offset, new.located, new.guessed
+    clipped = new.clipped if new.rf >= old.rf else old.clipped
+    return AxisFit(max(new.rf, old.rf), stride, offset, clipped, located, guessed)
 
 
 def _axes(probe: LayerProbe, size: tuple[int, int]) -> list[AxisFit]:
@@ -300,11 +308,13 @@ def _geometry(
             f"geometry not measured: {problem} in the probe (does its value ignore the image?); "
             "stride and offset are a plain resize's"
         )
-    elif not all(a.located for a in axes):
+    elif any(a.guessed for a in axes):
         problem = (
             f"receptive field larger than {_CANVASES[-1]}x the image: rf is a lower bound and "
             "the offset a plain resize's"
         )
     rf = (axes[0].rf, axes[1].rf)
     clipped = any(a.clipped for a in axes)
-    return LayerGeometry(name, probe.kind, shape, rf, stride, offset, clipped, False, "", problem)
+    return LayerGeometry(
+        name, probe.kind, shape, rf, stride, offset, clipped, False, "", problem, probe.resampled
+    )

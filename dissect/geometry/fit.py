@@ -1,14 +1,16 @@
 """Receptive field, stride and offset along one axis, from the probe's per-position connectivity.
 
 Each probed feature position ``i`` comes with the gradient of its activation over the input rows
-(or columns); its support is ``[lo, hi]``. Where the support lies inside the layer's coverage (the
-canvas, or the pixels a strided layer reads), the gradient's centroid is the position's centre,
-exactly for convolution, pooling and bilinear resampling; a least-squares line through the
-centres gives ``stride`` (slope, fractional after upsampling) and ``offset`` (intercept). Border
-positions, where resampling clamps, are left out when two interior ones are available. With
-fewer than two such positions, the support edges that are not cut by the coverage are fitted
-instead (``lo = a + stride * i``, ``hi = b + stride * i``, so ``rf = b - a + 1``). When neither
-works the receptive field is larger than the canvas: the caller probes a larger one.
+(or columns); its support is ``[lo, hi]``, its centre ``(lo + hi) / 2``. Where supports are whole
+(inside the layer's coverage -- the canvas, or the pixels a strided layer reads -- and as wide as
+the widest one, since padding anywhere in the network cuts them too), a least-squares line
+through the centres gives ``stride`` (slope, fractional after upsampling) and ``offset``
+(intercept). Neighbours ``(p, p + 1)`` are averaged first: resampling by 2 alternates between
+two supports, and their mean sits on the line exactly. Border positions, where resampling
+clamps, are left out when possible. Otherwise the support edges that the coverage does not cut
+are fitted (``lo = a + stride * i``, ``hi = b + stride * i``, so ``rf = b - a + 1``). A fit that
+is not exact this way is *not located*: the caller probes a larger canvas, where more positions
+lie inside.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import numpy as np
 class AxisFit:
     """Geometry along one axis.
 
-    ``clipped``: ``rf`` is only a lower bound; ``located``: stride and offset were measured (else
-    they are a plain resize's); ``problem``: why nothing could be measured (else empty).
+    ``clipped``: ``rf`` is only a lower bound; ``located``: stride and offset are an exact fit;
+    ``guessed``: they are a plain resize's (nothing measured them); ``problem``: why nothing at all
+    could be measured (else empty).
     """
 
     rf: int
@@ -31,13 +34,14 @@ class AxisFit:
     offset: float
     clipped: bool = False
     located: bool = True
+    guessed: bool = False
     problem: str = ""
 
 
-def plain_axis(length: int, count: int, problem: str = "") -> AxisFit:
+def plain_axis(length: int, count: int, problem: str = "", rf: int | None = None) -> AxisFit:
     """A plain resize of ``count`` positions onto ``length`` pixels (rf: the whole axis)."""
     stride = length / max(count, 1)
-    return AxisFit(length, stride, (stride - 1) / 2, True, False, problem)
+    return AxisFit(rf or length, stride, (stride - 1) / 2, True, False, True, problem)
 
 
 def fit_axis(positions: list[int], weights: list[np.ndarray], count: int) -> AxisFit:
@@ -61,49 +65,64 @@ def fit_axis(positions: list[int], weights: list[np.ndarray], count: int) -> Axi
     for position, weight in zip(positions, weights, strict=True):
         support = np.flatnonzero(weight > 0)
         if len(support) and position not in {box[0] for box in boxes}:
-            boxes.append((position, int(support[0]), int(support[-1]), weight))
+            boxes.append((position, int(support[0]), int(support[-1])))
             hole = max(hole, int(np.diff(support).max(initial=1)))
     if not boxes:
         return plain_axis(length, count, "no input pixel reaches it")
     # Where the layer's connections end (the canvas border, or pixels a strided layer never
     # reads): a support that reaches it, or comes closer than its widest hole (dilation), may be
     # cut there.
-    first = min(lo for _, lo, _, _ in boxes) + hole - 1
-    last = max(hi for _, _, hi, _ in boxes) - hole + 1
+    first = min(lo for _, lo, _ in boxes) + hole - 1
+    last = max(hi for _, _, hi in boxes) - hole + 1
+    # A support cut by padding anywhere in the network is also narrower than a whole one.
+    widest = max(hi - lo + 1 for _, lo, hi in boxes)
     inside = [
-        (position, hi - lo + 1, float((weight * np.arange(length)).sum() / weight.sum()))
-        for position, lo, hi, weight in boxes
-        if first < lo and hi < last
+        (p, lo, hi) for p, lo, hi in boxes if first < lo and hi < last and hi - lo + 1 == widest
     ]
     if count == 1:
-        position, lo, hi, _ = boxes[0]
-        centre = inside[0][2] if inside else (length - 1) / 2
-        return AxisFit(hi - lo + 1, float(length), _snap(centre), not inside, bool(inside))
-    chosen = _centres(inside, count)
-    if len(chosen) >= 2:
-        index, centre = np.array(chosen, dtype=np.float64).T
+        if inside:
+            _, lo, hi = inside[0]
+            return AxisFit(hi - lo + 1, float(length), _snap((lo + hi) / 2))
+        return AxisFit(widest, float(length), (length - 1) / 2, True, False, True)
+    points, paired = _centres(inside, count)
+    estimate = None
+    if len(points) >= 2:
+        index, centre = np.array(points, dtype=np.float64).T
         stride, offset = np.polyfit(index, centre, 1)
-        return AxisFit(max(entry[1] for entry in inside), _snap(stride), _snap(offset))
-    return _fit_edges([box[:3] for box in boxes], first, last, length, count)
+        exact = (paired or len(points) >= 3) and stride > 0
+        exact = exact and np.abs(centre - offset - stride * index).max() < 0.26
+        stride, offset = _snap(stride), _snap(offset)
+        # The field around the fitted centre that holds every whole support (after resampling,
+        # supports alternate around the line).
+        rf = max(
+            2 * max(hi - offset - stride * p, offset + stride * p - lo) + 1 for p, lo, hi in inside
+        )
+        estimate = AxisFit(int(round(rf)), stride, offset, located=bool(exact))
+        if exact:
+            return estimate
+    edges = _fit_edges(boxes, first, last, length, count, widest)
+    return edges if edges.located or estimate is None or estimate.stride <= 0 else estimate
 
 
-def _centres(inside: list, count: int) -> list[tuple[float, float]]:
-    """Points (position, centre) to fit: neighbours ``(p, p + 1)`` averaged (a nearest
-    upsampling repeats values in pairs), away from the border positions when possible."""
-    centre = {position: value for position, _, value in inside}
-    pairs = [(p + 0.5, (c + centre[p + 1]) / 2) for p, c in centre.items() if p + 1 in centre]
-    for points in (
-        [pt for pt in pairs if 0 < pt[0] - 0.5 < count - 2],
-        pairs,
-        [(p, c) for p, c in centre.items() if 0 < p < count - 1],
-        list(centre.items()),
-    ):
-        if len(points) >= 2:
-            return points
-    return []
+def _centres(inside: list, count: int) -> tuple[list[tuple[float, float]], bool]:
+    """Points (position, centre) to fit, and whether they are means over whole runs of four
+    (or two) neighbours, which sit on the line exactly after stacked x2 resampling."""
+    centre = {p: (lo + hi) / 2 for p, lo, hi in inside}
+    for run in (4, 2):
+        means = [
+            (p + (run - 1) / 2, sum(centre[p + d] for d in range(run)) / run)
+            for p in centre
+            if p % run == 0 and all(p + d in centre for d in range(run))
+        ]
+        middle = [pt for pt in means if 0 < pt[0] - (run - 1) / 2 < count - run]
+        for points in (middle, means):
+            if len(points) >= 2:
+                return points, True
+    singles = [(p, c) for p, c in centre.items() if 0 < p < count - 1]
+    return (singles if len(singles) >= 2 else list(centre.items())), False
 
 
-def _fit_edges(boxes: list, first: int, last: int, length: int, count: int) -> AxisFit:
+def _fit_edges(boxes: list, first: int, last: int, length: int, count: int, widest: int) -> AxisFit:
     """Common-slope least squares through the uncut near edges and far edges."""
     rows, values = [], []
     for position, lo, hi in boxes:
@@ -113,21 +132,22 @@ def _fit_edges(boxes: list, first: int, last: int, length: int, count: int) -> A
         if hi < last:
             rows.append((position, 0.0, 1.0))
             values.append(hi)
-    widest = max(hi - lo + 1 for _, lo, hi in boxes)
     design = np.array(rows, dtype=np.float64).reshape(-1, 3)
     has = design[:, 1:].any(0)
     groups = [design[design[:, 1 + g] > 0, 0] for g in range(2)]
     if not any(len(set(g)) >= 2 for g in groups):
-        plain = plain_axis(length, count)
-        return AxisFit(widest, plain.stride, plain.offset, True, False)
+        return plain_axis(length, count, rf=widest)
     columns = [0, *(1 + g for g in range(2) if has[g])]
-    solution = np.linalg.lstsq(design[:, columns], np.array(values, np.float64), rcond=None)[0]
+    values = np.array(values, np.float64)
+    solution = np.linalg.lstsq(design[:, columns], values, rcond=None)[0]
     stride = _snap(solution[0])
     if not has.all():
         plain = plain_axis(length, count)
-        return AxisFit(widest, stride, plain.offset, True, False)
+        return AxisFit(widest, stride, plain.offset, True, False, True)
+    exact = len(values) > len(columns) and solution[0] > 0
+    exact = exact and np.abs(design[:, columns] @ solution - values).max() < 0.26
     near, far = solution[1], solution[2]
-    return AxisFit(int(round(far - near + 1)), stride, _snap((near + far) / 2))
+    return AxisFit(int(round(far - near + 1)), stride, _snap((near + far) / 2), located=bool(exact))
 
 
 def _snap(value: float) -> float:

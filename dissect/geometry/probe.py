@@ -42,6 +42,9 @@ from ..errors import DissectError
 DERIVED = "_dissect_derived"
 #: Attribute holding why a tensor depends on every position of the image.
 GLOBAL = "_dissect_global"
+#: Attribute set on tensors computed after a resampling (upsampling) of activations.
+RESAMPLED = "_dissect_resampled"
+_RESAMPLING = {"interpolate", "grid_sample", "pixel_shuffle", "affine_grid"}
 
 _VALUEWISE = {
     *("relu", "relu6", "hardtanh", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu", "tanh"),
@@ -98,6 +101,8 @@ class ConnectivityMode(TorchFunctionMode):
             return func(*args, **kwargs)
         name, inplace = _op_name(func)
         reason = next((getattr(t, GLOBAL) for t in derived if getattr(t, GLOBAL, None)), None)
+        resampled = any(getattr(t, RESAMPLED, False) for t in derived)
+        resampled = resampled or name in _RESAMPLING or "upsample" in name
         out, mixing = _surrogate(name, inplace, func, args, kwargs)
         reason = reason or mixing
         for tensor in pytree.tree_leaves(out):
@@ -105,6 +110,8 @@ class ConnectivityMode(TorchFunctionMode):
                 setattr(tensor, DERIVED, True)
                 if reason:
                     setattr(tensor, GLOBAL, reason)
+                if resampled:
+                    setattr(tensor, RESAMPLED, True)
         return out
 
 
@@ -324,6 +331,7 @@ class LayerProbe:
     shape: tuple | str
     kind: str
     global_reason: str | None = None
+    resampled: bool = False
     positions: list | None = None
     rows: list | None = None
     cols: list | None = None
@@ -357,7 +365,10 @@ def probe_layers(
                 found[name] = LayerProbe(type(output).__name__, kinds[name])
                 return
             found[name] = LayerProbe(
-                tuple(output.shape[1:]), kinds[name], getattr(output, GLOBAL, None)
+                tuple(output.shape[1:]),
+                kinds[name],
+                getattr(output, GLOBAL, None),
+                getattr(output, RESAMPLED, False),
             )
             if (wanted is None or name in wanted) and output.dim() == 4:
                 kept[name] = output.clone() if output.requires_grad else output
@@ -397,10 +408,11 @@ def probe_layers(
 
 
 def probe_positions(length: int) -> list[int]:
-    """Probed positions along an axis of ``length``: pairs ``(p, p + 1)`` at both ends and at
-    three even ``p`` between (even, so that a nearest x2 upsampling's pairs stay whole)."""
-    starts = {0, length - 2, *(2 * round(k * (length - 2) / 8) for k in range(1, 4))}
-    positions = {p + d for p in starts for d in (0, 1)}
+    """Probed positions along an axis of ``length``: runs of four ``p .. p + 3`` at both ends and
+    at three multiples of four between (so that the supports of stacked x2 upsamplings, which
+    repeat with period 2 or 4, come in whole periods)."""
+    starts = {0, length - 4, *(4 * round(k * (length - 4) / 16) for k in range(1, 4))}
+    positions = {p + d for p in starts for d in range(4)}
     return sorted({min(max(p, 0), length - 1) for p in positions})
 
 

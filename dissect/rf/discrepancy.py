@@ -60,8 +60,8 @@ def discrepancy_maps(
         docstring); ``naive``: one full forward per occluder position, per measurement, batched
         by ``config.batch_size``. All give the same maps up to float32 round-off. Where the fast
         methods' assumption that a position depends only on its receptive-field box does not
-        hold (a global layer, a layer whose geometry was not measured, a fractional stride after
-        upsampling), every method runs the naive one.
+        hold (a global layer, a layer whose geometry was not measured, a layer after upsampling),
+        every method runs the naive one.
     device : torch.device or str
         Where the forward passes run.
     progress : bool
