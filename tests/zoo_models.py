@@ -307,9 +307,10 @@ class ViT(nn.Module):
         return self.fc(self.norm(self.block(tokens))[:, 0])
 
 
-def vit(width: int = 8) -> nn.Module:
+def vit(width: int = 8, size: int = 32) -> nn.Module:
+    """For inputs of ``size`` pixels (the position embedding is fixed), 8 px patches below 64."""
     torch.manual_seed(0)
-    return _seeded(ViT(width))
+    return _seeded(ViT(width, size, 8 if size < 64 else 16))
 
 
 #: family -> (factory, {layer: "local" or "global"}) checked by the conformance suite.

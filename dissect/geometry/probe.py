@@ -426,20 +426,17 @@ def _measure(probe: LayerProbe, output: torch.Tensor, image: torch.Tensor) -> No
     probe.positions, probe.rows, probe.cols = [], [], []
     if not output.requires_grad:
         return
-    seeds = output.new_zeros((count, *output.shape))
-    seeds[torch.arange(count), 0, :, ys, xs] = 1.0
-    try:
-        (grads,) = torch.autograd.grad(
-            output, image, seeds, retain_graph=True, is_grads_batched=True, allow_unused=True
+    # One backward per position through the kept graph (a vmapped batch of them is no faster
+    # on CPU, and its first call costs seconds of set-up).
+    grads = []
+    for y, x in zip(ys, xs, strict=True):
+        (grad,) = torch.autograd.grad(
+            output[0, :, y, x].sum(), image, retain_graph=True, allow_unused=True
         )
-    except RuntimeError:  # an operation without a batching rule: one position at a time
-        grads = [
-            torch.autograd.grad(output, image, seed, retain_graph=True, allow_unused=True)[0]
-            for seed in seeds
-        ]
-        grads = None if grads[0] is None else torch.stack(grads)
-    if grads is None:
-        return
+        if grad is None:
+            return
+        grads.append(grad)
+    grads = torch.stack(grads)
     weights = grads[:, 0].abs().sum(1).double()  # (positions, H, W)
     rows, cols = weights.sum(2).cpu().numpy(), weights.sum(1).cpu().numpy()
     for k, (y, x) in enumerate(zip(ys, xs, strict=True)):
