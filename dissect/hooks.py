@@ -1,8 +1,11 @@
 """Capture the outputs of named layers with forward hooks, and stop the forward early.
 
 A layer name is a module name as in ``model.named_modules()``; its value is the tensor that module
-returns. For ``conv -> ReLU(inplace=True)`` the conv's name means the pre-ReLU response: the hook
-clones it before the in-place ReLU overwrites it. Name the ReLU module to get the rectified value.
+returns. A token-shaped output (B, N, C), as in vision transformers, whose N is a grid of the
+input's aspect plus up to 8 leading class/register tokens, is read as C units over that grid:
+(B, C, h, w), the extra tokens dropped (:func:`token_grid`). For ``conv -> ReLU(inplace=True)``
+the conv's name means the pre-ReLU response: the hook clones it before the in-place ReLU
+overwrites it. Name the ReLU module to get the rectified value.
 
     with LayerTrace(model, ["conv3", "conv5"], stop=True) as trace:
         outputs = trace(images)          # {"conv3": tensor, "conv5": tensor}
@@ -18,6 +21,46 @@ import torch
 from torch import nn
 
 from .errors import DissectError
+
+#: Most leading class/register tokens a token layer may have.
+MAX_EXTRA_TOKENS = 8
+
+
+def token_grid(tokens: int, image: tuple[int, int]) -> tuple[int, int, int] | None:
+    """How ``tokens`` tokens of an ``image`` (height, width) input split into a patch grid.
+
+    Returns
+    -------
+    (extra, h, w) or None
+        The fewest leading extra tokens (class, register) such that the rest form an ``h x w``
+        grid of the image's aspect ratio (at least 2 x 2); None if there is no such split.
+
+    Examples
+    --------
+    >>> token_grid(197, (224, 224))
+    (1, 14, 14)
+    """
+    height, width = image
+    if not height or not width:
+        return None
+    for extra in range(min(MAX_EXTRA_TOKENS, tokens) + 1):
+        rest = tokens - extra
+        rows = round((rest * height / width) ** 0.5)
+        if rows >= 2 and rows * round(rows * width / height) == rest:
+            columns = rest // rows
+            if abs(rows * width - columns * height) <= max(height, width) / max(rows, columns):
+                return extra, rows, columns
+    return None
+
+
+def as_maps(output: torch.Tensor, image: tuple[int, int]) -> torch.Tensor:
+    """(B, N, C) token outputs as (B, C, h, w) patch maps (see :func:`token_grid`); others as
+    they are."""
+    if output.dim() != 3 or (grid := token_grid(output.shape[1], image)) is None:
+        return output
+    extra, rows, columns = grid
+    patches = output[:, extra:]
+    return patches.transpose(1, 2).reshape(output.shape[0], output.shape[2], rows, columns)
 
 
 class _StopForward(Exception):
@@ -111,6 +154,7 @@ class LayerTrace:
         self._consume: Callable[[str, torch.Tensor], None] | None = None
         self._rows: int | None = None
         self._static_batch: int | None = getattr(module, "static_batch", None)
+        self._image: tuple[int, int] = (0, 0)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> LayerTrace:
@@ -138,6 +182,7 @@ class LayerTrace:
                 output = output[: self._rows]  # padding rows of a static-batch network
             if self.detach:
                 output = output.detach()
+            output = as_maps(output, self._image)
             if self._consume is not None:
                 self._consume(name, output)
             else:
@@ -163,6 +208,7 @@ class LayerTrace:
             return {name: torch.cat([part[name] for part in parts]) for name in self.layers}
         self.outputs, self._reached = {}, set()
         self._rows = len(inputs[0]) if inputs and isinstance(inputs[0], torch.Tensor) else None
+        self._image = tuple(inputs[0].shape[-2:]) if inputs else (0, 0)
         try:
             self.module(*inputs)
         except _StopForward:

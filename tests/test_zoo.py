@@ -115,3 +115,40 @@ def test_exported_program_has_the_same_geometry(family, tmp_path):
         assert (a.rf, a.stride, a.offset, a.is_global, a.rf_clipped, a.output_shape) == (
             b.rf, b.stride, b.offset, b.is_global, b.rf_clipped, b.output_shape,
         ), layer  # fmt: skip
+
+
+def test_token_layers_are_units_over_the_patch_grid(tmp_path):
+    import warnings
+
+    from zoo_models import vit
+
+    from dissect.geometry import geometry_table
+    from dissect.images import Preprocess
+    from dissect.models import LoadedModel
+    from dissect.streaming import run_dissection
+
+    net = vit()
+    g = layer_geometry(net, ["block", "norm"], SIZE)["block"]
+    assert g.output_shape == (16, 4, 4) and g.extra_tokens == 1  # 1 class token + 4x4 patches
+    assert g.is_global and "attention" in g.global_reason
+    assert (g.stride, g.offset) == ((8, 8), (3.5, 3.5))  # where the 8 px patches sit
+    note = geometry_table(net, SIZE).set_index("layer").loc["block", "note"]
+    assert "4x4 grid + 1 extra" in note
+    loaded = LoadedModel(net, "vit", preprocess=Preprocess(SIZE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = run_dissection(loaded, "synthetic:6:3", tmp_path, ["block"], topk=2, progress=False)
+    # Brute force: the block's tokens without the class token, unit by unit.
+    images = torch.stack([loaded.preprocess.tensor(d.open_data().read_rgb(i)) for i in range(6)])
+    with torch.inference_mode():
+        tokens = net.block(_tokens(net, images))
+    maps = tokens[:, 1:].transpose(1, 2).reshape(6, 16, 4, 4)
+    peak = maps.flatten(2).amax(2)  # (images, units)
+    top = d.topk("block")
+    np.testing.assert_array_equal(top["index"][:, 0], peak.argmax(0).numpy())
+    np.testing.assert_allclose(top["score"][:, 0], peak.amax(0).numpy(), rtol=1e-5)
+
+
+def _tokens(net, images):
+    tokens = net.patch(images).flatten(2).transpose(1, 2)
+    return torch.cat([net.cls.expand(len(images), -1, -1), tokens], 1) + net.pos

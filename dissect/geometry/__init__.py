@@ -72,6 +72,9 @@ class LayerGeometry:
     resampled : bool
         The layer comes after a resampling (upsampling) of activations: supports alternate
         around ``offset + i * stride``, and ``rf`` holds them all.
+    extra_tokens : int or None
+        For a token layer (B, N, C) read as C units over its patch grid: the leading tokens
+        (class, register) left out of the grid; None for other layers.
     """
 
     name: str
@@ -85,6 +88,7 @@ class LayerGeometry:
     global_reason: str = ""
     problem: str = ""
     resampled: bool = False
+    extra_tokens: int | None = None
 
     @property
     def is_local(self) -> bool:
@@ -192,6 +196,10 @@ def geometry_table(module: nn.Module, image_size: int | tuple[int, int] = 224) -
     rows = []
     for name, g in geometry.items():
         note = g.problem or (f"global: {g.global_reason}" if g.is_global else "")
+        if g.extra_tokens is not None:
+            grid = "x".join(map(str, g.output_shape[1:]))
+            tokens = f"tokens: {grid} grid + {g.extra_tokens} extra (not mapped)"
+            note = f"{tokens}; {note}" if note else tokens
         rf = "global" if g.is_global else _pair(g.rf) + ("+" if g.rf_clipped else "")
         rows.append(
             {
@@ -300,8 +308,9 @@ def _geometry(
     offset = (axes[0].offset, axes[1].offset)
     if probe.global_reason:
         return LayerGeometry(
-            name, probe.kind, shape, size, stride, offset, False, True, probe.global_reason
-        )
+            name, probe.kind, shape, size, stride, offset, False, True, probe.global_reason,
+            "", probe.resampled, probe.extra_tokens,
+        )  # fmt: skip
     problem = next((a.problem for a in axes if a.problem), "")
     if problem:
         problem = (
@@ -316,5 +325,6 @@ def _geometry(
     rf = (axes[0].rf, axes[1].rf)
     clipped = any(a.clipped for a in axes)
     return LayerGeometry(
-        name, probe.kind, shape, rf, stride, offset, clipped, False, "", problem, probe.resampled
-    )
+        name, probe.kind, shape, rf, stride, offset, clipped, False, "", problem, probe.resampled,
+        probe.extra_tokens,
+    )  # fmt: skip

@@ -37,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from ..errors import DissectError
+from ..hooks import as_maps, token_grid
 
 #: Attribute set on every tensor computed from the probe image.
 DERIVED = "_dissect_derived"
@@ -332,6 +333,7 @@ class LayerProbe:
     kind: str
     global_reason: str | None = None
     resampled: bool = False
+    extra_tokens: int | None = None
     positions: list | None = None
     rows: list | None = None
     cols: list | None = None
@@ -364,11 +366,18 @@ def probe_layers(
             if not isinstance(output, torch.Tensor):
                 found[name] = LayerProbe(type(output).__name__, kinds[name])
                 return
+            grid = token_grid(output.shape[1], size) if output.dim() == 3 else None
+            if grid is not None:
+                marks = getattr(output, GLOBAL, None), getattr(output, RESAMPLED, False)
+                output = as_maps(output, size)
+                setattr(output, GLOBAL, marks[0])
+                setattr(output, RESAMPLED, marks[1])
             found[name] = LayerProbe(
                 tuple(output.shape[1:]),
                 kinds[name],
                 getattr(output, GLOBAL, None),
                 getattr(output, RESAMPLED, False),
+                grid[0] if grid else None,
             )
             if (wanted is None or name in wanted) and output.dim() == 4:
                 kept[name] = output.clone() if output.requires_grad else output
