@@ -7,6 +7,7 @@ perturb one input row (or column) at a time and see which output rows (columns) 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +153,52 @@ def test_token_layers_are_units_over_the_patch_grid(tmp_path):
 def _tokens(net, images):
     tokens = net.patch(images).flatten(2).transpose(1, 2)
     return torch.cat([net.cls.expand(len(images), -1, -1), tokens], 1) + net.pos
+
+
+@pytest.mark.parametrize("family", list(ZOO))
+def test_run_rf_segment_and_report(family, tmp_path):
+    import warnings
+
+    from dissect.images import Preprocess
+    from dissect.models import LoadedModel
+    from dissect.report import write_report
+    from dissect.rf import Measurements, OcclusionConfig, discrepancy_maps, noise_patch
+    from dissect.segment import write_segments
+    from dissect.streaming import run_dissection
+
+    net = ZOO[family][0]()
+    names = list(ZOO[family][1])
+    layers = [names[0], names[-1]]
+    spec = f"{Path(__file__).parent / 'zoo_models.py'}:{family}"
+    loaded = LoadedModel(net, spec, preprocess=Preprocess(SIZE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = run_dissection(loaded, "synthetic:6:1", tmp_path, layers, topk=2, progress=False)
+    source = d.open_data()
+    images = torch.stack([loaded.preprocess.tensor(source.read_rgb(i)) for i in range(6)])
+    with LayerTrace(net, layers) as trace, torch.inference_mode():
+        outputs = trace(images)
+    for layer in layers:
+        # dissect run's top image of every unit against all activations computed at once.
+        peak = outputs[layer].flatten(2).amax(2)  # (images, units)
+        top = d.topk(layer)
+        np.testing.assert_allclose(top["score"][:, 0], peak.amax(0).numpy(), rtol=1e-4, atol=1e-5)
+        ordered = peak.sort(0, descending=True).values
+        clear = (ordered[0] - ordered[1] > 1e-4).numpy()
+        np.testing.assert_array_equal(top["index"][clear, 0], peak.argmax(0).numpy()[clear])
+    layer = layers[-1]
+    geometry = d.geometry(layer)
+    top = d.topk(layer)
+    measurements = Measurements(
+        top["index"][:2, 0], np.arange(2), top["y"][:2, 0], top["x"][:2, 0]
+    )  # fmt: skip
+    patch = noise_patch(loaded.preprocess, 7, 0)
+    config = OcclusionConfig(occluder=7, stride=5)
+    run = (net, layer, geometry, images.__getitem__, measurements, patch, config)
+    naive = discrepancy_maps(*run, method="naive", progress=False)
+    np.testing.assert_allclose(
+        discrepancy_maps(*run, progress=False), naive, rtol=1e-5, atol=1e-5
+    )  # fmt: skip
+    segments = write_segments(d, layers=[layer], units=[0], top=2, model=loaded, progress=False)
+    assert len(segments) > 0
+    assert write_report(d, progress=False).is_file()
