@@ -39,6 +39,8 @@ from torch.utils import _pytree as pytree
 from ..errors import DissectError
 from ..hooks import as_maps, token_grid
 
+#: Probe images in one forward: one per probed position of a layer (see probe_positions).
+PROBE_BATCH = 16
 #: Attribute set on every tensor computed from the probe image.
 DERIVED = "_dissect_derived"
 #: Attribute holding why a tensor depends on every position of the image.
@@ -389,11 +391,14 @@ def probe_layers(
     parameter = next(iter([*module.parameters(), *module.buffers()]), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else None
-    image = torch.ones(1, 3, *size, device=device, dtype=dtype or torch.float32)
     handles = [
         child.register_forward_hook(record(name)) for name, child in module.named_modules() if name
     ]
-    try:
+
+    def run(batch: int) -> None:
+        found.clear()
+        kept.clear()
+        image = torch.ones(batch, 3, *size, device=device, dtype=dtype or torch.float32)
         with torch.inference_mode(False), torch.enable_grad():
             image.requires_grad_(True)
             setattr(image, DERIVED, True)
@@ -404,6 +409,15 @@ def probe_layers(
                 pass
             for name, output in kept.items():
                 _measure(found[name], output, image)
+
+    try:
+        try:
+            # One image per probed position, all positions of a layer in one backward...
+            run(PROBE_BATCH)
+        except DissectError:
+            raise
+        except Exception:  # noqa: BLE001 - ...unless the network takes one image only (.pt2)
+            run(1)
     except DissectError:
         raise
     except Exception as error:  # noqa: BLE001 - any failure of the user's forward
@@ -418,9 +432,9 @@ def probe_layers(
 
 def probe_positions(length: int) -> list[int]:
     """Probed positions along an axis of ``length``: runs of four ``p .. p + 3`` at both ends and
-    at three multiples of four between (so that the supports of stacked x2 upsamplings, which
+    at two multiples of four between (so that the supports of stacked x2 upsamplings, which
     repeat with period 2 or 4, come in whole periods)."""
-    starts = {0, length - 4, *(4 * round(k * (length - 4) / 16) for k in range(1, 4))}
+    starts = {0, length - 4, *(4 * round(k * (length - 4) / 12) for k in (1, 2))}
     positions = {p + d for p in starts for d in range(4)}
     return sorted({min(max(p, 0), length - 1) for p in positions})
 
@@ -435,18 +449,20 @@ def _measure(probe: LayerProbe, output: torch.Tensor, image: torch.Tensor) -> No
     probe.positions, probe.rows, probe.cols = [], [], []
     if not output.requires_grad:
         return
-    # One backward per position through the kept graph (a vmapped batch of them is no faster
-    # on CPU, and its first call costs seconds of set-up).
-    grads = []
-    for y, x in zip(ys, xs, strict=True):
-        (grad,) = torch.autograd.grad(
-            output[0, :, y, x].sum(), image, retain_graph=True, allow_unused=True
-        )
-        if grad is None:
-            return
-        grads.append(grad)
-    grads = torch.stack(grads)
-    weights = grads[:, 0].abs().sum(1).double()  # (positions, H, W)
+    if len(image) >= count:  # position k read from image k: one backward
+        total = sum(output[k, :, y, x].sum() for k, (y, x) in enumerate(zip(ys, xs, strict=True)))
+        (grads,) = torch.autograd.grad(total, image, retain_graph=True, allow_unused=True)
+    else:  # one image: one backward per position (a vmapped batch is no faster on CPU)
+        grads = []
+        for y, x in zip(ys, xs, strict=True):
+            (grad,) = torch.autograd.grad(
+                output[0, :, y, x].sum(), image, retain_graph=True, allow_unused=True
+            )
+            grads.append(grad if grad is None else grad[0])
+        grads = None if any(g is None for g in grads) else torch.stack(grads)
+    if grads is None:
+        return
+    weights = grads[:count].abs().sum(1).double()  # (positions, H, W)
     rows, cols = weights.sum(2).cpu().numpy(), weights.sum(1).cpu().numpy()
     for k, (y, x) in enumerate(zip(ys, xs, strict=True)):
         probe.positions.append((y, x))
