@@ -42,6 +42,11 @@ def build(family: str, width: int, size: int) -> torch.nn.Module:
 
 
 def _peak_kib() -> int:
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss, not inherited from the
+    parent that started it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
