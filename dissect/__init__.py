@@ -16,6 +16,8 @@ The package reads in the order of the study:
   import), ``labels`` (labels.csv);
 - ``rf`` (empirical receptive fields by occlusion), ``segment`` (segmented top images);
 - ``taxonomy`` and ``semantics`` (semantic types per layer), ``plots``, ``report``, ``demo``;
+- ``compare`` (networks side by side, with the paper's figures from ``reference``), ``explain``
+  (the units that explain one image);
 - ``cli`` and ``commands`` (one module per subcommand).
 """
 
@@ -36,10 +38,16 @@ _EXPORTS = {
     "export_broden": "datasets.broden",
     "SyntheticWorld": "datasets.synthetic",
     "open_synthetic": "datasets.synthetic",
+    "Comparison": "compare",
+    "compare_dissections": "compare",
+    "write_comparison": "compare",
     "Dissection": "dissection",
     "run_dissection": "streaming",
     "DissectError": "errors",
     "evaluate": "evaluate",
+    "Explanation": "explain",
+    "explain_image": "explain",
+    "write_explanation": "explain",
     "LayerGeometry": "geometry",
     "geometry_table": "geometry",
     "layer_geometry": "geometry",
@@ -51,6 +59,7 @@ _EXPORTS = {
     "OcclusionConfig": "rf",
     "load_maps": "rf",
     "receptive_fields": "rf",
+    "zhou2015_types": "reference",
     "write_report": "report",
     "scene_cnn": "zoo.scene_cnn",
     "iter_segments": "segment",
@@ -62,7 +71,7 @@ _EXPORTS = {
 }
 
 #: Sub-packages and modules reachable as attributes (``dissect.plots.semantics``).
-_SUBMODULES = {"annotation", "datasets", "plots", "rf", "zoo"}
+_SUBMODULES = {"annotation", "datasets", "plots", "reference", "rf", "zoo"}
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 

@@ -24,6 +24,8 @@ COMMANDS = {
     "export": "export",
     "import": "import_labels",
     "rf": "rf",
+    "compare": "compare",
+    "explain": "explain",
 }
 
 

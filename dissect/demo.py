@@ -21,7 +21,7 @@ import pandas as pd
 
 from .dissection import Dissection
 from .labels import read_labels
-from .semantics import detectors
+from .semantics import detectors, object_of
 from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, Taxonomy
 
 
@@ -138,7 +138,7 @@ def finding(
     first_found = found[found["layer"] == first]
     concepts = pd.read_csv(dissection.path("iou", "concepts.csv"), keep_default_na=False)
     objects = set(concepts.loc[concepts["category"] == "object", "name"])
-    covered = {_object_of(label, objects) for label in object_like["label"]} & objects
+    covered = {object_of(label, objects) for label in object_like["label"]} & objects
     share = first_found["type"].isin(["color", "texture"]).mean() if len(first_found) else 0.0
     return {
         "first_layer": first,
@@ -150,16 +150,6 @@ def finding(
         "first_detectors": len(first_found),
         "first_color_texture_share": round(float(share), 3),
     }
-
-
-def _object_of(label: str, objects: set[str]) -> str:
-    """The object a part label belongs to (``car wheel`` -> ``car``), or the label itself."""
-    if label in objects:
-        return label
-    for name in sorted(objects, key=len, reverse=True):
-        if label.startswith(f"{name} ") or label.startswith(f"{name}-"):
-            return name
-    return label
 
 
 def describe(summary: dict) -> str:

@@ -15,11 +15,9 @@ name and path taken from the directory is HTML-escaped.
 
 from __future__ import annotations
 
-import html
 import shutil
 from pathlib import Path
 from string import Template
-from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -31,6 +29,10 @@ from .annotation.agreement import layer_agreement
 from .annotation.store import read_raw
 from .dissection import Dissection, layer_file_name
 from .errors import DissectError
+from .html import e, href
+from .html import note as _note
+from .html import number as _number
+from .html import table as _table
 from .io import atomic_path, read_npz, write_text
 from .labels import read_labels
 from .plots.semantics import write_semantic_plots
@@ -110,45 +112,6 @@ applyFilter();
 </html>
 """
 )
-
-
-def e(value: object) -> str:
-    """HTML-escape any value (quotes too, so it is safe inside attributes)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    return html.escape(str(value), quote=True)
-
-
-def href(path: Path, root: Path) -> str:
-    """A relative, percent-encoded, escaped link from ``root`` to ``path``."""
-    return e(quote(path.relative_to(root).as_posix()))
-
-
-def _number(value: object, digits: int = 3) -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return ""
-    return "" if np.isnan(value) else f"{value:.{digits}g}"
-
-
-def _table(frame: pd.DataFrame) -> str:
-    """A plain escaped HTML table of a DataFrame (numbers right-aligned)."""
-    head = "".join(f"<th>{e(column)}</th>" for column in frame.columns)
-    rows = []
-    for record in frame.itertuples(index=False):
-        cells = []
-        for value in record:
-            if isinstance(value, (int, float, np.integer, np.floating)):
-                cells.append(f'<td class="num">{_number(value, 4)}</td>')
-            else:
-                cells.append(f"<td>{e(value)}</td>")
-        rows.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{e(text)}</p>'
 
 
 def summary_section(dissection: Dissection, stages: dict[str, bool]) -> str:

@@ -174,6 +174,24 @@ def concept_table(
     return table[columns].reset_index(drop=True)
 
 
+def object_of(label: str, objects: set[str] | frozenset[str]) -> str:
+    """The object a part label belongs to (``car wheel`` -> ``car``), or the label itself.
+
+    Parameters
+    ----------
+    label : str
+        A concept name; parts are named ``<object> <part>`` or ``<object>-<part>``.
+    objects : set of str
+        The object class names of the data.
+    """
+    if label in objects:
+        return label
+    for name in sorted(objects, key=len, reverse=True):
+        if label.startswith(f"{name} ") or label.startswith(f"{name}-"):
+            return name
+    return label
+
+
 def write_statistics(
     directory: str | Path,
     *,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from dissect.cli import main
-from dissect.demo import _object_of, finding
+from dissect.demo import finding
+from dissect.semantics import object_of
 
 
 def test_quick_demo_runs_every_stage(tmp_path, capsys):
@@ -30,6 +31,6 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
 
 def test_parts_count_for_their_object():
     objects = {"car", "house", "table"}
-    assert _object_of("car wheel", objects) == "car"
-    assert _object_of("table", objects) == "table"
-    assert _object_of("carpet", objects) == "carpet"
+    assert object_of("car wheel", objects) == "car"
+    assert object_of("table", objects) == "table"
+    assert object_of("carpet", objects) == "carpet"

@@ -1,0 +1,62 @@
+"""``dissect compare DIR_A DIR_B [DIR...] --out DIR``: networks side by side, layer by layer."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_detector_arguments, split_names, taxonomy_from_args
+
+HELP = (
+    "compare labelled dissections of several networks per layer: semantic types, detectors, "
+    "concepts, objects covered, receptive fields (CSV, plots, index.html)"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "directories", metavar="DIR", nargs="+", help="two or more dissection directories"
+    )
+    parser.add_argument("--out", required=True, help="folder for the tables, plots and page")
+    parser.add_argument("--names", help="comma-separated network names (default: MODEL specs)")
+    parser.add_argument(
+        "--match",
+        action="append",
+        metavar="A:B",
+        help="compare layer A of the first network with layer B of the second (one name per "
+        "network, colon-separated); repeat for each row (default: layers of the same name)",
+    )
+    parser.add_argument(
+        "--reference",
+        choices=["zhou2015", "none"],
+        default="zhou2015",
+        help="published distribution drawn beside ours (default zhou2015: Places205- and "
+        "ImageNet-AlexNet)",
+    )
+    parser.add_argument(
+        "--share",
+        choices=["units", "detectors"],
+        default="units",
+        help="bar heights as a share of each layer's units (default) or of its detectors",
+    )
+    add_detector_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..compare import compare_dissections, parse_match, write_comparison
+    from ..reference import zhou2015_types
+
+    comparison = compare_dissections(
+        args.directories,
+        names=split_names(args.names),
+        match=parse_match(args.match, len(args.directories)) if args.match else None,
+        min_precision=args.min_precision,
+        min_iou=args.min_iou,
+        taxonomy=taxonomy_from_args(args),
+    )
+    reference = zhou2015_types() if args.reference == "zhou2015" else None
+    index = write_comparison(comparison, args.out, reference=reference, share=args.share)
+    shown = comparison.layers.pivot(index="row", columns="network", values="detectors")
+    print("detector units per layer:")
+    print(shown.reindex(index=comparison.rows, columns=comparison.networks).to_string())
+    print(f"-> {args.out}/types.csv, layers.csv, objects.csv, plots/; open {index}")
+    return 0
