@@ -35,6 +35,7 @@ from .html import number as _number
 from .html import table as _table
 from .io import atomic_path, read_npz, write_text
 from .labels import read_labels
+from .plots.compare import write_reference_plot
 from .plots.semantics import write_semantic_plots
 from .semantics import concept_table, detectors, label_types, layer_type_table
 from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
@@ -403,6 +404,8 @@ def write_report(
             labels, min_precision=min_precision, min_iou=min_iou, taxonomy=taxonomy, max_p=max_p
         )
         figures = write_semantic_plots(root / "assets", types, concepts, taxonomy)
+        name = str(dissection.manifest.get("model") or "this network")
+        figures += write_reference_plot(root / "assets" / "plots", types, name, taxonomy)
     table = unit_table(dissection, min_precision, min_iou, taxonomy, max_p)
     strips, maps = unit_assets(dissection, table, root, top, thumbnail, progress)
     layer_options = "".join(

@@ -190,3 +190,19 @@ def test_page_needs_no_reference(two, tmp_path):
     index = write_comparison(compare_dissections([a, b]), tmp_path / "out")
     assert "Reference" not in index.read_text(encoding="utf-8")
     assert not (tmp_path / "out" / "reference.csv").exists()
+
+
+def test_report_draws_the_papers_bars_where_layer_names_match(two, tmp_path):
+    from dissect.report import write_report
+
+    out = tmp_path / "pooled"
+    run_dissection(TINY_SPEC, "synthetic:4", out, ["conv1", "pool1"], topk=1,
+                   preprocess=PREPROCESS, progress=False)  # fmt: skip
+    write_labels(out, "iou", _labels([("pool1", 0, "red", "color", 0.3)]))
+    page = Links()
+    page.feed(write_report(out, progress=False).read_text(encoding="utf-8"))
+    assert "assets/plots/types_vs_zhou2015.png" in page.links
+    a, _ = two  # conv1, conv2: no layer of the paper's, no such figure
+    page = Links()
+    page.feed(write_report(a, progress=False).read_text(encoding="utf-8"))
+    assert not any("zhou2015" in link for link in page.links)

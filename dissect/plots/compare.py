@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ..errors import DissectError
-from ..taxonomy import Taxonomy
+from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from .figure import plain, save_figure
 from .semantics import TYPE_COLORS
 
@@ -84,8 +84,34 @@ def plot_type_comparison(
     Figure
     """
     taxonomy = taxonomy or comparison.taxonomy
-    rows = comparison.rows
-    series = _bars(comparison.types, reference, rows, share)
+    return plot_type_bars(comparison.types, comparison.rows, reference, share, taxonomy)
+
+
+def plot_type_bars(
+    types: pd.DataFrame,
+    rows: Sequence[str],
+    reference: pd.DataFrame | None = None,
+    share: str = "units",
+    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+) -> Figure:
+    """:func:`plot_type_comparison` from a types table; one network works too (the report).
+
+    Parameters
+    ----------
+    types : DataFrame
+        ``network,row,category,fraction`` (and ``share`` for ``share="detectors"``), as in
+        :attr:`dissect.compare.Comparison.types`.
+    rows : sequence of str
+        Rows (layers) in display order.
+    reference, share, taxonomy
+        See :func:`plot_type_comparison`.
+
+    Returns
+    -------
+    Figure
+    """
+    rows = list(rows)
+    series = _bars(types, reference, rows, share)
     series = [item for item in series if not (item[1] and item[2].isna().all().all())]
     width = 0.8 / len(series)
     figure = Figure(figsize=(max(5.0, 1.2 + 0.35 * len(rows) * len(series)), 4.2))
@@ -212,3 +238,39 @@ def write_compare_plots(
     if comparison.layers["rf_units"].sum() > 0:
         figures["receptive_fields.png"] = plot_rf_comparison(comparison)
     return [save_figure(figure, folder / name) for name, figure in figures.items()]
+
+
+def write_reference_plot(
+    folder: str | Path,
+    layer_types: pd.DataFrame,
+    network: str,
+    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+) -> list[Path]:
+    """One network's types beside the paper's (``types_vs_zhou2015.png``), for the report.
+
+    Parameters
+    ----------
+    folder : path-like
+        Where to save the figure.
+    layer_types : DataFrame
+        ``layer,category,n_units,fraction`` (``layer_types.csv``).
+    network : str
+        The network's name in the legend.
+    taxonomy : Taxonomy
+        Type order and names.
+
+    Returns
+    -------
+    list of Path
+        The figure written, or nothing when no layer shares a name with the paper's layers
+        (pool1, pool2, conv3, conv4, pool5).
+    """
+    from ..reference import zhou2015_types
+
+    reference = zhou2015_types()
+    rows = list(dict.fromkeys(layer_types["layer"]))
+    if not set(rows) & set(reference["layer"]):
+        return []
+    types = layer_types.assign(network=network, row=layer_types["layer"])
+    figure = plot_type_bars(types, rows, reference, "units", taxonomy)
+    return [save_figure(figure, Path(folder) / "types_vs_zhou2015.png")]
