@@ -44,22 +44,51 @@ class DemoPlan:
         return cls(images or 1000, convs, 8, 10, ("conv1", "conv3", "conv5"), 8)
 
 
-def demo_commands(out: str, plan: DemoPlan, seed: int, device: str) -> list[list[str]]:
-    """The subcommands the demo runs, as argument lists."""
+def demo_commands(
+    out: str, plan: DemoPlan, seed: int, device: str, compare_with: str | None = None
+) -> list[list[str]]:
+    """The subcommands the demo runs, as argument lists.
+
+    With ``compare_with`` (a second MODEL, dissected into ``out/<its name>``), the second
+    network is dissected, labelled and measured the same way, then compared with the first
+    (``out/compare``) before the report is written.
+    """
     sample = np.linspace(0, 47, plan.rf_units).round().astype(int)  # conv1 has 48 units
     segment = ",".join(plan.segment_layers)
-    return [
-        ["run", "scene-cnn", f"synthetic:{plan.images}:{seed}", "--out", out,
-         "--topk", "20", "--device", device],
-        ["autolabel", out, "--device", device],
-        ["stats", out],
-        ["rf", out, "--layers", ",".join(plan.rf_layers), "--units", ",".join(map(str, sample)),
-         "--top", str(plan.rf_top), "--device", device],
+    data = f"synthetic:{plan.images}:{seed}"
+
+    def measure(directory: str) -> list[list[str]]:
+        return [
+            ["autolabel", directory, "--device", device],
+            ["stats", directory],
+            ["rf", directory, "--layers", ",".join(plan.rf_layers), "--units",
+             ",".join(map(str, sample)), "--top", str(plan.rf_top), "--device", device],
+        ]  # fmt: skip
+
+    commands = [
+        ["run", "scene-cnn", data, "--out", out, "--topk", "20", "--device", device],
+        *measure(out),
         ["segment", out, "--layers", segment, "--top", str(plan.top), "--device", device],
         ["export", out, "--format", "html", "--layers", "conv5", "--top", str(plan.top),
          "--device", device],
-        ["report", out],
     ]  # fmt: skip
+    if compare_with:
+        other = str(Path(out) / _folder(compare_with))
+        commands += [
+            ["run", compare_with, data, "--out", other, "--topk", "20", "--device", device],
+            *measure(other),
+            ["compare", out, other, "--out", str(Path(out) / "compare")],
+        ]  # fmt: skip
+    commands += [
+        ["explain", out, "0", "--top", "4", "--device", device],
+        ["report", out],
+    ]
+    return commands
+
+
+def _folder(model: str) -> str:
+    """A folder name for a MODEL spec (``object-cnn``; ``net.py:make`` -> ``net.py_make``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(model).name) or "other"
 
 
 def run_demo(
@@ -69,6 +98,7 @@ def run_demo(
     seed: int = 1,
     device: str = "auto",
     runner: Callable[[Sequence[str]], int] | None = None,
+    compare_with: str | None = "object-cnn",
 ) -> dict:
     """Run the whole study and return :func:`finding` for it.
 
@@ -86,12 +116,16 @@ def run_demo(
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
     runner : callable, optional
         Runs one subcommand's argument list (default :func:`dissect.cli.main`).
+    compare_with : str, optional
+        A second MODEL dissected the same way and compared with ``scene-cnn`` (default
+        ``object-cnn``, the same architecture trained to recognise objects; None: no
+        comparison). The summary then holds :func:`comparison_finding` under ``comparison``.
     """
     if runner is None:
         from .cli import main as runner
     plan = DemoPlan.choose(quick, images)
     start = time.perf_counter()
-    for command in demo_commands(out, plan, seed, device):
+    for command in demo_commands(out, plan, seed, device, compare_with):
         print(f"\n$ dissect {shlex.join(command)}", flush=True)
         began = time.perf_counter()
         status = runner(command)
@@ -99,6 +133,8 @@ def run_demo(
             raise SystemExit(status)
         print(f"({time.perf_counter() - began:.0f} s)", flush=True)
     summary = finding(out)
+    if compare_with:
+        summary["comparison"] = comparison_finding(Path(out) / "compare")
     summary["seconds"] = round(time.perf_counter() - start, 1)
     return summary
 
@@ -152,6 +188,41 @@ def finding(
     }
 
 
+def comparison_finding(directory: str | Path, layer: str = "conv5") -> dict:
+    """Detectors of ``layer`` in each network of a comparison (``dissect compare``'s tables).
+
+    Parameters
+    ----------
+    directory : path-like
+        The folder ``dissect compare`` wrote (``types.csv``, ``layers.csv``).
+    layer : str
+        The row to read (default the last conv layer of the built-in networks).
+
+    Returns
+    -------
+    dict
+        ``layer``, ``networks`` (names in order) and, per network name, ``units``, ``object``
+        and ``part`` (detectors of that type), ``detectors`` and ``objects_covered``.
+    """
+    folder = Path(directory)
+    types = pd.read_csv(folder / "types.csv", dtype={"row": str, "layer": str})
+    layers = pd.read_csv(folder / "layers.csv", dtype={"row": str, "layer": str})
+    networks = list(dict.fromkeys(layers["network"]))
+    summary: dict = {"layer": layer, "networks": networks}
+    for network in networks:
+        mine = types[(types["network"] == network) & (types["row"] == layer)]
+        counts = dict(zip(mine["category"], mine["n_units"], strict=True))
+        row = layers[(layers["network"] == network) & (layers["row"] == layer)].iloc[0]
+        summary[network] = {
+            "units": int(row["n_units"]),
+            "object": int(counts.get("object", 0)),
+            "part": int(counts.get("part", 0)),
+            "detectors": int(row["detectors"]),
+            "objects_covered": int(row["objects_covered"]),
+        }
+    return summary
+
+
 def describe(summary: dict) -> str:
     """The finding in words, for the end of ``dissect demo``."""
     return (
@@ -160,4 +231,17 @@ def describe(summary: dict) -> str:
         f"covering {summary['objects_covered']} of {summary['objects_total']} object classes.\n"
         f"{summary['first_layer']}: {summary['first_color_texture_share']:.0%} of its "
         f"{summary['first_detectors']} detectors are colour or texture/material detectors."
+        + ("\n" + _describe_comparison(summary["comparison"]) if "comparison" in summary else "")
+    )
+
+
+def _describe_comparison(comparison: dict) -> str:
+    names = comparison["networks"]
+    per = [comparison[name] for name in names]
+    return (
+        f"{comparison['layer']} object detectors: "
+        + ", ".join(f"{name} {entry['object']}" for name, entry in zip(names, per, strict=True))
+        + f" (object or part: {' vs '.join(str(e['object'] + e['part']) for e in per)}, of "
+        f"{per[0]['units']} units; object classes covered: "
+        f"{' vs '.join(str(e['objects_covered']) for e in per)})."
     )

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "run the whole study on the built-in scene CNN and synthetic world, and open the report"
+HELP = (
+    "run the whole study on the built-in scene CNN and synthetic world, compare it with the "
+    "object CNN, and open the report"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,13 +17,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, help="images to dissect (1000; quick: 200)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic world (1)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument(
+        "--compare-with",
+        default="object-cnn",
+        metavar="MODEL",
+        help="a second network dissected the same way and compared with scene-cnn (object-cnn, "
+        "the same architecture trained on objects); 'none' for no comparison",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import describe, run_demo
 
-    summary = run_demo(args.out, args.quick, args.images, args.seed, args.device)
-    report = Path(args.out).resolve() / "report" / "index.html"
+    other = None if args.compare_with.lower() == "none" else args.compare_with
+    summary = run_demo(
+        args.out, args.quick, args.images, args.seed, args.device, compare_with=other
+    )
+    root = Path(args.out).resolve()
     print(f"\nFinished in {summary['seconds']:.0f} s.\n{describe(summary)}")
-    print(f"\nOpen the report: {report.as_uri()}")
+    print(f"\nOpen the report: {(root / 'report' / 'index.html').as_uri()}")
+    if other:
+        print(f"The comparison: {(root / 'compare' / 'index.html').as_uri()}")
     return 0
