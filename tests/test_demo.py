@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dissect.cli import main
-from dissect.demo import finding
+from dissect.demo import comparison_finding, finding
 from dissect.semantics import object_of
 
 
@@ -13,9 +13,15 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--images", "40", "--out", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    for stage in ("run", "autolabel", "stats", "rf", "segment", "export", "report"):
+    for stage in ("run", "autolabel", "stats", "rf", "segment", "export", "compare", "explain",
+                  "report"):  # fmt: skip
         assert f"$ dissect {stage} " in printed
     assert "object or part detectors" in printed and "index.html" in printed
+    assert f"$ dissect run object-cnn synthetic:40:1 --out {out / 'object-cnn'}" in printed
+    assert "conv5 object detectors: scene-cnn" in printed and "object-cnn" in printed
+    assert (out / "compare" / "index.html").is_file()
+    assert (out / "object-cnn" / "labels.csv").is_file()
+    assert (out / "explain" / "image0000" / "explain.png").is_file()
     for name in ("units.csv", "labels.csv", "layer_types.csv", "receptive_fields.csv"):
         assert (out / name).is_file(), name
     assert (out / "report" / "index.html").is_file()
@@ -27,6 +33,24 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     assert summary["last_layer"] == "conv5" and summary["first_layer"] == "conv1"
     assert summary["last_object_part_fraction"] == round(expected, 3)
     assert summary["objects_total"] == 11
+    compared = comparison_finding(out / "compare")
+    assert compared["networks"] == ["scene-cnn", "object-cnn"]
+    types = pd.read_csv(out / "compare" / "types.csv")
+    objects = types[(types["row"] == "conv5") & (types["category"] == "object")]
+    assert [compared[name]["object"] for name in compared["networks"]] == objects[
+        "n_units"
+    ].tolist()
+
+
+def test_demo_without_comparison_lists_no_second_network():
+    from dissect.demo import DemoPlan, demo_commands
+
+    plan = DemoPlan.choose(True, 10)
+    alone = [command[0] for command in demo_commands("out", plan, 1, "cpu")]
+    assert "compare" not in alone and alone.count("run") == 1
+    both = demo_commands("out", plan, 1, "cpu", "object-cnn")
+    assert [c[0] for c in both].count("run") == 2
+    assert ["compare", "out", "out/object-cnn", "--out", "out/compare"] in both
 
 
 def test_parts_count_for_their_object():
