@@ -56,6 +56,8 @@ class Comparison:
         network and row (receptive fields empirical only where ``dissect rf`` has run).
     objects : DataFrame
         ``network,row,layer,object,n_units``: object and part detectors per object class.
+    sources : DataFrame
+        ``network,model,data,images,directory``: what each dissection ran on.
     taxonomy : Taxonomy
         The semantic types used.
     """
@@ -65,6 +67,7 @@ class Comparison:
     types: pd.DataFrame
     layers: pd.DataFrame
     objects: pd.DataFrame
+    sources: pd.DataFrame
     taxonomy: Taxonomy = DEFAULT_TAXONOMY
 
     @property
@@ -224,7 +227,7 @@ def compare_dissections(
         wanted = [row[position] for row in rows]
         counts = {layer: dissection.n_units(layer) for layer in wanted}
         typed = layer_type_table(labels, wanted, counts, **thresholds)
-        found = detectors(labels, **{k: v for k, v in thresholds.items()})
+        found = detectors(labels, **thresholds)
         known = _objects(dissection, labels, taxonomy)
         for row, layer in zip(row_names, wanted, strict=True):
             matches.append({"row": row, "network": network, "layer": layer})
@@ -268,6 +271,15 @@ def compare_dissections(
         types=pd.concat(types, ignore_index=True)[type_columns],
         layers=pd.DataFrame(layers),
         objects=pd.DataFrame(objects, columns=["network", "row", "layer", "object", "n_units"]),
+        sources=pd.DataFrame(
+            {
+                "network": networks,
+                "model": [d.manifest.get("model") for d in dissections],
+                "data": [d.manifest.get("data") for d in dissections],
+                "images": [d.manifest.get("n_images") for d in dissections],
+                "directory": [str(d.directory) for d in dissections],
+            }
+        ),
         taxonomy=taxonomy,
     )
 
@@ -286,7 +298,8 @@ def write_comparison(
     comparison : Comparison
         From :func:`compare_dissections`.
     out : path-like
-        Output folder: ``types.csv``, ``layers.csv``, ``objects.csv``, ``plots/*.png``,
+        Output folder: ``networks.csv``, ``types.csv``, ``layers.csv``, ``objects.csv``,
+        ``plots/*.png``,
         ``index.html`` (self-contained, relative links).
     reference : DataFrame, optional
         Published distributions to draw beside ours (``network,layer,category,fraction``, e.g.
@@ -304,6 +317,7 @@ def write_comparison(
     out = Path(out)
     if (out / "plots").is_dir():
         shutil.rmtree(out / "plots")  # figures of an earlier comparison
+    write_csv(out / "networks.csv", comparison.sources)
     write_csv(out / "types.csv", comparison.types)
     write_csv(out / "layers.csv", comparison.layers)
     write_csv(out / "objects.csv", comparison.objects)
@@ -358,7 +372,10 @@ def comparison_page(
     )
     body = [
         "<h2>Networks</h2>",
-        table(pd.DataFrame({"network": comparison.networks})),
+        table(comparison.sources),
+        ""
+        if comparison.sources["data"].nunique() == 1
+        else note("The networks were dissected on different data: counts are not comparable."),
         "<h2>Semantic types per layer</h2>",
         note("Detector units of each type (and their share of the layer's units)."),
         table(pd.DataFrame(types_rows).fillna("")),

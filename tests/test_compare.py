@@ -136,7 +136,7 @@ def test_cli_writes_tables_plots_and_an_escaped_page(two, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", str(a), str(b), "--out", str(out), "--names", "scene,object"]) == 0
     assert "detector units per layer" in capsys.readouterr().out
-    for name in ("types.csv", "layers.csv", "objects.csv", "reference.csv"):
+    for name in ("networks.csv", "types.csv", "layers.csv", "objects.csv", "reference.csv"):
         assert (out / name).is_file(), name
     layers = pd.read_csv(out / "layers.csv")
     assert layers["detectors"].tolist() == [1, 4, 1, 1]
@@ -149,6 +149,8 @@ def test_cli_writes_tables_plots_and_an_escaped_page(two, tmp_path, capsys):
     for link in page.links:
         assert (out / link).is_file() and not link.startswith("/")
     assert "Places205-AlexNet" in text  # the reference, drawn and tabled
+    assert "different data" not in text
+    assert pd.read_csv(out / "networks.csv")["data"].tolist() == ["synthetic:6:0"] * 2
     assert main(["compare", str(a), "--out", str(out)]) == 2
     assert main(["compare", str(a), str(b), "--out", str(out), "--match", "conv9:conv1"]) == 2
     assert "conv9" in capsys.readouterr().err
@@ -206,3 +208,6 @@ def test_report_draws_the_papers_bars_where_layer_names_match(two, tmp_path):
     page = Links()
     page.feed(write_report(a, progress=False).read_text(encoding="utf-8"))
     assert not any("zhou2015" in link for link in page.links)
+    # Different data: compared all the same, with a warning on the page.
+    index = write_comparison(compare_dissections([a, out]), tmp_path / "mixed")
+    assert "different data" in index.read_text(encoding="utf-8")
