@@ -28,7 +28,7 @@ from .errors import DissectError
 from .html import e, href, note, page, table
 from .io import write_csv, write_text
 from .labels import read_labels
-from .semantics import detectors, layer_type_table, object_of
+from .semantics import detectors, label_types, layer_type_table, object_of
 from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
 
 #: Files the rf stage writes that the comparison reads.
@@ -155,7 +155,7 @@ def _objects(dissection: Dissection, labels: pd.DataFrame, taxonomy: Taxonomy) -
     if path.is_file():
         concepts = pd.read_csv(path, keep_default_na=False)
         return set(concepts.loc[concepts["category"] == "object", "name"])
-    kinds = taxonomy.map_categories(labels["category"].tolist())
+    kinds = label_types(labels, taxonomy)
     return {
         str(label) for label, kind in zip(labels["label"], kinds, strict=True) if kind == "object"
     }
@@ -188,6 +188,7 @@ def compare_dissections(
     min_precision: float = MIN_PRECISION,
     min_iou: float = MIN_IOU,
     taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    max_p: float | None = None,
 ) -> Comparison:
     """Compare labelled dissections of several networks, layer by layer.
 
@@ -200,7 +201,7 @@ def compare_dissections(
         A name per network (default: each manifest's MODEL spec).
     match : sequence of tuples of str, optional
         Rows of layers to compare, one layer name per network (default: layers by name).
-    min_precision, min_iou, taxonomy
+    min_precision, min_iou, taxonomy, max_p
         Which units count as detectors, and their types (see :func:`dissect.semantics.detectors`).
 
     Returns
@@ -215,7 +216,9 @@ def compare_dissections(
     row_names = [row[0] if len(set(row)) == 1 else ":".join(row) for row in rows]
     if len(set(row_names)) < len(row_names):
         raise DissectError("--match lists the same row of layers twice; list each pair once.")
-    thresholds = {"min_precision": min_precision, "min_iou": min_iou, "taxonomy": taxonomy}
+    thresholds = {
+        "min_precision": min_precision, "min_iou": min_iou, "taxonomy": taxonomy, "max_p": max_p
+    }  # fmt: skip
     matches, types, layers, objects = [], [], [], []
     for position, (network, dissection) in enumerate(zip(networks, dissections, strict=True)):
         labels = read_labels(dissection.directory)

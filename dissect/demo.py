@@ -98,7 +98,7 @@ def run_demo(
     seed: int = 1,
     device: str = "auto",
     runner: Callable[[Sequence[str]], int] | None = None,
-    compare_with: str | None = "object-cnn",
+    compare_with: str | None = None,
 ) -> dict:
     """Run the whole study and return :func:`finding` for it.
 
@@ -117,9 +117,9 @@ def run_demo(
     runner : callable, optional
         Runs one subcommand's argument list (default :func:`dissect.cli.main`).
     compare_with : str, optional
-        A second MODEL dissected the same way and compared with ``scene-cnn`` (default
-        ``object-cnn``, the same architecture trained to recognise objects; None: no
-        comparison). The summary then holds :func:`comparison_finding` under ``comparison``.
+        A second MODEL, dissected the same way into ``out/<its name>`` and compared with
+        ``scene-cnn`` in ``out/compare``; the summary then holds :func:`comparison_finding`
+        under ``comparison``. Default: no comparison.
     """
     if runner is None:
         from .cli import main as runner

@@ -114,6 +114,7 @@ def explain_image(
     min_precision: float = MIN_PRECISION,
     min_iou: float = MIN_IOU,
     taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    max_p: float | None = None,
     device: str = "auto",
 ) -> Explanation:
     """The units of each layer that respond most strongly to one image, relative to T.
@@ -131,7 +132,7 @@ def explain_image(
         Units per layer.
     model : LoadedModel, optional
         The dissected model (default: loaded again from the manifest).
-    min_precision, min_iou, taxonomy
+    min_precision, min_iou, taxonomy, max_p
         Which labels count as detectors (see :func:`dissect.semantics.detectors`).
     device : str
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
@@ -168,7 +169,7 @@ def explain_image(
         outputs = trace(preprocess.tensor(rgb)[None].to(torch_device))
     labels = read_labels(dissection.directory).drop_duplicates(["layer", "unit"])
     labels = labels.set_index(["layer", "unit"])
-    found = detectors(read_labels(dissection.directory), min_precision, min_iou, taxonomy)
+    found = detectors(read_labels(dissection.directory), min_precision, min_iou, taxonomy, max_p)
     detector_keys = set(zip(found["layer"], found["unit"].astype(int), strict=True))
     rows, masks = [], {}
     for layer in layers:
@@ -265,7 +266,7 @@ def write_explanation(
         Output folder (default ``DIR/explain/<image name>/``).
     **options
         ``layers``, ``top``, ``model``, ``min_precision``, ``min_iou``, ``taxonomy``,
-        ``device``: see :func:`explain_image`.
+        ``max_p``, ``device``: see :func:`explain_image`.
 
     Returns
     -------

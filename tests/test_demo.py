@@ -11,16 +11,18 @@ from dissect.semantics import object_of
 
 def test_quick_demo_runs_every_stage(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--images", "40", "--out", str(out), "--device", "cpu"]) == 0
+    command = ["demo", "--quick", "--images", "40", "--out", str(out), "--device", "cpu"]
+    # Compared with itself, the network must come out the same on both sides.
+    assert main([*command, "--compare-with", "scene-cnn"]) == 0
     printed = capsys.readouterr().out
     for stage in ("run", "autolabel", "stats", "rf", "segment", "export", "compare", "explain",
                   "report"):  # fmt: skip
         assert f"$ dissect {stage} " in printed
     assert "object or part detectors" in printed and "index.html" in printed
-    assert f"$ dissect run object-cnn synthetic:40:1 --out {out / 'object-cnn'}" in printed
-    assert "conv5 object detectors: scene-cnn" in printed and "object-cnn" in printed
+    assert f"$ dissect run scene-cnn synthetic:40:1 --out {out / 'scene-cnn'}" in printed
+    assert "conv5 object detectors: scene-cnn (demo)" in printed
     assert (out / "compare" / "index.html").is_file()
-    assert (out / "object-cnn" / "labels.csv").is_file()
+    assert (out / "scene-cnn" / "labels.csv").is_file()
     assert (out / "explain" / "image0000" / "explain.png").is_file()
     for name in ("units.csv", "labels.csv", "layer_types.csv", "receptive_fields.csv"):
         assert (out / name).is_file(), name
@@ -34,12 +36,14 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     assert summary["last_object_part_fraction"] == round(expected, 3)
     assert summary["objects_total"] == 11
     compared = comparison_finding(out / "compare")
-    assert compared["networks"] == ["scene-cnn", "object-cnn"]
-    types = pd.read_csv(out / "compare" / "types.csv")
-    objects = types[(types["row"] == "conv5") & (types["category"] == "object")]
-    assert [compared[name]["object"] for name in compared["networks"]] == objects[
-        "n_units"
-    ].tolist()
+    assert compared["networks"] == ["scene-cnn (demo)", "scene-cnn (scene-cnn)"]
+    first, second = (compared[name] for name in compared["networks"])
+    assert first == second
+    conv5 = labels[labels["layer"] == "conv5"]
+    assert first["object"] == int((conv5["iou"] >= 0.04).mul(conv5["category"] == "object").sum())
+    types = pd.read_csv(out / "compare" / "types.csv").drop(columns="network")
+    half = len(types) // 2
+    pd.testing.assert_frame_equal(types.iloc[:half], types.iloc[half:].reset_index(drop=True))
 
 
 def test_demo_without_comparison_lists_no_second_network():

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         min_precision=args.min_precision,
         min_iou=args.min_iou,
         taxonomy=taxonomy_from_args(args),
+        max_p=args.max_p,
     )
     reference = zhou2015_types() if args.reference == "zhou2015" else None
     index = write_comparison(comparison, args.out, reference=reference, share=args.share)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = (
-    "run the whole study on the built-in scene CNN and synthetic world, compare it with the "
-    "object CNN, and open the report"
-)
+HELP = "run the whole study on the built-in scene CNN and synthetic world, and open the report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,17 +16,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument(
         "--compare-with",
-        default="object-cnn",
         metavar="MODEL",
-        help="a second network dissected the same way and compared with scene-cnn (object-cnn, "
-        "the same architecture trained on objects); 'none' for no comparison",
+        help="a second network, dissected the same way and compared with scene-cnn in "
+        "OUT/compare (dissect compare)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import describe, run_demo
 
-    other = None if args.compare_with.lower() == "none" else args.compare_with
+    other = args.compare_with
     summary = run_demo(
         args.out, args.quick, args.images, args.seed, args.device, compare_with=other
     )

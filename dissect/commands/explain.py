@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         min_precision=args.min_precision,
         min_iou=args.min_iou,
         taxonomy=taxonomy_from_args(args),
+        max_p=args.max_p,
         device=args.device,
     )
     shown = explanation.table[["layer", "rank", "unit", "score", "label", "detector"]]
