@@ -57,7 +57,7 @@ class Comparison:
     objects : DataFrame
         ``network,row,layer,object,n_units``: object and part detectors per object class.
     sources : DataFrame
-        ``network,model,data,images,directory``: what each dissection ran on.
+        ``network,model,data,images,run_id,directory``: what each dissection ran on.
     taxonomy : Taxonomy
         The semantic types used.
     """
@@ -280,6 +280,7 @@ def compare_dissections(
                 "model": [d.manifest.get("model") for d in dissections],
                 "data": [d.manifest.get("data") for d in dissections],
                 "images": [d.manifest.get("n_images") for d in dissections],
+                "run_id": [d.run_id for d in dissections],
                 "directory": [str(d.directory) for d in dissections],
             }
         ),

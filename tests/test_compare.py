@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from dissect.cli import main
 from dissect.compare import compare_dissections, match_layers, parse_match, write_comparison
+from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.images import Preprocess
 from dissect.labels import write_labels
@@ -150,7 +151,10 @@ def test_cli_writes_tables_plots_and_an_escaped_page(two, tmp_path, capsys):
         assert (out / link).is_file() and not link.startswith("/")
     assert "Places205-AlexNet" in text  # the reference, drawn and tabled
     assert "different data" not in text
-    assert pd.read_csv(out / "networks.csv")["data"].tolist() == ["synthetic:6:0"] * 2
+    networks = pd.read_csv(out / "networks.csv", dtype=str)
+    assert networks["data"].tolist() == ["synthetic:6:0"] * 2
+    assert networks["run_id"].tolist() == [Dissection(a).run_id, Dissection(b).run_id]
+    assert networks["run_id"].str.len().min() > 0
     assert main(["compare", str(a), "--out", str(out)]) == 2
     assert main(["compare", str(a), str(b), "--out", str(out), "--match", "conv9:conv1"]) == 2
     assert "conv9" in capsys.readouterr().err
