@@ -28,4 +28,4 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
 
 
 def test_there_are_notebooks():
-    assert {path.stem for path in NOTEBOOKS} >= {"quickstart", "your_model"}
+    assert {path.stem for path in NOTEBOOKS} >= {"quickstart", "your_model", "compare"}

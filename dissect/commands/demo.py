@@ -16,16 +16,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument(
         "--compare-with",
+        default="object-cnn",
         metavar="MODEL",
         help="a second network, dissected the same way and compared with scene-cnn in "
-        "OUT/compare (dissect compare)",
+        "OUT/compare (dissect compare; default object-cnn, 'none' for no comparison)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import describe, run_demo
 
-    other = args.compare_with
+    other = None if args.compare_with.lower() == "none" else args.compare_with
     summary = run_demo(
         args.out, args.quick, args.images, args.seed, args.device, compare_with=other
     )
