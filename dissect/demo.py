@@ -27,7 +27,7 @@ from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, Taxonomy
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Sizes of the demo: full (a few minutes on 2 cores) or quick (under a minute)."""
+    """Sizes of the demo: full (1000 images) or quick (200 images, fewer units and pictures)."""
 
     images: int
     rf_layers: tuple[str, ...]
@@ -107,7 +107,7 @@ def run_demo(
     out : str
         The dissection directory to write.
     quick : bool
-        Fewer images, units and pictures (under a minute).
+        Fewer images, units and pictures.
     images : int, optional
         Images of the synthetic world to dissect (default 1000, quick 200).
     seed : int

@@ -10,7 +10,7 @@ HELP = "run the whole study on the built-in scene CNN and synthetic world, and o
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="dissection-demo", help="directory to write (%(default)s)")
-    parser.add_argument("--quick", action="store_true", help="a smaller study, under a minute")
+    parser.add_argument("--quick", action="store_true", help="a smaller study (200 images)")
     parser.add_argument("--images", type=int, help="images to dissect (1000; quick: 200)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic world (1)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
