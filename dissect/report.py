@@ -29,7 +29,7 @@ from .annotation.agreement import layer_agreement
 from .annotation.store import read_raw
 from .dissection import Dissection, layer_file_name
 from .errors import DissectError
-from .html import e, href
+from .html import STYLE, e, href
 from .html import note as _note
 from .html import number as _number
 from .html import table as _table
@@ -53,19 +53,10 @@ PAGE = Template(
 <meta charset="utf-8">
 <title>$title</title>
 <style>
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; }
-th { background: #f3f3f3; position: sticky; top: 0; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.note { color: #777; font-style: italic; }
+$style
 .filters { margin: 0.6em 0; display: flex; gap: 1em; align-items: center; flex-wrap: wrap; }
 .detector { color: #1a7f37; font-weight: bold; }
 img.strip { height: ${thumb}px; } img.rf { height: ${thumb}px; image-rendering: pixelated; }
-img.figure { max-width: 100%; }
-dl { display: grid; grid-template-columns: max-content auto; gap: 2px 1em; }
-dt { font-weight: bold; }
 </style>
 </head>
 <body>
@@ -415,6 +406,7 @@ def write_report(
         f'<option value="{e(key)}">{e(name)}</option>' for key, name in taxonomy.types.items()
     )
     page = PAGE.substitute(
+        style=STYLE,
         title=e(f"Dissection of {dissection.manifest.get('model') or 'a model'}"),
         thumb=int(thumbnail),
         summary=summary_section(dissection, stages),
