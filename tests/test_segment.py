@@ -14,10 +14,11 @@ from dissect.cli import main
 from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.geometry import LayerGeometry
+from dissect.hooks import LayerTrace
 from dissect.images import Preprocess
 from dissect.segment import PICTURES, iter_segments, write_segments
 from dissect.segment.pictures import boundary, crop, crop_box, dim_outside, image_grid, outline
-from dissect.segment.rules import peak_thresholds, threshold_masks
+from dissect.segment.rules import disk_masks, peak_thresholds, threshold_masks
 from dissect.streaming import run_dissection
 from dissect.upsample import upsample_maps
 
@@ -254,3 +255,74 @@ def test_cli_segment_writes_only_what_the_report_shows_by_default(dissection):
     assert (folder / "unit0005" / "01_outline.png").is_file()
     assert (folder / "unit0005_grid.png").is_file()
     assert main([*args, "--pictures", "movie"]) == 2
+
+
+def test_disk_rule_on_a_hand_built_map():
+    # 3x3 cells of stride 4, offset 1.5: cell (i, j) is centred on pixel (1.5 + 4i, 1.5 + 4j).
+    centres = 1.5 + 4 * np.arange(3)
+    maps = np.zeros((3, 3, 3), dtype=np.float32)
+    maps[0, 1, 1] = 2.0  # strong, centre (5.5, 5.5)
+    maps[0, 2, 0] = 0.9  # below half the max: not drawn
+    maps[1, 0, 2] = 1.0  # two cells at exactly half the max: both drawn
+    maps[1, 2, 2] = 2.0
+    maps[2] = -1.0  # nothing above 0: empty
+    rf_size = 2 * np.sqrt(np.pi)  # a disk of that area has radius 2
+    masks = disk_masks(maps, centres, centres, 12, rf_size, 0.5)
+    yy, xx = np.mgrid[:12, :12]
+
+    def disk(cy, cx):
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= 4
+
+    np.testing.assert_array_equal(masks[0], disk(5.5, 5.5))
+    assert masks[0].sum() == 12  # a 4x4 block less its corners
+    np.testing.assert_array_equal(masks[1], disk(1.5, 9.5) | disk(9.5, 9.5))
+    assert not masks[2].any()
+    with pytest.raises(DissectError, match="--rf-size"):
+        disk_masks(maps, centres, centres, 12, float("nan"), 0.5)
+
+
+def test_disk_rule_segments_and_exports(dissection, capsys):
+    layer, units = "conv2", [1, 4]
+    with pytest.raises(DissectError, match="run dissect rf .* or give --rf-size"):
+        next(iter_segments(dissection, layer, units, rule="disk", progress=False))
+    with pytest.raises(DissectError, match="--rule must be one of threshold, disk"):
+        next(iter_segments(dissection, layer, units, rule="circle", progress=False))
+    geometry = dissection.geometry(layer)
+    got = list(
+        iter_segments(dissection, layer, units, top=2, rule="disk", rf_size=9.0, progress=False)
+    )
+    model = dissection.load_model().module
+    source = dissection.open_data()
+    for unit, segments in zip(units, got, strict=True):
+        for rank, image in enumerate(dissection.topk(layer)["index"][unit, :2]):
+            with torch.no_grad(), LayerTrace(model, [layer]) as t:
+                cells = t(PREPROCESS.tensor(source.read_rgb(int(image)))[None])[layer][0, unit]
+            cells = cells.numpy()
+            ys = np.arange(cells.shape[0]) * geometry.stride[0] + geometry.offset[0]
+            xs = np.arange(cells.shape[1]) * geometry.stride[1] + geometry.offset[1]
+            strong = (cells >= 0.5 * cells.max()) & (cells > 0)
+            yy, xx = np.mgrid[:32, :32]
+            expected = np.zeros((32, 32), bool)
+            for i, j in zip(*np.nonzero(strong), strict=True):
+                expected |= (yy - ys[i]) ** 2 + (xx - xs[j]) ** 2 <= 81 / np.pi
+            np.testing.assert_array_equal(segments.masks[rank], expected)
+    # Without --rf-size: the layer's mean empirical size from dissect rf's table.
+    sizes = dissection.path("receptive_fields_layers.csv")
+    pd.DataFrame({"layer": [layer], "rf_empirical_mean": [9.0]}).to_csv(sizes, index=False)
+    try:
+        (again,) = iter_segments(dissection, layer, [4], top=2, rule="disk", progress=False)
+    finally:
+        sizes.unlink()
+    np.testing.assert_array_equal(again.masks, got[1].masks)
+    directory = str(dissection.directory)
+    argv = ["segment", directory, "--layers", layer, "--units", "1", "--top", "2",
+            "--rule", "disk", "--rf-size", "9"]  # fmt: skip
+    assert main(argv) == 0
+    assert "segments_disk" in capsys.readouterr().out
+    table = pd.read_csv(dissection.path("segments_disk", layer, "segments.csv"))
+    assert list(table["rule"]) == ["disk", "disk"]
+    assert (dissection.path("segments_disk", layer, "unit0001", "01_segmented.png")).is_file()
+    argv = ["export", directory, "--format", "html", "--layers", layer, "--units", "1",
+            "--top", "2", "--rule", "disk", "--rf-size", "9"]  # fmt: skip
+    assert main(argv) == 0
+    assert "exported 1 unit(s), 2 images" in capsys.readouterr().out

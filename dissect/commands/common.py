@@ -161,9 +161,23 @@ def add_segment_arguments(parser: argparse.ArgumentParser, top: int | None = Non
         help=f"top images per unit (default: {top if top else 'all kept'})",
     )
     parser.add_argument(
+        "--rule",
+        choices=["threshold", "disk"],
+        default="threshold",
+        help="threshold: the upsampled map above T (NetDissect's, default); disk: a disk of the "
+        "layer's empirical receptive field around every map cell above --peak-fraction of the "
+        "image's max (Zhou et al.'s; needs dissect rf or --rf-size)",
+    )
+    parser.add_argument(
         "--peak-fraction",
         type=float,
-        help="threshold each map at this fraction of its own peak (default: the unit's T)",
+        help="threshold rule: threshold each map at this fraction of its own peak (default: the "
+        "unit's T); disk rule: cells from this fraction of the image's max (0.5)",
+    )
+    parser.add_argument(
+        "--rf-size",
+        type=float,
+        help="disk rule: receptive-field size in px (default: the layer's mean from dissect rf)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward (32)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         sentinels=args.sentinels,
         seed=args.seed,
         peak_fraction=args.peak_fraction,
+        rule=args.rule,
+        rf_size=args.rf_size,
         batch_size=args.batch_size,
         device=args.device,
     )

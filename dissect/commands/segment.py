@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..dissection import Dissection
-    from ..segment import write_segments
+    from ..segment import FOLDERS, write_segments
 
     dissection = Dissection(args.directory)
     table = write_segments(
@@ -36,9 +36,12 @@ def run(args: argparse.Namespace) -> int:
         args.top,
         pictures=split_names(args.pictures) or (),
         peak_fraction=args.peak_fraction,
+        rule=args.rule,
+        rf_size=args.rf_size,
         batch_size=args.batch_size,
         device=args.device,
     )
     units = table.groupby(["layer", "unit"]).ngroups
-    print(f"segmented {len(table)} top images of {units} unit(s) -> {dissection.path('segments')}")
+    folder = dissection.path(FOLDERS[args.rule])
+    print(f"segmented {len(table)} top images of {units} unit(s) -> {folder}")
     return 0

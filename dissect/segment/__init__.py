@@ -1,17 +1,26 @@
 """Segment each unit's top images to the region the unit responds to (Zhou et al., 2015).
 
-A unit's activation map on one of its top images is upsampled to the input (bilinear, aligned
-with the layer's stride and offset by :func:`dissect.upsample.upsample_maps`) and thresholded,
-by default at the unit's threshold T from the dissection, optionally at a fraction of the map's
-peak. From the mask come three pictures: the image with everything outside the region dimmed,
+A unit's activation map on one of its top images becomes a mask of the region it responds to by
+one of two rules (``rule``):
+
+- ``threshold`` (NetDissect's, the default): the map upsampled to the input (bilinear, aligned
+  with the layer's stride and offset by :func:`dissect.upsample.upsample_maps`) above the unit's
+  threshold T from the dissection, or above a fraction of the map's peak;
+- ``disk`` (the rule Zhou et al. released for their annotation images): a disk with the area of
+  the layer's mean empirical receptive field (``dissect rf``, half-max rule) around every map
+  cell at least a fraction (0.5) of the image's maximum.
+
+From the mask come three pictures: the image with everything outside the region dimmed,
 an outline of the region drawn on the image, and a tight crop around it; a grid puts a unit's
 top images side by side.
 
-The pure functions (:func:`threshold_masks`, :func:`peak_thresholds`, :func:`dim_outside`,
+The pure functions (:func:`threshold_masks`, :func:`peak_thresholds`, :func:`disk_masks`,
+:func:`dim_outside`,
 :func:`outline`, :func:`crop_box`, :func:`crop`, :func:`image_grid`) take and return numpy
 arrays. :func:`iter_segments` recomputes the maps of a layer's top images (one forward per image,
 shared by every unit that has it among its top images) and yields a :class:`UnitSegments` per
-unit; :func:`write_segments` writes them under ``segments/<layer>/`` (``dissect segment``).
+unit; :func:`write_segments` writes them under ``segments/<layer>/`` (``segments_disk/<layer>/``
+for the disk rule, so both can be compared; ``dissect segment``).
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from ..io import write_csv
 from ..models import LoadedModel
 from ..upsample import upsample_maps
 from .pictures import crop, crop_box, dim_outside, image_grid, outline, write_png
-from .rules import peak_thresholds, threshold_masks
+from .rules import RULES, disk_masks, peak_thresholds, threshold_masks
 
 #: Pictures made for every top image, in the order files are written.
 KINDS = ("segmented", "outline", "crop")
@@ -46,6 +55,10 @@ PICTURES = (*KINDS, "grid")
 DEFAULT_PICTURES = ("segmented",)
 #: Top images per unit written by default (the report shows the first 5).
 DEFAULT_TOP = 10
+#: Folder of the pictures of each rule.
+FOLDERS = {"threshold": "segments", "disk": "segments_disk"}
+#: Cells of the disk rule: at least this fraction of the image's maximum, unless told otherwise.
+DISK_FRACTION = 0.5
 
 
 @dataclass
@@ -184,6 +197,8 @@ def iter_segments(
     top: int | None = None,
     *,
     peak_fraction: float | None = None,
+    rule: str = "threshold",
+    rf_size: float | None = None,
     model: str | torch.nn.Module | LoadedModel | None = None,
     batch_size: int = 32,
     device: str = "auto",
@@ -202,7 +217,15 @@ def iter_segments(
     top : int, optional
         How many top images per unit (default: all the dissection kept).
     peak_fraction : float, optional
-        Threshold each map at this fraction of its own peak instead of the unit's threshold T.
+        ``threshold`` rule: threshold each map at this fraction of its own peak instead of the
+        unit's threshold T; ``disk`` rule: draw the cells at least this fraction of the map's
+        maximum (default 0.5).
+    rule : str
+        ``threshold`` (NetDissect's, default) or ``disk`` (Zhou et al.'s), see the module
+        docstring.
+    rf_size : float, optional
+        ``disk`` rule: the receptive-field size in pixels (default: the layer's mean empirical
+        size from ``receptive_fields_layers.csv``).
     model : str, nn.Module or LoadedModel, optional
         The dissected model (default: loaded again from the manifest's MODEL spec); required
         when the dissection was run on an in-memory module.
@@ -227,8 +250,13 @@ def iter_segments(
     units = dissection.check_units(layer, units)
     if top is not None and top < 1:
         raise DissectError(f"--top must be at least 1, got {top}.")
+    if rule not in RULES:
+        raise DissectError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}.")
     if peak_fraction is not None:
         peak_thresholds(np.zeros((1, 1)), peak_fraction)  # validates before any work
+    if rule == "disk":
+        rf_size = layer_rf_size(dissection, layer) if rf_size is None else rf_size
+        disk_masks(np.zeros((0, 1, 1)), [0.0], [0.0], 1, rf_size, 1.0)  # validates rf_size
     topk = dissection.topk(layer)
     index = topk["index"][units, :top]
     scores = topk["score"][units, :top]
@@ -245,15 +273,24 @@ def iter_segments(
     def display(image: int) -> np.ndarray:
         return preprocess.display(source.read_rgb(image))
 
+    size = preprocess.image_size
+    centres_y = [geometry.center(y, 0)[0] for y in range(maps.shape[2])]
+    centres_x = [geometry.center(0, x)[1] for x in range(maps.shape[3])]
     for row, unit in enumerate(tqdm(units, desc=f"segment {layer}", disable=not progress)):
         keep = index[row] >= 0
-        upsampled = upsample_maps(
-            torch.from_numpy(maps[row][keep][:, None]), geometry, preprocess.image_size
-        )[:, 0].numpy()
-        if peak_fraction is None:
+        upsampled = upsample_maps(torch.from_numpy(maps[row][keep][:, None]), geometry, size)[
+            :, 0
+        ].numpy()
+        if rule == "disk":
+            fraction = DISK_FRACTION if peak_fraction is None else peak_fraction
+            thresholds = peak_thresholds(maps[row][keep], fraction).astype(np.float32)
+            masks = disk_masks(maps[row][keep], centres_y, centres_x, size, rf_size, fraction)
+        elif peak_fraction is None:
             thresholds = np.full(len(upsampled), unit_thresholds[row], dtype=np.float32)
         else:
             thresholds = peak_thresholds(upsampled, peak_fraction).astype(np.float32)
+        if rule == "threshold":
+            masks = threshold_masks(upsampled, thresholds)
         yield UnitSegments(
             layer=layer,
             unit=int(unit),
@@ -262,8 +299,27 @@ def iter_segments(
             images=np.stack([display(int(image)) for image in index[row][keep]]),
             maps=upsampled,
             thresholds=thresholds,
-            masks=threshold_masks(upsampled, thresholds),
+            masks=masks,
         )
+
+
+def layer_rf_size(dissection: Dissection, layer: str) -> float:
+    """The layer's mean empirical receptive-field size (half-max rule) from ``dissect rf``.
+
+    Raises
+    ------
+    DissectError
+        If the layer's receptive fields have not been measured, or none of its units has a size.
+    """
+    path = dissection.path("receptive_fields_layers.csv")
+    sizes = pd.read_csv(path, dtype={"layer": str}) if path.is_file() else None
+    found = sizes[sizes["layer"] == layer]["rf_empirical_mean"] if sizes is not None else []
+    if len(found) == 0 or not np.isfinite(float(found.iloc[0])):
+        raise DissectError(
+            f"the disk rule needs the empirical receptive field of layer {layer!r}: run dissect "
+            f"rf {dissection.directory} --layers {layer} first, or give --rf-size PIXELS."
+        )
+    return float(found.iloc[0])
 
 
 def write_segments(
@@ -281,7 +337,8 @@ def write_segments(
     report shows) and, when asked for in ``pictures``, ``_outline.png`` and ``_crop.png``;
     ``grid`` adds ``segments/<layer>/unit<NNNN>_grid.png`` with the segmented images side by
     side. ``segments/<layer>/segments.csv`` lists the top images (rows of units segmented
-    earlier and not now are kept). Each file is written atomically as its unit finishes, so an
+    earlier and not now are kept). The disk rule writes the same under
+    ``segments_disk/``. Each file is written atomically as its unit finishes, so an
     interruption loses at most one unit.
 
     Parameters
@@ -297,14 +354,14 @@ def write_segments(
     pictures : sequence of str
         Which of ``segmented``, ``outline``, ``crop``, ``grid`` to write (default: segmented).
     **options
-        ``peak_fraction``, ``model``, ``batch_size``, ``device``, ``progress``: see
-        :func:`iter_segments`.
+        ``peak_fraction``, ``rule``, ``rf_size``, ``model``, ``batch_size``, ``device``,
+        ``progress``: see :func:`iter_segments`.
 
     Returns
     -------
     DataFrame
         ``layer, unit, rank, image_index, image, score, threshold, coverage, crop_top,
-        crop_left, crop_bottom, crop_right``: one row per top image segmented.
+        crop_left, crop_bottom, crop_right, rule``: one row per top image segmented.
     """
     pictures = (pictures,) if isinstance(pictures, str) else tuple(pictures)
     unknown = sorted(set(pictures) - set(PICTURES))
@@ -317,7 +374,8 @@ def write_segments(
     options["model"] = dissection.load_model(options.get("model"))
     tables = []
     for layer in layers:
-        folder = dissection.path("segments", layer_file_name(layer))
+        rule = options.get("rule", "threshold")
+        folder = dissection.path(FOLDERS.get(rule, "segments"), layer_file_name(layer))
         rows = []
         for segments in iter_segments(dissection, layer, units, top, **options):
             unit_folder = folder / f"unit{segments.unit:04d}"
@@ -340,6 +398,7 @@ def write_segments(
                         "threshold": float(segments.thresholds[rank - 1]),
                         "coverage": float(mask.mean()),
                         **dict(zip(_BOX, crop_box(mask), strict=True)),
+                        "rule": rule,
                     }
                 )
             for rank in range(len(segments.indices) + 1, _highest_rank(unit_folder) + 1):

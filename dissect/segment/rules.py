@@ -1,12 +1,16 @@
-"""Rules that turn a unit map upsampled to the image into the mask of the region it responds to."""
+"""Rules that turn a unit's map on an image into the mask of the region it responds to.
+
+:func:`threshold_masks` (NetDissect's rule, the default: the map upsampled to the image, above a
+threshold, with :func:`peak_thresholds` for a fraction of each map's peak) and :func:`disk_masks`
+(the rule Zhou et al. released for their annotation images: a disk of the layer's empirical
+receptive field around every map cell above a fraction of the map's maximum).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import DissectError
-
-#: Pictures made for every top image, in the order files are written.
 
 
 def threshold_masks(maps: np.ndarray, thresholds: np.ndarray | float) -> np.ndarray:
@@ -46,3 +50,61 @@ def peak_thresholds(maps: np.ndarray, fraction: float) -> np.ndarray:
     if not 0 < fraction <= 1:
         raise DissectError(f"--peak-fraction must lie in (0, 1], got {fraction}.")
     return np.asarray(maps).max(axis=(-2, -1)) * np.float32(fraction)
+
+
+#: Segmentation rules: NetDissect's (the upsampled map above a threshold) and the one Zhou et al.
+#: released for their annotation images (a disk of the layer's empirical receptive field around
+#: every map cell above a fraction of the image's maximum).
+RULES = ("threshold", "disk")
+
+
+def disk_masks(
+    maps: np.ndarray,
+    centres_y: np.ndarray,
+    centres_x: np.ndarray,
+    image_size: int,
+    rf_size: float,
+    fraction: float,
+) -> np.ndarray:
+    """The paper's rule: a disk of the receptive field around every strong cell of a map.
+
+    Parameters
+    ----------
+    maps : ndarray
+        Activation maps at the layer's resolution, shape (K, h, w).
+    centres_y, centres_x : ndarray
+        Input pixel at the centre of each map row (h,) and column (w,) (the layer geometry's
+        ``center``).
+    image_size : int
+        Side of the (square) image in pixels.
+    rf_size : float
+        The layer's empirical receptive-field size in pixels (side of a square of its area);
+        each disk has the same area, diameter ``2 * rf_size / sqrt(pi)``.
+    fraction : float
+        In (0, 1]: cells at least this fraction of their map's maximum (and above 0) are drawn.
+
+    Returns
+    -------
+    ndarray of bool
+        Masks of shape (K, image_size, image_size): True within a disk of some strong cell.
+    """
+    if not 0 < fraction <= 1:
+        raise DissectError(f"--peak-fraction must lie in (0, 1], got {fraction}.")
+    if not np.isfinite(rf_size) or rf_size <= 0:
+        raise DissectError(f"--rf-size must be a positive number of pixels, got {rf_size}.")
+    maps = np.asarray(maps, dtype=np.float32)
+    peak = maps.max(axis=(-2, -1), keepdims=True)
+    strong = (maps >= fraction * peak) & (maps > 0)  # (K, h, w)
+    radius2 = rf_size**2 / np.pi
+    pixels = np.arange(image_size, dtype=np.float64)
+    dy2 = (pixels[None] - np.asarray(centres_y, dtype=np.float64)[:, None]) ** 2  # (h, S)
+    dx2 = (pixels[None] - np.asarray(centres_x, dtype=np.float64)[:, None]) ** 2  # (w, S)
+    masks = np.zeros((len(maps), image_size, image_size), dtype=bool)
+    for k, cells in enumerate(strong):
+        rows = np.flatnonzero(cells.any(1))
+        if len(rows) == 0:
+            continue
+        # Per strong map row: squared horizontal distance to its nearest strong cell, per column.
+        nearest_x = np.where(cells[rows, :, None], dx2[None], np.inf).min(1)  # (r, S)
+        masks[k] = (dy2[rows, :, None] + nearest_x[:, None, :]).min(0) <= radius2
+    return masks
