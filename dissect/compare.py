@@ -171,7 +171,10 @@ def _rf(dissection: Dissection, layer: str) -> dict:
     }
     path = dissection.path(RF_LAYERS)
     if path.is_file():
-        summary = pd.read_csv(path, dtype={"layer": str}).set_index("layer")
+        summary = pd.read_csv(path, dtype={"layer": str, "run_id": str})
+        for found in summary.get("run_id", pd.Series(dtype=str)).dropna().unique():
+            dissection.check_run(found, RF_LAYERS, f"dissect rf {dissection.directory}")
+        summary = summary.set_index("layer")
         if layer in summary.index:
             row = summary.loc[layer]
             rf["rf_empirical_mean"] = float(row["rf_empirical_mean"])

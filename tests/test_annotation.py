@@ -503,3 +503,23 @@ def test_html_page_saves_answers_that_import(dissection, tmp_path):
     assert labels.loc[0, "label"] == f'{SCRIPT}, "x"' and labels.loc[0, "category"] == "scene"
     assert labels.loc[0, "precision"] == pytest.approx(2 / 3)
     assert set(read_raw(dissection)["worker"]) == {'lab "A"'}
+
+
+def test_package_records_its_run_and_another_runs_is_refused(dissection):
+    tasks_csv = dissection.path("annotation", "private", "tasks.csv")
+    tasks = pd.read_csv(tasks_csv, dtype=str)
+    assert set(tasks["run_id"]) == {dissection.run_id}
+    # The directory now holds another run (as if dissect run wrote it again): answers for the
+    # old package would label the new run's units with judgements of other images.
+    manifest = dissection.path("manifest.json")
+    manifest.write_text(manifest.read_text().replace(dissection.run_id, "0123456789abcdef"))
+    rerun = Dissection(dissection.directory)
+    with pytest.raises(DissectError, match="tasks.csv .* comes from run .* dissect export"):
+        import_answers(rerun, [MTURK])
+    assert not rerun.path("labels.csv").exists()
+    old_images = set(tasks.loc[tasks["unit"] != "2", "image"])
+    export_annotation(rerun, "html", ["conv2"], [2], sentinels=0, progress=False)
+    again = pd.read_csv(tasks_csv, dtype=str)
+    assert set(again["run_id"]) == {"0123456789abcdef"} and set(again["unit"]) == {"2"}
+    images = rerun.path("annotation", "images")
+    assert not any((images / name).exists() for name in old_images)

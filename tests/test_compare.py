@@ -215,3 +215,17 @@ def test_report_draws_the_papers_bars_where_layer_names_match(two, tmp_path):
     # Different data: compared all the same, with a warning on the page.
     index = write_comparison(compare_dissections([a, out]), tmp_path / "mixed")
     assert "different data" in index.read_text(encoding="utf-8")
+
+
+def test_receptive_fields_of_another_run_are_refused(two, tmp_path):
+    import shutil
+
+    a, b = (shutil.copytree(directory, tmp_path / directory.name) for directory in two)
+    sizes = {"layer": ["conv2"], "rf_empirical_mean": [9.0], "rf_empirical_std": [1.0]}
+    table = pd.DataFrame({**sizes, "n_units": [3], "run_id": [Dissection(a).run_id]})
+    table.to_csv(a / "receptive_fields_layers.csv", index=False)
+    layers = compare_dissections([a, b]).layers
+    assert layers.loc[layers["layer"] == "conv2", "rf_empirical_mean"].tolist()[0] == 9.0
+    table.assign(run_id="0123456789abcdef").to_csv(a / "receptive_fields_layers.csv", index=False)
+    with pytest.raises(DissectError, match="receptive_fields_layers.csv .* comes from run"):
+        compare_dissections([a, b])

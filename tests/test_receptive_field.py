@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dissect.cli import main
+from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.geometry import layer_geometry
 from dissect.images import Preprocess
@@ -243,6 +244,13 @@ def test_interrupted_run_resumes_and_finished_layers_are_skipped(
     net.calls_left = 0  # a finished layer runs no forward at all
     again = receptive_fields(tmp_path / "out", ["1"], config=config, model=loaded, progress=False)
     pd.testing.assert_frame_equal(again, reference)
+    summary = pd.read_csv(tmp_path / "out" / "receptive_fields_layers.csv", dtype=str)
+    assert set(summary["run_id"]) == {Dissection(tmp_path / "out").run_id}
+    # Maps measured on another run's top images are never reused.
+    manifest = tmp_path / "out" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace(summary["run_id"][0], "0123456789abcdef"))
+    with pytest.raises(KeyboardInterrupt):
+        receptive_fields(tmp_path / "out", ["1"], config=config, model=loaded, progress=False)
 
 
 def test_rf_size_counts_pixels_above_fraction_of_max():

@@ -18,6 +18,7 @@ from .mturk import write_mturk
 from .package import (
     ROOT,
     TASK_COLUMNS,
+    TASKS,
     Package,
     image_name,
     images_folder,
@@ -147,9 +148,10 @@ def export_annotation(
     # Tasks in the order their units were asked for, images in their places.
     rows.sort(key=lambda row: (order[row["task"]], row["n"]))
     tasks = pd.DataFrame(rows, columns=TASK_COLUMNS)
-    old = Package.read(dissection).tasks
-    write_csv(dissection.path(ROOT, "private", "tasks.csv"), merge_tasks(old, tasks))
-    for name in stale_images(old, tasks):
+    tasks["run_id"] = dissection.run_id
+    old = Package.read(dissection, check=False).tasks  # another run's tasks are dropped
+    write_csv(dissection.path(ROOT, "private", TASKS), merge_tasks(old, tasks, dissection.run_id))
+    for name in stale_images(old, tasks, dissection.run_id):
         (folder / name).unlink(missing_ok=True)
     out = dissection.path(ROOT, fmt)
     if fmt == "mturk":

@@ -6,9 +6,10 @@
   and the image's place in the task, so a name reveals neither the image's path, nor which unit
   it belongs to, nor whether it is a sentinel;
 - ``private/tasks.csv``: ``task, layer, unit, n, image, image_index, image_path, sentinel,
-  source_unit`` (keep it: it is not uploaded, and import checks and scores answers against it):
-  ``sentinel`` is 1 for a sentinel image, a top image of ``source_unit`` mixed into the task
-  (see :mod:`dissect.annotation.sentinels`); ``private/salt.txt``;
+  source_unit, run_id`` (keep it: it is not uploaded, and import checks and scores answers
+  against it): ``sentinel`` is 1 for a sentinel image, a top image of ``source_unit`` mixed into
+  the task (see :mod:`dissect.annotation.sentinels`); ``run_id`` the dissection run whose top
+  images were exported (answers for another run's package are refused); ``private/salt.txt``;
 - one folder per export format (``mturk/``, ``labelstudio/``, ``html/``).
 """
 
@@ -36,7 +37,9 @@ TASK_COLUMNS = [
     "image_path",
     "sentinel",
     "source_unit",
+    "run_id",
 ]
+TASKS = "tasks.csv"
 
 
 def package_salt(dissection: Dissection) -> str:
@@ -71,14 +74,26 @@ class Package:
     tasks: pd.DataFrame
 
     @classmethod
-    def read(cls, dissection: Dissection) -> Package:
-        """The package of a dissection directory (empty if nothing was exported yet)."""
-        path = dissection.path(ROOT, "private", "tasks.csv")
+    def read(cls, dissection: Dissection, *, check: bool = True) -> Package:
+        """The package of a dissection directory (empty if nothing was exported yet).
+
+        With ``check``, a package exported from another run than the directory's is refused
+        with a :class:`DissectError`; without, its tasks are returned with their ``run_id``.
+        """
+        path = dissection.path(ROOT, "private", TASKS)
         if not path.is_file():
             return cls(pd.DataFrame(columns=TASK_COLUMNS))
-        tasks = pd.read_csv(path, dtype={"task": str, "layer": str, "image": str})
+        text = {"task": str, "layer": str, "image": str, "run_id": str}
+        tasks = pd.read_csv(path, dtype=text, keep_default_na=False)
         if "sentinel" not in tasks:  # a package of an older version: no sentinels
             tasks = tasks.assign(sentinel=0, source_unit=tasks["unit"])
+        if "run_id" not in tasks:  # written before run ids: accepted
+            tasks = tasks.assign(run_id="")
+        if check:
+            for found in tasks["run_id"].unique():
+                dissection.check_run(
+                    found, f"{ROOT}/private/{TASKS}", f"dissect export {dissection.directory}"
+                )
         return cls(tasks[TASK_COLUMNS])
 
     def task(self, task: str, where: str) -> tuple[str, int, list[str]]:
@@ -109,18 +124,18 @@ class Package:
                 )
 
 
-def merge_tasks(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """The tasks of ``old`` not exported again, then those of ``new``."""
-    kept = old[~old["task"].isin(set(new["task"]))]
+def merge_tasks(old: pd.DataFrame, new: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    """The tasks of ``old`` of run ``run_id`` not exported again, then those of ``new``."""
+    kept = old[~old["task"].isin(set(new["task"])) & old["run_id"].isin({"", run_id})]
     frames = [frame for frame in (kept, new) if len(frame)]
     if not frames:
         return pd.DataFrame(columns=TASK_COLUMNS)
     return pd.concat(frames, ignore_index=True)[TASK_COLUMNS]
 
 
-def stale_images(old: pd.DataFrame, new: pd.DataFrame) -> list[str]:
-    """Images of re-exported tasks that the new export no longer has."""
-    again = old[old["task"].isin(set(new["task"]))]
+def stale_images(old: pd.DataFrame, new: pd.DataFrame, run_id: str) -> list[str]:
+    """Images of re-exported tasks, or of another run's tasks, that the new export lacks."""
+    again = old[old["task"].isin(set(new["task"])) | ~old["run_id"].isin({"", run_id})]
     return sorted(set(again["image"]) - set(new["image"]))
 
 

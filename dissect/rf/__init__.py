@@ -219,7 +219,10 @@ def receptive_fields(
         if distributed.world_size() > 1:
             parts = distributed.gather(arrays)
             if distributed.is_main():
-                arrays = _join([part for part in parts if part is not None], config, chosen[layer])
+                arrays = _join(
+                    [part for part in parts if part is not None],
+                    _params(config, chosen[layer], dissection.run_id),
+                )
                 write_npz(maps_path(dissection, layer), **arrays)
             distributed.barrier()
             final.unlink(missing_ok=True)
@@ -242,16 +245,17 @@ def receptive_fields(
     )
     table = table.reset_index(drop=True)
     write_csv(path, table)
-    write_csv(dissection.path(LAYERS_CSV), layer_summary(table))
+    write_csv(dissection.path(LAYERS_CSV), layer_summary(table).assign(run_id=dissection.run_id))
     distributed.barrier()
     return table
 
 
-def _params(config: OcclusionConfig, units: Sequence[int]) -> str:
+def _params(config: OcclusionConfig, units: Sequence[int], run_id: str) -> str:
     """What a layer's maps file was measured with (a rerun with the same reuses it)."""
     # ``version``: how grids and maps are computed; files of an earlier version are measured again.
     # ``format``: the checkpoint format of dissect (see dissect.checkpoint.CHECKPOINT_FORMAT).
-    fields = {"config": config.to_dict(), "units": list(units), "version": _VERSION}
+    # ``run``: the dissection's run id: maps of another run's top images are measured again.
+    fields = {"config": config.to_dict(), "units": list(units), "version": _VERSION, "run": run_id}
     return json.dumps({**fields, "format": CHECKPOINT_FORMAT}, sort_keys=True)
 
 
@@ -259,11 +263,11 @@ def _params(config: OcclusionConfig, units: Sequence[int]) -> str:
 _VERSION = 2
 
 
-def _join(parts: list[dict], config: OcclusionConfig, units: Sequence[int]) -> dict:
+def _join(parts: list[dict], params: str) -> dict:
     """The maps arrays of several ranks' units, in rank (= unit list) order."""
     joined = {key: np.concatenate([part[key] for part in parts]) for key in _PER_UNIT}
     shared = {key: parts[0][key] for key in ("radius", "rf_theoretical")}
-    return {**joined, **shared, "params": np.str_(_params(config, units))}
+    return {**joined, **shared, "params": np.str_(params)}
 
 
 #: Arrays of a layer's maps file with one entry per unit.
@@ -302,7 +306,7 @@ def _measure_layer(
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Measure one layer's units (or reuse the finished file ``final``); return its arrays."""
     geometry = dissection.geometry(layer)
-    params = _params(config, units)
+    params = _params(config, units, dissection.run_id)
     if final.is_file():
         stored = read_npz(final)
         if str(stored["params"]) == params:
