@@ -57,9 +57,11 @@ def demo_commands(
     segment = ",".join(plan.segment_layers)
     data = f"synthetic:{plan.images}:{seed}"
 
-    def measure(directory: str) -> list[list[str]]:
+    def measure(directory: str, null: bool = True) -> list[list[str]]:
+        # The second network's labels only feed the comparison's detector counts: no p-values.
+        skip_null = [] if null else ["--permutations", "0"]
         return [
-            ["autolabel", directory, "--device", device],
+            ["autolabel", directory, *skip_null, "--device", device],
             ["stats", directory],
             ["rf", directory, "--layers", ",".join(plan.rf_layers), "--units",
              ",".join(map(str, sample)), "--top", str(plan.rf_top), "--device", device],
@@ -76,7 +78,7 @@ def demo_commands(
         other = str(Path(out) / _folder(compare_with))
         commands += [
             ["run", compare_with, data, "--out", other, "--topk", "20", "--device", device],
-            *measure(other),
+            *measure(other, null=False),
             ["compare", out, other, "--out", str(Path(out) / "compare")],
         ]  # fmt: skip
     commands += [

@@ -55,6 +55,9 @@ def test_demo_without_comparison_lists_no_second_network():
     both = demo_commands("out", plan, 1, "cpu", "object-cnn")
     assert [c[0] for c in both].count("run") == 2
     assert ["compare", "out", "out/object-cnn", "--out", "out/compare"] in both
+    autolabels = [command for command in both if command[0] == "autolabel"]
+    assert "--permutations" not in autolabels[0]  # the main network's labels get p-values
+    assert autolabels[1][:4] == ["autolabel", "out/object-cnn", "--permutations", "0"]
 
 
 def test_parts_count_for_their_object():
