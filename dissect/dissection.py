@@ -242,6 +242,10 @@ class Dissection:
         self.check_layers([layer])
         return LayerGeometry.from_dict(self.manifest["geometry"][layer])
 
+    def channels_last(self, layers: Sequence[str] | None = None) -> list[str]:
+        """Those of ``layers`` (default: all) whose outputs are channels-last (B, H, W, C)."""
+        return [name for name in self.check_layers(layers) if self.geometry(name).channels_last]
+
     def n_units(self, layer: str) -> int:
         """How many units (channels) ``layer`` has."""
         return int(self.geometry(layer).output_shape[0])

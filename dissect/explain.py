@@ -165,7 +165,12 @@ def explain_image(
     loaded = model or dissection.load_model()
     torch_device = pick_device(device)
     module = loaded.module.to(torch_device)
-    with torch.inference_mode(), LayerTrace(module, layers, stop=True) as trace:
+    with (
+        torch.inference_mode(),
+        LayerTrace(
+            module, layers, stop=True, channels_last=dissection.channels_last(layers)
+        ) as trace,
+    ):
         outputs = trace(preprocess.tensor(rgb)[None].to(torch_device))
     labels = read_labels(dissection.directory).drop_duplicates(["layer", "unit"])
     labels = labels.set_index(["layer", "unit"])

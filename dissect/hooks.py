@@ -3,7 +3,9 @@
 A layer name is a module name as in ``model.named_modules()``; its value is the tensor that module
 returns. A token-shaped output (B, N, C), as in vision transformers, whose N is a grid of the
 input's aspect plus up to 8 leading class/register tokens, is read as C units over that grid:
-(B, C, h, w), the extra tokens dropped (:func:`token_grid`). For ``conv -> ReLU(inplace=True)``
+(B, C, h, w), the extra tokens dropped (:func:`token_grid`); a channels-last output (B, H, W, C),
+as inside ConvNeXt or Swin blocks, is read as C units over H x W (:func:`channels_last_by_shape`;
+the geometry probe settles the shapes that fit both readings). For ``conv -> ReLU(inplace=True)``
 the conv's name means the pre-ReLU response: the hook clones it before the in-place ReLU
 overwrites it. Name the ReLU module to get the rectified value.
 
@@ -15,7 +17,7 @@ overwrites it. Name the ReLU module to get the rectified value.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 from torch import nn
@@ -53,9 +55,45 @@ def token_grid(tokens: int, image: tuple[int, int]) -> tuple[int, int, int] | No
     return None
 
 
-def as_maps(output: torch.Tensor, image: tuple[int, int]) -> torch.Tensor:
-    """(B, N, C) token outputs as (B, C, h, w) patch maps (see :func:`token_grid`); others as
-    they are."""
+def _fits(height: int, width: int, image: tuple[int, int]) -> bool:
+    """Whether an ``height x width`` map can cover an ``image`` (height, width): the image's
+    aspect, give or take two positions lost or gained at the borders along each axis."""
+    return abs(height * image[1] - width * image[0]) <= 2 * max(image)
+
+
+def channels_last_by_shape(shape: Sequence[int], image: tuple[int, int]) -> bool | None:
+    """Whether a 4-d output of this ``shape`` is (B, H, W, C) rather than (B, C, H, W).
+
+    Returns
+    -------
+    bool or None
+        True when only axes 1, 2 have the ``image``'s (height, width) aspect, False when only
+        axes 2, 3 have it, or neither; None when both readings fit (say (B, 16, 16, 16)).
+
+    Examples
+    --------
+    >>> channels_last_by_shape((2, 56, 56, 96), (224, 224))
+    True
+    >>> channels_last_by_shape((2, 96, 56, 56), (224, 224))
+    False
+    """
+    if len(shape) != 4 or not all(image):
+        return False
+    first, last = _fits(shape[1], shape[2], image), _fits(shape[2], shape[3], image)
+    return None if first and last else first
+
+
+def as_maps(
+    output: torch.Tensor, image: tuple[int, int], channels_last: bool | None = None
+) -> torch.Tensor:
+    """Layer outputs as (B, C, h, w) maps: (B, N, C) tokens over their patch grid (see
+    :func:`token_grid`), (B, H, W, C) channels-last maps permuted (``channels_last``, or when
+    None, :func:`channels_last_by_shape`; both readings fitting counts as (B, C, H, W)); others
+    as they are."""
+    if output.dim() == 4:
+        if channels_last is None:
+            channels_last = bool(channels_last_by_shape(output.shape, image))
+        return output.permute(0, 3, 1, 2) if channels_last else output
     if output.dim() != 3 or (grid := token_grid(output.shape[1], image)) is None:
         return output
     extra, rows, columns = grid
@@ -126,6 +164,10 @@ class LayerTrace:
         Copy each traced output, so in-place operations later in the network cannot change it.
     detach : bool
         Detach the kept outputs from the autograd graph (set False to take gradients).
+    channels_last : collection of str, optional
+        The layers whose 4-d outputs are (B, H, W, C), as the geometry probe found them
+        (:attr:`dissect.geometry.LayerGeometry.channels_last`); the others are (B, C, H, W).
+        Default: judged from each output's shape (:func:`channels_last_by_shape`).
 
     Notes
     -----
@@ -143,12 +185,14 @@ class LayerTrace:
         stop: bool = False,
         clone: bool = True,
         detach: bool = True,
+        channels_last: Collection[str] | None = None,
     ):
         self.module = module
         self.layers = resolve_layers(module, layers)
         self.stop = stop
         self.clone = clone
         self.detach = detach
+        self.channels_last = None if channels_last is None else set(channels_last)
         self.outputs: dict[str, torch.Tensor] = {}
         self._reached: set[str] = set()
         self._consume: Callable[[str, torch.Tensor], None] | None = None
@@ -182,7 +226,8 @@ class LayerTrace:
                 output = output[: self._rows]  # padding rows of a static-batch network
             if self.detach:
                 output = output.detach()
-            output = as_maps(output, self._image)
+            layout = None if self.channels_last is None else name in self.channels_last
+            output = as_maps(output, self._image, layout)
             if self._consume is not None:
                 self._consume(name, output)
             else:

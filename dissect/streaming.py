@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +143,7 @@ def collect_stats(
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     total_images: int | None = None,
+    channels_last: Collection[str] | None = None,
 ) -> PassResult:
     """Run the images through ``module`` once and accumulate per-unit statistics.
 
@@ -216,7 +217,7 @@ def collect_stats(
 
     with (
         torch.inference_mode(),
-        LayerTrace(module, config.layers, stop=True) as trace,
+        LayerTrace(module, config.layers, stop=True, channels_last=channels_last) as trace,
         deferred_interrupts() as stop,
     ):
         for batch in loader:
@@ -350,6 +351,7 @@ def run_dissection(
         checkpoint,
         checkpoint_every,
         total_images=len(source),
+        channels_last=[name for name in names if geometry[name].channels_last],
     )
     device = distributed.local_device(torch_device)
     merged = distributed.gather_and_merge(

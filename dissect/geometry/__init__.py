@@ -75,6 +75,9 @@ class LayerGeometry:
     extra_tokens : int or None
         For a token layer (B, N, C) read as C units over its patch grid: the leading tokens
         (class, register) left out of the grid; None for other layers.
+    channels_last : bool
+        The layer returns (B, H, W, C) maps, read as C units over H x W (``output_shape`` is
+        (C, H, W)); hooks must be told (:class:`dissect.hooks.LayerTrace`'s ``channels_last``).
     """
 
     name: str
@@ -89,6 +92,7 @@ class LayerGeometry:
     problem: str = ""
     resampled: bool = False
     extra_tokens: int | None = None
+    channels_last: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -200,6 +204,9 @@ def geometry_table(module: nn.Module, image_size: int | tuple[int, int] = 224) -
             grid = "x".join(map(str, g.output_shape[1:]))
             tokens = f"tokens: {grid} grid + {g.extra_tokens} extra (not mapped)"
             note = f"{tokens}; {note}" if note else tokens
+        if g.channels_last:
+            layout = "channels-last (B, H, W, C): read as C units over H x W"
+            note = f"{layout}; {note}" if note else layout
         rf = "global" if g.is_global else _pair(g.rf) + ("+" if g.rf_clipped else "")
         rows.append(
             {
@@ -303,13 +310,16 @@ def _geometry(
     if not axes:
         # No positions (or one): the whole input, whatever its size.
         centre = ((size[0] - 1) / 2, (size[1] - 1) / 2)
-        return LayerGeometry(name, probe.kind, shape, size, (0.0, 0.0), centre)
+        return LayerGeometry(
+            name, probe.kind, shape, size, (0.0, 0.0), centre,
+            channels_last=bool(probe.channels_last),
+        )  # fmt: skip
     stride = (axes[0].stride, axes[1].stride)
     offset = (axes[0].offset, axes[1].offset)
     if probe.global_reason:
         return LayerGeometry(
             name, probe.kind, shape, size, stride, offset, False, True, probe.global_reason,
-            "", probe.resampled, probe.extra_tokens,
+            "", probe.resampled, probe.extra_tokens, bool(probe.channels_last),
         )  # fmt: skip
     problem = next((a.problem for a in axes if a.problem), "")
     if problem:
@@ -326,5 +336,5 @@ def _geometry(
     clipped = any(a.clipped for a in axes)
     return LayerGeometry(
         name, probe.kind, shape, rf, stride, offset, clipped, False, "", problem, probe.resampled,
-        probe.extra_tokens,
+        probe.extra_tokens, bool(probe.channels_last),
     )  # fmt: skip

@@ -23,6 +23,10 @@ pixels it is connected to. Operations that mix all positions -- normalisation ov
 mixing path is cut from the gradient (normalisations pass their input on; pooled and attention
 values are detached), so the gradient still shows the *local* geometry of the positions (stride,
 offset) through the other paths, where there are any.
+
+A 4-d output is read as (B, H, W, C) when its shape says so (see
+:func:`dissect.hooks.channels_last_by_shape`); when both readings fit, the gradient decides: the
+slices along a channel axis all reach the same pixels, those along a spatial axis do not.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from ..errors import DissectError
-from ..hooks import as_maps, token_grid
+from ..hooks import as_maps, channels_last_by_shape, token_grid
 
 #: Probe images in one forward: one per probed position of a layer (see probe_positions).
 PROBE_BATCH = 16
@@ -328,7 +332,8 @@ class LayerProbe:
     """What the probe saw of one layer: shape, type, global reason, connectivity per position.
 
     ``support`` holds, per probe position ``(y, x)``, the input pixels' gradient summed over
-    columns (``rows``, shape (H,)) and over rows (``cols``, shape (W,)).
+    columns (``rows``, shape (H,)) and over rows (``cols``, shape (W,)). ``channels_last``: the
+    output is (B, H, W, C) and ``shape`` (C, H, W) as read; None while undecided.
     """
 
     shape: tuple | str
@@ -336,6 +341,7 @@ class LayerProbe:
     global_reason: str | None = None
     resampled: bool = False
     extra_tokens: int | None = None
+    channels_last: bool | None = False
     positions: list | None = None
     rows: list | None = None
     cols: list | None = None
@@ -369,9 +375,11 @@ def probe_layers(
                 found[name] = LayerProbe(type(output).__name__, kinds[name])
                 return
             grid = token_grid(output.shape[1], size) if output.dim() == 3 else None
-            if grid is not None:
+            layout = channels_last_by_shape(output.shape, size) if output.dim() == 4 else False
+            measured = wanted is None or name in wanted
+            if grid is not None or layout:
                 marks = getattr(output, GLOBAL, None), getattr(output, RESAMPLED, False)
-                output = as_maps(output, size)
+                output = as_maps(output, size, True)
                 setattr(output, GLOBAL, marks[0])
                 setattr(output, RESAMPLED, marks[1])
             found[name] = LayerProbe(
@@ -380,8 +388,9 @@ def probe_layers(
                 getattr(output, GLOBAL, None),
                 getattr(output, RESAMPLED, False),
                 grid[0] if grid else None,
+                None if layout is None and measured and output.requires_grad else bool(layout),
             )
-            if (wanted is None or name in wanted) and output.dim() == 4:
+            if measured and output.dim() == 4:
                 kept[name] = output.clone() if output.requires_grad else output
             if wanted is not None and wanted <= found.keys():
                 raise _Stop
@@ -441,6 +450,11 @@ def probe_positions(length: int) -> list[int]:
 
 def _measure(probe: LayerProbe, output: torch.Tensor, image: torch.Tensor) -> None:
     """Gradient support of the probe positions of one layer (nothing if it has no grad path)."""
+    if probe.channels_last is None:
+        probe.channels_last = _channels_last(output, image)
+        if probe.channels_last:
+            output = output.permute(0, 3, 1, 2)
+            probe.shape = tuple(output.shape[1:])
     height, width = output.shape[2:]
     ys, xs = probe_positions(height), probe_positions(width)
     count = max(len(ys), len(xs))
@@ -468,3 +482,22 @@ def _measure(probe: LayerProbe, output: torch.Tensor, image: torch.Tensor) -> No
         probe.positions.append((y, x))
         probe.rows.append(rows[k])
         probe.cols.append(cols[k])
+
+
+def _channels_last(output: torch.Tensor, image: torch.Tensor) -> bool:
+    """Whether a 4-d output whose shape fits both readings is (B, H, W, C): the first and last
+    slices along axis 3 reach the same input pixels (a channel axis), those along axis 1 do not."""
+    slices = [output[:, :, :, 0], output[:, :, :, -1], output[:, 0], output[:, -1]]
+    if len(image) >= len(slices):  # slice k read from image k: one backward
+        total = sum(part[k].sum() for k, part in enumerate(slices))
+        (grads,) = torch.autograd.grad(total, image, retain_graph=True, allow_unused=True)
+    else:
+        grads = [
+            torch.autograd.grad(part[0].sum(), image, retain_graph=True, allow_unused=True)[0]
+            for part in slices
+        ]
+        grads = None if any(g is None for g in grads) else torch.cat(grads)
+    if grads is None:
+        return False
+    reached = grads[: len(slices)].abs().sum(1) > 0  # (slices, H, W)
+    return bool(torch.equal(reached[0], reached[1]) and not torch.equal(reached[2], reached[3]))

@@ -224,7 +224,9 @@ def compute_iou(
 
     with (
         torch.inference_mode(),
-        LayerTrace(module, layers, stop=True) as trace,
+        LayerTrace(
+            module, layers, stop=True, channels_last=dissection.channels_last(layers)
+        ) as trace,
         deferred_interrupts() as stop,
     ):
         try:

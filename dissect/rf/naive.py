@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..hooks import LayerTrace
-from .occlusion import _Cost, _occlude
+from .occlusion import _Cost, _layout, _occlude
 
 
 def _naive(
@@ -22,7 +22,7 @@ def _naive(
     total = len(measurements) * len(positions)
     cost = _Cost(total, 0, measurements, len(positions), "naive", progress)
     bar = tqdm(total=total, unit="pass", disable=not progress)
-    with LayerTrace(module, [layer]) as trace:
+    with LayerTrace(module, [layer], channels_last=_layout(geometry)) as trace:
         for m in range(len(measurements)):
             image = load_image(int(measurements.image[m])).to(device)
             unit, y, x = int(measurements.unit[m]), int(measurements.y[m]), int(measurements.x[m])

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DissectError
+from ..geometry import LayerGeometry
 from ..images import Preprocess
 
 #: Ways to compute discrepancy maps: fast (incremental where possible, else crop), or naive.
@@ -148,6 +149,11 @@ def noise_patch(preprocess: Preprocess, occluder: int, seed: int) -> torch.Tenso
     mean = torch.tensor(preprocess.mean).view(3, 1, 1)
     std = torch.tensor(preprocess.std).view(3, 1, 1)
     return (pixels - mean) / std
+
+
+def _layout(geometry: LayerGeometry) -> list[str]:
+    """LayerTrace's ``channels_last`` for the layer of ``geometry``."""
+    return [geometry.name] if geometry.channels_last else []
 
 
 def _occlude(image: torch.Tensor, patch: torch.Tensor, y: int, x: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from ..errors import DissectError
 from ..hooks import LayerTrace
 from .crop import _axes, _crop_pass, _Group, _groups_for_image
 from .incremental import _chain, _Incremental
-from .occlusion import _Cost
+from .occlusion import _Cost, _layout
 
 
 def _fast(
@@ -84,7 +84,7 @@ def _fast(
     bar = tqdm(total=total, initial=done, unit="pass", disable=not progress)
     chunk_images = max(1, config.batch_size // (1 if incremental is None else 8))
     position = 0
-    with LayerTrace(module, [layer], stop=True) as trace:
+    with LayerTrace(module, [layer], stop=True, channels_last=_layout(geometry)) as trace:
         for chunk_start in range(0, len(images), chunk_images):
             chunk = per_image[chunk_start : chunk_start + chunk_images]
             groups = [group for image_groups in chunk for group in image_groups]

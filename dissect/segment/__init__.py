@@ -125,6 +125,7 @@ def top_maps(
     batch_size: int = 32,
     device: str = "auto",
     progress: bool = True,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Recompute the activation maps of units on their top images.
 
@@ -151,6 +152,8 @@ def top_maps(
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
     progress : bool
         Show a progress bar.
+    channels_last : bool
+        The layer returns (B, H, W, C) maps (see :class:`dissect.geometry.LayerGeometry`).
 
     Returns
     -------
@@ -168,7 +171,12 @@ def top_maps(
     maps: np.ndarray | None = None
     loader = make_loader(source, preprocess, wanted.tolist(), batch_size)
     bar = tqdm(total=len(wanted), unit="img", desc=f"maps {layer}", disable=not progress)
-    with torch.inference_mode(), LayerTrace(module, [layer], stop=True) as trace:
+    with (
+        torch.inference_mode(),
+        LayerTrace(
+            module, [layer], stop=True, channels_last=[layer] if channels_last else []
+        ) as trace,
+    ):
         for batch in loader:
             if batch.skipped:
                 image, reason = batch.skipped[0]
@@ -264,10 +272,11 @@ def iter_segments(
     loaded = dissection.load_model(model)
     source = dissection.open_data()
     preprocess = dissection.preprocess
-    maps = top_maps(
-        loaded.module, source, preprocess, layer, index, units, batch_size, device, progress
-    )
     geometry = dissection.geometry(layer)
+    maps = top_maps(
+        loaded.module, source, preprocess, layer, index, units, batch_size, device, progress,
+        geometry.channels_last,
+    )  # fmt: skip
 
     @functools.lru_cache(maxsize=256)
     def display(image: int) -> np.ndarray:

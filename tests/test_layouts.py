@@ -1,0 +1,79 @@
+"""Layers and inputs of other shapes: channels-last (B, H, W, C) outputs, non-square inputs, layers
+after a resize to a fixed size, and rf on a static-batch exported program."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dissect.geometry import geometry_table, layer_geometry
+from dissect.hooks import LayerTrace
+from dissect.images import Preprocess
+from dissect.streaming import run_dissection
+
+PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+class Permute(nn.Module):
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+class ChannelsLast(nn.Module):
+    """conv (stride 2) -> to (B, H, W, C) -> Linear over C (a ConvNeXt MLP) -> back -> conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, channels, 3, stride=2, padding=1)
+        self.to_last = Permute(0, 2, 3, 1)
+        self.mlp = nn.Linear(channels, channels)
+        self.to_first = Permute(0, 3, 1, 2)
+        self.conv2 = nn.Conv2d(channels, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.to_first(self.mlp(self.to_last(self.conv(x)))))
+
+
+# 8 channels: the shape tells (16x16x8); 16 channels: 16x16x16 fits both, the probe tells.
+@pytest.mark.parametrize("channels", [8, 16])
+def test_channels_last_layers_are_c_units_over_the_map(channels, tmp_path):
+    net = ChannelsLast(channels).eval()
+    geometry = layer_geometry(net, ["conv", "mlp", "conv2"], 32)
+    mlp = geometry["mlp"]
+    assert mlp.channels_last and not geometry["conv"].channels_last
+    assert mlp.output_shape == (channels, 16, 16)
+    assert (mlp.rf, mlp.stride, mlp.offset) == ((3, 3), (2.0, 2.0), (0.0, 0.0))
+    assert geometry["conv2"].rf == (7, 7)
+    table = geometry_table(net, 32).set_index("layer")
+    assert "channels-last" in table.loc["mlp", "note"]
+    d = run_dissection(
+        net, "synthetic:6:2", tmp_path / "d", ["mlp"], topk=2, batch_size=4,
+        preprocess=PREPROCESS, progress=False,
+    )  # fmt: skip
+    assert d.n_units("mlp") == channels
+    images = torch.stack([PREPROCESS.tensor(d.open_data().read_rgb(i)) for i in range(6)])
+    with torch.inference_mode():
+        values = net.mlp(net.to_last(net.conv(images)))  # (B, H, W, C)
+    peak = values.amax(dim=(1, 2))  # (B, C)
+    topk = d.topk("mlp")
+    assert np.array_equal(topk["index"][:, 0], peak.argmax(0).numpy())
+    assert np.allclose(topk["score"][:, 0], peak.max(0).values.numpy(), atol=1e-5)
+
+
+def test_trace_is_told_the_layout():
+    net = ChannelsLast(16).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with LayerTrace(net, ["mlp"], channels_last=["mlp"]) as trace:
+        told = trace(images)["mlp"]
+    with LayerTrace(net, ["mlp"]) as trace:  # 16x16x16: read as (B, C, H, W) unless told
+        guessed = trace(images)["mlp"]
+    expected = net.mlp(net.to_last(net.conv(images))).detach()
+    assert torch.equal(told, expected.permute(0, 3, 1, 2))
+    assert torch.equal(guessed, expected)
