@@ -77,3 +77,42 @@ def test_trace_is_told_the_layout():
     expected = net.mlp(net.to_last(net.conv(images))).detach()
     assert torch.equal(told, expected.permute(0, 3, 1, 2))
     assert torch.equal(guessed, expected)
+
+
+def test_rf_on_a_static_batch_program_equals_the_module(tmp_path):
+    """Exported at batch 2 and 32x32: passes of 1 or 3 images are padded (the padding must not
+    reach the maps) and crops cannot run (the fast method occludes whole images)."""
+    from tiny_models import tiny_net
+
+    from dissect.datasets import open_data
+    from dissect.errors import DissectError
+    from dissect.models import load_model
+    from dissect.rf import Measurements, OcclusionConfig, discrepancy_maps, noise_patch
+
+    model = tiny_net().eval()
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(2, 3, 32, 32),)), path)
+    with pytest.warns(UserWarning, match="static batch"):
+        program = load_model(str(path)).module
+    d = run_dissection(
+        model, "synthetic:5:3", tmp_path / "d", ["pool1", "conv2"], topk=3, batch_size=4,
+        preprocess=PREPROCESS, progress=False,
+    )  # fmt: skip
+    source = open_data("synthetic:5:3")
+    config = OcclusionConfig(top=3, occluder=5, stride=3, batch_size=3)
+    patch = noise_patch(PREPROCESS, config.occluder, config.seed)
+
+    def load(index: int) -> torch.Tensor:
+        return PREPROCESS.tensor(source.read_rgb(index))
+
+    for layer in ("pool1", "conv2"):
+        geometry = d.geometry(layer)
+        measurements = Measurements.from_topk(d.topk(layer), [0, 1], config.top)
+        args = (layer, geometry, load, measurements, patch, config)
+        reference = discrepancy_maps(model, *args, method="naive", progress=False)
+        assert reference.max() > 0
+        for method in ("naive", "fast", "crop"):
+            maps = discrepancy_maps(program, *args, method=method, progress=False)
+            assert np.allclose(maps, reference, atol=1e-5), (layer, method)
+        with pytest.raises(DissectError, match="plain chain"):
+            discrepancy_maps(program, *args, method="incremental", progress=False)

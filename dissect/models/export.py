@@ -12,6 +12,8 @@ from (``Conv2d``, not ``InterpreterModule``), with the original's qualified name
 ``original_type``. A program exported with a static batch size B runs B images at a time: smaller
 batches are padded and the padding cut off again, larger ones are split (``static_batch`` on the
 module tells :class:`dissect.hooks.LayerTrace` to split too, so its hooks see each part whole).
+A program with a static height and width has ``static_size``: the occlusion methods then run
+whole images, never crops.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from ..errors import DissectError
 
 #: Attribute of a loaded program's root module: its static batch size (absent when dynamic).
 STATIC_BATCH = "static_batch"
+#: Attribute of a loaded program's root module: its static (height, width) (absent when dynamic).
+STATIC_SIZE = "static_size"
 _MODEL = "model"
 
 
@@ -278,6 +282,8 @@ def _guard_forward(module: nn.Module, expected: ExportedInput, name: str) -> Non
     module.forward = forward
     if batch is not None:
         setattr(module, STATIC_BATCH, batch)
+    if None not in expected.shape[2:]:
+        setattr(module, STATIC_SIZE, tuple(expected.shape[2:]))
 
 
 def _concatenate(*values: object) -> object:

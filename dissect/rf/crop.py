@@ -41,6 +41,7 @@ class _Axis:
     jump: int
     near: int  # input coordinate where the receptive field of feature position 0 starts
     positions: int  # feature positions along the axis
+    whole: bool = False  # the network takes whole images only (a static-size program): no crops
 
     def plan(
         self, corners: np.ndarray, occluder: int, image_size: int, lo: int, hi: int
@@ -60,7 +61,7 @@ class _Axis:
         start = low // self.jump * self.jump
         touched = first <= last
         width = int((high - start)[touched].max()) if touched.any() else image_size
-        if width >= image_size:
+        if width >= image_size or self.whole:
             start, stop = np.zeros_like(start), np.full_like(start, image_size)
         else:
             stop = start + width
@@ -70,7 +71,8 @@ class _Axis:
         return _AxisPlan(first, last, start, stop)
 
 
-def _axes(geometry: LayerGeometry) -> tuple[_Axis, _Axis]:
+def _axes(geometry: LayerGeometry, whole: bool = False) -> tuple[_Axis, _Axis]:
+    """The layer's geometry per axis; ``whole``: crops are the whole image."""
     axes = []
     for axis in range(2):
         jump = geometry.stride[axis]
@@ -81,7 +83,7 @@ def _axes(geometry: LayerGeometry) -> tuple[_Axis, _Axis]:
             )
         rf = int(geometry.rf[axis])
         near = int(round(geometry.offset[axis] - (rf - 1) / 2))
-        axes.append(_Axis(rf, int(jump), near, geometry.output_shape[1 + axis]))
+        axes.append(_Axis(rf, int(jump), near, geometry.output_shape[1 + axis], whole))
     return axes[0], axes[1]
 
 

@@ -26,7 +26,8 @@ def _fast(
     device, progress, grids, done, checkpoint, method,
 ) -> None:  # fmt: skip
     """Shared, stopped, skipped, cropped or incremental, batched passes (see :mod:`dissect.rf`)."""
-    axes = _axes(geometry)
+    # A .pt2 program of static height and width (``static_size``) runs whole images only.
+    axes = _axes(geometry, whole=getattr(module, "static_size", None) is not None)
     order = np.argsort(measurements.image, kind="stable")
     images, first_of = np.unique(measurements.image[order], return_index=True)
     bounds = np.append(first_of, len(order))
