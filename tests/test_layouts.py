@@ -116,3 +116,28 @@ def test_rf_on_a_static_batch_program_equals_the_module(tmp_path):
             assert np.allclose(maps, reference, atol=1e-5), (layer, method)
         with pytest.raises(DissectError, match="plain chain"):
             discrepancy_maps(program, *args, method="incremental", progress=False)
+
+
+class FixedResize(nn.Module):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear")
+
+
+@pytest.mark.parametrize("resize", [nn.AdaptiveAvgPool2d(4), FixedResize(4)])
+def test_layer_after_a_resize_to_a_fixed_size(resize):
+    """Its receptive field exceeds the image, but a larger canvas is another network (the map
+    stays 4x4): the geometry is the one measured at the input size, its rf a lower bound."""
+    torch.manual_seed(0)
+    convs = [
+        m for k in range(6) for m in (nn.Conv2d(3 if k == 0 else 4, 4, 5, padding=2), nn.ReLU())
+    ]
+    net = nn.Sequential(*convs, resize, nn.Conv2d(4, 4, 3, padding=1)).eval()
+    g = layer_geometry(net, ["13"], 32)["13"]
+    assert g.output_shape == (4, 4, 4)
+    assert g.stride == (8.0, 8.0)  # 4 positions over 32 px (not 16, a 64 px canvas's)
+    assert g.rf_clipped and g.rf[0] >= 32 and "fixed size" in g.problem
+    assert not g.is_local  # rf measures it with the exact (naive) method

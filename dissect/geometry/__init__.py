@@ -254,6 +254,7 @@ def _geometries(
         return any((f.clipped or not f.located) and not f.problem for f in fits)
 
     pending = [name for name in axes if not probes[name].global_reason and unsure(name)]
+    fixed = set()  # layers after a resize to a fixed size: a larger canvas is another network
     for factor in _CANVASES:
         if not pending:
             break
@@ -263,12 +264,18 @@ def _geometries(
         except DissectError:  # a network that only runs at its own input size
             break
         for name in pending:
+            if not all(b > a for a, b in zip(probes[name].shape[1:], larger[name].shape[1:])):
+                fixed.add(name)
+                continue
             axes[name] = [
                 _better(old, new)
                 for old, new in zip(axes[name], _axes(larger[name], canvas), strict=True)
             ]
-        pending = [name for name in pending if unsure(name)]
-    return {name: _geometry(name, probe, size, axes[name]) for name, probe in probes.items()}
+        pending = [name for name in pending if unsure(name) and name not in fixed]
+    return {
+        name: _geometry(name, probe, size, axes[name], name in fixed)
+        for name, probe in probes.items()
+    }
 
 
 def _better(old: AxisFit, new: AxisFit) -> AxisFit:
@@ -304,8 +311,10 @@ def _replace(g: LayerGeometry, **changes) -> LayerGeometry:
 
 
 def _geometry(
-    name: str, probe: LayerProbe, size: tuple[int, int], axes: list[AxisFit]
+    name: str, probe: LayerProbe, size: tuple[int, int], axes: list[AxisFit], fixed: bool = False
 ) -> LayerGeometry:
+    """``fixed``: the layer comes after a resize to a fixed size, so no larger canvas could
+    measure what the image size leaves unsure."""
     shape = probe.shape
     if not axes:
         # No positions (or one): the whole input, whatever its size.
@@ -326,6 +335,12 @@ def _geometry(
         problem = (
             f"geometry not measured: {problem} in the probe (does its value ignore the image?); "
             "stride and offset are a plain resize's"
+        )
+    elif fixed:
+        problem = (
+            "after a resize to a fixed size (its map does not grow with the input): measured "
+            "at this input size only; rf is a lower bound"
+            + (", stride and offset a plain resize's" if any(a.guessed for a in axes) else "")
         )
     elif any(a.guessed for a in axes):
         problem = (
