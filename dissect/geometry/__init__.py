@@ -264,7 +264,8 @@ def _geometries(
         except DissectError:  # a network that only runs at its own input size
             break
         for name in pending:
-            if not all(b > a for a, b in zip(probes[name].shape[1:], larger[name].shape[1:])):
+            old, new = probes[name].shape[1:], larger[name].shape[1:]
+            if not all(b > a for a, b in zip(old, new, strict=True)):
                 fixed.add(name)
                 continue
             axes[name] = [
