@@ -95,12 +95,13 @@ def read_image_file(path: Path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shorter side to ``image_size``, centre-crop a square, normalise.
+    """Resize the image to cover ``image_size``, centre-crop it to that size, normalise.
 
     Attributes
     ----------
-    image_size : int
-        Side of the square network input, in pixels.
+    image_size : int or (int, int)
+        Side of the square network input, or its (height, width), in pixels (a square given as
+        a pair is kept as its side).
     mean, std : tuple of float
         Per-channel normalisation applied to values in [0, 1], in R, G, B order.
     bgr : bool
@@ -108,13 +109,29 @@ class Preprocess:
         ``std`` are still given as R, G, B.
     """
 
-    image_size: int = 224
+    image_size: int | tuple[int, int] = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     bgr: bool = False
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.image_size, int):
+            height, width = (int(value) for value in self.image_size)
+            object.__setattr__(self, "image_size", height if height == width else (height, width))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The network input's (height, width) in pixels."""
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else size
+
+    def describe(self) -> str:
+        """``224`` for a square input, ``240x320`` (height x width) otherwise."""
+        size = self.image_size
+        return str(size) if isinstance(size, int) else f"{size[0]}x{size[1]}"
+
     def display(self, rgb: np.ndarray) -> np.ndarray:
-        """Return the resized, centre-cropped (S, S, 3) uint8 image the network sees."""
+        """Return the resized, centre-cropped (H, W, 3) uint8 image the network sees."""
         return self._fit(rgb, Image.Resampling.BILINEAR)
 
     def display_labels(self, labels: np.ndarray) -> np.ndarray:
@@ -123,19 +140,21 @@ class Preprocess:
 
     def _fit(self, array: np.ndarray, resample: Image.Resampling) -> np.ndarray:
         height, width = array.shape[:2]
-        size = self.image_size
-        if (height, width) == (size, size):
+        out_h, out_w = self.size
+        if (height, width) == (out_h, out_w):
             return array
-        scale = size / min(height, width)
-        new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+        # The smallest scale at which the image covers the output (for a square: the shorter
+        # side to the output side), then the centre crop.
+        scale = max(out_h / height, out_w / width)
+        new_h, new_w = max(out_h, round(height * scale)), max(out_w, round(width * scale))
         resized = np.asarray(
             Image.fromarray(array).resize((new_w, new_h), resample), dtype=array.dtype
         )
-        top, left = (new_h - size) // 2, (new_w - size) // 2
-        return resized[top : top + size, left : left + size]
+        top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+        return resized[top : top + out_h, left : left + out_w]
 
     def tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        """Return the normalised (3, S, S) float32 tensor for an (H, W, 3) uint8 image."""
+        """Return the normalised (3, H, W) float32 tensor (the input size) for an image."""
         scale = np.float32(255.0) * np.asarray(self.std, dtype=np.float32)
         shift = np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32)
         array = self.display(rgb).astype(np.float32) / scale - shift
@@ -145,7 +164,9 @@ class Preprocess:
 
     def to_dict(self) -> dict:
         return {
-            "image_size": self.image_size,
+            "image_size": self.image_size
+            if isinstance(self.image_size, int)
+            else list(self.image_size),
             "mean": list(self.mean),
             "std": list(self.std),
             "bgr": self.bgr,

@@ -114,7 +114,7 @@ def summary_section(dissection: Dissection, stages: dict[str, bool]) -> str:
         "model": manifest.get("model") or "(in-memory model)",
         "data": manifest.get("data"),
         "images": f"{manifest.get('n_images')} ({manifest.get('n_skipped')} skipped)",
-        "input size": f"{manifest.get('preprocess', {}).get('image_size')} px",
+        "input size": f"{_size(manifest.get('preprocess', {}).get('image_size'))} px",
         "layers": ", ".join(dissection.layers),
         "top images kept": config.get("topk"),
         "threshold quantile": config.get("quantile"),
@@ -219,6 +219,13 @@ def unit_table(
         for column in RF_SIZES:
             table[column] = np.nan
     return table
+
+
+def _size(image_size) -> str:
+    """``224`` or ``48x64`` (height x width) for a manifest's ``image_size``."""
+    if isinstance(image_size, list):
+        return "x".join(map(str, image_size))
+    return str(image_size)
 
 
 def _check_run(dissection: Dissection, table: pd.DataFrame, what: str, command: str) -> None:

@@ -3,6 +3,8 @@ after a resize to a fixed size, and rf on a static-batch exported program."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +143,74 @@ def test_layer_after_a_resize_to_a_fixed_size(resize):
     assert g.stride == (8.0, 8.0)  # 4 positions over 32 px (not 16, a 64 px canvas's)
     assert g.rf_clipped and g.rf[0] >= 32 and "fixed size" in g.problem
     assert not g.is_local  # rf measures it with the exact (naive) method
+
+
+def test_preprocess_to_a_non_square_size():
+    rgb = np.zeros((30, 100, 3), np.uint8)
+    rgb[:, 50:] = 255  # right half white
+    preprocess = Preprocess((48, 64))
+    shown = preprocess.display(rgb)
+    assert shown.shape == (48, 64, 3)  # scaled to cover 48x64 (48 x 160), centre-cropped
+    assert (shown[:, :30] == 0).all() and (shown[:, 34:] == 255).all()
+    assert preprocess.tensor(rgb).shape == (3, 48, 64)
+    assert preprocess.size == (48, 64) and Preprocess((32, 32)).image_size == 32
+    assert preprocess.to_dict()["image_size"] == [48, 64]
+
+
+def test_non_square_input_end_to_end(tmp_path, capsys):
+    """48x64 through run, rf (fast methods equal the naive one), segment, autolabel, report."""
+    from tiny_models import tiny_net
+
+    from dissect.cli import main
+    from dissect.dissection import Dissection
+    from dissect.rf import Measurements, OcclusionConfig, discrepancy_maps, noise_patch
+    from dissect.segment import iter_segments
+
+    spec = f"{Path(__file__).parent / 'tiny_models.py'}:tiny_net"
+    out = tmp_path / "d"
+    common = ["--image-size", "48,64", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]
+    assert main(["run", spec, "synthetic:6:1", "--out", str(out), "--topk", "3", *common]) == 0
+    d = Dissection(out)
+    assert d.preprocess.size == (48, 64)
+    assert d.geometry("conv2").output_shape == (6, 24, 32)
+    net, source = tiny_net().eval(), d.open_data()
+    images = torch.stack([d.preprocess.tensor(source.read_rgb(i)) for i in range(6)])
+    with torch.inference_mode():
+        peak = net.conv2(net.pool1(net.relu1(net.conv1(images)))).amax(dim=(2, 3))
+    assert np.array_equal(d.topk("conv2")["index"][:, 0], peak.argmax(0).numpy())
+
+    config = OcclusionConfig(top=3, occluder=5, stride=3, batch_size=8)
+    patch = noise_patch(d.preprocess, config.occluder, config.seed)
+    for layer in ("pool1", "conv2"):
+        measurements = Measurements.from_topk(d.topk(layer), [0, 1, 2], config.top)
+        args = (net, layer, d.geometry(layer), lambda i: images[i], measurements, patch, config)
+        naive = discrepancy_maps(*args, method="naive", progress=False)
+        assert naive.shape == (len(measurements), 16, 21) and naive.max() > 0
+        for method in ("crop", "incremental"):
+            fast = discrepancy_maps(*args, method=method, progress=False)
+            assert np.allclose(fast, naive, atol=1e-5), (layer, method)
+
+    assert main(["rf", str(out), "--layers", "conv2", "--units", "0,1", "--top", "2"]) == 0
+    assert main(["segment", str(out), "--layers", "conv2"]) == 0
+    segments = next(iter_segments(d, "conv2", [0], top=1, model=net, progress=False))
+    assert segments.masks.shape[1:] == (48, 64) and segments.images.shape[1:3] == (48, 64)
+    assert main(["autolabel", str(out), "--permutations", "0"]) == 0
+    assert main(["report", str(out)]) == 0
+    assert "48x64 px" in (out / "report" / "index.html").read_text()
+
+
+def test_static_non_square_program_sets_the_default_size(tmp_path):
+    from tiny_models import tiny_net
+
+    from dissect.models import load_model
+
+    path = tmp_path / "wide.pt2"
+    dynamic = {"x": {0: torch.export.Dim("n", max=64)}}
+    program = torch.export.export(
+        tiny_net().eval(), (torch.randn(2, 3, 48, 64),), dynamic_shapes=dynamic
+    )
+    torch.export.save(program, path)
+    loaded = load_model(str(path))
+    assert loaded.preprocess.size == (48, 64)
+    with pytest.raises(Exception, match="--image-size 48,64"):
+        loaded.module(torch.zeros(1, 3, 64, 64))

@@ -67,13 +67,6 @@ def preprocess_from_args(args: argparse.Namespace, loaded: LoadedModel) -> Prepr
 
     base = loaded.preprocess
     size = args.image_size or base.image_size
-    if isinstance(size, tuple):
-        if size[0] != size[1]:
-            raise DissectError(
-                f"--image-size {size[0]},{size[1]}: only dissect layers takes a non-square size "
-                "so far; give one side N for N x N."
-            )
-        size = size[0]
     return Preprocess(size, args.mean or base.mean, args.std or base.std, args.bgr or base.bgr)
 
 

@@ -202,13 +202,13 @@ def compute_iou(
                 for layer in null}  # fmt: skip
         passed = [(int(image), str(reason)) for image, reason in state["skipped"]]
         start = int(state["position"])
-    size = preprocess.image_size
+    size = preprocess.size
     shard = distributed.shard(range(len(source)), block=batch_size)
     loader = torch.utils.data.DataLoader(
         ConceptDataset(source, preprocess, index, shard[start:]),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=ConceptCollate(size * size, len(index)),
+        collate_fn=ConceptCollate(size[0] * size[1], len(index)),
     )
     show = progress and distributed.is_main()
     bar = tqdm(total=len(shard), initial=start, unit="img", desc="iou", disable=not show)

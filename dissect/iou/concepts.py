@@ -72,13 +72,13 @@ class ConceptIndex:
 
     def image_concepts(self, segmentation, preprocess: Preprocess) -> ImageConcepts:
         """Bring one image's :class:`~dissect.datasets.Segmentation` to the network input."""
-        size = preprocess.image_size
+        pixels = preprocess.size[0] * preprocess.size[1]
         maps = [
             self.columns(preprocess.display_labels(label_map)).reshape(-1)
             for category in segmentation.pixel
             for label_map in segmentation.pixel[category]
         ]
-        pixel = np.stack(maps) if maps else np.full((0, size * size), -1, dtype=np.int64)
+        pixel = np.stack(maps) if maps else np.full((0, pixels), -1, dtype=np.int64)
         image = self.columns(
             [number for numbers in segmentation.image.values() for number in numbers]
         )

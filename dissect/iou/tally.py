@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..geometry import image_pair
 from ..upsample import layer_weights
 from .concepts import ConceptBatch, ImageConcepts
 
@@ -181,7 +182,7 @@ def count_layer(
     acts: torch.Tensor,
     thresholds: torch.Tensor,
     geometry,
-    size: int,
+    size: int | tuple[int, int],
     concepts: ConceptBatch,
     null=None,
 ) -> None:
@@ -192,7 +193,8 @@ def count_layer(
     feature values around it, so only (image, unit) pairs whose peak is above the unit's
     threshold, and in them only the cells (pixels between four feature centres) with a corner
     above it, can hold mask pixels; those pixels alone are evaluated, with the same float32
-    operations as :func:`~dissect.upsample.upsample_maps`. ``null``, a
+    operations as :func:`~dissect.upsample.upsample_maps` (``size``: the input's side, or its
+    (height, width)). ``null``, a
     :class:`~dissect.iou.significance.PermutationNull`, counts the same mask pixels against the
     concept masks of other images.
     """
@@ -214,11 +216,11 @@ def count_layer(
         cells = max(1, CHUNK_BYTES // (16 * ys.cells.shape[1] * xs.cells.shape[1]))
         for start in range(0, len(pair), cells):
             part = slice(start, start + cells)
-            _count_cells(stats, maps, limit, pair[part], row[part], column[part], ys, xs, size,
-                         image, unit, concepts, null)  # fmt: skip
+            _count_cells(stats, maps, limit, pair[part], row[part], column[part], ys, xs,
+                         image_pair(size)[1], image, unit, concepts, null)  # fmt: skip
 
 
-def _count_cells(stats, maps, limit, pair, row, column, ys, xs, size, image, unit, concepts, null):
+def _count_cells(stats, maps, limit, pair, row, column, ys, xs, width, image, unit, concepts, null):
     """Evaluate the pixels of some cells of some maps and count those above the threshold."""
     pixel_y, pixel_x = ys.cells[row], xs.cells[column]  # (m, most) each, -1 padded
     y, x = pixel_y.clamp(min=0), pixel_x.clamp(min=0)
@@ -235,18 +237,18 @@ def _count_cells(stats, maps, limit, pair, row, column, ys, xs, size, image, uni
     inside = values > limit[pair][:, None, None]
     inside &= (pixel_y >= 0)[:, :, None] & (pixel_x >= 0)[:, None, :]
     cell, sy, sx = inside.nonzero(as_tuple=True)
-    position = pixel_y[cell, sy] * size + pixel_x[cell, sx]
+    position = pixel_y[cell, sy] * width + pixel_x[cell, sx]
     stats.add_pixels(pair[cell], position, image, unit, concepts)
     if null is not None:
         null.add_pixels(pair[cell], position, image, unit, concepts)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_weights(geometry, size: int, height: int, width: int):
+def _cached_weights(geometry, size, height: int, width: int):
     return layer_weights(geometry, size, height, width)
 
 
-def _weights(geometry, size: int, height: int, width: int):
+def _weights(geometry, size, height: int, width: int):
     try:
         return _cached_weights(geometry, size, height, width)
     except TypeError:  # an unhashable geometry

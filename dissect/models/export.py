@@ -57,10 +57,12 @@ class ExportedInput:
         return self.shape[0]
 
     @property
-    def image_size(self) -> int | None:
-        """The static side of a square input, or None when height or width is dynamic."""
+    def image_size(self) -> int | tuple[int, int] | None:
+        """The static side of a square input, or (height, width); None when either is dynamic."""
         height, width = self.shape[2:]
-        return height if height is not None and height == width else None
+        if height is None or width is None:
+            return None
+        return height if height == width else (height, width)
 
     def describe(self) -> str:
         return "x".join("N" if size is None else str(size) for size in self.shape)
@@ -257,10 +259,14 @@ def _guard_forward(module: nn.Module, expected: ExportedInput, name: str) -> Non
     def forward(images: torch.Tensor) -> object:
         for axis, size in list(enumerate(expected.shape))[1:]:
             if size is not None and images.dim() == 4 and images.shape[axis] != size:
+                height, width = expected.shape[2:]
+                side = (
+                    str(height) if height == width else f"{height},{width}"
+                )  # the flag's own form
                 fix = (
                     "dissect feeds 3 (RGB) channels; export a model that takes them"
                     if axis == 1
-                    else f"use --image-size {size}, or export with dynamic height and width"
+                    else f"use --image-size {side}, or export with dynamic height and width"
                 )
                 raise DissectError(
                     f"MODEL {name!r} was exported for inputs of {expected.describe()} but got "

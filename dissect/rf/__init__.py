@@ -189,7 +189,7 @@ def receptive_fields(
     layers = dissection.check_layers(layers)
     chosen = {layer: dissection.check_units(layer, units) for layer in layers}
     preprocess = dissection.preprocess
-    config.check_image(preprocess.image_size)
+    config.check_image(preprocess.size)
     for layer in layers:
         Measurements.from_topk(dissection.topk(layer), chosen[layer][:1], config.top)
     loaded = dissection.load_model(model)
@@ -329,9 +329,9 @@ def _measure_layer(
         if time.monotonic() - state["saved"] > checkpoint_seconds:
             save()
 
-    image_size = dissection.preprocess.image_size
-    corners = len(occluder_corners(image_size, config.occluder, config.stride))
-    result = grids if grids is not None else np.zeros((len(measurements), corners, corners), "f4")
+    image_size = dissection.preprocess.size
+    corners = [len(occluder_corners(side, config.occluder, config.stride)) for side in image_size]
+    result = grids if grids is not None else np.zeros((len(measurements), *corners), "f4")
     if progress:
         print(f"dissect rf: layer {layer}, {len(units)} unit(s), {len(measurements)} top images")
     try:

@@ -105,9 +105,10 @@ class _Group:
 
 
 def _group(image, members, box, axes, corners, occluder, image_size, measurements, peak):
-    """The group reading feature positions in ``box`` (y_lo, y_hi, x_lo, x_hi) of one image."""
-    plan_y = axes[0].plan(corners, occluder, image_size, box[0], box[1])
-    plan_x = axes[1].plan(corners, occluder, image_size, box[2], box[3])
+    """The group reading feature positions in ``box`` (y_lo, y_hi, x_lo, x_hi) of one image
+    (``corners`` and ``image_size`` per axis: y, x)."""
+    plan_y = axes[0].plan(corners[0], occluder, image_size[0], box[0], box[1])
+    plan_x = axes[1].plan(corners[1], occluder, image_size[1], box[2], box[3])
     if peak:
         ys, xs = measurements.y[members], measurements.x[members]
         hit_y = (ys[None] >= plan_y.first[:, None]) & (ys[None] <= plan_y.last[:, None])
@@ -148,6 +149,6 @@ def _crop_pass(batch, images, patch, corners, axes, trace, layer):
     for (group, r, c), image in zip(batch, images, strict=True):
         y0, x0 = int(group.plan_y.start[r]), int(group.plan_x.start[c])
         window = image[:, y0 : group.plan_y.stop[r], x0 : group.plan_x.stop[c]]
-        crops.append(_occlude(window, patch, int(corners[r]) - y0, int(corners[c]) - x0))
+        crops.append(_occlude(window, patch, int(corners[0][r]) - y0, int(corners[1][c]) - x0))
         starts.append((y0 // axes[0].jump, x0 // axes[1].jump))
     return trace(torch.stack(crops))[layer], np.array(starts)

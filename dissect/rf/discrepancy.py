@@ -47,7 +47,7 @@ def discrepancy_maps(
     geometry : LayerGeometry
         Geometry of ``layer`` at the input size of the images.
     load_image : callable
-        ``load_image(index)`` returns the preprocessed (3, S, S) tensor of image ``index``.
+        ``load_image(index)`` returns the preprocessed (3, H, W) tensor of image ``index``.
     measurements : Measurements
         Images, units and peak positions to measure.
     patch : Tensor
@@ -87,8 +87,8 @@ def discrepancy_maps(
     size = patch.shape[-1]
     image_size = _image_size(load_image, measurements)
     config.check_image(image_size)
-    corners = occluder_corners(image_size, size, config.stride)
-    shape = (len(measurements), len(corners), len(corners))
+    corners = tuple(occluder_corners(length, size, config.stride) for length in image_size)
+    shape = (len(measurements), len(corners[0]), len(corners[1]))
     if grids is None:
         grids = np.zeros(shape, dtype=np.float32)
     elif grids.shape != shape:
@@ -114,7 +114,8 @@ def _fast_holds(geometry: LayerGeometry) -> bool:
     return geometry.is_local and all(float(s).is_integer() and s > 0 for s in geometry.stride)
 
 
-def _image_size(load_image, measurements) -> int:
+def _image_size(load_image, measurements) -> tuple[int, int]:
     if len(measurements) == 0:
         raise DissectError("no top image to occlude: the selected units have no top images.")
-    return int(load_image(int(measurements.image[0])).shape[-1])
+    height, width = load_image(int(measurements.image[0])).shape[-2:]
+    return int(height), int(width)

@@ -150,13 +150,19 @@ class _Incremental:
     the backward window may be stale but no measured position reads them.
     """
 
-    def __init__(self, steps: list[_Step], image: torch.Tensor, occluder: int, corners: np.ndarray):
+    def __init__(
+        self,
+        steps: list[_Step],
+        image: torch.Tensor,
+        occluder: int,
+        corners: tuple[np.ndarray, ...],
+    ):
         self.steps = steps
         self.windows: list[_StepWindows | None] = []
         self.inputs: list[tuple[int, int, int]] = []  # (channels, height, width) per step
-        # Changed span [lo, hi] of every occluder corner, per axis (the image is square).
-        lo = [np.asarray(corners, dtype=np.int64)] * 2
-        hi = [np.minimum(lo[0] + occluder, image.shape[-1]) - 1] * 2
+        # Changed span [lo, hi] of every occluder corner, per axis.
+        lo = [np.asarray(axis, dtype=np.int64) for axis in corners]
+        hi = [np.minimum(lo[a] + occluder, image.shape[1 + a]) - 1 for a in range(2)]
         # Floats a whole-image forward holds at its largest step (input and output), the unit
         # in which batches are sized: a batch of B whole-image equivalents holds what B whole
         # images would.

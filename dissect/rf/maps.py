@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..geometry import LayerGeometry
+from ..geometry import LayerGeometry, image_pair
 from .occlusion import Measurements, OcclusionConfig
 
 
@@ -24,7 +24,7 @@ def average_maps(
     geometry: LayerGeometry,
     config: OcclusionConfig,
     radius: int,
-    image_size: int,
+    image_size: int | tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Re-centre each discrepancy map on its peak and average per unit, offset by offset.
 
@@ -49,8 +49,8 @@ def average_maps(
         Occluder size and stride (where the map's samples sit in the image).
     radius : int
         The averaged maps cover pixel offsets ``-radius..radius`` from the peak pixel.
-    image_size : int
-        Side of the (square) network input in pixels.
+    image_size : int or (int, int)
+        Side of the network input, or its (height, width), in pixels.
 
     Returns
     -------
@@ -61,6 +61,7 @@ def average_maps(
     coverage : ndarray, shape (U, 2 * radius + 1, 2 * radius + 1)
         Float32 number of images covering each offset (0 where it was filled from its mirror).
     """
+    height, width = image_pair(image_size)
     side = 2 * radius + 1
     maps = np.zeros((len(units), side, side), dtype=np.float32)
     coverage = np.zeros((len(units), side, side), dtype=np.float32)
@@ -72,8 +73,8 @@ def average_maps(
             continue
         centres = np.array([geometry.center(measurements.y[m], measurements.x[m]) for m in members])
         args = (first, config.stride)
-        weights_y = _interpolation(centres[:, 0], *args, grids.shape[1], radius, image_size)
-        weights_x = _interpolation(centres[:, 1], *args, grids.shape[2], radius, image_size)
+        weights_y = _interpolation(centres[:, 0], *args, grids.shape[1], radius, height)
+        weights_x = _interpolation(centres[:, 1], *args, grids.shape[2], radius, width)
         total = np.einsum(
             "mai,mij,mbj->ab", weights_y, grids[members].astype(np.float64), weights_x
         )
@@ -85,7 +86,7 @@ def average_maps(
     return maps, counts, coverage
 
 
-def _interpolation(centres, first, step, samples, radius, image_size) -> np.ndarray:
+def _interpolation(centres, first, step, samples, radius, length) -> np.ndarray:
     """(M, 2R+1, samples) linear-interpolation weights from grid samples to pixel offsets.
 
     A pixel between the image border and the outermost occluder centre takes that centre's
@@ -93,7 +94,7 @@ def _interpolation(centres, first, step, samples, radius, image_size) -> np.ndar
     """
     offsets = np.arange(-radius, radius + 1)
     pixels = centres[:, None] + offsets[None]
-    inside = (pixels > -0.5) & (pixels < image_size - 0.5)
+    inside = (pixels > -0.5) & (pixels < length - 0.5)
     grid = np.clip((pixels - first) / step, 0, samples - 1)
     low = np.minimum(np.floor(grid), max(samples - 2, 0)).astype(np.int64)
     frac = grid - low
@@ -172,12 +173,16 @@ def rf_mass_size(maps: np.ndarray, mass: float) -> np.ndarray:
 MASSES = (0.5, 0.8)
 
 
-def map_radius(geometry: LayerGeometry, config: OcclusionConfig, image_size: int) -> int:
-    """Half-side of the averaged maps: every occluder that can matter, within the image."""
+def map_radius(
+    geometry: LayerGeometry, config: OcclusionConfig, image_size: int | tuple[int, int]
+) -> int:
+    """Half-side of the (square) averaged maps: every occluder that can matter, within the
+    image's longer side."""
+    longest = max(image_pair(image_size))
     if config.discrepancy == "map":
-        return image_size - 1
+        return longest - 1
     reach = (max(geometry.rf) - 1) / 2 + config.occluder + config.stride
-    return int(min(image_size - 1, math.ceil(reach)))
+    return int(min(longest - 1, math.ceil(reach)))
 
 
 def theoretical_size(geometry: LayerGeometry) -> float:

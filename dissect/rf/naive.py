@@ -18,7 +18,7 @@ def _naive(
     grids,
 ) -> None:  # fmt: skip
     """One full forward per occluder position, per measurement."""
-    positions = [(int(y), int(x)) for y in corners for x in corners]
+    positions = [(int(y), int(x)) for y in corners[0] for x in corners[1]]
     total = len(measurements) * len(positions)
     cost = _Cost(total, 0, measurements, len(positions), "naive", progress)
     bar = tqdm(total=total, unit="pass", disable=not progress)
@@ -38,5 +38,6 @@ def _naive(
                     values.append((maps - base).abs().sum((1, 2)))
                 bar.update(len(chunk))
                 cost.update(bar.n)
-            grids[m] = torch.cat(values).reshape(len(corners), len(corners)).float().cpu().numpy()
+            grid = torch.cat(values).reshape(len(corners[0]), len(corners[1]))
+            grids[m] = grid.float().cpu().numpy()
     bar.close()

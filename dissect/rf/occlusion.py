@@ -76,12 +76,13 @@ class OcclusionConfig:
         if self.batch_size < 1:
             raise DissectError(f"--batch-size must be at least 1, got {self.batch_size}.")
 
-    def check_image(self, image_size: int) -> None:
-        """Refuse an occluder that does not fit in the network input."""
-        if self.occluder > image_size:
+    def check_image(self, image_size: int | tuple[int, int]) -> None:
+        """Refuse an occluder that does not fit in the network input (side or (height, width))."""
+        side = image_size if isinstance(image_size, int) else min(image_size)
+        if self.occluder > side:
             raise DissectError(
-                f"--occluder {self.occluder} px is larger than the {image_size} px network "
-                f"input; use at most {image_size}."
+                f"--occluder {self.occluder} px is larger than the network input's "
+                f"{side} px side; use at most {side}."
             )
 
     def to_dict(self) -> dict:

@@ -61,7 +61,7 @@ def _fast(
         # Crops are cheaper while they stay small; past a quarter of the image, go incremental.
         pixels = sum(group.cost() for groups in per_image for group in groups)
         passes = sum(len(group.jobs) for groups in per_image for group in groups)
-        if pixels <= 0.25 * passes * image_size**2:
+        if pixels <= 0.25 * passes * image_size[0] * image_size[1]:
             steps = None
     incremental, plans, signatures, kinds = None, {}, {}, {}
     if steps is not None:
@@ -81,7 +81,7 @@ def _fast(
             window_plan(group.box)
     total = sum(len(group.jobs) for groups in per_image for group in groups)
     name = "crop" if incremental is None else "incremental"
-    cost = _Cost(total, done, measurements, len(corners) ** 2, name, progress)
+    cost = _Cost(total, done, measurements, len(corners[0]) * len(corners[1]), name, progress)
     bar = tqdm(total=total, initial=done, unit="pass", disable=not progress)
     chunk_images = max(1, config.batch_size // (1 if incremental is None else 8))
     position = 0
@@ -121,7 +121,8 @@ def _fast(
             index = max(done - position, 0)
             while index < len(jobs):
                 if incremental is None:
-                    limit = config.batch_size * image_size**2 // int(np.prod(shapes[index]))
+                    pixels = image_size[0] * image_size[1]
+                    limit = config.batch_size * pixels // int(np.prod(shapes[index]))
                 else:
                     floats = incremental.cost(plans[groups[jobs[index, 0]].box])[1]
                     limit = config.batch_size * incremental.full // max(floats, 1)
@@ -139,7 +140,7 @@ def _fast(
                     maps, starts = incremental.run(
                         bases,
                         targets.slot[k],
-                        np.column_stack([corners[r], corners[c]]),
+                        np.column_stack([corners[0][r], corners[1][c]]),
                         patch,
                         [plans[groups[g].box] for g in k],
                     )

@@ -76,13 +76,13 @@ class UnitSegments:
     scores : ndarray
         (K,) the unit's peak activation on each.
     images : ndarray
-        (K, S, S, 3) uint8: the images as the network saw them.
+        (K, H, W, 3) uint8: the images as the network saw them.
     maps : ndarray
-        (K, S, S) float32 activation maps upsampled to the input.
+        (K, H, W) float32 activation maps upsampled to the input.
     thresholds : ndarray
         (K,) the threshold applied to each map.
     masks : ndarray
-        (K, S, S) bool: the region above threshold.
+        (K, H, W) bool: the region above threshold.
     """
 
     layer: str
@@ -95,13 +95,13 @@ class UnitSegments:
     masks: np.ndarray
 
     def segmented(self, dim: float = 0.25) -> np.ndarray:
-        """(K, S, S, 3) images with the rest dimmed (see :func:`dim_outside`)."""
+        """(K, H, W, 3) images with the rest dimmed (see :func:`dim_outside`)."""
         return np.stack(
             [dim_outside(i, m, dim) for i, m in zip(self.images, self.masks, strict=True)]
         )
 
     def outlined(self, color: tuple[int, int, int] = (255, 255, 0)) -> np.ndarray:
-        """(K, S, S, 3) images with the region's outline (see :func:`outline`)."""
+        """(K, H, W, 3) images with the region's outline (see :func:`outline`)."""
         return np.stack(
             [outline(i, m, color) for i, m in zip(self.images, self.masks, strict=True)]
         )
