@@ -2,13 +2,16 @@
 geometry probe's time and peak memory against one forward pass of a batch.
 
 Prints ``name: value`` lines per family (``family.overhead``: wall time of a whole ``dissect run``
--- probe included -- over a bare ``model(x)`` loop on the same loader; ``family.probe_time`` and
-``family.probe_memory``: the probe's seconds and peak resident-memory growth divided by those of
-one forward pass of one batch, each measured in a fresh process). The families are those of the
-conformance suite (``tests/zoo_models.py``) at ``--width`` channels.
+-- probe included -- over a bare ``model(x)`` loop on the same loader; ``family.probe_overhead``:
+that run's time over the same run without its geometry probe (the manifest's
+``probe_seconds``); ``family.probe_time`` and ``family.probe_memory``: the probe's CPU seconds
+and peak resident-memory growth divided by those of one forward pass of one batch, each measured
+in a fresh process). The families are ``resnet18`` (torchvision's ResNet-18 layout, written out
+in ``bench_iou.py``, layers layer1-4) and those of the conformance suite
+(``tests/zoo_models.py``) at ``--width`` channels.
 
-    python benchmarks/bench_zoo.py [--images 1000] [--size 224] [--width 32] [--batch-size 50]
-        [--families plain,resnet_basic,...]
+    OMP_NUM_THREADS=1 python benchmarks/bench_zoo.py [--images 1000] [--size 224] [--width 32]
+        [--batch-size 50] [--families resnet18,plain,resnet_basic,...]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench_iou import resnet18  # noqa: E402
 from zoo_models import ZOO  # noqa: E402
 
 from dissect.datasets import open_data  # noqa: E402
@@ -34,10 +38,16 @@ from dissect.images import Preprocess, make_loader  # noqa: E402
 from dissect.models import LoadedModel  # noqa: E402
 from dissect.streaming import run_dissection  # noqa: E402
 
+#: Every family: factory and dissected layers.
+FAMILIES = {"resnet18": (resnet18, ("layer1", "layer2", "layer3", "layer4")), **ZOO}
+
 
 def build(family: str, width: int, size: int) -> torch.nn.Module:
-    factory = ZOO[family][0]
-    module = factory(width, size) if family == "vit" else factory(width)
+    factory = FAMILIES[family][0]
+    if family == "resnet18":
+        module = factory()
+    else:
+        module = factory(width, size) if family == "vit" else factory(width)
     return module.requires_grad_(False)
 
 
@@ -54,16 +64,16 @@ def _measure(task: str, family: str, width: int, size: int, batch: int, queue) -
     """In a fresh process: seconds and peak memory growth (KiB) of one task."""
     torch.set_num_threads(THREADS)
     module = build(family, width, size)
-    layers = list(ZOO[family][1])
+    layers = list(FAMILIES[family][1])
     images = torch.randn(batch, 3, size, size)
     base = _peak_kib()
-    start = time.perf_counter()
+    start = time.process_time()
     if task == "forward":
         with torch.inference_mode():
             module(images)
     else:
         layer_geometry(module, layers, size)
-    queue.put((time.perf_counter() - start, _peak_kib() - base))
+    queue.put((time.process_time() - start, _peak_kib() - base))
 
 
 def measure(task: str, family: str, args) -> tuple[float, float]:
@@ -87,11 +97,12 @@ def bare_loop(module, source, preprocess, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
-def dissect_run(loaded, source, layers, batch_size: int) -> float:
+def dissect_run(loaded, source, layers, batch_size: int) -> tuple[float, float]:
+    """Seconds of a whole ``dissect run``, and of its geometry probe."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        run_dissection(loaded, source, out, layers, batch_size=batch_size, progress=False)
-        return time.perf_counter() - start
+        d = run_dissection(loaded, source, out, layers, batch_size=batch_size, progress=False)
+        return time.perf_counter() - start, float(d.manifest["probe_seconds"])
 
 
 THREADS = torch.get_num_threads()
@@ -103,7 +114,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--families", default=",".join(ZOO))
+    parser.add_argument("--families", default=",".join(FAMILIES))
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     source = open_data(f"synthetic:{args.images}")
@@ -114,13 +125,14 @@ def main() -> None:
     for family in args.families.split(","):
         module = build(family, args.width, args.size)
         loaded = LoadedModel(module, f"zoo:{family}", preprocess=preprocess)
-        layers = list(ZOO[family][1])
+        layers = list(FAMILIES[family][1])
         bare = bare_loop(module, source, preprocess, args.batch_size)
-        full = dissect_run(loaded, source, layers, args.batch_size)
+        full, probe = dissect_run(loaded, source, layers, args.batch_size)
         forward_s, forward_kib = measure("forward", family, args)
         probe_s, probe_kib = measure("probe", family, args)
         print(f"{family}.layers: {len(layers)}")
         print(f"{family}.overhead: {full / bare:.3f}")
+        print(f"{family}.probe_overhead: {full / (full - probe):.3f}")
         print(f"{family}.probe_seconds: {probe_s:.2f}")
         print(f"{family}.probe_time: {probe_s / forward_s:.2f}")
         print(f"{family}.probe_memory: {probe_kib / max(forward_kib, 1):.2f}")

@@ -1,6 +1,7 @@
 """The connectivity probe: which input pixels each feature position of a layer is connected to.
 
-The network runs once, on one all-ones image, under :class:`ConnectivityMode`, a
+The network runs once (layers after a resampling a second time, with more probed positions), on
+a batch of all-ones images (one per probed position), under :class:`ConnectivityMode`, a
 :class:`~torch.overrides.TorchFunctionMode` that sees every call the forward makes: ``nn`` modules,
 ``torch.nn.functional``, tensor methods and the ATen operators that exported programs (``.pt2``)
 and ``torch.fx`` graphs (onnx2torch) call directly. It replaces each operation on the image's
@@ -43,8 +44,10 @@ from torch.utils import _pytree as pytree
 from ..errors import DissectError
 from ..hooks import as_maps, channels_last_by_shape, token_grid
 
-#: Probe images in one forward: one per probed position of a layer (see probe_positions).
-PROBE_BATCH = 16
+#: Probed positions per axis come in runs of this many neighbours, at four places (see
+#: probe_positions); one probe image per position. Layers after a resampling are probed again
+#: with runs of 4 (stacked x2 upsamplings repeat with period up to 4).
+RUN, RESAMPLED_RUN = 2, 4
 #: Attribute set on every tensor computed from the probe image.
 DERIVED = "_dissect_derived"
 #: Attribute holding why a tensor depends on every position of the image.
@@ -348,7 +351,7 @@ class LayerProbe:
 
 
 def probe_layers(
-    module: nn.Module, size: tuple[int, int], layers: list[str] | None
+    module: nn.Module, size: tuple[int, int], layers: list[str] | None, run_length: int = RUN
 ) -> dict[str, LayerProbe]:
     """Run the probe; return every module the forward reached, in order of first output.
 
@@ -361,9 +364,13 @@ def probe_layers(
     layers : list of str or None
         Layers whose connectivity to measure (4-d outputs only); None measures every module. The
         forward stops once they have all run.
+    run_length : int
+        Probed positions come in runs of this many neighbours (see :func:`probe_positions`);
+        measured layers after a resampling are probed again with runs of ``RESAMPLED_RUN``.
     """
     found: dict[str, LayerProbe] = {}
     kept: dict[str, torch.Tensor] = {}
+    measured: list[str] = []
     wanted = None if layers is None else set(layers)
     kinds = {name: type(child).__name__ for name, child in module.named_modules() if name}
 
@@ -417,12 +424,14 @@ def probe_layers(
             except _Stop:
                 pass
             for name, output in kept.items():
-                _measure(found[name], output, image)
+                _measure(found[name], output, image, run_length)
+            measured[:] = kept
+            kept.clear()  # frees the probe's graph
 
     try:
         try:
             # One image per probed position, all positions of a layer in one backward...
-            run(PROBE_BATCH)
+            run(4 * run_length)
         except DissectError:
             raise
         except Exception:  # noqa: BLE001 - ...unless the network takes one image only (.pt2)
@@ -436,27 +445,33 @@ def probe_layers(
     finally:
         for handle in handles:
             handle.remove()
+    again = [name for name in measured if found[name].resampled and run_length < RESAMPLED_RUN]
+    if again:
+        probes = probe_layers(module, size, again, RESAMPLED_RUN)
+        found.update({name: probes[name] for name in again})
     return found
 
 
-def probe_positions(length: int) -> list[int]:
-    """Probed positions along an axis of ``length``: runs of four ``p .. p + 3`` at both ends and
-    at two multiples of four between (so that the supports of stacked x2 upsamplings, which
-    repeat with period 2 or 4, come in whole periods)."""
-    starts = {0, length - 4, *(4 * round(k * (length - 4) / 12) for k in (1, 2))}
-    positions = {p + d for p in starts for d in range(4)}
+def probe_positions(length: int, run: int = RUN) -> list[int]:
+    """Probed positions along an axis of ``length``: runs of ``run`` neighbours ``p .. p + run -
+    1`` at both ends and at two multiples of ``run`` between (so that the supports after
+    resampling, which repeat with period 2, or 4 after two x2 upsamplings, come in whole
+    periods)."""
+    starts = {0, length - run, *(run * round(k * (length - run) / (3 * run)) for k in (1, 2))}
+    positions = {p + d for p in starts for d in range(run)}
     return sorted({min(max(p, 0), length - 1) for p in positions})
 
 
-def _measure(probe: LayerProbe, output: torch.Tensor, image: torch.Tensor) -> None:
-    """Gradient support of the probe positions of one layer (nothing if it has no grad path)."""
+def _measure(probe: LayerProbe, output: torch.Tensor, image: torch.Tensor, run: int) -> None:
+    """Gradient support of the probe positions of one layer, in runs of ``run`` (nothing if it
+    has no grad path)."""
     if probe.channels_last is None:
         probe.channels_last = _channels_last(output, image)
         if probe.channels_last:
             output = output.permute(0, 3, 1, 2)
             probe.shape = tuple(output.shape[1:])
     height, width = output.shape[2:]
-    ys, xs = probe_positions(height), probe_positions(width)
+    ys, xs = probe_positions(height, run), probe_positions(width, run)
     count = max(len(ys), len(xs))
     ys = ys + [ys[-1]] * (count - len(ys))
     xs = xs + [xs[-1]] * (count - len(xs))

@@ -78,11 +78,12 @@ class OcclusionConfig:
 
     def check_image(self, image_size: int | tuple[int, int]) -> None:
         """Refuse an occluder that does not fit in the network input (side or (height, width))."""
-        side = image_size if isinstance(image_size, int) else min(image_size)
-        if self.occluder > side:
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        if self.occluder > min(height, width):
+            shape = f"{height} px" if height == width else f"{height}x{width} px"
             raise DissectError(
-                f"--occluder {self.occluder} px is larger than the network input's "
-                f"{side} px side; use at most {side}."
+                f"--occluder {self.occluder} px is larger than the {shape} network input; use "
+                f"at most {min(height, width)}."
             )
 
     def to_dict(self) -> dict:
