@@ -125,11 +125,6 @@ class Preprocess:
         size = self.image_size
         return (size, size) if isinstance(size, int) else size
 
-    def describe(self) -> str:
-        """``224`` for a square input, ``240x320`` (height x width) otherwise."""
-        size = self.image_size
-        return str(size) if isinstance(size, int) else f"{size[0]}x{size[1]}"
-
     def display(self, rgb: np.ndarray) -> np.ndarray:
         """Return the resized, centre-cropped (H, W, 3) uint8 image the network sees."""
         return self._fit(rgb, Image.Resampling.BILINEAR)

@@ -264,8 +264,8 @@ def _geometries(
         except DissectError:  # a network that only runs at its own input size
             break
         for name in pending:
-            old, new = probes[name].shape[1:], larger[name].shape[1:]
-            if not all(b > a for a, b in zip(old, new, strict=True)):
+            here, there = probes[name].shape[1:], larger[name].shape[1:]
+            if not all(b > a for a, b in zip(here, there, strict=True)):
                 fixed.add(name)
                 continue
             axes[name] = [
