@@ -192,8 +192,9 @@ def test_non_square_input_end_to_end(tmp_path, capsys):
 
     assert main(["rf", str(out), "--layers", "conv2", "--units", "0,1", "--top", "2"]) == 0
     assert main(["segment", str(out), "--layers", "conv2"]) == 0
-    segments = next(iter_segments(d, "conv2", [0], top=1, model=net, progress=False))
-    assert segments.masks.shape[1:] == (48, 64) and segments.images.shape[1:3] == (48, 64)
+    for rule in ("threshold", "disk"):
+        segments = next(iter_segments(d, "conv2", [0], top=1, rule=rule, model=net, progress=False))
+        assert segments.masks.shape[1:] == (48, 64) and segments.images.shape[1:3] == (48, 64)
     assert main(["autolabel", str(out), "--permutations", "0"]) == 0
     assert main(["report", str(out)]) == 0
     assert "48x64 px" in (out / "report" / "index.html").read_text()

@@ -62,7 +62,7 @@ def disk_masks(
     maps: np.ndarray,
     centres_y: np.ndarray,
     centres_x: np.ndarray,
-    image_size: int,
+    image_size: int | tuple[int, int],
     rf_size: float,
     fraction: float,
 ) -> np.ndarray:
@@ -75,8 +75,8 @@ def disk_masks(
     centres_y, centres_x : ndarray
         Input pixel at the centre of each map row (h,) and column (w,) (the layer geometry's
         ``center``).
-    image_size : int
-        Side of the (square) image in pixels.
+    image_size : int or (int, int)
+        Side of the image, or its (height, width), in pixels.
     rf_size : float
         The layer's empirical receptive-field size in pixels (side of a square of its area);
         each disk has the same area, diameter ``2 * rf_size / sqrt(pi)``.
@@ -86,7 +86,7 @@ def disk_masks(
     Returns
     -------
     ndarray of bool
-        Masks of shape (K, image_size, image_size): True within a disk of some strong cell.
+        Masks of shape (K, H, W), the image's: True within a disk of some strong cell.
     """
     if not 0 < fraction <= 1:
         raise DissectError(f"--peak-fraction must lie in (0, 1], got {fraction}.")
@@ -96,15 +96,16 @@ def disk_masks(
     peak = maps.max(axis=(-2, -1), keepdims=True)
     strong = (maps >= fraction * peak) & (maps > 0)  # (K, h, w)
     radius2 = rf_size**2 / np.pi
-    pixels = np.arange(image_size, dtype=np.float64)
-    dy2 = (pixels[None] - np.asarray(centres_y, dtype=np.float64)[:, None]) ** 2  # (h, S)
-    dx2 = (pixels[None] - np.asarray(centres_x, dtype=np.float64)[:, None]) ** 2  # (w, S)
-    masks = np.zeros((len(maps), image_size, image_size), dtype=bool)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    rows_px, columns_px = np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64)
+    dy2 = (rows_px[None] - np.asarray(centres_y, dtype=np.float64)[:, None]) ** 2  # (h, H)
+    dx2 = (columns_px[None] - np.asarray(centres_x, dtype=np.float64)[:, None]) ** 2  # (w, W)
+    masks = np.zeros((len(maps), height, width), dtype=bool)
     for k, cells in enumerate(strong):
         rows = np.flatnonzero(cells.any(1))
         if len(rows) == 0:
             continue
         # Per strong map row: squared horizontal distance to its nearest strong cell, per column.
-        nearest_x = np.where(cells[rows, :, None], dx2[None], np.inf).min(1)  # (r, S)
+        nearest_x = np.where(cells[rows, :, None], dx2[None], np.inf).min(1)  # (r, W)
         masks[k] = (dy2[rows, :, None] + nearest_x[:, None, :]).min(0) <= radius2
     return masks
