@@ -48,11 +48,14 @@ class ObjectKind:
         return tuple(dict.fromkeys(part for part, _, _ in self.primitives))
 
 
+# Heights are 14-25 % of the image side (about 16-35 px at 112 px): most objects span one or two
+# cells of the built-in networks' conv5 (stride 16), so a unit can cover a whole object, not
+# only a part of it (issue 13; at twice these heights conv5 units settled on parts).
 OBJECTS = (
     ObjectKind(
         "car",
         2.0,
-        0.28,
+        0.14,
         (
             ("body", "rect", (0.0, 0.38, 1.0, 0.8)),
             ("body", "poly", ((0.18, 0.4), (0.3, 0.0), (0.72, 0.0), (0.84, 0.4))),
@@ -65,7 +68,7 @@ OBJECTS = (
     ObjectKind(
         "house",
         1.0,
-        0.5,
+        0.25,
         (
             ("wall", "rect", (0.1, 0.45, 0.9, 1.0)),
             ("roof", "poly", ((0.0, 0.48), (0.5, 0.0), (1.0, 0.48))),
@@ -75,7 +78,7 @@ OBJECTS = (
     ObjectKind(
         "tree",
         0.7,
-        0.5,
+        0.25,
         (
             ("trunk", "rect", (0.4, 0.5, 0.6, 1.0)),
             ("crown", "ellipse", (0.5, 0.33, 0.5, 0.33, 1.0)),
@@ -84,7 +87,7 @@ OBJECTS = (
     ObjectKind(
         "lamp",
         0.4,
-        0.5,
+        0.25,
         (
             ("pole", "rect", (0.44, 0.2, 0.56, 1.0)),
             ("pole", "rect", (0.2, 0.93, 0.8, 1.0)),
@@ -94,7 +97,7 @@ OBJECTS = (
     ObjectKind(
         "table",
         1.6,
-        0.3,
+        0.15,
         (
             ("top", "rect", (0.0, 0.0, 1.0, 0.18)),
             ("leg", "rect", (0.06, 0.18, 0.16, 1.0)),
@@ -104,7 +107,7 @@ OBJECTS = (
     ObjectKind(
         "bed",
         1.8,
-        0.32,
+        0.16,
         (
             ("headboard", "rect", (0.0, 0.0, 0.1, 1.0)),
             ("mattress", "rect", (0.1, 0.45, 1.0, 0.8)),
@@ -115,7 +118,7 @@ OBJECTS = (
     ObjectKind(
         "umbrella",
         1.0,
-        0.42,
+        0.21,
         (
             ("shaft", "rect", (0.46, 0.38, 0.54, 1.0)),
             ("canopy", "ellipse", (0.5, 0.42, 0.5, 0.42, 0.42)),
@@ -124,7 +127,7 @@ OBJECTS = (
     ObjectKind(
         "boat",
         1.3,
-        0.42,
+        0.21,
         (
             ("hull", "poly", ((0.0, 0.68), (1.0, 0.68), (0.82, 1.0), (0.18, 1.0))),
             ("mast", "rect", (0.47, 0.02, 0.53, 0.68)),
@@ -135,7 +138,7 @@ OBJECTS = (
     ObjectKind(
         "person",
         0.42,
-        0.48,
+        0.24,
         (
             ("torso", "rect", (0.15, 0.2, 0.85, 0.58)),
             ("leg", "rect", (0.22, 0.58, 0.45, 1.0)),
@@ -146,7 +149,7 @@ OBJECTS = (
     ObjectKind(
         "window",
         0.8,
-        0.36,
+        0.18,
         (
             ("frame", "rect", (0.0, 0.0, 1.0, 1.0)),
             ("pane", "rect", (0.12, 0.1, 0.45, 0.46)),
@@ -158,7 +161,7 @@ OBJECTS = (
     ObjectKind(
         "chair",
         0.6,
-        0.36,
+        0.18,
         (
             ("back", "rect", (0.0, 0.0, 0.16, 0.6)),
             ("seat", "rect", (0.0, 0.5, 1.0, 0.62)),
