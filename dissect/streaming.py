@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,9 @@ from .images import ImageSource, Preprocess, make_loader, warn_skipped
 from .io import write_csv, write_json, write_npz
 from .models import LoadedModel, load_model
 from .running_stats import UnitStats
+
+if TYPE_CHECKING:
+    from .iou.samepass import PendingIoU
 
 _DEFAULT_KINDS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
@@ -143,6 +147,7 @@ def collect_stats(
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     total_images: int | None = None,
+    labels: PendingIoU | None = None,
 ) -> PassResult:
     """Run the images through ``module`` once and accumulate per-unit statistics.
 
@@ -169,6 +174,9 @@ def collect_stats(
     total_images : int, optional
         Images of the whole run, all processes together (default: ``len(indices)``); it bounds
         what the threshold sketches must hold, so shards of one run merge exactly.
+    labels : PendingIoU, optional
+        Read the concept masks with the images and keep what IoU labels need (``--iou``); its
+        state is checkpointed with the statistics.
 
     Returns
     -------
@@ -183,7 +191,9 @@ def collect_stats(
     total_images = len(indices) if total_images is None else total_images
     state = checkpoint.load() if checkpoint is not None else None
     result = PassResult({}) if state is None else PassResult.from_state_dict(state, device)
-    loader = make_loader(
+    if labels is not None:
+        labels.load_state_dict(None if state is None else state["iou"])
+    loader = (make_loader if labels is None else labels.loader)(
         source, preprocess, indices[result.done :], config.batch_size, config.workers
     )
     bar = tqdm(
@@ -205,6 +215,8 @@ def collect_stats(
                 device=acts.device,
             )
         found = result.stats[name].add(acts, batch_indices)
+        if labels is not None:
+            labels.add(name, acts, result.stats[name].tail.lower_bound())
         if found and name not in warned:
             warned.add(name)
             warnings.warn(
@@ -225,21 +237,30 @@ def collect_stats(
                 result.skipped.extend(batch.skipped)
             if len(batch.indices):
                 batch_indices = batch.indices.to(device)
+                if labels is not None:
+                    labels.begin_batch(batch, source)
                 trace.stream(add_to_stats, batch.images.to(device, non_blocking=True))
+                if labels is not None:
+                    labels.end_batch()
             count = len(batch.indices) + len(batch.skipped)
             result.done += count
             unsaved += count
             result.seconds = before + time.perf_counter() - start
             bar.update(count)
             if checkpoint is not None and (unsaved >= checkpoint_every or stop.requested):
-                checkpoint.save(result.state_dict())
+                checkpoint.save(_snapshot(result, labels))
                 unsaved = 0
             if stop.requested:
                 raise KeyboardInterrupt(stop.signal)
     bar.close()
     if checkpoint is not None:
-        checkpoint.save(result.state_dict())  # the finished shard survives a failed merge/write
+        checkpoint.save(_snapshot(result, labels))  # the shard survives a failed merge/write
     return result
+
+
+def _snapshot(result: PassResult, labels: PendingIoU | None) -> dict:
+    state = result.state_dict()
+    return state if labels is None else {**state, "iou": labels.state_dict()}
 
 
 def run_fingerprint(
@@ -284,6 +305,7 @@ def run_dissection(
     progress: bool = True,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     restart: bool = False,
+    iou: bool = False,
 ) -> Dissection:
     """Dissect ``layers`` of ``model`` over ``data`` and write the dissection directory ``out``.
 
@@ -317,6 +339,10 @@ def run_dissection(
     restart : bool
         Discard any checkpoint in ``out`` instead of resuming from it (or refusing it, when it
         belongs to a run with other arguments).
+    iou : bool
+        Also label every unit by IoU with the data's concept masks, in the same pass (see
+        :mod:`dissect.iou.samepass`): writes ``iou/`` and the ``iou`` labels as ``dissect
+        autolabel --permutations 0`` with the same batch size would.
 
     Returns
     -------
@@ -336,9 +362,17 @@ def run_dissection(
     torch_device = pick_device(config.device)
     distributed.init(torch_device)
     fingerprint = run_fingerprint(loaded, source, preprocess, config, torch_device)
+    labels = None
+    if iou:
+        from .iou.samepass import PendingIoU, concepts_digest
+
+        labels = PendingIoU(source, out, distributed.rank())
+        fingerprint["iou_concepts_sha256"] = concepts_digest(source)
     checkpoint = Checkpoint(out, fingerprint, distributed.rank())
     if restart:
         checkpoint.remove(distributed.world_size())
+        if labels is not None:
+            labels.remove(distributed.world_size())
     shard = distributed.shard(range(len(source)), block=config.batch_size)
     result = collect_stats(
         loaded.module,
@@ -350,6 +384,7 @@ def run_dissection(
         checkpoint,
         checkpoint_every,
         total_images=len(source),
+        labels=labels,
     )
     device = distributed.local_device(torch_device)
     merged = distributed.gather_and_merge(
@@ -367,6 +402,11 @@ def run_dissection(
     problem = distributed.broadcast(problem)  # also: nobody goes on before rank 0 has written
     if problem:
         raise DissectError(problem)
+    if labels is not None:
+        from .iou.samepass import label_run
+
+        label_run(labels, out, merged.skipped if merged is not None else [], device)
+        labels.remove(distributed.world_size())
     checkpoint.remove(distributed.world_size())
     return Dissection(out)
 
