@@ -316,10 +316,9 @@ class PendingIoU:
 
 def _areas(images: Sequence[ImageConcepts], concepts: int) -> torch.Tensor:
     """(C,) float64 pixels of each concept over some images, as :class:`ConceptBatch` counts."""
-    area = torch.zeros(concepts, dtype=torch.float64)
+    pixel = torch.cat([image.pixel.reshape(-1) for image in images])
+    area = torch.bincount(pixel[pixel >= 0], minlength=concepts).double()
     for image in images:
-        labelled = image.pixel[image.pixel >= 0]
-        area += torch.bincount(labelled, minlength=concepts).double()
         area[image.image.unique()] += image.pixel.shape[1]  # whole-image concepts
     return area
 
