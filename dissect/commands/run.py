@@ -1,5 +1,7 @@
 """``dissect run MODEL DATA``: one pass that keeps every unit's top images and threshold.
 
+With ``--iou`` the same pass also labels every unit by IoU with the data's concept masks.
+
 Under ``torchrun --nproc_per_node=N -m dissect run ...`` the images are sharded over the N
 processes and merged into the same directory a single process writes. An interrupted run (Ctrl-C,
 SIGTERM, SIGKILL) resumes from ``DIR/.checkpoint`` when started again with the same arguments.
