@@ -356,18 +356,19 @@ def run_dissection(
     preprocess = preprocess or loaded.preprocess
     names = resolve_layers(loaded.module, layers or default_layers(loaded.module))
     config = RunConfig(tuple(names), topk, quantile, batch_size, device, seed, workers)
+    torch_device = pick_device(config.device)
+    distributed.init(torch_device)
+    labels = None
+    if iou:  # refuses data without concept masks before the probe's seconds are spent
+        from .iou.samepass import PendingIoU
+
+        labels = PendingIoU(source, out, distributed.rank())
     started = time.perf_counter()
     geometry = layer_geometry(loaded.module, names, preprocess.image_size)
     probe_seconds = time.perf_counter() - started
-    torch_device = pick_device(config.device)
-    distributed.init(torch_device)
     fingerprint = run_fingerprint(loaded, source, preprocess, config, torch_device)
-    labels = None
-    if iou:
-        from .iou.samepass import PendingIoU, concepts_digest
-
-        labels = PendingIoU(source, out, distributed.rank())
-        fingerprint["iou_concepts_sha256"] = concepts_digest(source)
+    if labels is not None:
+        fingerprint["iou_concepts_sha256"] = labels.concepts_sha256
     checkpoint = Checkpoint(out, fingerprint, distributed.rank())
     if restart:
         checkpoint.remove(distributed.world_size())

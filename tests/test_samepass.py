@@ -123,7 +123,11 @@ def test_lower_bound_never_exceeds_the_final_threshold():
     assert sketch.level > 0
 
 
-def test_iou_needs_concept_masks(tmp_path, capsys):
+def test_iou_needs_concept_masks_and_says_so_before_probing(tmp_path, capsys, monkeypatch):
+    def probe(*args):
+        raise AssertionError("probed the network before refusing the data")
+
+    monkeypatch.setattr("dissect.streaming.layer_geometry", probe)
     images = make_image_folder(tmp_path / "images", count=3)
     argv = ["run", TINY_SPEC, str(images), "--out", str(tmp_path / "out"), "--iou",
             "--image-size", "16", "--device", "cpu"]  # fmt: skip

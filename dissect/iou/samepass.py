@@ -27,7 +27,6 @@ import torch
 
 from .. import distributed
 from ..checkpoint import CHECKPOINT_DIR
-from ..datasets.masks import SegmentedSource
 from ..dissection import Dissection
 from ..images import Batch, ImageReadError, ImageSource, Preprocess, TensorDataset, collate
 from ..taxonomy import DEFAULT_TAXONOMY
@@ -87,12 +86,6 @@ def _collate(items) -> LabelledBatch:
     )
 
 
-def concepts_digest(source: SegmentedSource) -> str:
-    """SHA-256 of the concept table (part of the run's checkpoint fingerprint with ``--iou``)."""
-    table = ConceptIndex(source.concepts).table
-    return hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()
-
-
 class PendingIoU:
     """One process's IoU counting while the thresholds are unknown.
 
@@ -108,6 +101,10 @@ class PendingIoU:
 
     def __init__(self, source: ImageSource, out: str | Path, rank: int = 0):
         self.index = ConceptIndex(segmented_source(source).concepts)
+        #: SHA-256 of the concept table (in the run's checkpoint fingerprint with ``--iou``).
+        self.concepts_sha256 = hashlib.sha256(
+            self.index.table.to_csv(index=False).encode()
+        ).hexdigest()
         self.folder = Path(out) / CHECKPOINT_DIR / f"iou-rank{rank}"
         self.rank = rank
         self.concept_area = torch.zeros(len(self.index), dtype=torch.float64)
@@ -118,6 +115,7 @@ class PendingIoU:
         self._rows = torch.zeros(0, dtype=torch.bool)
         self._indices = torch.zeros(0, dtype=torch.int64)
         self._lower: dict[str, torch.Tensor] = {}
+        self._added: set[int] = set()  # images of the batch in flight with a pair kept
         self._dtype = torch.int16 if len(self.index) < 2**15 else torch.int32
 
     def _clear(self) -> None:
@@ -150,7 +148,7 @@ class PendingIoU:
         labelled = [(row, c) for row, c in enumerate(batch.concepts) if c is not None]
         self._rows = torch.tensor([c is not None for c in batch.concepts], dtype=torch.bool)
         self._indices = batch.indices.cpu()
-        self._added: set[int] = set()
+        self._added = set()
         if not labelled:
             return
         self.concept_area += _areas([c for _, c in labelled], len(self.index))
