@@ -18,19 +18,18 @@ included) on the same images.
 
 Prints ``name: value`` lines, ratios of CPU seconds of this one process (the machine may be
 shared; wall seconds are printed beside them; first-call costs are paid before any clock
-starts): ``speedup_vs_baseline`` (baseline ``resize`` /
-ours, whole calls), ``speedup_vs_baseline_without_probe`` (ours less the geometry probe, a fixed
-cost every run pays, timed apart), ``label_agreement`` (units whose best concept is the same as
+starts): ``speedup_vs_baseline`` (baseline ``resize`` / ours, whole calls),
+``speedup_vs_baseline_without_probe`` (ours less its geometry probe, a fixed cost every run
+pays, timed inside the call), ``label_agreement`` (units whose best concept is the same as
 ours, baseline ``aligned``), ``label_agreement_resize``, ``memory_ratio`` (peak resident memory,
-VmHWM, of ours in a fresh process on 4N vs N images; ``memory_ratio_after_probe`` the same
-once the probe has returned), ``iou_vs_run`` (throughput of the
-labelling, images / the seconds ``--iou`` adds to a run, over that of the plain run, whole
-calls: >= 1 when labelling costs no more than the run itself; ``iou_vs_run_without_probe`` the
-same against the run less the probe), ``torch_threads``, and the split of a whole 300-image
-``dissect run`` of scene-cnn in a fresh process that imports nothing before its clock starts:
-interpreter start and exit, the torch import, the other imports, loading the model, opening the
-data, the fingerprint (weights and image-list digests), the geometry probe, the pass, writing
-the directory, and the rest.
+VmHWM, of ours in a fresh process on 4N vs N images; ``memory_ratio_after_probe`` the same once
+the probe has returned), ``iou_vs_run`` (throughput of the labelling, images / the CPU seconds
+``--iou`` adds to a run, over that of the plain run; both without their probes, whose cost
+varies by seconds between calls: >= 1 when labelling costs no more than the run itself),
+``torch_threads``, and the split of a whole 300-image ``dissect run`` of scene-cnn in a fresh
+process that imports nothing before its clock starts: interpreter start and exit, the torch
+import, the other imports, loading the model, opening the data, the fingerprint (weights and
+image-list digests), the geometry probe, the pass, writing the directory, and the rest.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_iou.py [--images 64] [--memory-images 32]
 """
@@ -130,24 +129,29 @@ class Clock:
 
 
 def ours(data: str, out: Path, layers: list[str], batch_size: int, iou: bool = True):
-    """(wall, CPU) seconds of ``run_dissection``, with IoU labels in the same pass or not."""
-    from dissect.streaming import run_dissection
+    """``run_dissection``, with IoU labels in the same pass or not: (wall, CPU) seconds of the
+    whole call and CPU seconds of its geometry probe (a fixed cost, which varies by seconds
+    from one call to the next)."""
+    import dissect.streaming
+
+    probe, spent = dissect.streaming.layer_geometry, []
+
+    def timed(*args):
+        clock = Clock()
+        try:
+            return probe(*args)
+        finally:
+            spent.append(clock.read()[1])
 
     loaded = loaded_model()
-    clock = Clock()
-    run_dissection(loaded, data, out, layers, batch_size=batch_size, device="cpu",
-                   progress=False, iou=iou)  # fmt: skip
-    return clock.read()
-
-
-def probe_seconds(layers: list[str]) -> tuple[float, float]:
-    """(wall, CPU) seconds of the geometry probe that every run does (a fixed cost)."""
-    from dissect.geometry import layer_geometry
-
-    module = resnet18()
-    clock = Clock()
-    layer_geometry(module, layers, 224)
-    return clock.read()
+    dissect.streaming.layer_geometry = timed
+    try:
+        clock = Clock()
+        dissect.streaming.run_dissection(loaded, data, out, layers, batch_size=batch_size,
+                                         device="cpu", progress=False, iou=iou)  # fmt: skip
+        return (*clock.read(), sum(spent))
+    finally:
+        dissect.streaming.layer_geometry = probe
 
 
 def baseline(data: str, layers: list[str], batch_size: int, quantile: float, aligned: bool,
@@ -359,28 +363,28 @@ def main() -> None:
         tmp = Path(tmp)
         data = str(export_broden(open_data(f"synthetic:{args.images}"), tmp / "data", False))
         warm_up(layers)
-        run_wall, run_cpu = ours(data, tmp / "plain", layers, args.batch_size, iou=False)
-        wall, cpu = ours(data, tmp / "ours", layers, args.batch_size, iou=True)
+        run_wall, run_cpu, run_probe = ours(data, tmp / "plain", layers, args.batch_size, False)
+        wall, cpu, probe_cpu = ours(data, tmp / "ours", layers, args.batch_size, iou=True)
         (plain_wall, plain_cpu), plain_iou, features = baseline(
             data, layers, args.batch_size, 0.005, False
         )
         _, aligned_iou, _ = baseline(data, layers, args.batch_size, 0.005, True, features)
-        probe_wall, probe_cpu = probe_seconds(layers)
         print("ours: one pass, run_dissection(iou=True) (dissect run --iou); ratios of CPU seconds")
         print(f"images: {args.images}")
         print(f"layers: {args.layers}")
         print(f"torch_threads: {torch.get_num_threads()}")
-        print(f"ours_run_seconds: wall {run_wall:.2f} cpu {run_cpu:.2f}")
-        print(f"ours_run_iou_seconds: wall {wall:.2f} cpu {cpu:.2f}")
+        print(
+            f"ours_run_seconds: wall {run_wall:.2f} cpu {run_cpu:.2f} (probe cpu {run_probe:.2f})"
+        )
+        print(f"ours_run_iou_seconds: wall {wall:.2f} cpu {cpu:.2f} (probe cpu {probe_cpu:.2f})")
         print(f"baseline_seconds: wall {plain_wall:.2f} cpu {plain_cpu:.2f}")
-        print(f"probe_seconds: wall {probe_wall:.2f} cpu {probe_cpu:.2f}")
         print(f"speedup_vs_baseline: {plain_cpu / cpu:.2f}")
         print(f"speedup_vs_baseline_without_probe: {plain_cpu / max(cpu - probe_cpu, 1e-9):.2f}")
         print(f"label_agreement: {agreement(tmp / 'ours', aligned_iou):.4f}")
         print(f"label_agreement_resize: {agreement(tmp / 'ours', plain_iou):.4f}")
-        print(f"iou_added_cpu_seconds: {cpu - run_cpu:.2f}")
-        print(f"iou_vs_run: {run_cpu / max(cpu - run_cpu, 1e-9):.2f}")
-        print(f"iou_vs_run_without_probe: {(run_cpu - probe_cpu) / max(cpu - run_cpu, 1e-9):.2f}")
+        added = (cpu - probe_cpu) - (run_cpu - run_probe)
+        print(f"iou_added_cpu_seconds: {added:.2f}")
+        print(f"iou_vs_run: {(run_cpu - run_probe) / max(added, 1e-9):.2f}")
         small, large = args.memory_images, 4 * args.memory_images
         memory = {}
         for count in (small, large):
