@@ -35,7 +35,7 @@ from .concepts import ConceptBatch, ConceptIndex, ImageConcepts, segmented_sourc
 from .tally import IoUStats, count_maps
 
 #: Bytes of pending maps and masks a process holds in memory before it writes them to disk.
-PENDING_BYTES = 2**26
+PENDING_BYTES = 2**24
 #: Images whose concept masks are stacked at once when the kept pairs are counted.
 GROUP = 16
 
@@ -296,12 +296,8 @@ class PendingIoU:
         for first in range(0, len(needed), GROUP):
             group = needed[first : first + GROUP]
             rows = torch.searchsorted(concepts["index"], group).tolist()
-            images = [
-                ImageConcepts(concepts["pixel"][r].long(), concepts["whole"][r],
-                              concepts["present"][r])
-                for r in rows
-            ]  # fmt: skip
-            batch = ConceptBatch.stack(images, size * size, len(self.index))
+            batch = _stack([concepts[key] for key in ("pixel", "whole", "present")], rows,
+                           size * size, len(self.index))  # fmt: skip
             for layer, maps in kept.items():
                 inside = torch.isin(maps["image"], group)
                 if not inside.any():
@@ -312,10 +308,22 @@ class PendingIoU:
                            geometry[layer], size, batch)  # fmt: skip
 
 
+def _stack(concepts: list[list[torch.Tensor]], rows: list[int], pixels: int, count: int):
+    """The :class:`ConceptBatch` of some kept images (without the areas, counted already)."""
+    masks, whole, present = ([column[row] for row in rows] for column in concepts)
+    most = max([len(mask) for mask in masks] + [1])
+    pixel = torch.full((len(rows), pixels, most), -1, dtype=torch.int64)
+    covered = torch.zeros((len(rows), count), dtype=torch.bool)
+    for row, mask in enumerate(masks):
+        pixel[row, :, : len(mask)] = mask.T
+        covered[row, whole[row]] = True
+    return ConceptBatch(pixel, covered, torch.stack(present), torch.zeros(count))
+
+
 def _areas(images: Sequence[ImageConcepts], concepts: int) -> torch.Tensor:
     """(C,) float64 pixels of each concept over some images, as :class:`ConceptBatch` counts."""
     pixel = torch.cat([image.pixel.reshape(-1) for image in images])
-    area = torch.bincount(pixel[pixel >= 0], minlength=concepts).double()
+    area = torch.bincount(pixel + 1, minlength=concepts + 1)[1:].double()  # -1: no concept
     for image in images:
         area[image.image.unique()] += image.pixel.shape[1]  # whole-image concepts
     return area
