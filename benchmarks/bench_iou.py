@@ -5,9 +5,10 @@ The data is a Broden-format export of the synthetic world (``dissect data export
 torchvision). Both sides label the same layers (default ``layer2,layer3,layer4``, the last block
 included) on the same images.
 
-- ours: ``run_dissection`` (top-K, threshold sketch) then ``autolabel`` (sparse IoU tally,
-  without the permutation null, which the baseline lacks too), each timed as a whole (loading,
-  probing, writing included);
+- ours: the single pass ``run_dissection(..., iou=True)`` (``dissect run --iou``: top-K,
+  threshold sketch and IoU labels in one pass over the data, without the permutation null,
+  which the baseline lacks too), timed as a whole (loading, probing, writing included); a plain
+  ``run_dissection`` (no labels) is timed too, before it, for ``iou_vs_run``;
 - baseline, as NetDissect-Lite does it: one pass keeping the features of every image (float64,
   as its memmaps), the exact per-unit quantile over all of them, then a second pass reading the
   concept masks, upsampling every unit's map of every image with a plain bilinear resize
@@ -15,13 +16,20 @@ included) on the same images.
   and unions per image. Run a second time with our stride/offset alignment (``aligned``) its
   labels must equal ours.
 
-Prints ``name: value`` lines, ratios measured in this one run:
-``speedup_vs_baseline`` (baseline ``resize`` wall time / ours), ``label_agreement`` (units whose
-best concept is the same as ours, baseline ``aligned``), ``label_agreement_resize``,
-``memory_ratio`` (peak RSS of ours, in a fresh process, on 4N vs N images), ``iou_vs_run``
-(images/s of ``autolabel`` over images/s of ``run``, whole calls), and the split of a whole
-300-image ``dissect run`` of scene-cnn in a fresh process into interpreter start, imports, the
-pass, and the rest (model, data, probing, writing).
+Prints ``name: value`` lines, ratios of CPU seconds of this one process (the machine may be
+shared; wall seconds are printed beside them; first-call costs are paid before any clock
+starts): ``speedup_vs_baseline`` (baseline ``resize`` / ours, whole calls),
+``speedup_vs_baseline_without_probe`` (ours less its geometry probe, a fixed cost every run
+pays, timed inside the call), ``label_agreement`` (units whose best concept is the same as
+ours, baseline ``aligned``), ``label_agreement_resize``, ``memory_ratio`` (peak resident memory,
+VmHWM, of ours in a fresh process on 4N vs N images; ``memory_ratio_after_probe`` the same once
+the probe has returned), ``iou_vs_run`` (throughput of the labelling, images / the CPU seconds
+``--iou`` adds to a run, over that of the plain run; both without their probes, whose cost
+varies by seconds between calls: >= 1 when labelling costs no more than the run itself),
+``torch_threads``, and the split of a whole 300-image ``dissect run`` of scene-cnn in a fresh
+process that imports nothing before its clock starts: interpreter start and exit, the torch
+import, the other imports, loading the model, opening the data, the fingerprint (weights and
+image-list digests), the geometry probe, the pass, writing the directory, and the rest.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_iou.py [--images 64] [--memory-images 32]
 """
@@ -30,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -111,23 +118,45 @@ def loaded_model():
     return LoadedModel(resnet18(), f"{BENCH}:resnet18", preprocess=Preprocess(224))
 
 
-def ours(data: str, out: Path, layers: list[str], batch_size: int) -> tuple[float, float]:
-    """Wall seconds of ``run_dissection`` and of ``autolabel``."""
-    from dissect.iou import autolabel
-    from dissect.streaming import run_dissection
+class Clock:
+    """Wall and CPU seconds of this process since it was made (CPU: less noisy on a shared box)."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def ours(data: str, out: Path, layers: list[str], batch_size: int, iou: bool = True):
+    """``run_dissection``, with IoU labels in the same pass or not: (wall, CPU) seconds of the
+    whole call and CPU seconds of its geometry probe (a fixed cost, which varies by seconds
+    from one call to the next)."""
+    import dissect.streaming
+
+    probe, spent = dissect.streaming.layer_geometry, []
+
+    def timed(*args):
+        clock = Clock()
+        try:
+            return probe(*args)
+        finally:
+            spent.append(clock.read()[1])
 
     loaded = loaded_model()
-    start = time.perf_counter()
-    run_dissection(loaded, data, out, layers, batch_size=batch_size, device="cpu", progress=False)
-    middle = time.perf_counter()
-    autolabel(out, model=loaded, batch_size=batch_size, device="cpu", progress=False,
-              permutations=0)  # fmt: skip
-    return middle - start, time.perf_counter() - middle
+    dissect.streaming.layer_geometry = timed
+    try:
+        clock = Clock()
+        dissect.streaming.run_dissection(loaded, data, out, layers, batch_size=batch_size,
+                                         device="cpu", progress=False, iou=iou)  # fmt: skip
+        return (*clock.read(), sum(spent))
+    finally:
+        dissect.streaming.layer_geometry = probe
 
 
 def baseline(data: str, layers: list[str], batch_size: int, quantile: float, aligned: bool,
-             features: dict | None = None) -> tuple[float, dict, dict]:  # fmt: skip
-    """NetDissect-Lite's two passes; returns (seconds, {layer: (U, C) IoU}, features)."""
+             features: dict | None = None) -> tuple[tuple[float, float], dict, dict]:  # fmt: skip
+    """NetDissect-Lite's two passes; returns ((wall, CPU) seconds, {layer: IoU}, features)."""
     from dissect.datasets import open_data
     from dissect.geometry import layer_geometry
     from dissect.hooks import LayerTrace
@@ -135,7 +164,7 @@ def baseline(data: str, layers: list[str], batch_size: int, quantile: float, ali
     from dissect.iou.concepts import ConceptIndex
     from dissect.upsample import upsample_maps
 
-    start = time.perf_counter()
+    clock = Clock()
     loaded = loaded_model()
     source, preprocess, size = open_data(data), loaded.preprocess, loaded.preprocess.image_size
     geometry = layer_geometry(loaded.module, layers, size) if aligned else None
@@ -188,7 +217,7 @@ def baseline(data: str, layers: list[str], batch_size: int, quantile: float, ali
     for layer, (inter, unit_area) in counts.items():
         union = unit_area[:, index.category_of] + concept_area - inter
         ious[layer] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-    return time.perf_counter() - start, ious, features
+    return clock.read(), ious, features
 
 
 def agreement(out: Path, ious: dict) -> float:
@@ -202,45 +231,114 @@ def agreement(out: Path, ious: dict) -> float:
     return same / total
 
 
-def peak_memory(data: str, layers: str, batch_size: int) -> int:
-    """Peak RSS (bytes) of a fresh process running ours on ``data``."""
+def _peak_kib() -> int:
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss, not inherited from the
+    parent that started it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
+
+
+def peak_memory(data: str, layers: str, batch_size: int) -> tuple[int, int]:
+    """Peak resident memory (bytes) of a fresh process running ours on ``data``: over the whole
+    run, and after the geometry probe (a fixed cost that can set the peak by itself)."""
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, str(BENCH), "--child", data, out, layers, str(batch_size)]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(process.pid, 0)
-        if status:
-            raise RuntimeError(f"child failed: {command}")
-    return usage.ru_maxrss * 1024
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+    whole, after = done.stdout.strip().splitlines()[-1].split()
+    return int(whole) * 1024, int(after) * 1024
+
+
+def child(data: str, out: str, layers: str, batch_size: int) -> None:
+    """Ours in this (fresh) process; print the peak resident memory in KiB, over the whole run
+    and after the probe (the high-water mark is reset when the probe returns)."""
+    import dissect.streaming
+
+    probe, peaks = dissect.streaming.layer_geometry, []
+
+    def probed(*args):
+        geometry = probe(*args)
+        peaks.append(_peak_kib())
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return geometry
+
+    dissect.streaming.layer_geometry = probed
+    ours(data, Path(out), layers.split(","), batch_size)
+    print(max(peaks[0], _peak_kib()), _peak_kib())
+
+
+def warm_up(layers: list[str]) -> None:
+    """Pay first-call costs (lazy imports, kernel set-up) before any clock starts."""
+    import dissect.iou.samepass  # noqa: F401
+    from dissect.geometry import layer_geometry
+
+    module = resnet18()
+    layer_geometry(module, layers, 64)
+    with torch.inference_mode():
+        module(torch.zeros(2, 3, 224, 224))
+
+
+#: A whole ``dissect run`` in a fresh interpreter that imports nothing before it starts timing;
+#: prints the seconds of each part as JSON. argv: images, out.
+CHILD_RUN = """
+import json, sys, time
+start = time.perf_counter()
+import torch
+after_torch = time.perf_counter()
+import dissect.cli, dissect.models, dissect.streaming
+imported = time.perf_counter()
+spent = {"load_model": 0.0, "write": 0.0, "fingerprint": 0.0, "open_data": 0.0}
+
+def timed(module, name, key):
+    inner = getattr(module, name)
+    def wrapper(*args, **kwargs):
+        begin = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent[key] += time.perf_counter() - begin
+    setattr(module, name, wrapper)
+
+timed(dissect.models, "load_model", "load_model")
+timed(dissect.streaming, "load_model", "load_model")
+timed(dissect.streaming, "write_dissection", "write")
+timed(dissect.streaming, "run_fingerprint", "fingerprint")
+timed(dissect.streaming, "open_data", "open_data")
+images, out = sys.argv[1:3]
+assert dissect.cli.main(["run", "scene-cnn", f"synthetic:{images}", "--out", out,
+                         "--device", "cpu"]) == 0
+end = time.perf_counter()
+print(json.dumps({"torch_import": after_torch - start, "other_imports": imported - after_torch,
+                  "command": end - imported, **spent}))
+"""
 
 
 def startup_split(images: int) -> dict[str, float]:
     """A whole ``dissect run`` of scene-cnn on ``synthetic:images`` in a fresh process, split."""
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, str(BENCH), "--child-run", str(images), out]
+        command = [sys.executable, "-c", CHILD_RUN, str(images), out]
         start = time.perf_counter()
         done = subprocess.run(command, check=True, capture_output=True, text=True)
         wall = time.perf_counter() - start
         inside = json.loads(done.stdout.strip().splitlines()[-1])
-        seconds = json.loads((Path(out) / "manifest.json").read_text())["seconds"]
-    return {
-        "wall": wall,
-        "interpreter": wall - inside["imports"] - inside["command"],
-        "imports": inside["imports"],
-        "pass": seconds,
-        "other": inside["command"] - seconds,  # model, data, probing, writing
+        manifest = json.loads((Path(out) / "manifest.json").read_text())
+    parts = {
+        "torch_import": inside["torch_import"],
+        "other_imports": inside["other_imports"],
+        "load_model": inside["load_model"],
+        "probe": manifest["probe_seconds"],
+        "pass": manifest["seconds"],
+        "write": inside["write"],
+        "fingerprint": inside["fingerprint"],
+        "open_data": inside["open_data"],
     }
-
-
-def child_run(images: int, out: str) -> None:
-    """Time the imports and the ``dissect run`` command in this process; print them as JSON."""
-    start = time.perf_counter()
-    import dissect.streaming  # noqa: F401 (torch, pandas and the rest of the pass)
-    from dissect.cli import main as cli
-
-    middle = time.perf_counter()
-    cli(["run", "scene-cnn", f"synthetic:{images}", "--out", out, "--device", "cpu"])
-    end = time.perf_counter()
-    print(json.dumps({"imports": middle - start, "command": end - middle}))
+    steps = ("load_model", "probe", "pass", "write", "fingerprint", "open_data")
+    measured = sum(parts[key] for key in steps)
+    parts["other"] = inside["command"] - measured  # the CLI's own work, merging, the summary
+    parts["interpreter"] = wall - inside["torch_import"] - inside["other_imports"]
+    parts["interpreter"] -= inside["command"]  # start and exit of the interpreter
+    return {"wall": wall, **parts}
 
 
 def main() -> None:
@@ -251,15 +349,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--startup-images", type=int, default=300)
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--child-run", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    if args.child_run:
-        child_run(int(args.child_run[0]), args.child_run[1])
-        return
     if args.child:
         data, out, layers, batch_size = args.child
-        ours(data, Path(out), layers.split(","), int(batch_size))
+        child(data, out, layers, int(batch_size))
         return
     from dissect.datasets import open_data
     from dissect.datasets.broden import export_broden
@@ -268,28 +362,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = str(export_broden(open_data(f"synthetic:{args.images}"), tmp / "data", False))
-        run_seconds, iou_seconds = ours(data, tmp / "ours", layers, args.batch_size)
-        mine = run_seconds + iou_seconds
-        plain, plain_iou, features = baseline(data, layers, args.batch_size, 0.005, False)
+        warm_up(layers)
+        run_wall, run_cpu, run_probe = ours(data, tmp / "plain", layers, args.batch_size, False)
+        wall, cpu, probe_cpu = ours(data, tmp / "ours", layers, args.batch_size, iou=True)
+        (plain_wall, plain_cpu), plain_iou, features = baseline(
+            data, layers, args.batch_size, 0.005, False
+        )
         _, aligned_iou, _ = baseline(data, layers, args.batch_size, 0.005, True, features)
+        print("ours: one pass, run_dissection(iou=True) (dissect run --iou); ratios of CPU seconds")
         print(f"images: {args.images}")
         print(f"layers: {args.layers}")
         print(f"torch_threads: {torch.get_num_threads()}")
-        print(f"ours_run_seconds: {run_seconds:.2f}")
-        print(f"ours_iou_seconds: {iou_seconds:.2f}")
-        print(f"baseline_seconds: {plain:.2f}")
-        print(f"speedup_vs_baseline: {plain / mine:.2f}")
+        print(
+            f"ours_run_seconds: wall {run_wall:.2f} cpu {run_cpu:.2f} (probe cpu {run_probe:.2f})"
+        )
+        print(f"ours_run_iou_seconds: wall {wall:.2f} cpu {cpu:.2f} (probe cpu {probe_cpu:.2f})")
+        print(f"baseline_seconds: wall {plain_wall:.2f} cpu {plain_cpu:.2f}")
+        print(f"speedup_vs_baseline: {plain_cpu / cpu:.2f}")
+        print(f"speedup_vs_baseline_without_probe: {plain_cpu / max(cpu - probe_cpu, 1e-9):.2f}")
         print(f"label_agreement: {agreement(tmp / 'ours', aligned_iou):.4f}")
         print(f"label_agreement_resize: {agreement(tmp / 'ours', plain_iou):.4f}")
-        print(f"iou_vs_run: {run_seconds / iou_seconds:.2f}")
+        added = (cpu - probe_cpu) - (run_cpu - run_probe)
+        print(f"iou_added_cpu_seconds: {added:.2f}")
+        print(f"iou_vs_run: {(run_cpu - run_probe) / max(added, 1e-9):.2f}")
         small, large = args.memory_images, 4 * args.memory_images
         memory = {}
         for count in (small, large):
             path = export_broden(open_data(f"synthetic:{count}"), tmp / f"m{count}", False)
             memory[count] = peak_memory(str(path), args.layers, args.batch_size)
-        print(f"peak_rss_mb_{small}: {memory[small] / 2**20:.0f}")
-        print(f"peak_rss_mb_{large}: {memory[large] / 2**20:.0f}")
-        print(f"memory_ratio: {memory[large] / memory[small]:.3f}")
+        for name, which in (("", 0), ("_after_probe", 1)):
+            print(f"peak_rss_mb{name}_{small}: {memory[small][which] / 2**20:.0f}")
+            print(f"peak_rss_mb{name}_{large}: {memory[large][which] / 2**20:.0f}")
+            print(f"memory_ratio{name}: {memory[large][which] / memory[small][which]:.3f}")
     split = startup_split(args.startup_images)
     for key, value in split.items():
         print(f"run{args.startup_images}_{key}_seconds: {value:.2f}")

@@ -249,6 +249,17 @@ class TailQuantile:
         self.next_image = max(self.next_image, other.next_image)
         self._keep(other.values.to(self.values.device))
 
+    def lower_bound(self) -> torch.Tensor:
+        """(units,) a value at or below the final threshold T of every unit, at any time.
+
+        The ``capacity``-th largest value sampled so far: T is the value of rank at most
+        ``capacity`` among the final sample, which holds these values and more (this shard's
+        sample is part of the whole run's). -inf while fewer values have been kept.
+        """
+        if self.values.shape[1] < self.capacity:
+            return torch.full_like(self.floor, -math.inf)
+        return self.values.topk(self.capacity, 1, sorted=False).values.amin(1)
+
     def threshold(self, left_out: torch.Tensor | None = None) -> np.ndarray:
         """T per unit: the value with a ``quantile`` fraction of all values above it.
 

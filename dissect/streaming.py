@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,9 @@ from .images import ImageSource, Preprocess, make_loader, warn_skipped
 from .io import write_csv, write_json, write_npz
 from .models import LoadedModel, load_model
 from .running_stats import UnitStats
+
+if TYPE_CHECKING:
+    from .iou.samepass import PendingIoU
 
 _DEFAULT_KINDS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
@@ -144,6 +148,7 @@ def collect_stats(
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     total_images: int | None = None,
     channels_last: Collection[str] | None = None,
+    labels: PendingIoU | None = None,
 ) -> PassResult:
     """Run the images through ``module`` once and accumulate per-unit statistics.
 
@@ -170,6 +175,9 @@ def collect_stats(
     total_images : int, optional
         Images of the whole run, all processes together (default: ``len(indices)``); it bounds
         what the threshold sketches must hold, so shards of one run merge exactly.
+    labels : PendingIoU, optional
+        Read the concept masks with the images and keep what IoU labels need (``--iou``); its
+        state is checkpointed with the statistics.
 
     Returns
     -------
@@ -184,7 +192,9 @@ def collect_stats(
     total_images = len(indices) if total_images is None else total_images
     state = checkpoint.load() if checkpoint is not None else None
     result = PassResult({}) if state is None else PassResult.from_state_dict(state, device)
-    loader = make_loader(
+    if labels is not None:
+        labels.load_state_dict(None if state is None else state["iou"])
+    loader = (make_loader if labels is None else labels.loader)(
         source, preprocess, indices[result.done :], config.batch_size, config.workers
     )
     bar = tqdm(
@@ -206,6 +216,8 @@ def collect_stats(
                 device=acts.device,
             )
         found = result.stats[name].add(acts, batch_indices)
+        if labels is not None:
+            labels.add(name, acts, result.stats[name].tail.lower_bound())
         if found and name not in warned:
             warned.add(name)
             warnings.warn(
@@ -226,21 +238,30 @@ def collect_stats(
                 result.skipped.extend(batch.skipped)
             if len(batch.indices):
                 batch_indices = batch.indices.to(device)
+                if labels is not None:
+                    labels.begin_batch(batch, source)
                 trace.stream(add_to_stats, batch.images.to(device, non_blocking=True))
+                if labels is not None:
+                    labels.end_batch()
             count = len(batch.indices) + len(batch.skipped)
             result.done += count
             unsaved += count
             result.seconds = before + time.perf_counter() - start
             bar.update(count)
             if checkpoint is not None and (unsaved >= checkpoint_every or stop.requested):
-                checkpoint.save(result.state_dict())
+                checkpoint.save(_snapshot(result, labels))
                 unsaved = 0
             if stop.requested:
                 raise KeyboardInterrupt(stop.signal)
     bar.close()
     if checkpoint is not None:
-        checkpoint.save(result.state_dict())  # the finished shard survives a failed merge/write
+        checkpoint.save(_snapshot(result, labels))  # the shard survives a failed merge/write
     return result
+
+
+def _snapshot(result: PassResult, labels: PendingIoU | None) -> dict:
+    state = result.state_dict()
+    return state if labels is None else {**state, "iou": labels.state_dict()}
 
 
 def run_fingerprint(
@@ -285,6 +306,7 @@ def run_dissection(
     progress: bool = True,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     restart: bool = False,
+    iou: bool = False,
 ) -> Dissection:
     """Dissect ``layers`` of ``model`` over ``data`` and write the dissection directory ``out``.
 
@@ -318,6 +340,10 @@ def run_dissection(
     restart : bool
         Discard any checkpoint in ``out`` instead of resuming from it (or refusing it, when it
         belongs to a run with other arguments).
+    iou : bool
+        Also label every unit by IoU with the data's concept masks, in the same pass (see
+        :mod:`dissect.iou.samepass`): writes ``iou/`` and the ``iou`` labels as ``dissect
+        autolabel --permutations 0`` with the same batch size would.
 
     Returns
     -------
@@ -331,15 +357,24 @@ def run_dissection(
     preprocess = preprocess or loaded.preprocess
     names = resolve_layers(loaded.module, layers or default_layers(loaded.module))
     config = RunConfig(tuple(names), topk, quantile, batch_size, device, seed, workers)
+    torch_device = pick_device(config.device)
+    distributed.init(torch_device)
+    labels = None
+    if iou:  # refuses data without concept masks before the probe's seconds are spent
+        from .iou.samepass import PendingIoU
+
+        labels = PendingIoU(source, out, distributed.rank())
     started = time.perf_counter()
     geometry = layer_geometry(loaded.module, names, preprocess.image_size)
     probe_seconds = time.perf_counter() - started
-    torch_device = pick_device(config.device)
-    distributed.init(torch_device)
     fingerprint = run_fingerprint(loaded, source, preprocess, config, torch_device)
+    if labels is not None:
+        fingerprint["iou_concepts_sha256"] = labels.concepts_sha256
     checkpoint = Checkpoint(out, fingerprint, distributed.rank())
     if restart:
         checkpoint.remove(distributed.world_size())
+        if labels is not None:
+            labels.remove(distributed.world_size())
     shard = distributed.shard(range(len(source)), block=config.batch_size)
     result = collect_stats(
         loaded.module,
@@ -352,6 +387,7 @@ def run_dissection(
         checkpoint_every,
         total_images=len(source),
         channels_last=[name for name in names if geometry[name].channels_last],
+        labels=labels,
     )
     device = distributed.local_device(torch_device)
     merged = distributed.gather_and_merge(
@@ -369,6 +405,11 @@ def run_dissection(
     problem = distributed.broadcast(problem)  # also: nobody goes on before rank 0 has written
     if problem:
         raise DissectError(problem)
+    if labels is not None:
+        from .iou.samepass import label_run
+
+        label_run(labels, out, merged.skipped if merged is not None else [], device)
+        labels.remove(distributed.world_size())
     checkpoint.remove(distributed.world_size())
     return Dissection(out)
 

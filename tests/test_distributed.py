@@ -200,3 +200,32 @@ def test_torchrun_receptive_fields_equal_one_process(tmp_path):
     csv = "receptive_fields.csv"
     assert (dist / csv).read_text() == (single / csv).read_text()
     assert not list((dist / "receptive_fields").glob("*.rank*"))
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_torchrun_same_pass_iou_labels_equal_one_process(tmp_path):
+    def argvs(out: Path) -> list[list[str]]:
+        return [
+            ["run", TINY_SPEC, "synthetic:10:3", "--out", str(out / name), "--layers",
+             "conv1,conv2", "--image-size", "32", "--topk", "3", "--batch-size", "3",
+             "--quantile", quantile, "--device", "cpu", "--iou"]
+            for name, quantile in (("exact", "0.005"), ("sampled", "0.5"))
+        ]  # fmt: skip
+
+    assert TailQuantile(1, 0.5, 10 * 32 * 32).level > 0  # "sampled" samples
+    stdout = torchrun_and_one_process(
+        tmp_path, argvs(tmp_path / "dist"), argvs(tmp_path / "single")
+    )
+    assert stdout.count("labelled the units by IoU") == 2  # only rank 0 reports
+    for name in ("exact", "sampled"):
+        dist, single = tmp_path / "dist" / name, tmp_path / "single" / name
+        for layer in ("conv1", "conv2"):
+            got, expected = (
+                np.load(dist / "iou" / f"{layer}.npz"),
+                np.load(single / "iou" / f"{layer}.npz"),
+            )
+            for key in ("intersection", "union", "iou"):
+                np.testing.assert_array_equal(got[key], expected[key])
+        for table in ("units.csv", "labels.csv", "iou/skipped.csv"):
+            assert (dist / table).read_text() == (single / table).read_text(), table
+        assert not (dist / ".checkpoint").exists()

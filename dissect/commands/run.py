@@ -1,5 +1,7 @@
 """``dissect run MODEL DATA``: one pass that keeps every unit's top images and threshold.
 
+With ``--iou`` the same pass also labels every unit by IoU with the data's concept masks.
+
 Under ``torchrun --nproc_per_node=N -m dissect run ...`` the images are sharded over the N
 processes and merged into the same directory a single process writes. An interrupted run (Ctrl-C,
 SIGTERM, SIGKILL) resumes from ``DIR/.checkpoint`` when started again with the same arguments.
@@ -47,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a run started again with the same arguments resumes from it",
     )
     parser.add_argument(
+        "--iou",
+        action="store_true",
+        help="also label every unit by IoU with the concept masks of DATA (Broden, "
+        "synthetic:N) in the same pass: writes iou/ and the iou labels of labels.csv, as "
+        "dissect autolabel --permutations 0 does (no p-values)",
+    )
+    parser.add_argument(
         "--restart",
         action="store_true",
         help="discard the checkpoint of an earlier, unfinished run in --out and start over",
@@ -74,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             checkpoint_every=args.checkpoint_every,
             restart=args.restart,
+            iou=args.iou,
         )
     except KeyboardInterrupt:
         print(
@@ -95,4 +105,6 @@ def run(args: argparse.Namespace) -> int:
         f"({manifest['n_skipped']} skipped) in {manifest['seconds'] + probe:.1f} s "
         f"(pass {manifest['seconds']:.1f} s, geometry probe {probe:.1f} s) -> {args.out}"
     )
+    if args.iou:
+        print(f"labelled the units by IoU in the same pass -> {args.out}/labels.csv")
     return 0

@@ -383,16 +383,7 @@ def autolabel(
     options.setdefault("permutations", DEFAULT_PERMUTATIONS)
     stats, index = compute_iou(dissection, layers, nulls=nulls, skipped=skipped, **options)
     if distributed.is_main():
-        paths = dissection.images().set_index("index")["path"]
-        names = [str(paths.get(image, "")) for image, _ in skipped]
-        write_csv(
-            dissection.path("iou", "skipped.csv"),
-            pd.DataFrame(
-                {"index": [image for image, _ in skipped], "path": names,
-                 "reason": [reason for _, reason in skipped]}
-            ),
-        )  # fmt: skip
-        labels = _write_labels(dissection, stats, index, taxonomy, nulls)
+        labels = write_outputs(dissection, stats, index, taxonomy, nulls, skipped)
     distributed.barrier()  # rank 0 has written
     Checkpoint(dissection.directory, {}, distributed.rank(), CHECKPOINT_FOLDER).remove(
         distributed.world_size()
@@ -403,14 +394,45 @@ def autolabel(
     return labels
 
 
-def _write_labels(
+def write_outputs(
     dissection: Dissection,
     stats: dict[str, IoUStats],
     index: ConceptIndex,
     taxonomy: Taxonomy,
     nulls: dict[str, PermutationNull],
+    skipped: Sequence[tuple[int, str]],
 ) -> pd.DataFrame:
-    """Write the IoU tables and the ``iou`` label source; return the new labels."""
+    """Write ``iou/`` (tables, concepts, skipped images) and the ``iou`` label source.
+
+    Parameters
+    ----------
+    dissection : Dissection
+        The directory.
+    stats : dict of str to IoUStats
+        The counters of every labelled layer.
+    index : ConceptIndex
+        The concept columns of the counters.
+    taxonomy : Taxonomy
+        Maps dataset categories onto semantic types.
+    nulls : dict of str to PermutationNull
+        The permutation null of each layer (empty: no p-values).
+    skipped : sequence of (int, str)
+        Images left out (index, reason), by index.
+
+    Returns
+    -------
+    DataFrame
+        The new ``iou`` labels of the layers in ``stats``.
+    """
+    paths = dissection.images().set_index("index")["path"]
+    write_csv(
+        dissection.path("iou", "skipped.csv"),
+        pd.DataFrame(
+            {"index": [image for image, _ in skipped],
+             "path": [str(paths.get(image, "")) for image, _ in skipped],
+             "reason": [reason for _, reason in skipped]}
+        ),
+    )  # fmt: skip
     write_csv(
         dissection.path("iou", "concepts.csv"),
         index.table.rename_axis("column").reset_index(),

@@ -200,24 +200,62 @@ def count_layer(
     """
     acts = acts[:, :, None, None] if acts.dim() == 2 else acts
     height, width = acts.shape[2:]
-    ys, xs = (a.to(acts.device) for a in _weights(geometry, size, height, width))
     peaks = acts.flatten(2).amax(2)
     images, units = (peaks > thresholds[None, :]).nonzero(as_tuple=True)
     step = max(1, CHUNK_BYTES // (16 * height * width))
     for first in range(0, len(images), step):
         image, unit = images[first : first + step], units[first : first + step]
-        maps, limit = acts[image, unit].float(), thresholds[unit]
-        # Each cell's largest corner: the most any pixel of the cell can reach.
-        below = (torch.arange(height, device=maps.device) + 1).clamp(max=height - 1)
-        right = (torch.arange(width, device=maps.device) + 1).clamp(max=width - 1)
-        corners = torch.maximum(maps, maps[:, below])
-        corners = torch.maximum(corners, corners[:, :, right])
-        pair, row, column = (corners > limit[:, None, None]).nonzero(as_tuple=True)
-        cells = max(1, CHUNK_BYTES // (16 * ys.cells.shape[1] * xs.cells.shape[1]))
-        for start in range(0, len(pair), cells):
-            part = slice(start, start + cells)
-            _count_cells(stats, maps, limit, pair[part], row[part], column[part], ys, xs,
-                         image_pair(size)[1], image, unit, concepts, null)  # fmt: skip
+        count_maps(stats, acts[image, unit].float(), image, unit, thresholds, geometry, size,
+                   concepts, null)  # fmt: skip
+
+
+def count_maps(
+    stats: IoUStats,
+    maps: torch.Tensor,
+    images: torch.Tensor,
+    units: torch.Tensor,
+    thresholds: torch.Tensor,
+    geometry,
+    size: int | tuple[int, int],
+    concepts: ConceptBatch,
+    null=None,
+) -> None:
+    """Count the thresholded upsampled maps of some (image, unit) pairs (see :func:`count_layer`).
+
+    Parameters
+    ----------
+    stats : IoUStats
+        The layer's counters.
+    maps : Tensor
+        (n, h, w) float32 feature maps of n distinct (image, unit) pairs; pairs left out must
+        have no value above their unit's threshold (their masks are empty).
+    images, units : Tensor
+        (n,) int64: the row of ``concepts`` and the unit of each map.
+    thresholds : Tensor
+        (U,) every unit's threshold T.
+    geometry : LayerGeometry
+        Stride and offset of the layer.
+    size : int
+        Side of the input, or its (height, width), in pixels.
+    concepts : ConceptBatch
+        The concept masks of the images.
+    null : PermutationNull, optional
+        Counts the same pixels against other images' concept masks.
+    """
+    height, width = maps.shape[1:]
+    ys, xs = (a.to(maps.device) for a in _weights(geometry, size, height, width))
+    limit = thresholds[units]
+    # Each cell's largest corner: the most any pixel of the cell can reach.
+    below = (torch.arange(height, device=maps.device) + 1).clamp(max=height - 1)
+    right = (torch.arange(width, device=maps.device) + 1).clamp(max=width - 1)
+    corners = torch.maximum(maps, maps[:, below])
+    corners = torch.maximum(corners, corners[:, :, right])
+    pair, row, column = (corners > limit[:, None, None]).nonzero(as_tuple=True)
+    cells = max(1, CHUNK_BYTES // (16 * ys.cells.shape[1] * xs.cells.shape[1]))
+    for start in range(0, len(pair), cells):
+        part = slice(start, start + cells)
+        _count_cells(stats, maps, limit, pair[part], row[part], column[part], ys, xs,
+                     image_pair(size)[1], images, units, concepts, null)  # fmt: skip
 
 
 def _count_cells(stats, maps, limit, pair, row, column, ys, xs, width, image, unit, concepts, null):

@@ -1,0 +1,379 @@
+"""IoU labels in the same pass as the statistics (``dissect run --iou``).
+
+The threshold T of a unit is only known once every image has been seen, but the threshold sketch
+knows a lower bound L <= T at any time (:meth:`~dissect.running_stats.TailQuantile.lower_bound`).
+An (image, unit) pair whose map never exceeds L never exceeds T either, so its mask is empty and
+it adds nothing to any counter; the concept areas need no T at all. :class:`PendingIoU` reads the
+concept masks with the images, counts the concept areas as it goes, and keeps the feature maps of
+the pairs whose peak exceeds L (with the concept masks of their images, as int16/int32 columns),
+dropping those overtaken as L rises. What it holds beyond :data:`PENDING_BYTES` goes to numbered
+files under ``DIR/.checkpoint/iou-rank<r>/``, so memory stays flat in the number of images.
+Once T is written, :func:`label_run` counts the kept pairs exactly as ``dissect autolabel``
+counts every pair above T (:func:`~dissect.iou.tally.count_maps`, the same float32 operations),
+so the counters, ``iou/`` and the ``iou`` labels equal those of ``dissect autolabel
+--permutations 0`` with the same batch size, under any sharding and resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import distributed
+from ..checkpoint import CHECKPOINT_DIR
+from ..dissection import Dissection
+from ..geometry import image_pair
+from ..images import Batch, ImageReadError, ImageSource, Preprocess, TensorDataset, collate
+from ..taxonomy import DEFAULT_TAXONOMY
+from . import write_outputs
+from .concepts import ConceptBatch, ConceptIndex, ImageConcepts, segmented_source
+from .tally import IoUStats, count_maps
+
+#: Bytes of pending maps and masks a process holds in memory before it writes them to disk.
+PENDING_BYTES = 2**24
+#: Images whose concept masks are stacked at once when the kept pairs are counted.
+GROUP = 16
+
+
+@dataclass
+class LabelledBatch(Batch):
+    """A :class:`~dissect.images.Batch` with the concept masks of its readable images.
+
+    Attributes
+    ----------
+    concepts : list of ImageConcepts or None
+        One per readable image (row of ``images``); None where a label map could not be read.
+    unlabelled : list of (int, str)
+        (index, reason) of the readable images whose label maps could not be read.
+    """
+
+    concepts: list[ImageConcepts | None] = field(default_factory=list)
+    unlabelled: list[tuple[int, str]] = field(default_factory=list)
+
+
+class _LabelledDataset(TensorDataset):
+    """Preprocessed images with their concept masks; a mask that fails leaves the image in."""
+
+    def __init__(self, source, preprocess, indices, index: ConceptIndex):
+        super().__init__(source, preprocess, indices)
+        self.index = index
+
+    def __getitem__(self, position: int):
+        image, tensor, reason = super().__getitem__(position)
+        if tensor is None:
+            return image, tensor, reason, None, ""
+        try:
+            segmentation = self.source.segmentation(image)
+        except ImageReadError as error:
+            return image, tensor, reason, None, str(error)
+        return image, tensor, reason, self.index.image_concepts(segmentation, self.preprocess), ""
+
+
+def _collate(items) -> LabelledBatch:
+    batch = collate([item[:3] for item in items])
+    readable = [item for item in items if item[1] is not None]
+    return LabelledBatch(
+        batch.indices,
+        batch.images,
+        batch.skipped,
+        [item[3] for item in readable],
+        [(item[0], item[4]) for item in readable if item[3] is None],
+    )
+
+
+class PendingIoU:
+    """One process's IoU counting while the thresholds are unknown.
+
+    Parameters
+    ----------
+    source : ImageSource
+        The data; must have concept masks.
+    out : path-like
+        The dissection directory (pending maps beyond :data:`PENDING_BYTES` go under it).
+    rank : int
+        This process's rank.
+    """
+
+    def __init__(self, source: ImageSource, out: str | Path, rank: int = 0):
+        self.index = ConceptIndex(segmented_source(source).concepts)
+        #: SHA-256 of the concept table (in the run's checkpoint fingerprint with ``--iou``).
+        self.concepts_sha256 = hashlib.sha256(
+            self.index.table.to_csv(index=False).encode()
+        ).hexdigest()
+        self.folder = Path(out) / CHECKPOINT_DIR / f"iou-rank{rank}"
+        self.rank = rank
+        self.concept_area = torch.zeros(len(self.index), dtype=torch.float64)
+        self.images = 0
+        self.skipped: list[tuple[int, str]] = []  # readable images whose masks were not
+        self.parts = 0  # files written to self.folder
+        self._clear()
+        self._rows = torch.zeros(0, dtype=torch.bool)
+        self._indices = torch.zeros(0, dtype=torch.int64)
+        self._lower: dict[str, torch.Tensor] = {}
+        self._added: set[int] = set()  # images of the batch in flight with a pair kept
+        self._dtype = torch.int16 if len(self.index) < 2**15 else torch.int32
+
+    def _clear(self) -> None:
+        #: layer: chunks of (maps, image, unit, peak) of the pairs kept
+        self._maps: dict[str, list[tuple[torch.Tensor, ...]]] = {}
+        self._concepts: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.held = 0  # bytes
+
+    def loader(
+        self,
+        source: ImageSource,
+        preprocess: Preprocess,
+        indices: Sequence[int],
+        batch_size: int,
+        workers: int = 0,
+    ) -> torch.utils.data.DataLoader:
+        """Like :func:`~dissect.images.make_loader`, yielding :class:`LabelledBatch` objects."""
+        return torch.utils.data.DataLoader(
+            _LabelledDataset(source, preprocess, indices, self.index),
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=_collate,
+        )
+
+    def begin_batch(self, batch: LabelledBatch, source: ImageSource) -> None:
+        """Count the concept areas of a batch's labelled images; keep their masks for now."""
+        for image, reason in batch.unlabelled:
+            warnings.warn(f"skipped image {source.image_id(image)!r}: {reason}", stacklevel=2)
+        self.skipped.extend(batch.unlabelled)
+        labelled = [(row, c) for row, c in enumerate(batch.concepts) if c is not None]
+        self._rows = torch.tensor([c is not None for c in batch.concepts], dtype=torch.bool)
+        self._indices = batch.indices.cpu()
+        self._added = set()
+        if not labelled:
+            return
+        self.concept_area += _areas([c for _, c in labelled], len(self.index))
+        self.images += len(labelled)
+        for row, concepts in labelled:
+            pixel = concepts.pixel.to(self._dtype)
+            self._concepts[int(self._indices[row])] = (pixel, concepts.image, concepts.present)
+            self.held += pixel.nbytes
+
+    def add(self, layer: str, acts: torch.Tensor, lower: torch.Tensor) -> None:
+        """Keep the maps of this batch's pairs of ``layer`` whose peak exceeds ``lower``."""
+        acts = acts[:, :, None, None] if acts.dim() == 2 else acts
+        peaks = acts.flatten(2).amax(2)
+        keep = (peaks > lower.to(peaks.device)[None, :]) & self._rows.to(peaks.device)[:, None]
+        image, unit = keep.nonzero(as_tuple=True)
+        maps = acts[image, unit].float().cpu()
+        images = self._indices[image.cpu()]
+        self._maps.setdefault(layer, []).append(
+            (maps, images, unit.cpu(), peaks[image, unit].float().cpu())
+        )
+        self._added.update(images.unique().tolist())
+        self._lower[layer] = lower.cpu()
+        self.held += maps.nbytes
+
+    def end_batch(self) -> None:
+        """Forget the masks of this batch's images with no pair kept; prune or spill if full."""
+        batch = {int(i) for i, row in zip(self._indices, self._rows, strict=True) if row}
+        for image in batch - self._added:
+            self.held -= self._concepts.pop(image)[0].nbytes
+        if self.held > PENDING_BYTES:
+            self._prune()
+        if self.held > PENDING_BYTES // 2:
+            self.spill()
+
+    def _prune(self) -> None:
+        """Drop the pairs whose peak no longer exceeds their unit's lower bound."""
+        packed = self._pack()
+        self._clear()
+        for layer, part in packed["layers"].items():
+            keep = part["peak"] > self._lower[layer][part["unit"]]
+            kept = tuple(part[key][keep] for key in ("maps", "image", "unit", "peak"))
+            self._maps[layer] = [kept]
+            self.held += kept[0].nbytes
+        self._restore_concepts(packed["concepts"], self._referenced())
+
+    def _referenced(self) -> set[int]:
+        return {int(i) for chunks in self._maps.values() for c in chunks for i in c[1].unique()}
+
+    def _restore_concepts(self, concepts: dict, keep: set[int] | None = None) -> None:
+        for n, image in enumerate(concepts["index"].tolist()):
+            if keep is None or image in keep:
+                pixel = concepts["pixel"][n]
+                self._concepts[image] = (pixel, concepts["whole"][n], concepts["present"][n])
+                self.held += pixel.nbytes
+
+    def _pack(self) -> dict:
+        """What is held, as tensors (for a file or a checkpoint)."""
+        layers = {}
+        for layer, chunks in self._maps.items():
+            maps, image, unit, peak = (torch.cat(column) for column in zip(*chunks, strict=True))
+            layers[layer] = {"maps": maps, "image": image, "unit": unit, "peak": peak}
+        order = sorted(self._concepts)
+        return {
+            "layers": layers,
+            "concepts": {
+                "index": torch.tensor(order, dtype=torch.int64),
+                "pixel": [self._concepts[i][0] for i in order],
+                "whole": [self._concepts[i][1] for i in order],
+                "present": [self._concepts[i][2] for i in order],
+            },
+        }
+
+    def spill(self) -> None:
+        """Write what is held to the next numbered file and hold nothing."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self._pack(), self.folder / f"part{self.parts:06d}.pt")
+        self.parts += 1
+        self._clear()
+
+    def state_dict(self) -> dict:
+        """Counters, the number of files written and what is held (for a checkpoint)."""
+        return {
+            "concept_area": self.concept_area.clone(),
+            "images": self.images,
+            "skipped": [[image, reason] for image, reason in self.skipped],
+            "parts": self.parts,
+            "held": self._pack(),
+        }
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Resume from :meth:`state_dict` (None: from the start); drop files written after it."""
+        state = state or {"concept_area": torch.zeros_like(self.concept_area), "images": 0,
+                          "skipped": [], "parts": 0, "held": None}  # fmt: skip
+        self.concept_area = state["concept_area"].double()
+        self.images = int(state["images"])
+        self.skipped = [(int(image), str(reason)) for image, reason in state["skipped"]]
+        self.parts = int(state["parts"])
+        if self.folder.is_dir():
+            for path in self.folder.glob("part*.pt"):
+                if int(path.stem.removeprefix("part")) >= self.parts:
+                    path.unlink()
+        self._clear()
+        if state["held"] is not None:
+            for layer, part in state["held"]["layers"].items():
+                self._maps[layer] = [tuple(part[k] for k in ("maps", "image", "unit", "peak"))]
+                self.held += part["maps"].nbytes
+            self._restore_concepts(state["held"]["concepts"])
+
+    def remove(self, world_size: int = 1) -> None:
+        """Delete this rank's files (rank 0: also those of ranks >= ``world_size``)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.rank == 0:
+            for folder in self.folder.parent.glob("iou-rank*"):
+                number = folder.name.removeprefix("iou-rank")
+                if number.isdigit() and int(number) >= world_size:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+    def tally(
+        self, dissection: Dissection, device: torch.device | str = "cpu"
+    ) -> dict[str, IoUStats]:
+        """Count every kept pair against the thresholds T written in ``dissection``."""
+        size = dissection.preprocess.image_size
+        stats = {}
+        for layer in dissection.layers:
+            stats[layer] = IoUStats(dissection.n_units(layer), self.index.category_of,
+                                    len(self.index.categories), device)  # fmt: skip
+            stats[layer].concept_area += self.concept_area.to(device)
+            stats[layer].images = self.images
+        thresholds = {layer: torch.from_numpy(dissection.thresholds(layer)) for layer in stats}
+        geometry = {layer: dissection.geometry(layer) for layer in stats}
+        for number in range(self.parts):
+            part = torch.load(self.folder / f"part{number:06d}.pt", weights_only=True)
+            self._count(part, stats, thresholds, geometry, size, device)
+        self._count(self._pack(), stats, thresholds, geometry, size, device)
+        return stats
+
+    def _count(self, part: dict, stats, thresholds, geometry, size, device) -> None:
+        kept = {}
+        for layer, maps in part["layers"].items():
+            above = maps["peak"] > thresholds[layer][maps["unit"]]
+            kept[layer] = {key: value[above] for key, value in maps.items()}
+        concepts = part["concepts"]
+        needed = torch.cat([maps["image"] for maps in kept.values()] + [torch.zeros(0).long()])
+        needed = needed.unique()
+        for first in range(0, len(needed), GROUP):
+            group = needed[first : first + GROUP]
+            rows = torch.searchsorted(concepts["index"], group).tolist()
+            batch = _stack([concepts[key] for key in ("pixel", "whole", "present")], rows,
+                           math.prod(image_pair(size)), len(self.index))  # fmt: skip
+            for layer, maps in kept.items():
+                inside = torch.isin(maps["image"], group)
+                if not inside.any():
+                    continue
+                row = torch.searchsorted(group, maps["image"][inside])
+                count_maps(stats[layer], maps["maps"][inside].to(device), row.to(device),
+                           maps["unit"][inside].to(device), thresholds[layer].to(device),
+                           geometry[layer], size, batch)  # fmt: skip
+
+
+def _stack(concepts: list[list[torch.Tensor]], rows: list[int], pixels: int, count: int):
+    """The :class:`ConceptBatch` of some kept images (without the areas, counted already)."""
+    masks, whole, present = ([column[row] for row in rows] for column in concepts)
+    most = max([len(mask) for mask in masks] + [1])
+    pixel = torch.full((len(rows), pixels, most), -1, dtype=torch.int64)
+    covered = torch.zeros((len(rows), count), dtype=torch.bool)
+    for row, mask in enumerate(masks):
+        pixel[row, :, : len(mask)] = mask.T
+        covered[row, whole[row]] = True
+    return ConceptBatch(pixel, covered, torch.stack(present), torch.zeros(count))
+
+
+def _areas(images: Sequence[ImageConcepts], concepts: int) -> torch.Tensor:
+    """(C,) float64 pixels of each concept over some images, as :class:`ConceptBatch` counts."""
+    pixel = torch.cat([image.pixel.reshape(-1) for image in images])
+    area = torch.bincount(pixel + 1, minlength=concepts + 1)[1:].double()  # -1: no concept
+    for image in images:
+        area[image.image.unique()] += image.pixel.shape[1]  # whole-image concepts
+    return area
+
+
+def label_run(
+    pending: PendingIoU,
+    out: str | Path,
+    skipped: Sequence[tuple[int, str]],
+    device: torch.device | str = "cpu",
+) -> None:
+    """Count every rank's kept pairs against the written thresholds; rank 0 writes ``iou/``.
+
+    Parameters
+    ----------
+    pending : PendingIoU
+        This rank's state after the pass.
+    out : path-like
+        The dissection directory, already written by rank 0.
+    skipped : sequence of (int, str)
+        Images the pass could not read (rank 0: all ranks'); listed in ``iou/skipped.csv`` with
+        those whose label maps could not be read.
+    device : torch.device or str
+        Where to count.
+    """
+    dissection = Dissection(out)
+    stats = pending.tally(dissection, device)
+    mine = {
+        "layers": {layer: counts.state_dict() for layer, counts in stats.items()},
+        "skipped": [[image, reason] for image, reason in pending.skipped],
+    }
+    merged = distributed.gather_and_merge(mine, _merge)
+    if merged is not None:
+        counts = {layer: IoUStats.from_state_dict(state, device)
+                  for layer, state in merged["layers"].items()}  # fmt: skip
+        unlabelled = [(int(image), str(reason)) for image, reason in merged["skipped"]]
+        write_outputs(dissection, counts, pending.index, DEFAULT_TAXONOMY, {},
+                      sorted([*skipped, *unlabelled]))  # fmt: skip
+    distributed.barrier()  # rank 0 has written
+
+
+def _merge(first: dict, second: dict) -> dict:
+    return {
+        "layers": {
+            layer: IoUStats.from_state_dict(state)
+            .merge(IoUStats.from_state_dict(second["layers"][layer]))
+            .state_dict()
+            for layer, state in first["layers"].items()
+        },
+        "skipped": first["skipped"] + second["skipped"],
+    }

@@ -1,0 +1,137 @@
+"""IoU labels in the same pass as the statistics equal ``dissect autolabel``'s, resumed or not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SPEC, make_image_folder
+from test_iou import PREPROCESS, TinyWorld
+
+from dissect.cli import main
+from dissect.dissection import Dissection
+from dissect.errors import DissectError
+from dissect.images import ImageReadError, Preprocess
+from dissect.iou import autolabel, samepass
+from dissect.running_stats import TailQuantile
+from dissect.streaming import run_dissection
+
+LAYERS = ["conv1", "conv2"]
+BIG = Preprocess(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # conv1: 11 x 4096 values, sampled
+WIDE = Preprocess((24, 40), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+class Maskless(TinyWorld):
+    """TinyWorld whose image 7 has a label map that cannot be read."""
+
+    def segmentation(self, index: int):
+        if index == 7:
+            raise ImageReadError("corrupt label map")
+        return super().segmentation(index)
+
+
+def run(out: Path, source, preprocess, batch_size: int, **options) -> Dissection:
+    return run_dissection(TINY_SPEC, source, out, LAYERS, topk=3, quantile=0.2,
+                          batch_size=batch_size, preprocess=preprocess, device="cpu",
+                          progress=False, **options)  # fmt: skip
+
+
+def assert_same_labels(got: Path, expected: Path) -> None:
+    """Same statistics, IoU tables, concept and skipped lists, and labels.csv."""
+    for name in ("units.csv", "images.csv", "labels.csv", "iou/concepts.csv", "iou/skipped.csv"):
+        assert (got / name).read_text() == (expected / name).read_text(), name
+    for layer in LAYERS:
+        mine = np.load(got / "iou" / f"{layer}.npz")
+        theirs = np.load(expected / "iou" / f"{layer}.npz")
+        assert sorted(mine.files) == sorted(theirs.files)
+        for key in theirs.files:
+            np.testing.assert_array_equal(mine[key], theirs[key], err_msg=f"{layer} {key}")
+    assert not (got / ".checkpoint").exists()
+
+
+def autolabelled(tmp_path: Path, source, preprocess, batch_size: int) -> Path:
+    """``dissect run`` then ``dissect autolabel --permutations 0``, the two-pass way."""
+    out = tmp_path / "two-pass"
+    run(out, source, preprocess, batch_size)
+    autolabel(out, source=source, batch_size=batch_size, progress=False, permutations=0)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+@pytest.mark.parametrize(
+    ("source", "preprocess", "batch_size", "budget"),
+    [
+        (TinyWorld(), PREPROCESS, 3, 2**26),  # everything held in memory
+        (TinyWorld(), PREPROCESS, 3, 1),  # every batch spilled to disk
+        (Maskless(), PREPROCESS, 2, 2**26),  # a label map that cannot be read
+        (TinyWorld(), BIG, 4, 5000),  # the threshold sketch samples; some batches spilled
+        (TinyWorld(), WIDE, 3, 1),  # a non-square input, spilled
+    ],
+)
+def test_same_pass_labels_equal_autolabel(tmp_path, monkeypatch, source, preprocess,
+                                          batch_size, budget):  # fmt: skip
+    monkeypatch.setattr(samepass, "PENDING_BYTES", budget)
+    spills = []
+    original = samepass.PendingIoU.spill
+    monkeypatch.setattr(samepass.PendingIoU, "spill",
+                        lambda self: spills.append(1) or original(self))  # fmt: skip
+    out = tmp_path / "same-pass"
+    run(out, source, preprocess, batch_size, iou=True)
+    expected = autolabelled(tmp_path, source, preprocess, batch_size)
+    assert_same_labels(out, expected)
+    if budget < 2**20:
+        assert spills, "the test must exercise the files on disk"
+    labels = (out / "labels.csv").read_text()
+    assert "conv2" in labels and ",iou," in labels.replace("\r", "")
+    if preprocess is BIG:
+        sketch = TailQuantile(1, 0.2, 11 * 64 * 64)
+        assert sketch.level > 0, "the sketch must sample in this case"
+    if isinstance(source, Maskless):
+        assert "corrupt label map" in (out / "iou" / "skipped.csv").read_text()
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_resumed_same_pass_writes_identical_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(samepass, "PENDING_BYTES", 1)  # a file per batch: some written late
+    expected = tmp_path / "whole"
+    run(expected, TinyWorld(), PREPROCESS, 2, iou=True)
+    out = tmp_path / "resumed"
+    # Checkpoints after 4 and 8 images; image 7 interrupts batch [6, 7], after batch [4, 5]
+    # was written to disk but not checkpointed: the resumed run must not count it twice.
+    with pytest.raises(KeyboardInterrupt):
+        run(out, TinyWorld(fail_at=7), PREPROCESS, 2, iou=True, checkpoint_every=4)
+    parts = sorted(path.name for path in (out / ".checkpoint" / "iou-rank0").iterdir())
+    assert parts == ["part000000.pt", "part000001.pt", "part000002.pt"]
+    with pytest.raises(DissectError, match="iou concepts changed.*--restart"):
+        run(out, TinyWorld(), PREPROCESS, 2, checkpoint_every=4)  # without --iou: refused
+    run(out, TinyWorld(), PREPROCESS, 2, iou=True, checkpoint_every=4)
+    assert_same_labels(out, expected)
+
+
+def test_lower_bound_never_exceeds_the_final_threshold():
+    generator = torch.Generator().manual_seed(1)
+    values = torch.randn(40, 3, 500, generator=generator).exp()
+    for quantile in (0.01, 0.3):  # exact, then sampled
+        sketch = TailQuantile(3, quantile, 40 * 500, size=256, seed=2)
+        bounds = []
+        for image in range(40):
+            sketch.add(values[image : image + 1], torch.tensor([image]))
+            bounds.append(sketch.lower_bound())
+        final = torch.from_numpy(sketch.threshold())
+        assert all((bound <= final).all() for bound in bounds)
+        assert torch.isfinite(bounds[20]).all()  # it does rise before the end
+    assert sketch.level > 0
+
+
+def test_iou_needs_concept_masks_and_says_so_before_probing(tmp_path, capsys, monkeypatch):
+    def probe(*args):
+        raise AssertionError("probed the network before refusing the data")
+
+    monkeypatch.setattr("dissect.streaming.layer_geometry", probe)
+    images = make_image_folder(tmp_path / "images", count=3)
+    argv = ["run", TINY_SPEC, str(images), "--out", str(tmp_path / "out"), "--iou",
+            "--image-size", "16", "--device", "cpu"]  # fmt: skip
+    assert main(argv) != 0
+    assert "has no concept masks" in capsys.readouterr().err
