@@ -1,11 +1,11 @@
 """The whole study on the built-in scene CNN and synthetic world, as one command.
 
 ``dissect demo`` runs, in order, the same subcommands a user would type (and prints each one, so
-it can be repeated by hand): ``run`` (every conv and pool layer), ``autolabel`` (IoU labels),
-``stats``, ``rf`` (a sample of units per layer), ``segment``, ``export --format html`` and
-``report``; then it prints the paper's finding as measured on this dissection:
-:func:`finding` summarises which kinds of concept the first and the last convolutional layers
-detect.
+it can be repeated by hand): ``run --iou`` (every conv and pool layer, labelled by IoU in the same
+pass), ``autolabel`` (p-values of the last layers' labels), ``stats``, ``rf`` (a sample of units
+per layer), ``segment``, ``export --format html`` and ``report``; then it prints the paper's
+finding as measured on this dissection: :func:`finding` summarises which kinds of concept the
+first and the last convolutional layers detect.
 """
 
 from __future__ import annotations
@@ -27,9 +27,23 @@ from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, Taxonomy
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Sizes of the demo: full (1000 images) or quick (200 images, fewer units and pictures)."""
+    """Sizes of the demo: full (1000 images) or quick (200 images, fewer units and pictures).
+
+    Attributes
+    ----------
+    images : int
+        Images of the synthetic world dissected.
+    null_layers : tuple of str
+        Layers whose IoU labels get permutation p-values (``dissect autolabel``); every layer is
+        labelled in the ``dissect run --iou`` pass.
+    rf_layers, rf_units, rf_top : tuple of str, int, int
+        Receptive fields: layers, units per layer, top images per unit.
+    segment_layers, top : tuple of str, int
+        Segmented layers and top images per unit (segment and export).
+    """
 
     images: int
+    null_layers: tuple[str, ...]
     rf_layers: tuple[str, ...]
     rf_units: int
     rf_top: int
@@ -39,9 +53,9 @@ class DemoPlan:
     @classmethod
     def choose(cls, quick: bool, images: int | None) -> DemoPlan:
         if quick:
-            return cls(images or 200, ("conv1", "conv3", "conv5"), 2, 5, ("conv5",), 5)
+            return cls(images or 200, ("conv5",), ("conv1", "conv3", "conv5"), 2, 4, ("conv5",), 5)
         convs = ("conv1", "conv2", "conv3", "conv4", "conv5")
-        return cls(images or 1000, convs, 8, 10, ("conv1", "conv3", "conv5"), 8)
+        return cls(images or 1000, ("conv5", "pool5"), convs, 6, 6, ("conv1", "conv3", "conv5"), 5)
 
 
 def demo_commands(
@@ -57,19 +71,23 @@ def demo_commands(
     segment = ",".join(plan.segment_layers)
     data = f"synthetic:{plan.images}:{seed}"
 
-    def measure(directory: str, null: bool = True) -> list[list[str]]:
-        # The second network's labels only feed the comparison's detector counts: no p-values.
-        skip_null = [] if null else ["--permutations", "0"]
+    def measure(model: str, directory: str, null: bool = True) -> list[list[str]]:
+        # Every layer is labelled by IoU in the pass itself (--iou); the labels of the main
+        # network's last layers get p-values from dissect autolabel's permutation null. The
+        # second network's labels only feed the comparison's detector counts: no p-values.
+        run = ["run", model, data, "--out", directory, "--topk", "20", "--iou", "--device", device]
+        layers = ",".join(plan.null_layers)
+        p_values = ["autolabel", directory, "--layers", layers, "--device", device]
         return [
-            ["autolabel", directory, *skip_null, "--device", device],
+            run,
+            *([p_values] if null else []),
             ["stats", directory],
             ["rf", directory, "--layers", ",".join(plan.rf_layers), "--units",
              ",".join(map(str, sample)), "--top", str(plan.rf_top), "--device", device],
         ]  # fmt: skip
 
     commands = [
-        ["run", "scene-cnn", data, "--out", out, "--topk", "20", "--device", device],
-        *measure(out),
+        *measure("scene-cnn", out),
         ["segment", out, "--layers", segment, "--top", str(plan.top), "--device", device],
         ["export", out, "--format", "html", "--layers", "conv5", "--top", str(plan.top),
          "--device", device],
@@ -77,8 +95,7 @@ def demo_commands(
     if compare_with:
         other = str(Path(out) / _folder(compare_with))
         commands += [
-            ["run", compare_with, data, "--out", other, "--topk", "20", "--device", device],
-            *measure(other, null=False),
+            *measure(compare_with, other, null=False),
             ["compare", out, other, "--out", str(Path(out) / "compare")],
         ]  # fmt: skip
     commands += [

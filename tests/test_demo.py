@@ -30,6 +30,7 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     assert (out / "annotation" / "html").is_dir()
     summary = finding(out)
     labels = pd.read_csv(out / "labels_iou.csv")
+    assert set(labels.loc[labels["p_value"].notna(), "layer"]) == {"conv5"}
     conv5 = labels[(labels["layer"] == "conv5") & (labels["iou"] >= 0.04)]
     expected = conv5["category"].isin(["object", "part"]).sum() / 96
     assert summary["last_layer"] == "conv5" and summary["first_layer"] == "conv1"
@@ -55,9 +56,10 @@ def test_demo_without_comparison_lists_no_second_network():
     both = demo_commands("out", plan, 1, "cpu", "object-cnn")
     assert [c[0] for c in both].count("run") == 2
     assert ["compare", "out", "out/object-cnn", "--out", "out/compare"] in both
+    # Both networks are labelled in the pass; only the main one's last layers get p-values.
+    assert all("--iou" in command for command in both if command[0] == "run")
     autolabels = [command for command in both if command[0] == "autolabel"]
-    assert "--permutations" not in autolabels[0]  # the main network's labels get p-values
-    assert autolabels[1][:4] == ["autolabel", "out/object-cnn", "--permutations", "0"]
+    assert autolabels == [["autolabel", "out", "--layers", "conv5", "--device", "cpu"]]
 
 
 def test_parts_count_for_their_object():
