@@ -237,6 +237,15 @@ def test_onnx_file(tmp_path, capsys):
     images = torch.randn(3, 3, 32, 32)
     assert torch.allclose(loaded.module(images), model(images), atol=1e-5)
     assert default_layers(loaded.module) == ["conv1/Conv", "pool1/MaxPool", "conv2/Conv"]
+    # The onnx2torch graph probes to the eager network's geometry, layer by layer.
+    from dissect.geometry import layer_geometry
+
+    onnx_layers = ["conv1/Conv", "pool1/MaxPool", "conv2/Conv"]
+    found = layer_geometry(loaded.module, onnx_layers, 32)
+    expected = layer_geometry(model, ["conv1", "pool1", "conv2"], 32)
+    for onnx_name, name in zip(onnx_layers, expected, strict=True):
+        got, want = found[onnx_name], expected[name]
+        assert (got.rf, got.stride, got.offset) == (want.rf, want.stride, want.offset), name
     assert main(["layers", str(path), "--image-size", "32"]) == 0
     assert "conv2/Conv" in capsys.readouterr().out
 
