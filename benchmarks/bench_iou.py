@@ -31,7 +31,7 @@ process that imports nothing before its clock starts: interpreter start and exit
 import, the other imports, loading the model, opening the data, the fingerprint (weights and
 image-list digests), the geometry probe, the pass, writing the directory, and the rest.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_iou.py [--images 64] [--memory-images 32]
+    OMP_NUM_THREADS=1 python benchmarks/bench_iou.py [--images 192] [--memory-images 32]
 """
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ def startup_split(images: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=64, help="images of the speed comparison")
+    parser.add_argument("--images", type=int, default=192, help="images of the speed comparison")
     parser.add_argument("--memory-images", type=int, default=32, help="N of memory N vs 4N")
     parser.add_argument("--layers", default=LAYERS)
     parser.add_argument("--batch-size", type=int, default=32)
