@@ -204,6 +204,7 @@ class _Incremental:
         self.key = int(np.argmax(self.macs * widest[0] * widest[1]))
         self.largest: tuple[dict, dict] = ({}, {})  # kind -> largest sizes (steps,), per axis
         self._floats: dict[tuple[int, int], int] = {}
+        self.work = _Workspace()
 
     def windows(self, box: tuple[int, int, int, int]) -> _Windows:
         """The windows of every occluder corner for measured positions in ``box`` (y_lo, y_hi,
@@ -251,7 +252,8 @@ class _Incremental:
     def floats(self, kind: tuple[int, int]) -> int:
         """Floats one pass of ``kind`` holds at its largest step: its gathered input window twice
         (gathered, then made contiguous for the convolution), the previous step's window it
-        pastes (twice: reshaped, then picked) and its output window."""
+        pastes (twice: reshaped, then picked), its output window and, for a convolution, the
+        unfolded input (one column of kernel taps per output) that small convolutions run on."""
         key = (int(kind[0]), int(kind[1]))
         if key not in self._floats:
             floats, previous = 0, 0
@@ -261,9 +263,13 @@ class _Incremental:
                     (side - 1) * step.stride[a] + step.reach(a) + 1
                     for a, side in enumerate((height, width))
                 )
+                unfolded = 0
                 if isinstance(step.module, nn.Conv2d):
-                    channels = step.module.out_channels
-                floats = max(floats, 2 * gathered + 2 * previous + height * width * channels)
+                    conv = step.module
+                    taps = conv.in_channels // conv.groups * step.kernel[0] * step.kernel[1]
+                    unfolded, channels = taps * height * width, conv.out_channels
+                out = height * width * channels
+                floats = max(floats, 2 * gathered + 2 * previous + unfolded + out)
                 previous = height * width * channels
             self._floats[key] = floats
         return self._floats[key]
@@ -319,7 +325,11 @@ class _Incremental:
             # Pasted values land only on real inputs, never on padding (a clipped occluder).
             inner = np.array(step.padding) - need
             bounds = (inner, inner + np.array(self.inputs[index][1:]))
-            gathered = _gather_paste(bases[index], images, need, needed, window, offset, bounds)
+            gathered = _gather_paste(
+                bases[index], images, need, needed, window, offset, bounds, self.work
+            )
+            if isinstance(step.module, nn.Conv2d):  # its contiguous input, in reused memory
+                gathered = self.work.take("input", gathered.shape, gathered).copy_(gathered)
             window, low = step.apply(gathered), start
             column += 1
         return window, low
@@ -331,6 +341,25 @@ class _Incremental:
             None if padded[0] is None else torch.stack(padded).permute(0, 2, 3, 1).contiguous()
             for padded in zip(*(base for base, _ in prepared), strict=True)
         ]
+
+
+class _Workspace:
+    """Buffers reused from batch to batch, one per role: the large temporaries of every batch
+    then land in the same memory, instead of in new holes of a fragmented heap."""
+
+    def __init__(self):
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, role: str, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """A tensor of ``shape`` (dtype and device of ``like``) in the buffer of ``role``; its
+        previous content is lost."""
+        size = math.prod(shape)
+        buffer = self.buffers.get(role)
+        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype:
+            # Half as large again, so that slowly growing batches do not reallocate each time.
+            buffer = torch.empty(size * 3 // 2, dtype=like.dtype, device=like.device)
+            self.buffers[role] = buffer
+        return buffer[:size].view(*shape)
 
 
 def _changed_span(step: _Step, axis: int, lo: np.ndarray, hi: np.ndarray, length: int):
@@ -349,6 +378,7 @@ def _gather_paste(
     window: torch.Tensor,
     offset: np.ndarray,
     bounds: tuple[np.ndarray, np.ndarray],
+    work: _Workspace,
 ) -> torch.Tensor:
     """Windows (B, C, h, w) of ``size`` cut at ``corner`` (B, 2) from ``base[images[b]]`` (I, H,
     W, C), with ``window[b]`` (C, h', w') pasted at ``offset[b]``; parts outside the window or
@@ -356,7 +386,8 @@ def _gather_paste(
     are cut off.
 
     Works on rows of channels: one ``index_select`` gathers every item's window, one
-    ``index_copy_`` pastes every item's recomputed values.
+    ``index_copy_`` pastes every item's recomputed values. The result lies in ``work``: it is
+    overwritten by the next call.
     """
     device, channels = base.device, base.shape[3]
     count, (height, width), (inner_h, inner_w) = len(corner), size, window.shape[2:]
@@ -364,8 +395,11 @@ def _gather_paste(
     cols = corner[:, 1:] + np.arange(width)
     images = np.asarray(images)[:, None, None]
     source = (images * base.shape[1] + rows[:, :, None]) * base.shape[2] + cols[:, None, :]
-    gathered = base.reshape(-1, channels).index_select(
-        0, torch.as_tensor(source.ravel(), device=device)
+    gathered = torch.index_select(
+        base.view(-1, channels),
+        0,
+        torch.as_tensor(source.ravel(), device=device),
+        out=work.take("gathered", (source.size, channels), base),
     )
     # Window position (i, j) of item b lands at (i + offset_y, j + offset_x) of its window.
     to_y = offset[:, :1] + np.arange(inner_h)  # (B, h')
@@ -378,7 +412,9 @@ def _gather_paste(
     item = np.arange(count)[:, None, None]
     target = (item * height + to_y[:, :, None]) * width + to_x[:, None, :]
     origin = (item * inner_h + np.arange(inner_h)[None, :, None]) * inner_w + np.arange(inner_w)
-    values = window.permute(0, 2, 3, 1).reshape(-1, channels)
-    pick = torch.as_tensor(origin[keep], device=device)
-    gathered.index_copy_(0, torch.as_tensor(target[keep], device=device), values[pick])
+    values = work.take("window", (count, inner_h, inner_w, channels), window)
+    values = values.copy_(window.permute(0, 2, 3, 1)).view(-1, channels)
+    if not keep.all():
+        values = values[torch.as_tensor(origin[keep], device=device)]
+    gathered.index_copy_(0, torch.as_tensor(target[keep], device=device), values)
     return gathered.view(count, height, width, channels).permute(0, 3, 1, 2)
