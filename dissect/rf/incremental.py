@@ -329,7 +329,8 @@ class _Incremental:
                 bases[index], images, need, needed, window, offset, bounds, self.work
             )
             if isinstance(step.module, nn.Conv2d):  # its contiguous input, in reused memory
-                gathered = self.work.take("input", gathered.shape, gathered).copy_(gathered)
+                _, contiguous = self.work.take([(gathered.numel(),), gathered.shape], gathered)
+                gathered = contiguous.copy_(gathered)
             window, low = step.apply(gathered), start
             column += 1
         return window, low
@@ -344,22 +345,27 @@ class _Incremental:
 
 
 class _Workspace:
-    """Buffers reused from batch to batch, one per role: the large temporaries of every batch
-    then land in the same memory, instead of in new holes of a fragmented heap."""
+    """One buffer reused from batch to batch for the large temporaries of every step (gathered
+    windows, pasted windows, contiguous convolution inputs), which then land in the same memory
+    instead of in new holes of a fragmented heap."""
 
     def __init__(self):
-        self.buffers: dict[str, torch.Tensor] = {}
+        self.buffer: torch.Tensor | None = None
 
-    def take(self, role: str, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-        """A tensor of ``shape`` (dtype and device of ``like``) in the buffer of ``role``; its
-        previous content is lost."""
-        size = math.prod(shape)
-        buffer = self.buffers.get(role)
-        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype:
-            # Half as large again, so that slowly growing batches do not reallocate each time.
-            buffer = torch.empty(size * 3 // 2, dtype=like.dtype, device=like.device)
-            self.buffers[role] = buffer
-        return buffer[:size].view(*shape)
+    def take(self, shapes: Sequence[Sequence[int]], like: torch.Tensor) -> list[torch.Tensor]:
+        """Tensors of ``shapes`` (dtype and device of ``like``) laid one after the other from the
+        start of the buffer; what earlier calls took there is overwritten."""
+        sizes = [math.prod(shape) for shape in shapes]
+        buffer = self.buffer
+        if buffer is None or buffer.numel() < sum(sizes) or buffer.dtype != like.dtype:
+            self.buffer = buffer = None  # free it first
+            buffer = torch.empty(sum(sizes), dtype=like.dtype, device=like.device)
+            self.buffer = buffer
+        starts = np.cumsum([0] + sizes)
+        return [
+            buffer[start : start + size].view(*shape)
+            for start, size, shape in zip(starts, sizes, shapes, strict=False)
+        ]
 
 
 def _changed_span(step: _Step, axis: int, lo: np.ndarray, hi: np.ndarray, length: int):
@@ -395,11 +401,11 @@ def _gather_paste(
     cols = corner[:, 1:] + np.arange(width)
     images = np.asarray(images)[:, None, None]
     source = (images * base.shape[1] + rows[:, :, None]) * base.shape[2] + cols[:, None, :]
-    gathered = torch.index_select(
-        base.view(-1, channels),
-        0,
-        torch.as_tensor(source.ravel(), device=device),
-        out=work.take("gathered", (source.size, channels), base),
+    gathered, values = work.take(
+        [(source.size, channels), (count, inner_h, inner_w, channels)], base
+    )
+    torch.index_select(
+        base.view(-1, channels), 0, torch.as_tensor(source.ravel(), device=device), out=gathered
     )
     # Window position (i, j) of item b lands at (i + offset_y, j + offset_x) of its window.
     to_y = offset[:, :1] + np.arange(inner_h)  # (B, h')
@@ -412,7 +418,6 @@ def _gather_paste(
     item = np.arange(count)[:, None, None]
     target = (item * height + to_y[:, :, None]) * width + to_x[:, None, :]
     origin = (item * inner_h + np.arange(inner_h)[None, :, None]) * inner_w + np.arange(inner_w)
-    values = work.take("window", (count, inner_h, inner_w, channels), window)
     values = values.copy_(window.permute(0, 2, 3, 1)).view(-1, channels)
     if not keep.all():
         values = values[torch.as_tensor(origin[keep], device=device)]

@@ -107,7 +107,7 @@ def _fast(
                     [np.stack([w.start[0][g.jobs[:, 0]], w.start[1][g.jobs[:, 1]]], -1)
                      for w, g in zip(boxes, groups, strict=True)]
                 )  # fmt: skip
-            ranking = np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], -shapes[:, 1], -shapes[:, 0]))
+            ranking = np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], shapes[:, 1], shapes[:, 0]))
             jobs, shapes = jobs[ranking], shapes[ranking]
             if incremental is not None:
                 begins = begins[ranking]
