@@ -5,17 +5,23 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import torch
+from test_receptive_field import dissect_known
 from torch import nn
 
+from dissect.dissection import Dissection
 from dissect.geometry import layer_geometry
 from dissect.images import Preprocess
+from dissect.io import write_npz
 from dissect.rf import (
     Measurements,
     OcclusionConfig,
+    _params,
     discrepancy_maps,
     noise_patch,
     occluder_corners,
+    receptive_fields,
 )
 from dissect.rf import incremental as inc
 
@@ -81,3 +87,20 @@ def test_workspace_reuses_one_buffer():
     assert larger.shape == (40, 5) and work.buffer.numel() == 200
     (double,) = work.take([(2,)], torch.zeros(1, dtype=torch.float64))
     assert double.dtype == torch.float64
+
+
+def test_partial_file_of_another_pass_order_is_measured_again(tmp_path, image_folder):
+    """A partial file counts finished passes in its writer's order: one written before the
+    pass order changed (no ``pass_order``) is not resumed, its grids not reused."""
+    loaded = dissect_known(tmp_path, image_folder)
+    config = OcclusionConfig(top=4, occluder=3, stride=3, batch_size=4)
+    out = tmp_path / "out"
+    reference = receptive_fields(out, ["1"], config=config, model=loaded, progress=False)
+    (out / "receptive_fields" / "1.npz").unlink()
+    params = _params(config, [0], Dissection(out).run_id)
+    side = len(occluder_corners(32, 3, 3))
+    grids = np.full((4, side, side), 1e6, dtype=np.float32)
+    write_npz(out / "receptive_fields" / "1.partial.npz", grids=grids, done=np.int64(10**6),
+              params=np.str_(params))  # fmt: skip
+    again = receptive_fields(out, ["1"], config=config, model=loaded, progress=False)
+    pd.testing.assert_frame_equal(again, reference)

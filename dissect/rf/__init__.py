@@ -261,6 +261,10 @@ def _params(config: OcclusionConfig, units: Sequence[int], run_id: str) -> str:
 
 #: Version 2: clipped last occluder window, per-offset averaging, mass-rule sizes.
 _VERSION = 2
+#: Order of the fast methods' occluded passes, which a partial file's count of finished passes
+#: refers to; a partial file of another order is measured again. Order 2: incremental passes
+#: batched by their window at the costliest step.
+_PASS_ORDER = 2
 
 
 def _join(parts: list[dict], params: str) -> dict:
@@ -313,15 +317,17 @@ def _measure_layer(
             return stored
     measurements = Measurements.from_topk(dissection.topk(layer), units, config.top)
     partial = final.with_name(final.stem + ".partial.npz")
+    # A partial file holds passes in the order of the code that wrote it.
+    resumable = json.dumps({"params": params, "pass_order": _PASS_ORDER}, sort_keys=True)
     grids, done = None, 0
     if partial.is_file():
         stored = read_npz(partial)
-        if str(stored["params"]) == params:
+        if str(stored["params"]) == resumable:
             grids, done = stored["grids"], int(stored["done"])
     state = {"done": done, "saved": time.monotonic()}
 
     def save() -> None:
-        write_npz(partial, grids=result, done=np.int64(state["done"]), params=np.str_(params))
+        write_npz(partial, grids=result, done=np.int64(state["done"]), params=np.str_(resumable))
         state["saved"] = time.monotonic()
 
     def checkpoint(finished: int) -> None:
