@@ -48,18 +48,19 @@ per occluder position, per image, per unit. The fast method computes the same nu
     pooling and point-wise modules, checked on the first image): the unoccluded activations of
     every step are kept, and each step recomputes only a window of outputs, reading the kept
     activations around it with the step's own padding: the outputs whose inputs the occluder
-    changed, or, when smaller, the outputs the measured peak positions depend on (for each
-    image, one window around all its peaks or one per peak, whichever costs fewer
-    multiply-adds). Window sides are fixed per step (the widest changed span over the occluder
-    corners in use), so each step handles all passes of a batch at once: one gather of the kept
-    activations, one paste of the recomputed window, one convolution or pooling;
+    changed *and* that the measured peak positions depend on (for each image, one window around
+    all its peaks or one per peak, whichever costs fewer multiply-adds). Passes are batched by
+    the side of their window at the costliest step and run at the largest window of their batch
+    kind at every step, so each step handles all passes of a batch at once: one gather of the
+    kept activations, one paste of the recomputed window, one convolution or pooling, in
+    buffers reused from batch to batch;
 
   ``fast`` picks ``incremental`` when it applies and the crops would cover more than a quarter
   of the image on average, else ``crop``;
 - occluded passes streamed in batches of ``batch_size`` whole-image equivalents, never built all
   at once: more passes per batch when they are smaller, as many as hold (channels counted, at
-  their largest step) what ``batch_size`` whole-image forwards would, so the fast methods' peak
-  memory stays at the naive method's.
+  their largest step, with a convolution's unfolded input) what ``batch_size`` whole-image
+  forwards would, so the fast methods' peak memory stays at the naive method's.
 
 All methods use the same seeded noise patch, so their maps agree to float32 round-off.
 
@@ -67,7 +68,8 @@ Resume. Results are written per layer, atomically (``receptive_fields/<layer>.np
 runs, its occluded passes follow a fixed order; every ``checkpoint_seconds`` and on interruption
 the finished passes are saved to ``receptive_fields/<layer>.partial.npz``. A rerun with the same
 parameters skips finished layers and restarts a partial one after its last saved pass, so an
-interruption (Ctrl-C) loses at most the batch in flight.
+interruption (Ctrl-C) loses at most the batch in flight; a partial file written by a version of
+dissect whose passes ran in another order is measured again.
 
 Layout: :mod:`~dissect.rf.occlusion` (parameters, noise occluder, grid),
 :mod:`~dissect.rf.discrepancy` (the entry point of every method), :mod:`~dissect.rf.naive`,

@@ -2,8 +2,9 @@
 
 For networks that reach the measured layer through a plain chain of convolutions, max pooling and
 point-wise modules (:func:`_chain` checks), the unoccluded activations of every step are kept and
-each occluded pass recomputes only a fixed-size window per step (:class:`_Incremental`), gathered
-from and pasted into the kept activations in one indexing operation (:func:`_gather_paste`).
+each occluded pass recomputes only a window per step (:class:`_Incremental`), gathered from and
+pasted into the kept activations in one indexing operation (:func:`_gather_paste`), in a buffer
+reused from batch to batch (:class:`_Workspace`).
 """
 
 from __future__ import annotations
@@ -47,16 +48,16 @@ class _Step:
     def apply(self, window: torch.Tensor) -> torch.Tensor:
         """The module on a window that already holds its padding.
 
-        Convolutions run on contiguous (NCHW) windows, as a whole-image forward does, so their
-        round-off matches it; max pooling (exact in any layout) runs channels last, where it is
-        many times faster on CPU.
+        Convolutions and max pooling run channels last, the layout windows are gathered in,
+        where such small windows run fastest on CPU (a convolution's round-off then differs from
+        a whole-image NCHW forward's at the float32 level).
         """
         if isinstance(self.module, nn.Conv2d):
             conv = self.module
+            window = window.contiguous(memory_format=torch.channels_last)
             return F.conv2d(
-                window.contiguous(), conv.weight, conv.bias, self.stride, 0, self.dilation,
-                conv.groups,
-            )  # fmt: skip
+                window, conv.weight, conv.bias, self.stride, 0, self.dilation, conv.groups
+            )
         if isinstance(self.module, nn.MaxPool2d):
             window = window.contiguous(memory_format=torch.channels_last)
             return F.max_pool2d(window, self.kernel, self.stride, 0, self.dilation)
@@ -251,9 +252,10 @@ class _Incremental:
 
     def floats(self, kind: tuple[int, int]) -> int:
         """Floats one pass of ``kind`` holds at its largest step: its gathered input window twice
-        (gathered, then made contiguous for the convolution), the previous step's window it
-        pastes (twice: reshaped, then picked), its output window and, for a convolution, the
-        unfolded input (one column of kernel taps per output) that small convolutions run on."""
+        (gathered, and a copy in the layout the convolution or pooling prefers), the previous
+        step's window it pastes (twice: reshaped, then picked), its output window and, for a
+        convolution, the unfolded input (one column of kernel taps per output) that small
+        convolutions run on."""
         key = (int(kind[0]), int(kind[1]))
         if key not in self._floats:
             floats, previous = 0, 0
@@ -328,9 +330,6 @@ class _Incremental:
             gathered = _gather_paste(
                 bases[index], images, need, needed, window, offset, bounds, self.work
             )
-            if isinstance(step.module, nn.Conv2d):  # its contiguous input, in reused memory
-                _, contiguous = self.work.take([(gathered.numel(),), gathered.shape], gathered)
-                gathered = contiguous.copy_(gathered)
             window, low = step.apply(gathered), start
             column += 1
         return window, low
@@ -346,8 +345,8 @@ class _Incremental:
 
 class _Workspace:
     """One buffer reused from batch to batch for the large temporaries of every step (gathered
-    windows, pasted windows, contiguous convolution inputs), which then land in the same memory
-    instead of in new holes of a fragmented heap."""
+    and pasted windows), which then land in the same memory instead of in new holes of a
+    fragmented heap."""
 
     def __init__(self):
         self.buffer: torch.Tensor | None = None
