@@ -48,18 +48,19 @@ per occluder position, per image, per unit. The fast method computes the same nu
     pooling and point-wise modules, checked on the first image): the unoccluded activations of
     every step are kept, and each step recomputes only a window of outputs, reading the kept
     activations around it with the step's own padding: the outputs whose inputs the occluder
-    changed, or, when smaller, the outputs the measured peak positions depend on (for each
-    image, one window around all its peaks or one per peak, whichever costs fewer
-    multiply-adds). Window sides are fixed per step (the widest changed span over the occluder
-    corners in use), so each step handles all passes of a batch at once: one gather of the kept
-    activations, one paste of the recomputed window, one convolution or pooling;
+    changed *and* that the measured peak positions depend on (for each image, one window around
+    all its peaks or one per peak, whichever costs fewer multiply-adds). Passes are batched by
+    the side of their window at the costliest step and run at the largest window of their batch
+    kind at every step, so each step handles all passes of a batch at once: one gather of the
+    kept activations, one paste of the recomputed window, one convolution or pooling, in
+    buffers reused from batch to batch;
 
   ``fast`` picks ``incremental`` when it applies and the crops would cover more than a quarter
   of the image on average, else ``crop``;
 - occluded passes streamed in batches of ``batch_size`` whole-image equivalents, never built all
   at once: more passes per batch when they are smaller, as many as hold (channels counted, at
-  their largest step) what ``batch_size`` whole-image forwards would, so the fast methods' peak
-  memory stays at the naive method's.
+  their largest step, with a convolution's unfolded input) what ``batch_size`` whole-image
+  forwards would, so the fast methods' peak memory stays at the naive method's.
 
 All methods use the same seeded noise patch, so their maps agree to float32 round-off.
 
@@ -67,7 +68,8 @@ Resume. Results are written per layer, atomically (``receptive_fields/<layer>.np
 runs, its occluded passes follow a fixed order; every ``checkpoint_seconds`` and on interruption
 the finished passes are saved to ``receptive_fields/<layer>.partial.npz``. A rerun with the same
 parameters skips finished layers and restarts a partial one after its last saved pass, so an
-interruption (Ctrl-C) loses at most the batch in flight.
+interruption (Ctrl-C) loses at most the batch in flight; a partial file written by a version of
+dissect whose passes ran in another order is measured again.
 
 Layout: :mod:`~dissect.rf.occlusion` (parameters, noise occluder, grid),
 :mod:`~dissect.rf.discrepancy` (the entry point of every method), :mod:`~dissect.rf.naive`,
@@ -261,6 +263,10 @@ def _params(config: OcclusionConfig, units: Sequence[int], run_id: str) -> str:
 
 #: Version 2: clipped last occluder window, per-offset averaging, mass-rule sizes.
 _VERSION = 2
+#: Order of the fast methods' occluded passes, which a partial file's count of finished passes
+#: refers to; a partial file of another order is measured again. Order 2: incremental passes
+#: batched by their window at the costliest step.
+_PASS_ORDER = 2
 
 
 def _join(parts: list[dict], params: str) -> dict:
@@ -313,15 +319,17 @@ def _measure_layer(
             return stored
     measurements = Measurements.from_topk(dissection.topk(layer), units, config.top)
     partial = final.with_name(final.stem + ".partial.npz")
+    # A partial file holds passes in the order of the code that wrote it.
+    resumable = json.dumps({"params": params, "pass_order": _PASS_ORDER}, sort_keys=True)
     grids, done = None, 0
     if partial.is_file():
         stored = read_npz(partial)
-        if str(stored["params"]) == params:
+        if str(stored["params"]) == resumable:
             grids, done = stored["grids"], int(stored["done"])
     state = {"done": done, "saved": time.monotonic()}
 
     def save() -> None:
-        write_npz(partial, grids=result, done=np.int64(state["done"]), params=np.str_(params))
+        write_npz(partial, grids=result, done=np.int64(state["done"]), params=np.str_(resumable))
         state["saved"] = time.monotonic()
 
     def checkpoint(finished: int) -> None:

@@ -2,8 +2,9 @@
 
 For networks that reach the measured layer through a plain chain of convolutions, max pooling and
 point-wise modules (:func:`_chain` checks), the unoccluded activations of every step are kept and
-each occluded pass recomputes only a fixed-size window per step (:class:`_Incremental`), gathered
-from and pasted into the kept activations in one indexing operation (:func:`_gather_paste`).
+each occluded pass recomputes only a window per step (:class:`_Incremental`), gathered from and
+pasted into the kept activations in one indexing operation (:func:`_gather_paste`), in a buffer
+reused from batch to batch (:class:`_Workspace`).
 """
 
 from __future__ import annotations
@@ -47,16 +48,16 @@ class _Step:
     def apply(self, window: torch.Tensor) -> torch.Tensor:
         """The module on a window that already holds its padding.
 
-        Convolutions run on contiguous (NCHW) windows, as a whole-image forward does, so their
-        round-off matches it; max pooling (exact in any layout) runs channels last, where it is
-        many times faster on CPU.
+        Convolutions and max pooling run channels last, the layout windows are gathered in,
+        where such small windows run fastest on CPU (a convolution's round-off then differs from
+        a whole-image NCHW forward's at the float32 level).
         """
         if isinstance(self.module, nn.Conv2d):
             conv = self.module
+            window = window.contiguous(memory_format=torch.channels_last)
             return F.conv2d(
-                window.contiguous(), conv.weight, conv.bias, self.stride, 0, self.dilation,
-                conv.groups,
-            )  # fmt: skip
+                window, conv.weight, conv.bias, self.stride, 0, self.dilation, conv.groups
+            )
         if isinstance(self.module, nn.MaxPool2d):
             window = window.contiguous(memory_format=torch.channels_last)
             return F.max_pool2d(window, self.kernel, self.stride, 0, self.dilation)
@@ -131,12 +132,13 @@ def _chain(module: nn.Module, layer: str, image: torch.Tensor) -> list[_Step] | 
 
 
 @dataclass(frozen=True)
-class _StepWindows:
-    """Fixed window sizes of one spatial step for a given occluder size, per axis."""
+class _Windows:
+    """The windows occluded passes compute for one box of the layer: per axis (y, x), per
+    occluder corner along it (rows) and spatial step (columns)."""
 
-    out: tuple[int, int]  # side of the output window computed
-    needed: tuple[int, int]  # side of the input window read (padding included)
-    length: tuple[int, int]  # output length of the step
+    start: tuple[np.ndarray, np.ndarray]  # first output computed
+    size: tuple[np.ndarray, np.ndarray]  # outputs computed
+    kind: tuple[np.ndarray, np.ndarray]  # per corner, its batch kind (see _Incremental.sizes)
 
 
 class _Incremental:
@@ -144,10 +146,11 @@ class _Incremental:
 
     The base activations of each image are computed once. An occluded pass then runs each
     convolution / pooling step only on a window of its outputs, reading the base around it with
-    the step's own padding: the window of outputs whose inputs the occluder changed (*forward*),
-    or, when smaller, the window of outputs that the measured positions (a box of the layer)
-    depend on (*backward*). Outside the forward window outputs equal the base; values outside
-    the backward window may be stale but no measured position reads them.
+    the step's own padding: the outputs that read an input the occluder changed (the *forward*
+    span, exact for each occluder corner) and that the measured positions (a box of the layer)
+    depend on (the *backward* span). Outside the forward span outputs equal the base; values
+    outside the backward span may be stale but no measured position reads them. Passes whose
+    windows have the same sizes at every step run in the same batches.
     """
 
     def __init__(
@@ -158,11 +161,14 @@ class _Incremental:
         corners: tuple[np.ndarray, ...],
     ):
         self.steps = steps
-        self.windows: list[_StepWindows | None] = []
+        self.spatial = [index for index, step in enumerate(steps) if step.spatial]
+        self.lengths: list[tuple[int, int] | None] = []  # output (height, width) per step
         self.inputs: list[tuple[int, int, int]] = []  # (channels, height, width) per step
-        # Changed span [lo, hi] of every occluder corner, per axis.
+        self.macs = np.zeros(len(self.spatial))  # multiply-adds per output position
+        # Changed span [lo, hi] of every occluder corner, per axis, then per spatial step.
         lo = [np.asarray(axis, dtype=np.int64) for axis in corners]
         hi = [np.minimum(lo[a] + occluder, image.shape[1 + a]) - 1 for a in range(2)]
+        forward: list[list] = [[], []]
         # Floats a whole-image forward holds at its largest step (input and output), the unit
         # in which batches are sized: a batch of B whole-image equivalents holds what B whole
         # images would.
@@ -171,78 +177,116 @@ class _Incremental:
         for step in steps:
             self.inputs.append(tuple(x.shape[1:]))
             if not step.spatial:
-                self.windows.append(None)
+                self.lengths.append(None)
                 x = step.module.forward(x)
                 continue
-            floats_in = x[0].numel()
+            floats_in, channels = x[0].numel(), x.shape[1]
             x = step.module.forward(x)
             self.full = max(self.full, floats_in + x[0].numel())
-            lengths = x.shape[2:]
-            spans = [_changed_span(step, a, lo[a], hi[a], lengths[a]) for a in range(2)]
-            lo, hi = [span[0] for span in spans], [span[1] for span in spans]
-            # The forward window: wide enough for the widest span of the corners in use.
-            out = tuple(max(int((hi[a] - lo[a]).max()) + 1, 1) for a in range(2))
-            needed = tuple((out[a] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2))
-            self.windows.append(_StepWindows(out, needed, tuple(lengths)))
-
-    def plan(self, box: tuple[int, int, int, int]) -> tuple:
-        """Per step (None if point-wise), per axis: (backward start or -1 for forward, size)."""
-        lo, hi = [box[0], box[2]], [box[1], box[3]]
-        plans: list = [None] * len(self.steps)
-        for index in reversed(range(len(self.steps))):
-            step, sizes = self.steps[index], self.windows[index]
-            if sizes is None:
-                continue
-            axes = []
+            lengths = tuple(int(n) for n in x.shape[2:])
+            self.lengths.append(lengths)
+            taps = step.kernel[0] * step.kernel[1]
+            if isinstance(step.module, nn.Conv2d):
+                conv = step.module
+                taps *= conv.in_channels * conv.out_channels // conv.groups
+            else:
+                taps *= channels
+            self.macs[len(forward[0])] = taps
             for a in range(2):
-                back = hi[a] - lo[a] + 1
-                axes.append((lo[a], back) if back < sizes.out[a] else (-1, sizes.out[a]))
-            plans[index] = tuple(axes)
-            length = self.inputs[index][1:]
+                lo[a], hi[a] = _changed_span(step, a, lo[a], hi[a], lengths[a])
+                forward[a].append((lo[a], hi[a]))
+        self.forward = [
+            (np.stack([s[0] for s in spans], 1), np.stack([s[1] for s in spans], 1))
+            for spans in forward
+        ]
+        # Passes are batched by the size of their window at the costliest step (of the largest
+        # windows), each batch computing the largest windows of its kind at every step.
+        widest = [(last - first).max(0) + 1 for first, last in self.forward]
+        self.key = int(np.argmax(self.macs * widest[0] * widest[1]))
+        self.largest: tuple[dict, dict] = ({}, {})  # kind -> largest sizes (steps,), per axis
+        self._floats: dict[tuple[int, int], int] = {}
+        self.work = _Workspace()
+
+    def windows(self, box: tuple[int, int, int, int]) -> _Windows:
+        """The windows of every occluder corner for measured positions in ``box`` (y_lo, y_hi,
+        x_lo, x_hi): the forward spans cut to the backward ones (where they miss each other,
+        one output of the backward span: such a pass changes nothing measured)."""
+        lo, hi = [box[0], box[2]], [box[1], box[3]]
+        back = np.zeros((2, 2, len(self.spatial)), dtype=np.int64)  # axis, lo / hi, step
+        for column in reversed(range(len(self.spatial))):
+            index = self.spatial[column]
+            step, length = self.steps[index], self.inputs[index][1:]
+            back[:, 0, column], back[:, 1, column] = lo, hi
             lo = [max(0, lo[a] * step.stride[a] - step.padding[a]) for a in range(2)]
             hi = [
                 min(length[a] - 1, hi[a] * step.stride[a] - step.padding[a] + step.reach(a))
                 for a in range(2)
             ]
-        return tuple(plans)
+        starts, sizes, kinds = [], [], []
+        for a in range(2):
+            first, last = self.forward[a]
+            start = np.maximum(first, back[a, 0])
+            stop = np.minimum(last, back[a, 1])
+            empty = stop < start
+            start = np.where(empty, np.minimum(start, back[a, 1]), start)
+            size = np.where(empty, 1, stop - start + 1)
+            kind = size[:, self.key]
+            for value in np.unique(kind):
+                rows = size[kind == value].max(0)
+                self.largest[a][value] = np.maximum(self.largest[a].get(value, rows), rows)
+            starts.append(start)
+            sizes.append(size)
+            kinds.append(kind)
+        return _Windows(tuple(starts), tuple(sizes), tuple(kinds))
 
-    def cost(self, plan: tuple) -> tuple[float, int]:
-        """Multiply-adds of one pass with ``plan``, and the floats it holds at its largest step.
+    def sizes(self, kind: tuple[int, int]) -> np.ndarray:
+        """Window sizes (spatial steps, 2) that the passes of ``kind`` (per axis, as in
+        :class:`_Windows`) run with: the largest of their kind at every step, once
+        :meth:`windows` has seen every box."""
+        return np.stack([self.largest[a][int(kind[a])] for a in range(2)], 1)
 
-        A step holds its gathered input window twice (gathered, then made contiguous for the
-        convolution), the previous step's window it pastes (twice: reshaped, then picked) and
-        its output window.
-        """
-        macs, floats, previous = 0.0, 0, 0
-        for step, axes, shape in zip(self.steps, plan, self.inputs, strict=True):
-            if axes is None:
-                continue
-            out = axes[0][1] * axes[1][1]
-            taps = step.kernel[0] * step.kernel[1]
-            if isinstance(step.module, nn.Conv2d):
-                conv = step.module
-                macs += out * taps * conv.in_channels * conv.out_channels / conv.groups
-            else:
-                macs += out * taps * shape[0]
-            gathered = shape[0] * math.prod(
-                (axes[a][1] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2)
-            )
-            channels = step.module.out_channels if isinstance(step.module, nn.Conv2d) else shape[0]
-            floats = max(floats, 2 * gathered + 2 * previous + out * channels)
-            previous = out * channels
-        return macs, floats
+    def cost(self, windows: _Windows, jobs: np.ndarray) -> float:
+        """Multiply-adds of the passes ``jobs`` (J, 2: corner rows and columns) on ``windows``."""
+        area = windows.size[0][jobs[:, 0]] * windows.size[1][jobs[:, 1]]
+        return float((area @ self.macs).sum())
+
+    def floats(self, kind: tuple[int, int]) -> int:
+        """Floats one pass of ``kind`` holds at its largest step: its gathered input window twice
+        (gathered, and a copy in the layout the convolution or pooling prefers), the previous
+        step's window it pastes (twice: reshaped, then picked), its output window and, for a
+        convolution, the unfolded input (one column of kernel taps per output) that small
+        convolutions run on."""
+        key = (int(kind[0]), int(kind[1]))
+        if key not in self._floats:
+            floats, previous = 0, 0
+            for index, (height, width) in zip(self.spatial, self.sizes(key), strict=True):
+                step, channels = self.steps[index], self.inputs[index][0]
+                gathered = channels * math.prod(
+                    (side - 1) * step.stride[a] + step.reach(a) + 1
+                    for a, side in enumerate((height, width))
+                )
+                unfolded = 0
+                if isinstance(step.module, nn.Conv2d):
+                    conv = step.module
+                    taps = conv.in_channels // conv.groups * step.kernel[0] * step.kernel[1]
+                    unfolded, channels = taps * height * width, conv.out_channels
+                out = height * width * channels
+                floats = max(floats, 2 * gathered + 2 * previous + unfolded + out)
+                previous = height * width * channels
+            self._floats[key] = floats
+        return self._floats[key]
 
     def base(self, image: torch.Tensor) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         """Padded inputs of the spatial steps, and the layer output, for one image."""
         padded: list[torch.Tensor | None] = []
         x = image[None]
-        for step, windows in zip(self.steps, self.windows, strict=True):
-            if windows is None:
+        for step, lengths in zip(self.steps, self.lengths, strict=True):
+            if lengths is None:
                 padded.append(None)
             else:
                 pads = []
                 for a in (1, 0):  # F.pad takes the last axis first
-                    extra = (windows.length[a] - 1) * step.stride[a] + step.reach(a) + 1
+                    extra = (lengths[a] - 1) * step.stride[a] + step.reach(a) + 1
                     right = max(0, extra - step.padding[a] - x.shape[2 + a])
                     pads += [step.padding[a], right]
                 padded.append(F.pad(x[0], pads, value=step.fill))
@@ -255,41 +299,39 @@ class _Incremental:
         images: np.ndarray,
         corners: np.ndarray,
         patch: torch.Tensor,
-        plans: list[tuple],
+        starts: np.ndarray,
+        sizes: np.ndarray,
     ) -> tuple[torch.Tensor, np.ndarray]:
         """Layer output windows (B, C, h, w) of occluded images and their starts (B, 2).
 
         ``bases[s]`` holds the padded base inputs of spatial step ``s`` for every image of the
         chunk, channels last (I, H, W, C), see :meth:`stack`; ``images[b]`` is item ``b``'s image
-        in that stack, ``corners[b]`` its occluder corner (y, x) in input pixels, ``plans[b]``
-        its :meth:`plan` (window sizes equal for all items). Each step gathers the windows of all
-        items and pastes the recomputed windows into them in one indexing operation each.
+        in that stack, ``corners[b]`` its occluder corner (y, x) in input pixels, ``starts[b]``
+        (spatial steps, 2) the first output of its window at every spatial step and ``sizes``
+        (spatial steps, 2) the window sizes, equal for all items. Each step gathers the windows
+        of all items and pastes the recomputed windows into them in one indexing operation each.
         """
         count = len(corners)
         window = patch.unsqueeze(0).expand(count, -1, -1, -1)
-        changed = np.asarray(corners, dtype=np.int64)  # first input position the occluder changed
-        low = changed.copy()  # start of the window computed
-        for index, (step, sizes) in enumerate(zip(self.steps, self.windows, strict=True)):
-            if sizes is None:
+        low = np.asarray(corners, dtype=np.int64)  # start of the window computed
+        column = 0
+        for index, step in enumerate(self.steps):
+            if not step.spatial:
                 window = step.module.forward(window)
                 continue
-            axes = plans[0][index]
-            first, start = np.empty_like(changed), np.empty_like(changed)
-            for a in range(2):
-                first[:, a] = _changed_span(step, a, changed[:, a], changed[:, a], 1 << 62)[0]
-                if axes[a][0] < 0:  # forward window: from the first changed output
-                    start[:, a] = np.minimum(first[:, a], sizes.length[a] - sizes.out[a])
-                else:
-                    start[:, a] = [plan[index][a][0] for plan in plans]
-            out = (axes[0][1], axes[1][1])
+            out = sizes[column]  # at least each item's own window: it still covers that
+            start = np.minimum(starts[:, column], np.array(self.lengths[index]) - out)
             needed = [(out[a] - 1) * step.stride[a] + step.reach(a) + 1 for a in range(2)]
             need = start * np.array(step.stride)  # in padded coordinates
             offset = low + np.array(step.padding) - need  # computed window in gathered coords
             # Pasted values land only on real inputs, never on padding (a clipped occluder).
             inner = np.array(step.padding) - need
             bounds = (inner, inner + np.array(self.inputs[index][1:]))
-            gathered = _gather_paste(bases[index], images, need, needed, window, offset, bounds)
-            window, changed, low = step.apply(gathered), first, start
+            gathered = _gather_paste(
+                bases[index], images, need, needed, window, offset, bounds, self.work
+            )
+            window, low = step.apply(gathered), start
+            column += 1
         return window, low
 
     def stack(self, prepared: list[tuple]) -> list[torch.Tensor | None]:
@@ -298,6 +340,30 @@ class _Incremental:
         return [
             None if padded[0] is None else torch.stack(padded).permute(0, 2, 3, 1).contiguous()
             for padded in zip(*(base for base, _ in prepared), strict=True)
+        ]
+
+
+class _Workspace:
+    """One buffer reused from batch to batch for the large temporaries of every step (gathered
+    and pasted windows), which then land in the same memory instead of in new holes of a
+    fragmented heap."""
+
+    def __init__(self):
+        self.buffer: torch.Tensor | None = None
+
+    def take(self, shapes: Sequence[Sequence[int]], like: torch.Tensor) -> list[torch.Tensor]:
+        """Tensors of ``shapes`` (dtype and device of ``like``) laid one after the other from the
+        start of the buffer; what earlier calls took there is overwritten."""
+        sizes = [math.prod(shape) for shape in shapes]
+        buffer = self.buffer
+        if buffer is None or buffer.numel() < sum(sizes) or buffer.dtype != like.dtype:
+            self.buffer = buffer = None  # free it first
+            buffer = torch.empty(sum(sizes), dtype=like.dtype, device=like.device)
+            self.buffer = buffer
+        starts = np.cumsum([0] + sizes)
+        return [
+            buffer[start : start + size].view(*shape)
+            for start, size, shape in zip(starts, sizes, shapes, strict=False)
         ]
 
 
@@ -317,6 +383,7 @@ def _gather_paste(
     window: torch.Tensor,
     offset: np.ndarray,
     bounds: tuple[np.ndarray, np.ndarray],
+    work: _Workspace,
 ) -> torch.Tensor:
     """Windows (B, C, h, w) of ``size`` cut at ``corner`` (B, 2) from ``base[images[b]]`` (I, H,
     W, C), with ``window[b]`` (C, h', w') pasted at ``offset[b]``; parts outside the window or
@@ -324,7 +391,8 @@ def _gather_paste(
     are cut off.
 
     Works on rows of channels: one ``index_select`` gathers every item's window, one
-    ``index_copy_`` pastes every item's recomputed values.
+    ``index_copy_`` pastes every item's recomputed values. The result lies in ``work``: it is
+    overwritten by the next call.
     """
     device, channels = base.device, base.shape[3]
     count, (height, width), (inner_h, inner_w) = len(corner), size, window.shape[2:]
@@ -332,8 +400,11 @@ def _gather_paste(
     cols = corner[:, 1:] + np.arange(width)
     images = np.asarray(images)[:, None, None]
     source = (images * base.shape[1] + rows[:, :, None]) * base.shape[2] + cols[:, None, :]
-    gathered = base.reshape(-1, channels).index_select(
-        0, torch.as_tensor(source.ravel(), device=device)
+    gathered, values = work.take(
+        [(source.size, channels), (count, inner_h, inner_w, channels)], base
+    )
+    torch.index_select(
+        base.view(-1, channels), 0, torch.as_tensor(source.ravel(), device=device), out=gathered
     )
     # Window position (i, j) of item b lands at (i + offset_y, j + offset_x) of its window.
     to_y = offset[:, :1] + np.arange(inner_h)  # (B, h')
@@ -346,7 +417,8 @@ def _gather_paste(
     item = np.arange(count)[:, None, None]
     target = (item * height + to_y[:, :, None]) * width + to_x[:, None, :]
     origin = (item * inner_h + np.arange(inner_h)[None, :, None]) * inner_w + np.arange(inner_w)
-    values = window.permute(0, 2, 3, 1).reshape(-1, channels)
-    pick = torch.as_tensor(origin[keep], device=device)
-    gathered.index_copy_(0, torch.as_tensor(target[keep], device=device), values[pick])
+    values = values.copy_(window.permute(0, 2, 3, 1)).view(-1, channels)
+    if not keep.all():
+        values = values[torch.as_tensor(origin[keep], device=device)]
+    gathered.index_copy_(0, torch.as_tensor(target[keep], device=device), values)
     return gathered.view(count, height, width, channels).permute(0, 3, 1, 2)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..errors import DissectError
 from ..hooks import LayerTrace
 from .crop import _axes, _crop_pass, _Group, _groups_for_image
-from .incremental import _chain, _Incremental
+from .incremental import _chain, _Incremental, _Windows
 from .occlusion import _Cost, _layout
 
 
@@ -63,22 +63,18 @@ def _fast(
         passes = sum(len(group.jobs) for groups in per_image for group in groups)
         if pixels <= 0.25 * passes * image_size[0] * image_size[1]:
             steps = None
-    incremental, plans, signatures, kinds = None, {}, {}, {}
+    incremental, windows = None, {}
     if steps is not None:
         incremental = _Incremental(steps, first, patch.shape[-1], corners)
 
-        def window_plan(box: tuple) -> tuple:
-            if box not in plans:
-                plans[box] = incremental.plan(box)
-                signature = tuple(
-                    a and (a[0][0] < 0, a[0][1], a[1][0] < 0, a[1][1]) for a in plans[box]
-                )
-                signatures[box] = kinds.setdefault(signature, len(kinds))
-            return plans[box]
+        def windows_of(group: _Group) -> _Windows:
+            if group.box not in windows:
+                windows[group.box] = incremental.windows(group.box)
+            return windows[group.box]
 
-        per_image = plan(lambda g: len(g.jobs) * incremental.cost(window_plan(g.box))[0])
+        per_image = plan(lambda g: incremental.cost(windows_of(g), g.jobs))
         for group in (group for groups in per_image for group in groups):
-            window_plan(group.box)
+            windows_of(group)
     total = sum(len(group.jobs) for groups in per_image for group in groups)
     name = "crop" if incremental is None else "incremental"
     cost = _Cost(total, done, measurements, len(corners[0]) * len(corners[1]), name, progress)
@@ -101,11 +97,20 @@ def _fast(
                 shapes = np.array(
                     [(groups[k].plan_y.size()[r], groups[k].plan_x.size()[c]) for k, r, c in jobs]
                 ).reshape(-1, 2)
-            else:  # passes with the same window sizes
-                shapes = np.array([(signatures[groups[k].box], 0) for k, _, _ in jobs])
-                shapes = shapes.reshape(-1, 2)
+            else:  # passes with the same window sizes, and their window starts
+                boxes = [windows[g.box] for g in groups]
+                shapes = np.concatenate(
+                    [np.column_stack([w.kind[0][g.jobs[:, 0]], w.kind[1][g.jobs[:, 1]]])
+                     for w, g in zip(boxes, groups, strict=True)]
+                )  # fmt: skip
+                begins = np.concatenate(
+                    [np.stack([w.start[0][g.jobs[:, 0]], w.start[1][g.jobs[:, 1]]], -1)
+                     for w, g in zip(boxes, groups, strict=True)]
+                )  # fmt: skip
             ranking = np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], shapes[:, 1], shapes[:, 0]))
             jobs, shapes = jobs[ranking], shapes[ranking]
+            if incremental is not None:
+                begins = begins[ranking]
             slots = {g.image: None for g in groups}  # chunk images, in order of first use
             tensors = [load_image(int(images[i])).to(device) for i in slots]
             slots = {image: slot for slot, image in enumerate(slots)}
@@ -124,7 +129,7 @@ def _fast(
                     pixels = image_size[0] * image_size[1]
                     limit = config.batch_size * pixels // int(np.prod(shapes[index]))
                 else:
-                    floats = incremental.cost(plans[groups[jobs[index, 0]].box])[1]
+                    floats = incremental.floats(shapes[index])
                     limit = config.batch_size * incremental.full // max(floats, 1)
                 end = index + 1
                 while end < len(jobs) and end - index < limit:
@@ -142,7 +147,8 @@ def _fast(
                         targets.slot[k],
                         np.column_stack([corners[0][r], corners[1][c]]),
                         patch,
-                        [plans[groups[g].box] for g in k],
+                        begins[index:end],
+                        incremental.sizes(shapes[index]),
                     )
                 _record(grids, maps, starts, targets, k, r, c)
                 bar.update(len(k))
@@ -209,18 +215,15 @@ def _record(grids, maps, starts, targets, k, r, c) -> None:
         hit = (ys >= targets.first_y[kk, rr]) & (ys <= targets.last_y[kk, rr])
         hit &= (xs >= targets.first_x[kk, cc]) & (xs <= targets.last_x[kk, cc])
         item, member, rr, cc = item[hit], member[hit], rr[hit], cc[hit]
-        index = [
-            torch.as_tensor(v, device=device)
-            for v in (
-                item,
-                targets.unit[member],
-                ys[hit] - starts[item, 0],
-                xs[hit] - starts[item, 1],
-            )
-        ]
+        # Positions outside an item's computed window did not change: discrepancy 0.
+        at = [v[hit] - starts[item, a] for a, v in enumerate((ys, xs))]
+        inside = (at[0] >= 0) & (at[0] < maps.shape[2]) & (at[1] >= 0) & (at[1] < maps.shape[3])
+        at = [np.clip(at[a], 0, maps.shape[2 + a] - 1) for a in range(2)]
+        index = [torch.as_tensor(v, device=device) for v in (item, targets.unit[member], *at)]
         diff = (
             maps[tuple(index)] - targets.reference[torch.as_tensor(member, device=device)]
         ).abs()
+        diff = torch.where(torch.as_tensor(inside, device=device), diff, 0.0)
     else:
         height, width = targets.outputs.shape[2:]
         spans = [

@@ -1,0 +1,106 @@
+"""The incremental method's windows and reused buffers: small, and still exact."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import torch
+from test_receptive_field import dissect_known
+from torch import nn
+
+from dissect.dissection import Dissection
+from dissect.geometry import layer_geometry
+from dissect.images import Preprocess
+from dissect.io import write_npz
+from dissect.rf import (
+    Measurements,
+    OcclusionConfig,
+    _params,
+    discrepancy_maps,
+    noise_patch,
+    occluder_corners,
+    receptive_fields,
+)
+from dissect.rf import incremental as inc
+
+PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def deep_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 5, stride=2, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
+        nn.Conv2d(6, 8, 5, padding=2), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 5, 3, padding=1),
+    ).eval()  # fmt: skip
+
+
+def test_windows_are_cut_to_what_the_measured_positions_read():
+    net, size = deep_net(), 32
+    image = torch.randn(3, size, size, generator=torch.Generator().manual_seed(0))
+    steps = inc._chain(net, "7", image)
+    corners = occluder_corners(size, 5, 1)
+    incremental = inc._Incremental(steps, image, 5, (corners, corners))
+    one = incremental.windows((3, 3, 4, 4))  # one measured position
+    whole = incremental.windows((0, 7, 0, 7))  # the whole map
+    for a in range(2):
+        forward = incremental.forward[a][1] - incremental.forward[a][0] + 1
+        assert (one.size[a] <= forward).all() and (one.size[a] >= 1).all()
+        assert (one.size[a][:, -1] == 1).all()  # the last step computes the position only
+        np.testing.assert_array_equal(whole.size[a], forward)  # nothing to cut
+        assert (one.start[a] >= 0).all()
+        lengths = np.array([incremental.lengths[i][a] for i in incremental.spatial])
+        assert (one.start[a] + one.size[a] <= lengths).all()
+    jobs = np.argwhere(np.ones((len(corners), len(corners))))
+    assert incremental.cost(one, jobs) < incremental.cost(whole, jobs) / 2
+
+
+def test_fast_equals_naive_where_windows_of_one_batch_differ():
+    """Peaks in corners and in the middle, one image: passes whose own windows differ run in
+    one batch at the largest windows of their kind, at every batch size."""
+    net, size, layer = deep_net(), 32, "7"
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))
+    geometry = layer_geometry(net, [layer], size)[layer]
+    measurements = Measurements(np.array([0, 0, 0, 1, 1]), np.array([0, 1, 2, 3, 4]),
+                                np.array([0, 7, 3, 0, 7]), np.array([0, 7, 4, 7, 0]))  # fmt: skip
+    patch = noise_patch(PREPROCESS, 5, 0)
+    config = OcclusionConfig(occluder=5, stride=1)
+    run = (net, layer, geometry, images.__getitem__, measurements, patch)
+    naive = discrepancy_maps(*run, config, method="naive", progress=False)
+    assert (naive > 0).mean() > 0.1
+    for batch_size in (1, 4, 128):
+        config = dataclasses.replace(config, batch_size=batch_size)
+        fast = discrepancy_maps(*run, config, method="incremental", progress=False)
+        np.testing.assert_allclose(fast, naive, rtol=1e-5, atol=1e-5)
+
+
+def test_workspace_reuses_one_buffer():
+    work, like = inc._Workspace(), torch.zeros(1)
+    first, second = work.take([(4, 5), (2, 3)], like)
+    assert first.shape == (4, 5) and second.shape == (2, 3)
+    assert second.data_ptr() == first.data_ptr() + 20 * first.element_size()
+    (again,) = work.take([(6, 3)], like)
+    assert again.data_ptr() == first.data_ptr()  # no new memory for what fits
+    (larger,) = work.take([(40, 5)], like)
+    assert larger.shape == (40, 5) and work.buffer.numel() == 200
+    (double,) = work.take([(2,)], torch.zeros(1, dtype=torch.float64))
+    assert double.dtype == torch.float64
+
+
+def test_partial_file_of_another_pass_order_is_measured_again(tmp_path, image_folder):
+    """A partial file counts finished passes in its writer's order: one written before the
+    pass order changed (no ``pass_order``) is not resumed, its grids not reused."""
+    loaded = dissect_known(tmp_path, image_folder)
+    config = OcclusionConfig(top=4, occluder=3, stride=3, batch_size=4)
+    out = tmp_path / "out"
+    reference = receptive_fields(out, ["1"], config=config, model=loaded, progress=False)
+    (out / "receptive_fields" / "1.npz").unlink()
+    params = _params(config, [0], Dissection(out).run_id)
+    side = len(occluder_corners(32, 3, 3))
+    grids = np.full((4, side, side), 1e6, dtype=np.float32)
+    write_npz(out / "receptive_fields" / "1.partial.npz", grids=grids, done=np.int64(10**6),
+              params=np.str_(params))  # fmt: skip
+    again = receptive_fields(out, ["1"], config=config, model=loaded, progress=False)
+    pd.testing.assert_frame_equal(again, reference)
