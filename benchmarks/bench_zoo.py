@@ -30,11 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_iou import resnet18  # noqa: E402
+from bench_run import bare_loop  # noqa: E402
 from zoo_models import ZOO  # noqa: E402
 
 from dissect.datasets import open_data  # noqa: E402
 from dissect.geometry import layer_geometry  # noqa: E402
-from dissect.images import Preprocess, make_loader  # noqa: E402
+from dissect.images import Preprocess  # noqa: E402
 from dissect.models import LoadedModel  # noqa: E402
 from dissect.streaming import run_dissection  # noqa: E402
 
@@ -86,15 +87,6 @@ def measure(task: str, family: str, args) -> tuple[float, float]:
     result = queue.get()
     process.join()
     return result
-
-
-def bare_loop(module, source, preprocess, batch_size: int) -> float:
-    start = time.perf_counter()
-    loader = make_loader(source, preprocess, range(len(source)), batch_size)
-    with torch.inference_mode():
-        for batch in loader:
-            module(batch.images)
-    return time.perf_counter() - start
 
 
 def dissect_run(loaded, source, layers, batch_size: int) -> tuple[float, float]:

@@ -381,9 +381,9 @@ def write_segments(
     kinds = [kind for kind in KINDS if kind in pictures]
     layers = dissection.check_layers(layers)
     options["model"] = dissection.load_model(options.get("model"))
+    rule = options.get("rule", "threshold")
     tables = []
     for layer in layers:
-        rule = options.get("rule", "threshold")
         folder = dissection.path(FOLDERS.get(rule, "segments"), layer_file_name(layer))
         rows = []
         for segments in iter_segments(dissection, layer, units, top, **options):
