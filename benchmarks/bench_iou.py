@@ -221,7 +221,7 @@ def baseline(data: str, layers: list[str], batch_size: int, quantile: float, ali
 
 
 def agreement(out: Path, ious: dict) -> float:
-    from dissect.dissection import layer_file_name
+    from dissect.directory import layer_file_name
 
     same = total = 0
     for layer, iou in ious.items():

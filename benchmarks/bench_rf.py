@@ -208,7 +208,7 @@ def child(args) -> None:
 def naive_sample(module, layer, geometry, load_image, measurements, patch, config, corners, limit):
     """The naive method's loop (a copy with the occluder pasted, whole-model forward) on the first
     ``limit`` positions of every measurement, for extrapolation."""
-    from dissect.rf.occlusion import _occlude
+    from dissect.rf.occlusion import occlude
 
     positions = [(int(y), int(x)) for y in corners for x in corners][:limit]
     grids = np.zeros((len(measurements), len(positions)), dtype=np.float32)
@@ -219,7 +219,7 @@ def naive_sample(module, layer, geometry, load_image, measurements, patch, confi
             base = trace(image[None])[layer][0, unit]
             for start in range(0, len(positions), config.batch_size):
                 chunk = positions[start : start + config.batch_size]
-                batch = torch.stack([_occlude(image, patch, py, px) for py, px in chunk])
+                batch = torch.stack([occlude(image, patch, py, px) for py, px in chunk])
                 maps = trace(batch)[layer][:, unit]
                 grids[m, start : start + len(chunk)] = (maps[:, y, x] - base[y, x]).abs().numpy()
     return grids
@@ -307,8 +307,8 @@ def main() -> None:
                 "speedup_vs_naive": figures["naive"]["cpu_seconds"] / first["cpu_seconds"],
                 "memory_vs_naive": first["peak_mib"] / max(figures["naive"]["peak_mib"], 1e-9),
             }
-            fast = np.load(Path(out) / f"{layer}_fast.npy")
-            naive = np.load(Path(out) / f"{layer}_naive.npy")
+            fast = np.load(Path(out) / f"{layer}fast.npy")
+            naive = np.load(Path(out) / f"{layer}naive.npy")
             width = min(fast.shape[1], naive.shape[1])
             print(f"{layer}_max_abs_diff: {np.abs(fast[:, :width] - naive[:, :width]).max():.3g}")
             for name, value in ratios.items():

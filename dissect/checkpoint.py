@@ -21,6 +21,7 @@ from pathlib import Path
 from pickle import UnpicklingError
 from typing import TYPE_CHECKING, Any
 
+from .directory import CHECKPOINT_DIR
 from .errors import DissectError
 from .io import atomic_path
 
@@ -29,14 +30,11 @@ if TYPE_CHECKING:
 
     from .images import ImageSource
 
-#: Folder inside the output directory that holds the checkpoints of a run in progress.
-CHECKPOINT_DIR = ".checkpoint"
-#: Images a rank processes between two checkpoints, by default.
-DEFAULT_CHECKPOINT_EVERY = 10000
 #: Version of what checkpoints hold; part of every fingerprint (the statistics pass, IoU labels,
 #: receptive fields), so a resume after an upgrade that changed it is refused, not misread.
 #: 2: the threshold sketch samples by a hash of (seed, image, position), not a generator state.
-CHECKPOINT_FORMAT = 2
+#: 3: one layout for every pass (:mod:`dissect.passes`: the pass, then each listener's state).
+CHECKPOINT_FORMAT = 3
 
 
 def module_digest(module: nn.Module) -> str:

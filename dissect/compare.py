@@ -20,19 +20,21 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from .config import DetectorRule
+from .directory import IOU, IOU_CONCEPTS, RF_LAYERS
 from .dissection import Dissection
 from .errors import DissectError
 from .html import e, href, note, page, table
 from .io import write_csv, write_text
 from .labels import read_labels
 from .semantics import detectors, label_types, layer_type_table, object_of
-from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
+from .taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 #: Files the rf stage writes that the comparison reads.
-RF_LAYERS = "receptive_fields_layers.csv"
 
 
 @dataclass
@@ -151,7 +153,7 @@ def network_names(dissections: Sequence[Dissection], names: Sequence[str] | None
 
 def _objects(dissection: Dissection, labels: pd.DataFrame, taxonomy: Taxonomy) -> set[str]:
     """The object classes of the data: from ``iou/concepts.csv``, else the object labels."""
-    path = dissection.path("iou", "concepts.csv")
+    path = dissection.path(IOU, IOU_CONCEPTS)
     if path.is_file():
         concepts = pd.read_csv(path, keep_default_na=False)
         return set(concepts.loc[concepts["category"] == "object", "name"])
@@ -188,10 +190,8 @@ def compare_dissections(
     *,
     names: Sequence[str] | None = None,
     match: Sequence[Sequence[str]] | None = None,
-    min_precision: float = MIN_PRECISION,
-    min_iou: float = MIN_IOU,
-    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
-    max_p: float | None = None,
+    rule: DetectorRule | None = None,
+    **loose: Any,
 ) -> Comparison:
     """Compare labelled dissections of several networks, layer by layer.
 
@@ -204,8 +204,10 @@ def compare_dissections(
         A name per network (default: each manifest's MODEL spec).
     match : sequence of tuples of str, optional
         Rows of layers to compare, one layer name per network (default: layers by name).
-    min_precision, min_iou, taxonomy, max_p
+    rule : DetectorRule, optional
         Which units count as detectors, and their types (see :func:`dissect.semantics.detectors`).
+    **loose
+        ``min_precision``, ``min_iou``, ``taxonomy``, ``max_p``: replace the rule's value.
 
     Returns
     -------
@@ -219,9 +221,8 @@ def compare_dissections(
     row_names = [row[0] if len(set(row)) == 1 else ":".join(row) for row in rows]
     if len(set(row_names)) < len(row_names):
         raise DissectError("--match lists the same row of layers twice; list each pair once.")
-    thresholds = {
-        "min_precision": min_precision, "min_iou": min_iou, "taxonomy": taxonomy, "max_p": max_p
-    }  # fmt: skip
+    rule = (rule or DetectorRule()).replace(**loose)
+    taxonomy = rule.types()
     matches, types, layers, objects = [], [], [], []
     for position, (network, dissection) in enumerate(zip(networks, dissections, strict=True)):
         labels = read_labels(dissection.directory)
@@ -232,8 +233,8 @@ def compare_dissections(
             )
         wanted = [row[position] for row in rows]
         counts = {layer: dissection.n_units(layer) for layer in wanted}
-        typed = layer_type_table(labels, wanted, counts, **thresholds)
-        found = detectors(labels, **thresholds)
+        typed = layer_type_table(labels, wanted, counts, rule=rule)
+        found = detectors(labels, rule)
         known = _objects(dissection, labels, taxonomy)
         for row, layer in zip(row_names, wanted, strict=True):
             matches.append({"row": row, "network": network, "layer": layer})

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import DemoConfig, DetectorRule
+from .directory import IOU, IOU_CONCEPTS
 from .dissection import Dissection
 from .labels import read_labels
 from .semantics import detectors, object_of
-from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, Taxonomy
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def run_demo(
     quick: bool = False,
     images: int | None = None,
     seed: int = 1,
-    device: str = "auto",
+    device: str = DemoConfig.device,
     runner: Callable[[Sequence[str]], int] | None = None,
     compare_with: str | None = None,
 ) -> dict:
@@ -158,21 +159,15 @@ def run_demo(
     return summary
 
 
-def finding(
-    directory: str | Path,
-    min_iou: float = MIN_IOU,
-    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
-) -> dict:
+def finding(directory: str | Path, rule: DetectorRule | None = None) -> dict:
     """What the first and the last convolutional layer detect, from the IoU labels.
 
     Parameters
     ----------
     directory : path-like
         A dissection directory labelled by ``dissect autolabel`` on data with concept masks.
-    min_iou : float
-        IoU from which a unit counts as a detector.
-    taxonomy : Taxonomy
-        Maps label categories onto semantic types.
+    rule : DetectorRule, optional
+        Which IoU labels count as detectors, and their types (default: the defaults).
 
     Returns
     -------
@@ -187,11 +182,11 @@ def finding(
     dissection = Dissection(directory)
     convs = [layer for layer in dissection.layers if layer.startswith("conv")] or dissection.layers
     first, last = convs[0], convs[-1]
-    found = detectors(read_labels(dissection.directory, "iou"), min_iou=min_iou, taxonomy=taxonomy)
+    found = detectors(read_labels(dissection.directory, "iou"), rule)
     last_found = found[found["layer"] == last]
     object_like = last_found[last_found["type"].isin(["object", "part"])]
     first_found = found[found["layer"] == first]
-    concepts = pd.read_csv(dissection.path("iou", "concepts.csv"), keep_default_na=False)
+    concepts = pd.read_csv(dissection.path(IOU, IOU_CONCEPTS), keep_default_na=False)
     objects = set(concepts.loc[concepts["category"] == "object", "name"])
     covered = {object_of(label, objects) for label in object_like["label"]} & objects
     share = first_found["type"].isin(["color", "texture"]).mean() if len(first_found) else 0.0
@@ -246,7 +241,8 @@ def describe(summary: dict) -> str:
     """The finding in words, for the end of ``dissect demo``."""
     return (
         f"{summary['last_layer']}: {summary['last_object_part_fraction']:.0%} of "
-        f"{summary['last_units']} units are object or part detectors (IoU >= {MIN_IOU}), "
+        f"{summary['last_units']} units are object or part detectors "
+        f"(IoU >= {DetectorRule.min_iou}), "
         f"covering {summary['objects_covered']} of {summary['objects_total']} object classes.\n"
         f"{summary['first_layer']}: {summary['first_color_texture_share']:.0%} of its "
         f"{summary['first_detectors']} detectors are colour or texture/material detectors."

@@ -19,130 +19,26 @@ Later stages (receptive fields, segmentation, labels, report) open it with :clas
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .datasets import open_data
+from .config import RunConfig
+from .directory import IMAGES, MANIFEST, TOPK, UNITS, layer_file_name
 from .errors import DissectError
 from .geometry import LayerGeometry
-from .images import ImageSource, Preprocess
+from .images import Preprocess
 from .io import read_npz
-from .models import LoadedModel, load_model
 
 if TYPE_CHECKING:
     from torch import nn
 
-MANIFEST = "manifest.json"
-#: What ``dissect run`` itself writes; everything else in the directory is a later stage's output.
-RUN_OUTPUTS = frozenset({MANIFEST, "units.csv", "images.csv", "topk", ".checkpoint", "stale"})
-#: Where ``dissect run`` moves the later stages' outputs of the run it replaces.
-STALE = "stale"
-
-
-def run_digest(manifest: dict, tables: Sequence[bytes]) -> str:
-    """The run id: a digest of what a pass computed (manifest without timing, and its tables).
-
-    Two passes that computed the same statistics from the same model, data and parameters get
-    the same id, so re-running an identical pass keeps the later stages valid; any difference
-    gives another id.
-    """
-    digest = hashlib.sha256()
-    timing = ("created", "seconds", "probe_seconds", "world_size", "run_id")
-    kept = {key: value for key, value in manifest.items() if key not in timing}
-    digest.update(json.dumps(kept, sort_keys=True, default=str).encode())
-    for table in tables:
-        digest.update(hashlib.sha256(table).digest())
-    return digest.hexdigest()[:16]
-
-
-def retire_stale_outputs(directory: str | Path, run_id: str) -> Path | None:
-    """Move the later stages' outputs of an earlier, different run aside; return where to.
-
-    Called by ``dissect run`` before it writes ``run_id`` into ``directory``. When the directory
-    holds a dissection with another run id (or one from before run ids), every entry that
-    ``dissect run`` does not write itself (labels, ``iou/``, receptive fields, segments, the
-    annotation package, statistics, plots, the report, ...) moves to ``stale/<old run id>/``:
-    nothing is deleted (crowd answers are costly) and nothing stale looks current.
-    """
-    directory = Path(directory)
-    manifest = directory / MANIFEST
-    if not manifest.is_file():
-        return None
-    try:
-        old = json.loads(manifest.read_text(encoding="utf-8")).get("run_id") or "unknown"
-    except (json.JSONDecodeError, AttributeError):
-        old = "unknown"
-    if old == run_id:
-        return None
-    moving = [entry for entry in directory.iterdir() if entry.name not in RUN_OUTPUTS]
-    if not moving:
-        return None
-    target = directory / STALE / old
-    suffix = 1
-    while target.exists():
-        suffix += 1
-        target = directory / STALE / f"{old}-{suffix}"
-    target.mkdir(parents=True)
-    for entry in moving:
-        shutil.move(str(entry), str(target / entry.name))
-    return target
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Parameters of a dissection pass.
-
-    Attributes
-    ----------
-    layers : tuple of str
-        Layer names as in ``model.named_modules()``.
-    topk : int
-        How many top images to keep per unit.
-    quantile : float
-        Top fraction of all activation values that lies above a unit's threshold T.
-    batch_size : int
-        Images per forward pass.
-    device : str
-        ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available).
-    seed : int
-        Seeds torch before the pass.
-    workers : int
-        DataLoader worker processes.
-    """
-
-    layers: tuple[str, ...]
-    topk: int = 50
-    quantile: float = 0.005
-    batch_size: int = 64
-    device: str = "auto"
-    seed: int = 0
-    workers: int = 0
-
-    def __post_init__(self) -> None:
-        if self.topk < 1:
-            raise DissectError(f"--topk must be at least 1, got {self.topk}.")
-        if not 0 < self.quantile < 1:
-            raise DissectError(
-                f"--quantile must lie strictly between 0 and 1, got {self.quantile}."
-            )
-        if self.batch_size < 1:
-            raise DissectError(f"--batch-size must be at least 1, got {self.batch_size}.")
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "layers": list(self.layers)}
-
-
-def layer_file_name(layer: str) -> str:
-    """A file name for a layer name (module paths may hold dots)."""
-    return layer.replace("/", "_")
+    from .images import ImageSource
+    from .models import LoadedModel
 
 
 class Dissection:
@@ -169,6 +65,7 @@ class Dissection:
                 f"{manifest} is not valid JSON ({error}); run dissect run again."
             ) from error
         self.layers: list[str] = list(self.manifest["config"]["layers"])
+        self._tables: dict[str, pd.DataFrame] = {}  # the run's tables, read once
 
     def __repr__(self) -> str:
         return f"Dissection({str(self.directory)!r}, layers={self.layers})"
@@ -220,21 +117,29 @@ class Dissection:
         )
 
     def units(self) -> pd.DataFrame:
-        """``units.csv``: one row per unit of every layer."""
-        return pd.read_csv(self.directory / "units.csv", dtype={"layer": str})
+        """``units.csv``: one row per unit of every layer (read once; a copy each call)."""
+        return self._units().copy()
+
+    def _units(self) -> pd.DataFrame:
+        if self._tables.get(UNITS) is None:
+            self._tables[UNITS] = pd.read_csv(self.directory / UNITS, dtype={"layer": str})
+        return self._tables[UNITS]
 
     def images(self) -> pd.DataFrame:
-        """``images.csv``: every image of the data source, with the skipped ones marked."""
-        return pd.read_csv(self.directory / "images.csv", keep_default_na=False)
+        """``images.csv``: every image of the data source, with the skipped ones marked (read
+        once; a copy each call)."""
+        if self._tables.get(IMAGES) is None:
+            self._tables[IMAGES] = pd.read_csv(self.directory / IMAGES, keep_default_na=False)
+        return self._tables[IMAGES].copy()
 
     def topk(self, layer: str) -> dict[str, np.ndarray]:
         """Arrays ``index``, ``score``, ``y``, ``x`` of shape (units, K) for ``layer``."""
         self.check_layers([layer])
-        return read_npz(self.directory / "topk" / f"{layer_file_name(layer)}.npz")
+        return read_npz(self.directory / TOPK / f"{layer_file_name(layer)}.npz")
 
     def thresholds(self, layer: str) -> np.ndarray:
         """The activation threshold T of every unit of ``layer``."""
-        units = self.units()
+        units = self._units()
         return units.loc[units["layer"] == layer, "threshold"].to_numpy(dtype=np.float32)
 
     def geometry(self, layer: str) -> LayerGeometry:
@@ -275,40 +180,6 @@ class Dissection:
             )
         return list(units)
 
-    def load_model(self, model: str | nn.Module | LoadedModel | None = None) -> LoadedModel:
-        """The dissected model: ``model`` when given, else loaded again from the manifest.
-
-        Parameters
-        ----------
-        model : str, nn.Module or LoadedModel, optional
-            The network to use instead of the manifest's MODEL spec (required when the
-            dissection was run on an in-memory module).
-
-        Returns
-        -------
-        LoadedModel
-        """
-        if model is not None:
-            return load_model(model)
-        spec = self.manifest.get("model")
-        if not spec:
-            raise DissectError(
-                f"{str(self.directory)!r} was dissected from an in-memory model, which cannot be "
-                "loaded again from the manifest; pass the module as model=."
-            )
-        return load_model(spec, self.manifest.get("weights"))
-
-    def open_data(self) -> ImageSource:
-        """Open the dissected data source again from the manifest's DATA spec."""
-        source = open_data(self.manifest["data"])
-        if len(source) != self.manifest["n_images"]:
-            raise DissectError(
-                f"DATA {self.manifest['data']!r} now holds {len(source)} images but held "
-                f"{self.manifest['n_images']} when dissected; image indices would not match. "
-                "Restore the data or run dissect run again."
-            )
-        return source
-
     def path(self, *parts: str) -> Path:
         """A path inside the directory; refuses parts that would escape it."""
         target = self.directory.joinpath(*parts).resolve()
@@ -316,3 +187,48 @@ class Dissection:
         if target != root and root not in target.parents:
             raise DissectError(f"path {'/'.join(parts)!r} escapes {str(self.directory)!r}.")
         return target
+
+
+def load_dissected_model(
+    dissection: Dissection, model: str | nn.Module | LoadedModel | None = None
+) -> LoadedModel:
+    """The dissected model: ``model`` when given, else loaded again from the manifest.
+
+    Parameters
+    ----------
+    dissection : Dissection
+        The opened directory.
+    model : str, nn.Module or LoadedModel, optional
+        The network to use instead of the manifest's MODEL spec (required when the dissection
+        was run on an in-memory module).
+
+    Returns
+    -------
+    LoadedModel
+    """
+    from .models import load_model
+
+    if model is not None:
+        return load_model(model)
+    spec = dissection.manifest.get("model")
+    if not spec:
+        raise DissectError(
+            f"{str(dissection.directory)!r} was dissected from an in-memory model, which cannot "
+            "be loaded again from the manifest; pass the module as model=."
+        )
+    return load_model(spec, dissection.manifest.get("weights"))
+
+
+def open_dissected_data(dissection: Dissection) -> ImageSource:
+    """Open the dissected data source again from the manifest's DATA spec."""
+    from .datasets import open_data
+
+    manifest = dissection.manifest
+    source = open_data(manifest["data"])
+    if len(source) != manifest["n_images"]:
+        raise DissectError(
+            f"DATA {manifest['data']!r} now holds {len(source)} images but held "
+            f"{manifest['n_images']} when dissected; image indices would not match. "
+            "Restore the data or run dissect run again."
+        )
+    return source

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import EvaluateConfig
 from .datasets import open_data
 from .datasets.masks import SegmentedSource
 from .device import pick_device
@@ -118,10 +119,10 @@ def evaluate(
     model: str | nn.Module | LoadedModel,
     data: str | ImageSource,
     *,
-    batch_size: int = 64,
+    batch_size: int = EvaluateConfig.batch_size,
     limit: int | None = None,
     preprocess: Preprocess | None = None,
-    device: str = "auto",
+    device: str = EvaluateConfig.device,
     progress: bool = True,
 ) -> float:
     """How well ``model`` predicts the labels of a DATA source: accuracy or mAP.

@@ -19,12 +19,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .dissection import Dissection
+from .config import DetectorRule, ExplainConfig
+from .dissection import Dissection, load_dissected_model, open_dissected_data
 from .errors import DissectError
 from .html import e, href, note, page, table
 from .io import write_csv, write_text
@@ -34,7 +36,6 @@ from .plots.figure import plain, save_figure
 from .segment.pictures import dim_outside, outline, write_png
 from .segment.rules import threshold_masks
 from .semantics import detectors
-from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
 
 #: Columns of :attr:`Explanation.table`.
 COLUMNS = [
@@ -87,7 +88,7 @@ def _read_image(dissection: Dissection, image: str | int | Path) -> tuple[str, n
                 f"image index {index} is outside the dissection's data, which holds images "
                 f"0..{n_images - 1}; give an index in range or an image file."
             )
-        source = dissection.open_data()
+        source = open_dissected_data(dissection)
         try:
             return f"index {index}: {source.image_id(index)}", source.read_rgb(index)
         except ImageReadError as error:
@@ -108,14 +109,12 @@ def explain_image(
     directory: str | Path | Dissection,
     image: str | int | Path,
     layers: Sequence[str] | None = None,
-    top: int = 5,
+    top: int = ExplainConfig.top,
     *,
     model: LoadedModel | None = None,
-    min_precision: float = MIN_PRECISION,
-    min_iou: float = MIN_IOU,
-    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
-    max_p: float | None = None,
-    device: str = "auto",
+    rule: DetectorRule | None = None,
+    device: str = ExplainConfig.device,
+    **loose: Any,
 ) -> Explanation:
     """The units of each layer that respond most strongly to one image, relative to T.
 
@@ -132,10 +131,12 @@ def explain_image(
         Units per layer.
     model : LoadedModel, optional
         The dissected model (default: loaded again from the manifest).
-    min_precision, min_iou, taxonomy, max_p
+    rule : DetectorRule, optional
         Which labels count as detectors (see :func:`dissect.semantics.detectors`).
     device : str
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    **loose
+        ``min_precision``, ``min_iou``, ``taxonomy``, ``max_p``: replace the rule's value.
 
     Returns
     -------
@@ -162,7 +163,7 @@ def explain_image(
         )
     image_id, rgb = _read_image(dissection, image)
     preprocess = dissection.preprocess
-    loaded = model or dissection.load_model()
+    loaded = model or load_dissected_model(dissection)
     torch_device = pick_device(device)
     module = loaded.module.to(torch_device)
     with (
@@ -174,7 +175,7 @@ def explain_image(
         outputs = trace(preprocess.tensor(rgb)[None].to(torch_device))
     labels = read_labels(dissection.directory).drop_duplicates(["layer", "unit"])
     labels = labels.set_index(["layer", "unit"])
-    found = detectors(read_labels(dissection.directory), min_precision, min_iou, taxonomy, max_p)
+    found = detectors(read_labels(dissection.directory), rule, **loose)
     detector_keys = set(zip(found["layer"], found["unit"].astype(int), strict=True))
     rows, masks = [], {}
     for layer in layers:
@@ -270,8 +271,8 @@ def write_explanation(
     out : path-like, optional
         Output folder (default ``DIR/explain/<image name>/``).
     **options
-        ``layers``, ``top``, ``model``, ``min_precision``, ``min_iou``, ``taxonomy``,
-        ``max_p``, ``device``: see :func:`explain_image`.
+        ``layers``, ``top``, ``model``, ``rule`` (or its ``min_precision``, ``min_iou``,
+        ``taxonomy``, ``max_p``), ``device``: see :func:`explain_image`.
 
     Returns
     -------

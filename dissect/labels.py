@@ -10,11 +10,11 @@ category the concept has in its dataset (Broden's ``material``, say), where know
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from .directory import LABELS, current_run
 from .errors import DissectError
 from .io import write_csv
 
@@ -63,15 +63,6 @@ def write_labels(directory: str | Path, source: str, labels: pd.DataFrame) -> pd
     return rebuild_labels(directory)
 
 
-def current_run(directory: str | Path) -> str:
-    """The run id in the directory's ``manifest.json`` (empty when it has none)."""
-    try:
-        manifest = json.loads((Path(directory) / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return ""
-    return str(manifest.get("run_id", "")) if isinstance(manifest, dict) else ""
-
-
 def read_labels(
     directory: str | Path, source: str | None = None, *, check: bool = True
 ) -> pd.DataFrame:
@@ -80,7 +71,7 @@ def read_labels(
     With ``check``, labels recorded for another run than the directory's (``run_id``; see
     :attr:`dissect.dissection.Dissection.run_id`) are refused with a :class:`DissectError`.
     """
-    path = Path(directory) / "labels.csv" if source is None else source_path(directory, source)
+    path = Path(directory) / LABELS if source is None else source_path(directory, source)
     if not path.is_file():
         return pd.DataFrame(columns=LABEL_COLUMNS)
     table = pd.read_csv(
@@ -112,5 +103,5 @@ def rebuild_labels(directory: str | Path) -> pd.DataFrame:
             .sort_values(["layer", "unit"], kind="stable")
             .reset_index(drop=True)
         )
-    write_csv(Path(directory) / "labels.csv", merged)
+    write_csv(Path(directory) / LABELS, merged)
     return merged

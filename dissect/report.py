@@ -18,6 +18,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 from string import Template
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,9 @@ from tqdm.auto import tqdm
 
 from .annotation.agreement import layer_agreement
 from .annotation.store import read_raw
-from .dissection import Dissection, layer_file_name
+from .config import DetectorRule, ReportConfig
+from .directory import IOU, IOU_CONCEPTS, RF_LAYERS, RF_MAPS, RF_UNITS, layer_file_name
+from .dissection import Dissection
 from .errors import DissectError
 from .html import STYLE, e, href
 from .html import note as _note
@@ -38,11 +41,9 @@ from .labels import read_labels
 from .plots.compare import write_reference_plot
 from .plots.semantics import write_semantic_plots
 from .semantics import concept_table, detectors, label_types, layer_type_table
-from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
+from .taxonomy import Taxonomy
 
 #: Files of other stages the report reads, relative to the dissection directory.
-RF_UNITS = "receptive_fields.csv"
-RF_LAYERS = "receptive_fields_layers.csv"
 #: Per-unit sizes shown: half-max rule, 50%-of-mass rule, theoretical.
 RF_SIZES = ("rf_empirical", "rf_mass50", "rf_theoretical")
 
@@ -189,21 +190,15 @@ def rf_section(dissection: Dissection, root: Path) -> str:
     return rules + _table(pd.read_csv(path, dtype={"layer": str})) + "".join(images)
 
 
-def unit_table(
-    dissection: Dissection,
-    min_precision: float,
-    min_iou: float,
-    taxonomy: Taxonomy,
-    max_p: float | None = None,
-) -> pd.DataFrame:
+def unit_table(dissection: Dissection, rule: DetectorRule) -> pd.DataFrame:
     """One row per dissected unit with its label, type, score, p-value, detector flag, RF size."""
     units = dissection.units()[["layer", "unit", "threshold", "max_activation"]]
     labels = read_labels(dissection.directory)
     table = units.merge(
         labels.drop(columns=["threshold"], errors="ignore"), on=["layer", "unit"], how="left"
     )
-    table["type"] = label_types(table, taxonomy)
-    found = detectors(labels, min_precision, min_iou, taxonomy, max_p)
+    table["type"] = label_types(table, rule.types())
+    found = detectors(labels, rule)
     keys = set(zip(found["layer"], found["unit"], strict=True))
     table["detector"] = [
         (layer, unit) in keys for layer, unit in zip(table["layer"], table["unit"], strict=True)
@@ -274,7 +269,7 @@ def unit_assets(
     """Write thumbnails of segmented top images and RF maps; return their paths per unit."""
     strips, maps = {}, {}
     for layer in dissection.layers:
-        rf_path = dissection.path("receptive_fields", f"{layer_file_name(layer)}.npz")
+        rf_path = dissection.path(RF_MAPS, f"{layer_file_name(layer)}.npz")
         if rf_path.is_file():
             stored = read_npz(rf_path)
             for unit, rf_map in zip(stored["units"].tolist(), stored["maps"], strict=True):
@@ -340,13 +335,11 @@ def units_section(table: pd.DataFrame, strips: dict, maps: dict, root: Path) -> 
 def write_report(
     directory: str | Path | Dissection,
     *,
-    min_precision: float = MIN_PRECISION,
-    min_iou: float = MIN_IOU,
-    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
-    max_p: float | None = None,
-    top: int = 5,
+    rule: DetectorRule | None = None,
+    top: int = ReportConfig.top,
     thumbnail: int = 72,
     progress: bool = True,
+    **loose: Any,
 ) -> Path:
     """Write ``report/index.html`` and its assets for a dissection directory.
 
@@ -355,18 +348,17 @@ def write_report(
     directory : path-like or Dissection
         The dissection directory; only ``dissect run`` is required, later stages are shown when
         their files exist.
-    min_precision, min_iou : float
-        Thresholds above which crowd / automatic labels count as detectors.
-    taxonomy : Taxonomy
-        Semantic types and the mapping of label categories onto them.
-    max_p : float, optional
-        Automatic labels count as detectors only with a p-value at most this.
+    rule : DetectorRule, optional
+        Which labels count as detectors, and the semantic types (default: the defaults of
+        :class:`~dissect.config.DetectorRule`).
     top : int
         Segmented top images shown per unit.
     thumbnail : int
         Height of thumbnails in pixels.
     progress : bool
         Show a progress bar while thumbnails are written.
+    **loose
+        ``min_precision``, ``min_iou``, ``taxonomy``, ``max_p``: replace the rule's value.
 
     Returns
     -------
@@ -376,35 +368,27 @@ def write_report(
     if top < 1 or thumbnail < 8:
         raise DissectError(f"--top must be at least 1 and thumbnails 8 px, got {top}, {thumbnail}.")
     dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
+    rule = (rule or DetectorRule()).replace(**loose)
+    taxonomy = rule.types()
     root = dissection.path("report")
     if (root / "assets").is_dir():
         shutil.rmtree(root / "assets")  # thumbnails of units no longer labelled or segmented
     labels = read_labels(dissection.directory)
     stages = {
         "labels": not labels.empty,
-        "IoU labels": dissection.path("iou", "concepts.csv").is_file(),
+        "IoU labels": dissection.path(IOU, IOU_CONCEPTS).is_file(),
         "segmentation": dissection.path("segments").is_dir(),
         "receptive fields": dissection.path(RF_UNITS).is_file(),
     }
     types, figures = None, []
     if not labels.empty:
         counts = {layer: dissection.n_units(layer) for layer in dissection.layers}
-        types = layer_type_table(
-            labels,
-            dissection.layers,
-            counts,
-            min_precision=min_precision,
-            min_iou=min_iou,
-            taxonomy=taxonomy,
-            max_p=max_p,
-        )
-        concepts = concept_table(
-            labels, min_precision=min_precision, min_iou=min_iou, taxonomy=taxonomy, max_p=max_p
-        )
+        types = layer_type_table(labels, dissection.layers, counts, rule=rule)
+        concepts = concept_table(labels, rule=rule)
         figures = write_semantic_plots(root / "assets", types, concepts, taxonomy)
         name = str(dissection.manifest.get("model") or "this network")
         figures += write_reference_plot(root / "assets" / "plots", types, name, taxonomy)
-    table = unit_table(dissection, min_precision, min_iou, taxonomy, max_p)
+    table = unit_table(dissection, rule)
     strips, maps = unit_assets(dissection, table, root, top, thumbnail, progress)
     layer_options = "".join(
         f'<option value="{e(layer)}">{e(layer)}</option>' for layer in dissection.layers

@@ -15,19 +15,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from .annotation.agreement import layer_agreement
 from .annotation.store import read_raw
+from .config import DetectorRule
+from .directory import AGREEMENT, CONCEPTS, LAYER_TYPES
 from .dissection import Dissection
 from .errors import DissectError
 from .io import write_csv
 from .labels import read_labels
-from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
+from .taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 #: Per-layer inter-annotator agreement, written where crowd answers were imported.
-AGREEMENT_FILE = "layer_agreement.csv"
+AGREEMENT_FILE = AGREEMENT
 
 
 def label_types(labels: pd.DataFrame, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> list[str | None]:
@@ -49,11 +52,7 @@ def _numbers(labels: pd.DataFrame, column: str) -> pd.Series:
 
 
 def detectors(
-    labels: pd.DataFrame,
-    min_precision: float = MIN_PRECISION,
-    min_iou: float = MIN_IOU,
-    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
-    max_p: float | None = None,
+    labels: pd.DataFrame, rule: DetectorRule | None = None, **loose: Any
 ) -> pd.DataFrame:
     """The rows of a labels table that count as detectors, with their semantic type.
 
@@ -62,15 +61,14 @@ def detectors(
     labels : DataFrame
         A labels table (``labels.csv``): ``layer``, ``unit``, ``label``, ``category``,
         ``precision``, ``iou``, ``source``.
-    min_precision : float
-        Crowd labels count when their precision is at least this.
-    min_iou : float
-        Automatic (``iou``) labels count when their IoU is at least this.
-    taxonomy : Taxonomy
-        Maps each row's ``concept_category`` (else its ``category``) onto a type key.
-    max_p : float, optional
-        Automatic labels count only when their ``p_value`` is at most this (rows without one
-        then never count); None ignores p-values.
+    rule : DetectorRule, optional
+        Crowd labels count when their precision is at least ``min_precision``, automatic
+        (``iou``) labels when their IoU is at least ``min_iou`` and, with ``max_p``, their
+        ``p_value`` at most it (rows without one then never count); the rule's taxonomy maps
+        each row's ``concept_category`` (else its ``category``) onto a type key. Default:
+        :class:`~dissect.config.DetectorRule`'s defaults.
+    **loose
+        ``min_precision``, ``min_iou``, ``taxonomy``, ``max_p``: replace the rule's value.
 
     Returns
     -------
@@ -80,12 +78,13 @@ def detectors(
     """
     if labels.empty:
         return labels.assign(type=pd.Series(dtype=object))
+    rule = (rule or DetectorRule()).replace(**loose)
     precision, iou, p_value = (_numbers(labels, name) for name in ("precision", "iou", "p_value"))
-    automatic = (labels["source"] == "iou") & (iou >= min_iou)
-    if max_p is not None:
-        automatic &= p_value <= max_p
-    passes = ((labels["source"] == "crowd") & (precision >= min_precision)) | automatic
-    typed = labels.assign(type=label_types(labels, taxonomy))
+    automatic = (labels["source"] == "iou") & (iou >= rule.min_iou)
+    if rule.max_p is not None:
+        automatic &= p_value <= rule.max_p
+    passes = ((labels["source"] == "crowd") & (precision >= rule.min_precision)) | automatic
+    typed = labels.assign(type=label_types(labels, rule.types()))
     has_label = typed["label"].notna() & (typed["label"].astype(str).str.strip() != "")
     return typed[passes & has_label & typed["type"].notna()].reset_index(drop=True)
 
@@ -95,10 +94,8 @@ def layer_type_table(
     layers: Sequence[str] | None = None,
     n_units: Mapping[str, int] | None = None,
     *,
-    min_precision: float = MIN_PRECISION,
-    min_iou: float = MIN_IOU,
-    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
-    max_p: float | None = None,
+    rule: DetectorRule | None = None,
+    **loose: Any,
 ) -> pd.DataFrame:
     """Units per semantic type in every layer (``layer_types.csv``).
 
@@ -111,7 +108,7 @@ def layer_type_table(
     n_units : mapping of str to int, optional
         Units per layer; the denominator of ``fraction`` (default: the labelled units of the
         layer).
-    min_precision, min_iou, taxonomy, max_p
+    rule, **loose
         See :func:`detectors`.
 
     Returns
@@ -122,12 +119,13 @@ def layer_type_table(
         their share of the layer's units, ``unique_concepts`` the distinct labels among them.
     """
     layers = list(dict.fromkeys(labels["layer"])) if layers is None else list(layers)
-    found = detectors(labels, min_precision, min_iou, taxonomy, max_p)
+    rule = (rule or DetectorRule()).replace(**loose)
+    found = detectors(labels, rule)
     rows = []
     for layer in layers:
         in_layer = found[found["layer"] == layer]
         total = (n_units or {}).get(layer, int((labels["layer"] == layer).sum()))
-        for key in taxonomy.keys:
+        for key in rule.types().keys:
             of_type = in_layer[in_layer["type"] == key]
             rows.append(
                 {
@@ -144,12 +142,7 @@ def layer_type_table(
 
 
 def concept_table(
-    labels: pd.DataFrame,
-    *,
-    min_precision: float = MIN_PRECISION,
-    min_iou: float = MIN_IOU,
-    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
-    max_p: float | None = None,
+    labels: pd.DataFrame, *, rule: DetectorRule | None = None, **loose: Any
 ) -> pd.DataFrame:
     """Detector units per concept and layer (``concepts.csv``); options as :func:`detectors`.
 
@@ -158,7 +151,7 @@ def concept_table(
     DataFrame
         ``layer,category,label,n_units``, most units first within each layer (ties by label).
     """
-    found = detectors(labels, min_precision, min_iou, taxonomy, max_p)
+    found = detectors(labels, rule, **loose)
     columns = ["layer", "category", "label", "n_units"]
     if found.empty:
         return pd.DataFrame(columns=columns)
@@ -193,12 +186,7 @@ def object_of(label: str, objects: set[str] | frozenset[str]) -> str:
 
 
 def write_statistics(
-    directory: str | Path,
-    *,
-    min_precision: float = MIN_PRECISION,
-    min_iou: float = MIN_IOU,
-    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
-    max_p: float | None = None,
+    directory: str | Path, *, rule: DetectorRule | None = None, **loose: Any
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Compute and write ``layer_types.csv`` and ``concepts.csv`` of a dissection directory.
 
@@ -211,8 +199,8 @@ def write_statistics(
     directory : path-like
         A dissection directory with ``labels.csv`` (from ``dissect autolabel`` or imported crowd
         annotations).
-    min_precision, min_iou, taxonomy, max_p
-        See :func:`detectors`.
+    rule, **loose
+        Which labels count as detectors, see :func:`detectors`.
 
     Returns
     -------
@@ -230,13 +218,11 @@ def write_statistics(
     layers = dissection.layers + [
         layer for layer in dict.fromkeys(labels["layer"]) if layer not in counts
     ]
-    thresholds = {
-        "min_precision": min_precision, "min_iou": min_iou, "taxonomy": taxonomy, "max_p": max_p
-    }  # fmt: skip
-    types = layer_type_table(labels, layers, counts, **thresholds)
-    concepts = concept_table(labels, **thresholds)
-    write_csv(dissection.directory / "layer_types.csv", types)
-    write_csv(dissection.directory / "concepts.csv", concepts)
+    rule = (rule or DetectorRule()).replace(**loose)
+    types = layer_type_table(labels, layers, counts, rule=rule)
+    concepts = concept_table(labels, rule=rule)
+    write_csv(dissection.directory / LAYER_TYPES, types)
+    write_csv(dissection.directory / CONCEPTS, concepts)
     raw = read_raw(dissection)
     agreement = dissection.directory / AGREEMENT_FILE
     if len(raw):

@@ -4,7 +4,7 @@ The taxonomy follows Zhou et al. (ICLR 2015): six types, keyed ``color`` (simple
 colours), ``texture`` (texture / material), ``region`` (region / surface), ``part`` (object part),
 ``object`` and ``scene``. A :class:`Taxonomy` maps the category a label came with (a dataset
 category such as Broden's ``material``, or the type an annotator picked) onto one type key.
-Light to import: the command line reads its defaults from here.
+Light to import.
 """
 
 from __future__ import annotations
@@ -37,11 +37,6 @@ BRODEN_MAPPING: dict[str, str] = {
     "object": "object",
     "scene": "scene",
 }
-
-#: Default thresholds above which a labelled unit counts as a detector.
-MIN_PRECISION = 0.75
-MIN_IOU = 0.04
-
 
 @dataclass(frozen=True)
 class Taxonomy:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dissect.datasets import ImageFolder
-from dissect.dissection import Dissection
+from dissect.dissection import Dissection, load_dissected_model, open_dissected_data
 from dissect.errors import DissectError
 from dissect.images import Preprocess
 from dissect.labels import read_labels, write_labels
@@ -111,8 +111,8 @@ def test_directory_contents(tmp_path, image_folder, tiny_spec):
         "threshold",
     ]
     assert reopened.geometry("conv2").output_shape[0] == 6
-    assert type(reopened.load_model().module).__name__ == "TinyNet"
-    assert len(reopened.open_data()) == 13
+    assert type(load_dissected_model(reopened).module).__name__ == "TinyNet"
+    assert len(open_dissected_data(reopened)) == 13
     assert dissection.topk("conv2")["index"].shape == (6, 3)
     assert not list((tmp_path / "out").rglob("*.tmp"))
 

@@ -14,9 +14,11 @@ from conftest import TINY_SPEC, make_image_folder
 
 from dissect import distributed
 from dissect.cli import main
+from dissect.config import RunConfig
 from dissect.dissection import Dissection
+from dissect.passes import PassState
 from dissect.running_stats import TailQuantile, UnitStats
-from dissect.streaming import PassResult
+from dissect.streaming import UnitStatsListener
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -52,16 +54,26 @@ def test_pass_results_merge_like_one_pass():
     first, second = UnitStats(3, 2, max_values=6 * 16), UnitStats(3, 2, 6 * 16, seed=99)
     first.add(acts[:4], torch.arange(4))
     second.add(acts[4:], torch.arange(4, 6))
-    a = PassResult({"l": first}, [(5, "bad")], 1.0, 4)
-    b = PassResult({"l": second}, [(1, "bad")], 2.0, 2)
-    merged = PassResult.from_state_dict(a.state_dict()).merge(
-        PassResult.from_state_dict(b.state_dict())
-    )
-    assert merged.skipped == [(1, "bad"), (5, "bad")] and merged.done == 6 and merged.seconds == 2.0
+    a, b = listener({"l": first}), listener({"l": second})
+    merged = listener({})
+    merged.load_state_dict(a.state_dict())
+    merged.merge(b.state_dict())
+    state = PassState.from_state_dict(PassState(4, [(5, "bad")], 1.0).state_dict())
+    state.merge(PassState(2, [(1, "bad")], 2.0))
+    assert state.skipped == [(1, "bad"), (5, "bad")] and state.done == 6 and state.seconds == 2.0
     for key, value in whole.topk().items():
         np.testing.assert_array_equal(merged.stats["l"].topk()[key], value)
     np.testing.assert_array_equal(merged.stats["l"].threshold(), whole.threshold())
-    assert PassResult({}).merge(PassResult.from_state_dict(b.state_dict())).stats["l"].images == 2
+    empty = listener({})
+    empty.merge(b.state_dict())
+    assert empty.stats["l"].images == 2
+
+
+def listener(stats: dict) -> UnitStatsListener:
+    """The statistics listener of a pass holding ``stats``."""
+    made = UnitStatsListener(RunConfig(), 6, torch.device("cpu"))
+    made.stats = stats
+    return made
 
 
 # One torchrun launch runs several dissections: the CLI twice in the same processes.
@@ -112,8 +124,9 @@ def test_sampled_thresholds_of_merged_ranks_equal_one_pass():
         for first in range(part.start, part.stop, 5):
             last = min(first + 5, part.stop)
             stats.add(acts[first:last, :, :, None], torch.arange(first, last))
-        ranks.append(PassResult({"l": stats}))
-    merged = ranks[1].merge(ranks[0]).stats["l"]
+        ranks.append(listener({"l": stats}))
+    ranks[1].merge(ranks[0].state_dict())
+    merged = ranks[1].stats["l"]
     np.testing.assert_array_equal(merged.threshold(), whole.threshold())
 
 

@@ -10,6 +10,7 @@ from conftest import TINY_SPEC
 from PIL import Image
 
 from dissect.cli import main
+from dissect.dissection import load_dissected_model, open_dissected_data
 from dissect.errors import DissectError
 from dissect.explain import explain_image, folder_name, write_explanation
 from dissect.hooks import LayerTrace
@@ -43,8 +44,8 @@ def dissected(tmp_path_factory):
 
 def _expected(dissection, image_index: int, layer: str) -> tuple[np.ndarray, np.ndarray]:
     """(peak / T of every unit, upsampled maps) computed here, without explain."""
-    loaded = dissection.load_model()
-    rgb = dissection.open_data().read_rgb(image_index)
+    loaded = load_dissected_model(dissection)
+    rgb = open_dissected_data(dissection).read_rgb(image_index)
     with torch.inference_mode(), LayerTrace(loaded.module, [layer]) as trace:
         acts = trace(PREPROCESS.tensor(rgb)[None])[layer][0]
     thresholds = dissection.thresholds(layer)
@@ -98,7 +99,7 @@ def test_units_dead_on_the_data_are_left_out(dissected, tmp_path):
 
 
 def test_an_image_file_equals_its_index(dissected, tmp_path):
-    rgb = dissected.open_data().read_rgb(5)
+    rgb = open_dissected_data(dissected).read_rgb(5)
     path = tmp_path / "five.png"
     Image.fromarray(rgb).save(path)
     by_index = explain_image(dissected, "5", device="cpu").table

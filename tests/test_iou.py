@@ -15,10 +15,11 @@ from conftest import TINY_SPEC
 from dissect.checkpoint import Checkpoint
 from dissect.cli import main
 from dissect.datasets.masks import Segmentation, SegmentedSource
+from dissect.directory import IOU_CHECKPOINT as CHECKPOINT_FOLDER
 from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.images import ImageReadError, Preprocess
-from dissect.iou import CHECKPOINT_FOLDER, autolabel, compute_iou, read_iou
+from dissect.iou import autolabel, compute_iou, read_iou
 from dissect.iou.concepts import ImageConcepts
 from dissect.iou.tally import IoUStats
 from dissect.labels import read_labels, write_labels
@@ -170,8 +171,8 @@ def test_interrupted_pass_resumes_from_checkpoint_with_the_same_batch_size(disse
     with pytest.raises(KeyboardInterrupt):
         compute_iou(dissected, source=TinyWorld(fail_at=7), batch_size=3, progress=False)
     state = saved_state(dissected)
-    assert state["position"] == 6  # two whole batches kept; the batch in flight lost
-    assert state["layers"]["conv1"]["images"] == 5  # image 4 was skipped
+    assert state["pass"]["done"] == 6  # two whole batches kept; the batch in flight lost
+    assert state["listeners"]["iou"]["layers"]["conv1"]["images"] == 5  # image 4 was skipped
     # torchrun cuts shards on batch boundaries: another batch size is refused, not misread.
     with pytest.raises(DissectError, match="batch_size 3 -> 4.*--restart"):
         compute_iou(dissected, source=TinyWorld(), batch_size=4, progress=False)
@@ -190,12 +191,12 @@ def test_sigterm_saves_the_batch_in_flight_and_checkpoints_go_by_time(
 ):
     with pytest.raises(KeyboardInterrupt):
         compute_iou(dissected, source=TinyWorld(term_at=7), batch_size=3, progress=False)
-    assert saved_state(dissected)["position"] == 9  # the batch in flight finished and was saved
+    assert saved_state(dissected)["pass"]["done"] == 9  # the batch in flight finished and was saved
     saves = []
     original = Checkpoint.save
 
     def counted(self, state):
-        saves.append(state["position"])
+        saves.append(state["pass"]["done"])
         original(self, state)
 
     monkeypatch.setattr(Checkpoint, "save", counted)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from dissect.dissection import open_dissected_data
 from dissect.geometry import geometry_table, layer_geometry
 from dissect.hooks import LayerTrace
 from dissect.images import Preprocess
@@ -60,7 +61,7 @@ def test_channels_last_layers_are_c_units_over_the_map(channels, tmp_path):
         preprocess=PREPROCESS, progress=False,
     )  # fmt: skip
     assert d.n_units("mlp") == channels
-    images = torch.stack([PREPROCESS.tensor(d.open_data().read_rgb(i)) for i in range(6)])
+    images = torch.stack([PREPROCESS.tensor(open_dissected_data(d).read_rgb(i)) for i in range(6)])
     with torch.inference_mode():
         values = net.mlp(net.to_last(net.conv(images)))  # (B, H, W, C)
     peak = values.amax(dim=(1, 2))  # (B, C)
@@ -173,7 +174,7 @@ def test_non_square_input_end_to_end(tmp_path, capsys):
     d = Dissection(out)
     assert d.preprocess.size == (48, 64)
     assert d.geometry("conv2").output_shape == (6, 24, 32)
-    net, source = tiny_net().eval(), d.open_data()
+    net, source = tiny_net().eval(), open_dissected_data(d)
     images = torch.stack([d.preprocess.tensor(source.read_rgb(i)) for i in range(6)])
     with torch.inference_mode():
         peak = net.conv2(net.pool1(net.relu1(net.conv1(images)))).amax(dim=(2, 3))

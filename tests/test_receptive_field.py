@@ -403,7 +403,7 @@ def test_cost_is_said_up_front_with_an_estimate(tmp_path, image_folder, capsys, 
     with torch.no_grad():
         net[0].weight[1] = 0.0
     loaded = dissect_known(tmp_path, image_folder, net)
-    monkeypatch.setattr("dissect.rf.occlusion._Cost.HINT_SECONDS", -1.0)
+    monkeypatch.setattr("dissect.rf.occlusion.Cost.HINT_SECONDS", -1.0)
     config = OcclusionConfig(top=4, occluder=3, stride=2, batch_size=4)
     receptive_fields(tmp_path / "out", ["0"], config=config, model=loaded, progress=True)
     out = capsys.readouterr().out

@@ -84,7 +84,7 @@ def interrupted_run(spec: str, images: Path, out: Path, sig: signal.Signals) -> 
     else:
         assert process.returncode == -signal.SIGKILL
     assert not (out / "manifest.json").exists()
-    return torch.load(checkpoint, weights_only=True)["state"]["done"]
+    return torch.load(checkpoint, weights_only=True)["state"]["pass"]["done"]
 
 
 def corrupt_first(images: Path, count: int) -> None:

@@ -17,13 +17,13 @@ from dissect.io import write_npz
 from dissect.rf import (
     Measurements,
     OcclusionConfig,
-    _params,
     discrepancy_maps,
     noise_patch,
     occluder_corners,
     receptive_fields,
 )
 from dissect.rf import incremental as inc
+from dissect.rf.measure import measurement_params
 
 PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -40,9 +40,9 @@ def deep_net() -> nn.Module:
 def test_windows_are_cut_to_what_the_measured_positions_read():
     net, size = deep_net(), 32
     image = torch.randn(3, size, size, generator=torch.Generator().manual_seed(0))
-    steps = inc._chain(net, "7", image)
+    steps = inc.chain_steps(net, "7", image)
     corners = occluder_corners(size, 5, 1)
-    incremental = inc._Incremental(steps, image, 5, (corners, corners))
+    incremental = inc.Incremental(steps, image, 5, (corners, corners))
     one = incremental.windows((3, 3, 4, 4))  # one measured position
     whole = incremental.windows((0, 7, 0, 7))  # the whole map
     for a in range(2):
@@ -97,7 +97,7 @@ def test_partial_file_of_another_pass_order_is_measured_again(tmp_path, image_fo
     out = tmp_path / "out"
     reference = receptive_fields(out, ["1"], config=config, model=loaded, progress=False)
     (out / "receptive_fields" / "1.npz").unlink()
-    params = _params(config, [0], Dissection(out).run_id)
+    params = measurement_params(config, [0], Dissection(out).run_id)
     side = len(occluder_corners(32, 3, 3))
     grids = np.full((4, side, side), 1e6, dtype=np.float32)
     write_npz(out / "receptive_fields" / "1.partial.npz", grids=grids, done=np.int64(10**6),

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from dissect.cli import main
-from dissect.dissection import Dissection
+from dissect.dissection import Dissection, load_dissected_model, open_dissected_data
 from dissect.errors import DissectError
 from dissect.geometry import LayerGeometry
 from dissect.hooks import LayerTrace
@@ -115,8 +115,8 @@ def dissection(tmp_path_factory):
 
 def brute_force(dissection, layer, unit, top):
     """Maps of one unit on its top images, one image at a time, upsampled and thresholded."""
-    model = dissection.load_model().module
-    source = dissection.open_data()
+    model = load_dissected_model(dissection).module
+    source = open_dissected_data(dissection)
     modules = dict(model.named_modules())
     captured = {}
     handle = modules[layer].register_forward_hook(
@@ -138,7 +138,7 @@ def brute_force(dissection, layer, unit, top):
 
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
 def test_segments_match_brute_force(dissection, batch_size):
-    model = dissection.load_model()
+    model = load_dissected_model(dissection)
     forwarded = []
     model.module.register_forward_pre_hook(lambda _m, inputs: forwarded.append(len(inputs[0])))
     units = [5, 0, 2]
@@ -241,10 +241,6 @@ def test_cli_segment(dissection, capsys):
 
 
 def test_cli_segment_writes_only_what_the_report_shows_by_default(dissection):
-    from dissect import segment
-    from dissect.commands import segment as command
-
-    assert (command.DEFAULT_TOP, command.PICTURES) == (segment.DEFAULT_TOP, segment.PICTURES)
     assert main(["segment", str(dissection.directory), "--layers", "conv2", "--units", "5"]) == 0
     folder = dissection.path("segments", "conv2")
     written = sorted(path.name for path in (folder / "unit0005").iterdir())
@@ -291,8 +287,8 @@ def test_disk_rule_segments_and_exports(dissection, capsys):
     got = list(
         iter_segments(dissection, layer, units, top=2, rule="disk", rf_size=9.0, progress=False)
     )
-    model = dissection.load_model().module
-    source = dissection.open_data()
+    model = load_dissected_model(dissection).module
+    source = open_dissected_data(dissection)
     for unit, segments in zip(units, got, strict=True):
         for rank, image in enumerate(dissection.topk(layer)["index"][unit, :2]):
             with torch.no_grad(), LayerTrace(model, [layer]) as t:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from zoo_models import ZOO
 
+from dissect.dissection import open_dissected_data
 from dissect.geometry import layer_geometry
 from dissect.hooks import LayerTrace
 from dissect.models import load_model
@@ -140,7 +141,8 @@ def test_token_layers_are_units_over_the_patch_grid(tmp_path):
         warnings.simplefilter("ignore")
         d = run_dissection(loaded, "synthetic:6:3", tmp_path, ["block"], topk=2, progress=False)
     # Brute force: the block's tokens without the class token, unit by unit.
-    images = torch.stack([loaded.preprocess.tensor(d.open_data().read_rgb(i)) for i in range(6)])
+    source = open_dissected_data(d)
+    images = torch.stack([loaded.preprocess.tensor(source.read_rgb(i)) for i in range(6)])
     with torch.inference_mode():
         tokens = net.block(_tokens(net, images))
     maps = tokens[:, 1:].transpose(1, 2).reshape(6, 16, 4, 4)
@@ -174,7 +176,7 @@ def test_run_rf_segment_and_report(family, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         d = run_dissection(loaded, "synthetic:6:1", tmp_path, layers, topk=2, progress=False)
-    source = d.open_data()
+    source = open_dissected_data(d)
     images = torch.stack([loaded.preprocess.tensor(source.read_rgb(i)) for i in range(6)])
     with LayerTrace(net, layers) as trace, torch.inference_mode():
         outputs = trace(images)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from ..dissection import Dissection
+from ..dissection import Dissection, load_dissected_model
 from ..errors import DissectError
 from ..io import write_csv, write_text
 from ..segment import iter_segments
@@ -103,7 +103,7 @@ def export_annotation(
     layers = dissection.check_layers(layers)
     for layer in layers:
         dissection.check_units(layer, units)
-    options["model"] = dissection.load_model(options.get("model"))
+    options["model"] = load_dissected_model(dissection, options.get("model"))
     salt = package_salt(dissection)
     folder = images_folder(dissection)
     paths = dissection.images().set_index("index")["path"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_detector_arguments, split_names, taxonomy_from_args
-
-CHECKPOINT_FOLDER = "iou/.checkpoint"  # dissect.iou.CHECKPOINT_FOLDER (not imported: heavy)
+from ..config import IoUConfig, ResumeConfig
+from ..directory import IOU_CHECKPOINT
+from .common import add_detector_arguments, add_device_argument, rule_from_args, split_names
 
 HELP = (
     "label units automatically by IoU of their thresholded maps with the dense concept masks "
@@ -17,16 +17,28 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="the dissection directory")
+    config, resume = IoUConfig(), ResumeConfig()
     parser.add_argument("--layers", help="comma-separated layers (default: every dissected one)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward (16)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--workers", type=int, default=0, help="image-loading processes (0)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=config.batch_size,
+        help=f"images per forward ({config.batch_size})",
+    )
+    add_device_argument(parser, config.device)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=config.workers,
+        help=f"image-loading processes ({config.workers})",
+    )
     parser.add_argument(
         "--permutations",
         type=int,
-        default=None,
-        help="P, random re-pairings of images for each label's p-value (19: smallest p 0.05; "
-        "each adds one counting pass per batch; 0 for none)",
+        default=config.permutations,
+        help=f"P, random re-pairings of images for each label's p-value ({config.permutations}: "
+        f"smallest p {1 / (config.permutations + 1):.2g}; each adds one counting pass per "
+        "batch; 0 for none)",
     )
     add_detector_arguments(parser, crowd=False)
     parser.add_argument(
@@ -37,9 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint-seconds",
         type=float,
-        default=60.0,
+        default=resume.checkpoint_seconds,
         metavar="S",
-        help="save partial counts every S seconds and on Ctrl-C / SIGTERM (60); the same "
+        help=f"save partial counts every S seconds and on Ctrl-C / SIGTERM "
+        f"({resume.checkpoint_seconds:g}); the same "
         "command started again resumes from them",
     )
 
@@ -47,39 +60,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..iou import autolabel
-    from ..iou.significance import DEFAULT_PERMUTATIONS
     from ..semantics import detectors
 
-    taxonomy = taxonomy_from_args(args)
-    permutations = DEFAULT_PERMUTATIONS if args.permutations is None else args.permutations
+    rule = rule_from_args(args)
+    config = IoUConfig(args.batch_size, args.device, args.workers, args.permutations)
     try:
         labels = autolabel(
             args.directory,
             split_names(args.layers),
-            taxonomy=taxonomy,
-            batch_size=args.batch_size,
-            device=args.device,
-            workers=args.workers,
+            taxonomy=rule.types(),
+            config=config,
+            resume=ResumeConfig(checkpoint_seconds=args.checkpoint_seconds),
             restart=args.restart,
-            permutations=permutations,
-            checkpoint_seconds=args.checkpoint_seconds,
         )
     except KeyboardInterrupt:
         print(
             f"dissect autolabel: interrupted; progress is saved in {args.directory}/"
-            f"{CHECKPOINT_FOLDER}. Run the same command again to resume.",
+            f"{IOU_CHECKPOINT}. Run the same command again to resume.",
             file=sys.stderr,
         )
         return 130
     if not distributed.is_main():
         return 0
-    rule = f"IoU >= {args.min_iou}" + (f", p <= {args.max_p}" if args.max_p else "")
-    found = detectors(labels.assign(source="iou"), min_iou=args.min_iou, taxonomy=taxonomy,
-                      max_p=args.max_p)  # fmt: skip
+    found = detectors(labels.assign(source="iou"), rule=rule)
     for layer, rows in labels.groupby("layer", sort=False):
         mine = found[found["layer"] == layer]
         print(
-            f"{layer}: {len(mine)} of {len(rows)} units detect a concept ({rule}), "
+            f"{layer}: {len(mine)} of {len(rows)} units detect a concept ({rule.describe()}), "
             f"{mine['label'].nunique()} distinct"
         )
     print(f"-> {args.directory}/labels.csv, {args.directory}/iou/")

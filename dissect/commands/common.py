@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from ..config import AUTO, RULES, DetectorRule, SegmentConfig
 from ..errors import DissectError
-from ..taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
+from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 if TYPE_CHECKING:
     from ..images import Preprocess
@@ -100,23 +101,25 @@ def _floats3(text: str) -> tuple[float, float, float]:
 def add_detector_arguments(parser: argparse.ArgumentParser, crowd: bool = True) -> None:
     """--min-precision (when ``crowd``), --min-iou, --max-p and --mapping: which units count as
     detectors, and of which type; every command that takes them reads them the same way (see
-    :func:`dissect.semantics.detectors`)."""
+    :func:`dissect.semantics.detectors`); defaults from :class:`dissect.config.DetectorRule`."""
+    rule = DetectorRule()
     if crowd:
         parser.add_argument(
             "--min-precision",
             type=float,
-            default=MIN_PRECISION,
-            help=f"crowd labels count as detectors from this precision ({MIN_PRECISION})",
+            default=rule.min_precision,
+            help=f"crowd labels count as detectors from this precision ({rule.min_precision})",
         )
     parser.add_argument(
         "--min-iou",
         type=float,
-        default=MIN_IOU,
-        help=f"automatic labels count as detectors from this IoU ({MIN_IOU})",
+        default=rule.min_iou,
+        help=f"automatic labels count as detectors from this IoU ({rule.min_iou})",
     )
     parser.add_argument(
         "--max-p",
         type=_probability,
+        default=rule.max_p,
         help="automatic labels count as detectors only with a permutation p-value at most this "
         "(default: p-values not used; the smallest is 1/(permutations+1))",
     )
@@ -143,20 +146,36 @@ def taxonomy_from_args(args: argparse.Namespace) -> Taxonomy:
     return Taxonomy.from_csv(args.mapping) if args.mapping else DEFAULT_TAXONOMY
 
 
-def add_segment_arguments(parser: argparse.ArgumentParser, top: int | None = None) -> None:
-    """Which units' top images to segment, and how (``top``: default top images per unit)."""
+def rule_from_args(args: argparse.Namespace) -> DetectorRule:
+    """The detector rule of --min-precision (where the command has it), --min-iou, --max-p and
+    --mapping."""
+    return DetectorRule(
+        min_precision=getattr(args, "min_precision", DetectorRule.min_precision),
+        min_iou=args.min_iou,
+        max_p=args.max_p,
+        taxonomy=taxonomy_from_args(args),
+    )
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str = AUTO) -> None:
+    """--device, the same for every command."""
+    parser.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto (default)")
+
+
+def add_segment_arguments(parser: argparse.ArgumentParser, defaults: SegmentConfig) -> None:
+    """Which units' top images to segment, and how (defaults from ``defaults``)."""
     parser.add_argument("--layers", help="comma-separated layers (default: all dissected)")
     parser.add_argument("--units", help="comma-separated unit numbers (default: all)")
     parser.add_argument(
         "--top",
         type=int,
-        default=top,
-        help=f"top images per unit (default: {top if top else 'all kept'})",
+        default=defaults.top,
+        help=f"top images per unit (default: {defaults.top if defaults.top else 'all kept'})",
     )
     parser.add_argument(
         "--rule",
-        choices=["threshold", "disk"],
-        default="threshold",
+        choices=list(RULES),
+        default=defaults.rule,
         help="threshold: the upsampled map above T (NetDissect's, default); disk: a disk of the "
         "layer's empirical receptive field around every map cell above --peak-fraction of the "
         "image's max (Zhou et al.'s; needs dissect rf or --rf-size)",
@@ -164,13 +183,21 @@ def add_segment_arguments(parser: argparse.ArgumentParser, top: int | None = Non
     parser.add_argument(
         "--peak-fraction",
         type=float,
+        default=defaults.peak_fraction,
         help="threshold rule: threshold each map at this fraction of its own peak (default: the "
-        "unit's T); disk rule: cells from this fraction of the image's max (0.5)",
+        "unit's T); disk rule: cells from this fraction of the image's max "
+        f"({defaults.disk_fraction})",
     )
     parser.add_argument(
         "--rf-size",
         type=float,
+        default=defaults.rf_size,
         help="disk rule: receptive-field size in px (default: the layer's mean from dissect rf)",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward (32)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"images per forward ({defaults.batch_size})",
+    )
+    add_device_argument(parser, defaults.device)

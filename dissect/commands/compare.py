@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_detector_arguments, split_names, taxonomy_from_args
+from ..config import CompareConfig
+from .common import add_detector_arguments, rule_from_args, split_names
 
 HELP = (
     "compare labelled dissections of several networks per layer: semantic types, detectors, "
@@ -13,6 +14,7 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    config = CompareConfig()
     parser.add_argument(
         "directories", metavar="DIR", nargs="+", help="two or more dissection directories"
     )
@@ -28,15 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reference",
         choices=["zhou2015", "none"],
-        default="zhou2015",
-        help="published distribution drawn beside ours (default zhou2015: Places205- and "
+        default=config.reference,
+        help=f"published distribution drawn beside ours (default {config.reference}: "
+        "Places205- and "
         "ImageNet-AlexNet)",
     )
     parser.add_argument(
         "--share",
         choices=["units", "detectors"],
-        default="units",
-        help="bar heights as a share of each layer's units (default) or of its detectors",
+        default=config.share,
+        help=f"bar heights as a share of each layer's units or of its detectors "
+        f"(default {config.share})",
     )
     add_detector_arguments(parser)
 
@@ -49,10 +53,7 @@ def run(args: argparse.Namespace) -> int:
         args.directories,
         names=split_names(args.names),
         match=parse_match(args.match, len(args.directories)) if args.match else None,
-        min_precision=args.min_precision,
-        min_iou=args.min_iou,
-        taxonomy=taxonomy_from_args(args),
-        max_p=args.max_p,
+        rule=rule_from_args(args),
     )
     reference = zhou2015_types() if args.reference == "zhou2015" else None
     index = write_comparison(comparison, args.out, reference=reference, share=args.share)

@@ -5,21 +5,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import DemoConfig
+from .common import add_device_argument
+
 HELP = "run the whole study on the built-in scene CNN and synthetic world, and open the report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="dissection-demo", help="directory to write (%(default)s)")
+    config = DemoConfig()
+    parser.add_argument("--out", default=config.out, help="directory to write (%(default)s)")
     parser.add_argument("--quick", action="store_true", help="a smaller study (200 images)")
     parser.add_argument("--images", type=int, help="images to dissect (1000; quick: 200)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic world (1)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument(
+        "--seed", type=int, default=config.seed, help=f"seed of the synthetic world ({config.seed})"
+    )
+    add_device_argument(parser, config.device)
     parser.add_argument(
         "--compare-with",
-        default="object-cnn",
+        default=config.compare_with,
         metavar="MODEL",
         help="a second network, dissected the same way and compared with scene-cnn in "
-        "OUT/compare (dissect compare; default object-cnn, 'none' for no comparison)",
+        f"OUT/compare (dissect compare; default {config.compare_with}, 'none' for no "
+        "comparison)",
     )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_arguments, preprocess_from_args
+from ..config import EvaluateConfig
+from .common import add_device_argument, add_model_arguments, preprocess_from_args
 
 HELP = (
     "top-1 accuracy of MODEL on DATA with image-level labels, or mAP of a presence model such as "
@@ -21,9 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="synthetic:N[:SEED], a Broden directory with scenes (or objects, for a presence "
         "model), or a folder with one sub-folder per class",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward (64)")
+    config = EvaluateConfig()
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=config.batch_size,
+        help=f"images per forward ({config.batch_size})",
+    )
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    add_device_argument(parser, config.device)
 
 
 def run(args: argparse.Namespace) -> int:

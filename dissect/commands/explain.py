@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_detector_arguments, split_names, taxonomy_from_args
+from ..config import ExplainConfig
+from .common import add_detector_arguments, add_device_argument, rule_from_args, split_names
 
 HELP = (
     "the units of each layer that respond most to one image (relative to their threshold), "
@@ -13,14 +14,17 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    config = ExplainConfig()
     parser.add_argument("directory", metavar="DIR", help="the dissection directory")
     parser.add_argument(
         "image", metavar="IMAGE", help="an image file, or an image index of the dissected data"
     )
     parser.add_argument("--layers", help="comma-separated layers (default: all with a map)")
-    parser.add_argument("--top", type=int, default=5, help="units per layer (5)")
+    parser.add_argument(
+        "--top", type=int, default=config.top, help=f"units per layer ({config.top})"
+    )
     parser.add_argument("--out", help="output folder (default DIR/explain/<image name>)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    add_device_argument(parser, config.device)
     add_detector_arguments(parser)
 
 
@@ -33,10 +37,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         layers=split_names(args.layers),
         top=args.top,
-        min_precision=args.min_precision,
-        min_iou=args.min_iou,
-        taxonomy=taxonomy_from_args(args),
-        max_p=args.max_p,
+        rule=rule_from_args(args),
         device=args.device,
     )
     shown = explanation.table[["layer", "rank", "unit", "score", "label", "detector"]]

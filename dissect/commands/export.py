@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..annotation.formats import EXPORT_FORMATS
+from ..config import ExportConfig
 from .common import add_segment_arguments, split_ints, split_names
 
 HELP = "export segmented top images for annotation (MTurk, Label Studio or an offline page)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    config = ExportConfig()
     parser.add_argument("directory", metavar="DIR", help="a dissection directory (dissect run)")
     parser.add_argument(
         "--format", required=True, choices=EXPORT_FORMATS, help="annotation service"
@@ -26,9 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: 1 per 12 top images, at least 1; 0 for none)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the sentinels' choice and places (0)"
+        "--seed",
+        type=int,
+        default=config.seed,
+        help=f"seed of the sentinels' choice and places ({config.seed})",
     )
-    add_segment_arguments(parser)
+    add_segment_arguments(parser, config.segment)
 
 
 def run(args: argparse.Namespace) -> int:

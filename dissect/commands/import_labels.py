@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..annotation.formats import IMPORT_FORMATS
+from ..config import ImportConfig
 
 HELP = "import crowd answers (MTurk results, Label Studio JSON, plain CSV) into DIR/labels.csv"
 
@@ -14,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", metavar="FILE", nargs="+", help="answer files")
     parser.add_argument(
         "--format",
-        default="auto",
+        default=ImportConfig().format,
         choices=IMPORT_FORMATS,
         help="format of the files (auto: by content)",
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import split_ints, split_names
+from ..config import DISCREPANCIES, OcclusionConfig, RfOptions
+from .common import add_device_argument, split_ints, split_names
 
 HELP = (
     "measure each unit's empirical receptive field by sliding a noise occluder over its top "
@@ -16,28 +17,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="a dissection directory (dissect run)")
     parser.add_argument("--layers", help="comma-separated layers (default: all dissected)")
     parser.add_argument("--units", help="comma-separated unit numbers (default: all)")
-    parser.add_argument("--top", type=int, default=20, help="top images per unit (20)")
-    parser.add_argument("--occluder", type=int, default=11, help="occluder side in pixels (11)")
-    parser.add_argument("--stride", type=int, default=3, help="occluder grid step in pixels (3)")
+    config, options = OcclusionConfig(), RfOptions()
+    parser.add_argument(
+        "--top", type=int, default=config.top, help=f"top images per unit ({config.top})"
+    )
+    parser.add_argument(
+        "--occluder",
+        type=int,
+        default=config.occluder,
+        help=f"occluder side in pixels ({config.occluder})",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=config.stride,
+        help=f"occluder grid step in pixels ({config.stride})",
+    )
     parser.add_argument(
         "--discrepancy",
-        choices=["peak", "map"],
-        default="peak",
-        help="|change| of the unit at its peak (default) or summed over its whole map",
+        choices=list(DISCREPANCIES),
+        default=config.discrepancy,
+        help=f"|change| of the unit at its peak or summed over its whole map "
+        f"(default {config.discrepancy})",
     )
     parser.add_argument(
         "--fraction",
         type=float,
-        default=0.5,
-        help="empirical size: area where the averaged map is >= this fraction of its max (0.5)",
+        default=config.fraction,
+        help="empirical size: area where the averaged map is >= this fraction of its max "
+        f"({config.fraction})",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=128, help="occluded images per forward (128)"
+        "--batch-size",
+        type=int,
+        default=config.batch_size,
+        help=f"occluded images per forward ({config.batch_size})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise occluder (0)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument(
-        "--plot-units", type=int, default=8, help="units per layer shown in the map plot (8)"
+        "--seed", type=int, default=config.seed, help=f"seed of the noise occluder ({config.seed})"
+    )
+    add_device_argument(parser, options.device)
+    parser.add_argument(
+        "--plot-units",
+        type=int,
+        default=options.plot_units,
+        help=f"units per layer shown in the map plot ({options.plot_units})",
     )
 
 
@@ -45,13 +69,13 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .. import distributed
-    from ..dissection import Dissection, layer_file_name
+    from ..directory import layer_file_name
+    from ..dissection import Dissection
     from ..plots import save_figure
     from ..plots.receptive_field import plot_rf_maps, plot_rf_sizes
     from ..rf import (
         LAYERS_CSV,
         UNITS_CSV,
-        OcclusionConfig,
         layer_summary,
         load_maps,
         receptive_fields,

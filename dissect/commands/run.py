@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..checkpoint import CHECKPOINT_DIR, DEFAULT_CHECKPOINT_EVERY
-from .common import add_model_arguments, preprocess_from_args, split_names
+from ..config import ResumeConfig, RunConfig
+from ..directory import CHECKPOINT_DIR
+from .common import add_device_argument, add_model_arguments, preprocess_from_args, split_names
 
 HELP = "dissect layers of MODEL over DATA: top-K images and activation threshold of every unit"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    config, resume = RunConfig(), ResumeConfig()
     add_model_arguments(parser)
     parser.add_argument(
         "data",
@@ -29,23 +31,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--layers", help="comma-separated layer names (default: every conv and pool layer)"
     )
     parser.add_argument("--out", required=True, help="the dissection directory to write")
-    parser.add_argument("--topk", type=int, default=50, help="top images kept per unit (50)")
+    parser.add_argument(
+        "--topk", type=int, default=config.topk, help=f"top images kept per unit ({config.topk})"
+    )
     parser.add_argument(
         "--quantile",
         type=float,
-        default=0.005,
-        help="top fraction of activations above a unit's threshold T (0.005)",
+        default=config.quantile,
+        help=f"top fraction of activations above a unit's threshold T ({config.quantile})",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward (64)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--workers", type=int, default=0, help="image-loading processes (0)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=config.batch_size,
+        help=f"images per forward ({config.batch_size})",
+    )
+    add_device_argument(parser, config.device)
+    parser.add_argument(
+        "--seed", type=int, default=config.seed, help=f"random seed ({config.seed})"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=config.workers,
+        help=f"image-loading processes ({config.workers})",
+    )
     parser.add_argument(
         "--checkpoint-every",
         type=int,
-        default=DEFAULT_CHECKPOINT_EVERY,
+        default=resume.checkpoint_every,
         metavar="N",
-        help=f"save partial state every N images per process ({DEFAULT_CHECKPOINT_EVERY}); "
+        help=f"save partial state every N images per process ({resume.checkpoint_every}); "
         "a run started again with the same arguments resumes from it",
     )
     parser.add_argument(

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import PICTURES, SegmentConfig
 from .common import add_segment_arguments, split_ints, split_names
 
 HELP = "segment every unit's top images (dimmed; on request outline, crop, grid) into DIR/segments"
 
-#: Defaults of dissect.segment (kept here so that --help imports nothing heavy).
-DEFAULT_TOP = 10
-PICTURES = ("segmented", "outline", "crop", "grid")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    config = SegmentConfig()
     parser.add_argument("directory", metavar="DIR", help="a dissection directory (dissect run)")
-    add_segment_arguments(parser, top=DEFAULT_TOP)
+    add_segment_arguments(parser, config)
     parser.add_argument(
         "--pictures",
-        default="segmented",
-        help=f"comma-separated, some of {','.join(PICTURES)} (default: segmented, what the "
+        default=",".join(config.pictures),
+        help=f"comma-separated, some of {','.join(PICTURES)} (default: %(default)s, what the "
         "report shows)",
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_detector_arguments, taxonomy_from_args
+from .common import add_detector_arguments, rule_from_args
 
 HELP = (
     "per-layer semantic-type statistics from labels.csv: layer_types.csv, concepts.csv, plots; "
@@ -25,14 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from ..plots.semantics import write_semantic_plots
     from ..semantics import AGREEMENT_FILE, write_statistics
 
-    taxonomy = taxonomy_from_args(args)
-    types, concepts = write_statistics(
-        args.directory,
-        min_precision=args.min_precision,
-        min_iou=args.min_iou,
-        max_p=args.max_p,
-        taxonomy=taxonomy,
-    )
+    rule = rule_from_args(args)
+    taxonomy = rule.types()
+    types, concepts = write_statistics(args.directory, rule=rule)
     write_semantic_plots(args.directory, types, concepts, taxonomy)
     summary = types.pivot_table(
         index="layer", columns="category", values="n_units", aggfunc="sum", sort=False

@@ -15,7 +15,7 @@ import torch
 
 from ..datasets.masks import CATEGORIES, SegmentedSource
 from ..errors import DissectError
-from ..images import ImageReadError, ImageSource, Preprocess
+from ..images import Batch, ImageReadError, ImageSource, Preprocess
 
 
 @dataclass
@@ -173,20 +173,29 @@ class ConceptDataset(torch.utils.data.Dataset):
         return image, tensor, self.index.image_concepts(segmentation, self.preprocess), ""
 
 
+@dataclass
+class ConceptImages(Batch):
+    """A :class:`~dissect.images.Batch` with the stacked concept masks of its readable images
+    (None when none was readable)."""
+
+    concepts: ConceptBatch | None = None
+
+
 class ConceptCollate:
     """Stack a batch of images and their concepts; keep (index, reason) of unreadable ones."""
 
     def __init__(self, pixels: int, concepts: int):
         self.pixels, self.concepts = pixels, concepts
 
-    def __call__(self, items):
+    def __call__(self, items) -> ConceptImages:
         good = [item for item in items if item[1] is not None]
         skipped = [(item[0], item[3]) for item in items if item[1] is None]
         if not good:
-            return len(items), None, None, skipped
+            return ConceptImages(torch.zeros(0, dtype=torch.int64), torch.zeros(0), skipped)
+        indices = torch.tensor([item[0] for item in good], dtype=torch.int64)
         images = torch.stack([item[1] for item in good])
         concepts = ConceptBatch.stack([item[2] for item in good], self.pixels, self.concepts)
-        return len(items), images, concepts, skipped
+        return ConceptImages(indices, images, skipped, concepts)
 
 
 def segmented_source(source: ImageSource) -> SegmentedSource:

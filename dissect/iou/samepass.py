@@ -20,20 +20,22 @@ import hashlib
 import math
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import distributed
-from ..checkpoint import CHECKPOINT_DIR
+from ..directory import CHECKPOINT_DIR
 from ..dissection import Dissection
 from ..geometry import image_pair
 from ..images import Batch, ImageReadError, ImageSource, Preprocess, TensorDataset, collate
+from ..passes import BaseListener
 from ..taxonomy import DEFAULT_TAXONOMY
-from . import write_outputs
 from .concepts import ConceptBatch, ConceptIndex, ImageConcepts, segmented_source
+from .labelling import write_outputs
 from .tally import IoUStats, count_maps
 
 #: Bytes of pending maps and masks a process holds in memory before it writes them to disk.
@@ -88,8 +90,8 @@ def _collate(items) -> LabelledBatch:
     )
 
 
-class PendingIoU:
-    """One process's IoU counting while the thresholds are unknown.
+class PendingIoU(BaseListener):
+    """One process's IoU counting while the thresholds are unknown: a listener of the pass.
 
     Parameters
     ----------
@@ -99,9 +101,22 @@ class PendingIoU:
         The dissection directory (pending maps beyond :data:`PENDING_BYTES` go under it).
     rank : int
         This process's rank.
+    bounds : callable
+        ``bounds(layer)``: a lower bound of every unit's threshold T of ``layer`` at this point
+        of the pass (the statistics listener's, which must see each layer first).
     """
 
-    def __init__(self, source: ImageSource, out: str | Path, rank: int = 0):
+    #: Kept in each process: the kept pairs are counted by :func:`label_run` once T is known.
+    per_rank = True
+
+    def __init__(
+        self,
+        source: ImageSource,
+        out: str | Path,
+        rank: int,
+        bounds: Callable[[str], torch.Tensor],
+    ):
+        self.source, self.bounds = source, bounds
         self.index = ConceptIndex(segmented_source(source).concepts)
         #: SHA-256 of the concept table (in the run's checkpoint fingerprint with ``--iou``).
         self.concepts_sha256 = hashlib.sha256(
@@ -142,10 +157,12 @@ class PendingIoU:
             collate_fn=_collate,
         )
 
-    def begin_batch(self, batch: LabelledBatch, source: ImageSource) -> None:
+    def begin(self, batch: LabelledBatch) -> None:
         """Count the concept areas of a batch's labelled images; keep their masks for now."""
         for image, reason in batch.unlabelled:
-            warnings.warn(f"skipped image {source.image_id(image)!r}: {reason}", stacklevel=2)
+            warnings.warn(
+                f"skipped image {self.source.image_id(image)!r}: {reason}", stacklevel=2
+            )
         self.skipped.extend(batch.unlabelled)
         labelled = [(row, c) for row, c in enumerate(batch.concepts) if c is not None]
         self._rows = torch.tensor([c is not None for c in batch.concepts], dtype=torch.bool)
@@ -160,9 +177,11 @@ class PendingIoU:
             self._concepts[int(self._indices[row])] = (pixel, concepts.image, concepts.present)
             self.held += pixel.nbytes
 
-    def add(self, layer: str, acts: torch.Tensor, lower: torch.Tensor) -> None:
-        """Keep the maps of this batch's pairs of ``layer`` whose peak exceeds ``lower``."""
-        acts = acts[:, :, None, None] if acts.dim() == 2 else acts
+    def add(self, layer: str, output: torch.Tensor, batch: Batch) -> None:
+        """Keep the maps of this batch's pairs of ``layer`` whose peak exceeds the lower bound
+        of the unit's threshold."""
+        lower = self.bounds(layer)
+        acts = output[:, :, None, None] if output.dim() == 2 else output
         peaks = acts.flatten(2).amax(2)
         keep = (peaks > lower.to(peaks.device)[None, :]) & self._rows.to(peaks.device)[:, None]
         image, unit = keep.nonzero(as_tuple=True)
@@ -175,7 +194,7 @@ class PendingIoU:
         self._lower[layer] = lower.cpu()
         self.held += maps.nbytes
 
-    def end_batch(self) -> None:
+    def end(self, batch: Batch) -> None:
         """Forget the masks of this batch's images with no pair kept; prune or spill if full."""
         batch = {int(i) for i, row in zip(self._indices, self._rows, strict=True) if row}
         for image in batch - self._added:
@@ -240,6 +259,10 @@ class PendingIoU:
             "held": self._pack(),
         }
 
+    def merge(self, state: dict) -> None:
+        """Never called (``per_rank``): each process counts its own pairs in :func:`label_run`."""
+        raise NotImplementedError("PendingIoU states are counted per process by label_run")
+
     def load_state_dict(self, state: dict | None) -> None:
         """Resume from :meth:`state_dict` (None: from the start); drop files written after it."""
         state = state or {"concept_area": torch.zeros_like(self.concept_area), "images": 0,
@@ -269,17 +292,21 @@ class PendingIoU:
                     shutil.rmtree(folder, ignore_errors=True)
 
     def tally(
-        self, dissection: Dissection, device: torch.device | str = "cpu"
+        self,
+        dissection: Dissection,
+        thresholds: dict[str, np.ndarray],
+        device: torch.device | str = "cpu",
     ) -> dict[str, IoUStats]:
-        """Count every kept pair against the thresholds T written in ``dissection``."""
+        """Count every kept pair against the thresholds T of the finished pass."""
         size = dissection.preprocess.image_size
         stats = {}
         for layer in dissection.layers:
-            stats[layer] = IoUStats(dissection.n_units(layer), self.index.category_of,
-                                    len(self.index.categories), device)  # fmt: skip
+            stats[layer] = IoUStats(
+                len(thresholds[layer]), self.index.category_of, len(self.index.categories), device
+            )
             stats[layer].concept_area += self.concept_area.to(device)
             stats[layer].images = self.images
-        thresholds = {layer: torch.from_numpy(dissection.thresholds(layer)) for layer in stats}
+        thresholds = {layer: torch.from_numpy(thresholds[layer]) for layer in stats}
         geometry = {layer: dissection.geometry(layer) for layer in stats}
         for number in range(self.parts):
             part = torch.load(self.folder / f"part{number:06d}.pt", weights_only=True)
@@ -333,26 +360,28 @@ def _areas(images: Sequence[ImageConcepts], concepts: int) -> torch.Tensor:
 
 def label_run(
     pending: PendingIoU,
-    out: str | Path,
+    dissection: Dissection,
+    thresholds: dict[str, np.ndarray],
     skipped: Sequence[tuple[int, str]],
     device: torch.device | str = "cpu",
 ) -> None:
-    """Count every rank's kept pairs against the written thresholds; rank 0 writes ``iou/``.
+    """Count every rank's kept pairs against the thresholds; rank 0 writes ``iou/``.
 
     Parameters
     ----------
     pending : PendingIoU
         This rank's state after the pass.
-    out : path-like
+    dissection : Dissection
         The dissection directory, already written by rank 0.
+    thresholds : dict of str to ndarray
+        The threshold T of every unit of every layer, as the pass computed them (on every rank).
     skipped : sequence of (int, str)
         Images the pass could not read (rank 0: all ranks'); listed in ``iou/skipped.csv`` with
         those whose label maps could not be read.
     device : torch.device or str
         Where to count.
     """
-    dissection = Dissection(out)
-    stats = pending.tally(dissection, device)
+    stats = pending.tally(dissection, thresholds, device)
     mine = {
         "layers": {layer: counts.state_dict() for layer, counts in stats.items()},
         "skipped": [[image, reason] for image, reason in pending.skipped],

@@ -4,7 +4,7 @@ Per image, the measurements are grouped (one group around all peaks, or one per 
 is cheaper); per group and occluder corner, an axis plan gives the measured feature positions the
 occluder can touch (occluders that touch none are skipped, by both fast methods) and the crop of
 the image an occluded pass runs on: its corner a multiple of the layer stride, flush with the
-image border where a receptive field reaches past it. :func:`_crop_pass` runs a batch of such
+image border where a receptive field reaches past it. :func:`crop_pass` runs a batch of such
 crops.
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from ..errors import DissectError
 from ..geometry import LayerGeometry
-from .occlusion import _occlude
+from .occlusion import occlude
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class _Axis:
         return _AxisPlan(first, last, start, stop)
 
 
-def _axes(geometry: LayerGeometry, whole: bool = False) -> tuple[_Axis, _Axis]:
+def crop_axes(geometry: LayerGeometry, whole: bool = False) -> tuple[_Axis, _Axis]:
     """The layer's geometry per axis; ``whole``: crops are the whole image."""
     axes = []
     for axis in range(2):
@@ -88,7 +88,7 @@ def _axes(geometry: LayerGeometry, whole: bool = False) -> tuple[_Axis, _Axis]:
 
 
 @dataclass(frozen=True)
-class _Group:
+class CropGroup:
     """Measurements of one image read from the same crops, and the occluders to run on them."""
 
     image: int  # position in the list of distinct images
@@ -117,10 +117,10 @@ def _group(image, members, box, axes, corners, occluder, image_size, measurement
     else:
         hit = (plan_y.first <= plan_y.last)[:, None] & (plan_x.first <= plan_x.last)[None]
     box = tuple(int(value) for value in box)
-    return _Group(image, members, plan_y, plan_x, np.argwhere(hit), box)
+    return CropGroup(image, members, plan_y, plan_x, np.argwhere(hit), box)
 
 
-def _groups_for_image(
+def groups_for_image(
     image, members, axes, corners, occluder, image_size, measurements, peak, cost
 ):
     """How to occlude one image: the cheaper (by ``cost(group)``) of one group for the bounding
@@ -142,13 +142,13 @@ def _groups_for_image(
     return apart if apart_cost < sum(cost(group) for group in together) else together
 
 
-def _crop_pass(batch, images, patch, corners, axes, trace, layer):
+def crop_pass(batch, images, patch, corners, axes, trace, layer):
     """Layer output of each occluded crop of ``batch`` (``images[b]``: item ``b``'s image), and
     its start in layer positions."""
     crops, starts = [], []
     for (group, r, c), image in zip(batch, images, strict=True):
         y0, x0 = int(group.plan_y.start[r]), int(group.plan_x.start[c])
         window = image[:, y0 : group.plan_y.stop[r], x0 : group.plan_x.stop[c]]
-        crops.append(_occlude(window, patch, int(corners[0][r]) - y0, int(corners[1][c]) - x0))
+        crops.append(occlude(window, patch, int(corners[0][r]) - y0, int(corners[1][c]) - x0))
         starts.append((y0 // axes[0].jump, x0 // axes[1].jump))
     return trace(torch.stack(crops))[layer], np.array(starts)

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import METHODS, OcclusionConfig
 from ..errors import DissectError
 from ..geometry import LayerGeometry
-from .naive import _naive
-from .occlusion import METHODS, Measurements, OcclusionConfig, occluder_corners
-from .schedule import _fast
+from .naive import naive
+from .occlusion import Measurements, OcclusionJob, occluder_corners
+from .schedule import fast
 
 
 def discrepancy_maps(
@@ -100,12 +101,28 @@ def discrepancy_maps(
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not _fast_holds(geometry):
         method = "naive"
-    args = (module, layer, geometry, load_image, measurements, patch, config, corners)
+    job = OcclusionJob(
+        module,
+        layer,
+        geometry,
+        load_image,
+        measurements,
+        patch,
+        config,
+        corners,
+        image_size,
+        device,
+        progress,
+        grids,
+        done,
+        checkpoint,
+        method,
+    )
     with torch.inference_mode():
         if method == "naive":
-            _naive(*args, device, progress, grids)
+            naive(job)
         else:
-            _fast(*args, image_size, device, progress, grids, done, checkpoint, method)
+            fast(job)
     return grids
 
 

@@ -1,10 +1,10 @@
 """The incremental method: recompute, step by step, only the windows an occluder changes.
 
 For networks that reach the measured layer through a plain chain of convolutions, max pooling and
-point-wise modules (:func:`_chain` checks), the unoccluded activations of every step are kept and
-each occluded pass recomputes only a window per step (:class:`_Incremental`), gathered from and
-pasted into the kept activations in one indexing operation (:func:`_gather_paste`), in a buffer
-reused from batch to batch (:class:`_Workspace`).
+point-wise modules (:func:`chain_steps` checks), the unoccluded activations of every step are
+kept and each occluded pass recomputes only a window per step (:class:`Incremental`), gathered
+from and pasted into the kept activations in one indexing operation (:func:`_gather_paste`), in a
+buffer reused from batch to batch (:class:`_Workspace`).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _as_step(module: nn.Module) -> _Step | None:
     return None
 
 
-def _chain(module: nn.Module, layer: str, image: torch.Tensor) -> list[_Step] | None:
+def chain_steps(module: nn.Module, layer: str, image: torch.Tensor) -> list[_Step] | None:
     """The modules from the input to ``layer``, if they form a plain chain of supported modules.
 
     Each module must take exactly the previous one's output (checked by identity during a
@@ -132,16 +132,16 @@ def _chain(module: nn.Module, layer: str, image: torch.Tensor) -> list[_Step] | 
 
 
 @dataclass(frozen=True)
-class _Windows:
+class Windows:
     """The windows occluded passes compute for one box of the layer: per axis (y, x), per
     occluder corner along it (rows) and spatial step (columns)."""
 
     start: tuple[np.ndarray, np.ndarray]  # first output computed
     size: tuple[np.ndarray, np.ndarray]  # outputs computed
-    kind: tuple[np.ndarray, np.ndarray]  # per corner, its batch kind (see _Incremental.sizes)
+    kind: tuple[np.ndarray, np.ndarray]  # per corner, its batch kind (see Incremental.sizes)
 
 
-class _Incremental:
+class Incremental:
     """Occluded passes that recompute, layer by layer, only the positions that matter.
 
     The base activations of each image are computed once. An occluded pass then runs each
@@ -207,7 +207,7 @@ class _Incremental:
         self._floats: dict[tuple[int, int], int] = {}
         self.work = _Workspace()
 
-    def windows(self, box: tuple[int, int, int, int]) -> _Windows:
+    def windows(self, box: tuple[int, int, int, int]) -> Windows:
         """The windows of every occluder corner for measured positions in ``box`` (y_lo, y_hi,
         x_lo, x_hi): the forward spans cut to the backward ones (where they miss each other,
         one output of the backward span: such a pass changes nothing measured)."""
@@ -237,15 +237,15 @@ class _Incremental:
             starts.append(start)
             sizes.append(size)
             kinds.append(kind)
-        return _Windows(tuple(starts), tuple(sizes), tuple(kinds))
+        return Windows(tuple(starts), tuple(sizes), tuple(kinds))
 
     def sizes(self, kind: tuple[int, int]) -> np.ndarray:
         """Window sizes (spatial steps, 2) that the passes of ``kind`` (per axis, as in
-        :class:`_Windows`) run with: the largest of their kind at every step, once
+        :class:`Windows`) run with: the largest of their kind at every step, once
         :meth:`windows` has seen every box."""
         return np.stack([self.largest[a][int(kind[a])] for a in range(2)], 1)
 
-    def cost(self, windows: _Windows, jobs: np.ndarray) -> float:
+    def cost(self, windows: Windows, jobs: np.ndarray) -> float:
         """Multiply-adds of the passes ``jobs`` (J, 2: corner rows and columns) on ``windows``."""
         area = windows.size[0][jobs[:, 0]] * windows.size[1][jobs[:, 1]]
         return float((area @ self.macs).sum())

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ..config import OcclusionConfig
 from ..geometry import LayerGeometry, image_pair
-from .occlusion import Measurements, OcclusionConfig
+from .occlusion import Measurements
 
 
 def average_maps(
@@ -235,7 +236,7 @@ SUMMARY_COLUMNS = [
 ]  # fmt: skip
 
 
-def _rows(layer: str, geometry: LayerGeometry, stored: dict[str, np.ndarray]) -> pd.DataFrame:
+def unit_rows(layer: str, geometry: LayerGeometry, stored: dict[str, np.ndarray]) -> pd.DataFrame:
     theoretical = theoretical_size(geometry)
     masses = {
         f"rf_mass{round(100 * m)}": stored[f"rf_mass{round(100 * m)}"].astype(np.float64)

@@ -2,92 +2,24 @@
 
 :class:`OcclusionConfig` holds the parameters of a measurement, :class:`Measurements` the (image,
 unit, peak) triples to occlude, :func:`occluder_corners` the grid of occluder positions and
-:func:`noise_patch` the seeded noise occluder that every method pastes with :func:`_occlude`, so
+:func:`noise_patch` the seeded noise occluder that every method pastes with :func:`occlude`, so
 their maps agree to float32 round-off.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import OcclusionConfig
 from ..errors import DissectError
 from ..geometry import LayerGeometry
 from ..images import Preprocess
-
-#: Ways to compute discrepancy maps: fast (incremental where possible, else crop), or naive.
-METHODS = ("fast", "incremental", "crop", "naive")
-#: Discrepancy measures, see :mod:`dissect.rf`.
-DISCREPANCIES = ("peak", "map")
-
-
-@dataclass(frozen=True)
-class OcclusionConfig:
-    """Parameters of the occlusion measurement.
-
-    Attributes
-    ----------
-    top : int
-        Top images used per unit (at most the K kept by ``dissect run``).
-    occluder : int
-        Side of the square noise occluder, in input pixels.
-    stride : int
-        Step of the occluder grid, in input pixels.
-    discrepancy : str
-        ``peak`` or ``map`` (see :mod:`dissect.rf`).
-    fraction : float
-        The empirical size counts pixels where the averaged map is at least this fraction of its
-        maximum.
-    batch_size : int
-        Occluded whole images per forward (crops are batched by the same memory).
-    seed : int
-        Seed of the noise patch.
-    """
-
-    top: int = 20
-    occluder: int = 11
-    stride: int = 3
-    discrepancy: str = "peak"
-    fraction: float = 0.5
-    batch_size: int = 128
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.top < 1:
-            raise DissectError(f"--top must be at least 1, got {self.top}.")
-        if self.occluder < 1:
-            raise DissectError(f"--occluder must be at least 1 pixel, got {self.occluder}.")
-        if self.stride < 1:
-            raise DissectError(f"--stride must be at least 1 pixel, got {self.stride}.")
-        if self.discrepancy not in DISCREPANCIES:
-            raise DissectError(
-                f"--discrepancy must be one of {', '.join(DISCREPANCIES)}, "
-                f"got {self.discrepancy!r}."
-            )
-        if not 0 < self.fraction < 1:
-            raise DissectError(
-                f"--fraction must lie strictly between 0 and 1, got {self.fraction}."
-            )
-        if self.batch_size < 1:
-            raise DissectError(f"--batch-size must be at least 1, got {self.batch_size}.")
-
-    def check_image(self, image_size: int | tuple[int, int]) -> None:
-        """Refuse an occluder that does not fit in the network input (side or (height, width))."""
-        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-        if self.occluder > min(height, width):
-            shape = f"{height} px" if height == width else f"{height}x{width} px"
-            raise DissectError(
-                f"--occluder {self.occluder} px is larger than the {shape} network input; use "
-                f"at most {min(height, width)}."
-            )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -133,6 +65,63 @@ class Measurements:
         )
 
 
+@dataclass
+class OcclusionJob:
+    """Everything one occlusion method (:func:`~dissect.rf.naive.naive`,
+    :func:`~dissect.rf.schedule.fast`) needs: its one argument.
+
+    Attributes
+    ----------
+    module : nn.Module
+        The network, in eval mode, on ``device``.
+    layer : str
+        The measured layer.
+    geometry : LayerGeometry
+        Geometry of ``layer`` at the input size of the images.
+    load_image : callable
+        ``load_image(index)``: the preprocessed (3, H, W) tensor of image ``index``.
+    measurements : Measurements
+        Images, units and peak positions to measure.
+    patch : Tensor
+        The (3, o, o) occluder on ``device``.
+    config : OcclusionConfig
+        Occluder size and stride, discrepancy measure, batch size.
+    corners : (ndarray, ndarray)
+        The occluder's top-left corners along y and along x.
+    image_size : (int, int)
+        The images' (height, width).
+    device : torch.device
+        Where the passes run.
+    progress : bool
+        Show a tqdm bar of occluded passes.
+    grids : ndarray
+        (M, ny, nx) float32 results, filled in place.
+    done : int
+        Fast methods: occluded passes of ``grids`` already finished, in pass order.
+    checkpoint : callable, optional
+        ``checkpoint(done)``, called after every batch (the naive method: with 0, as it cannot
+        resume).
+    method : str
+        ``fast``, ``incremental`` or ``crop`` (see :func:`~dissect.rf.schedule.fast`).
+    """
+
+    module: torch.nn.Module
+    layer: str
+    geometry: LayerGeometry
+    load_image: Callable[[int], torch.Tensor]
+    measurements: Measurements
+    patch: torch.Tensor
+    config: OcclusionConfig
+    corners: tuple[np.ndarray, np.ndarray]
+    image_size: tuple[int, int]
+    device: torch.device
+    progress: bool
+    grids: np.ndarray
+    done: int = 0
+    checkpoint: Callable[[int], None] | None = None
+    method: str = "fast"
+
+
 def occluder_corners(image_size: int, occluder: int, stride: int) -> np.ndarray:
     """Top-left coordinates of the occluder along one axis: ``0, stride, 2 * stride, ...``.
 
@@ -153,12 +142,12 @@ def noise_patch(preprocess: Preprocess, occluder: int, seed: int) -> torch.Tenso
     return (pixels - mean) / std
 
 
-def _layout(geometry: LayerGeometry) -> list[str]:
+def layout_of(geometry: LayerGeometry) -> list[str]:
     """LayerTrace's ``channels_last`` for the layer of ``geometry``."""
     return [geometry.name] if geometry.channels_last else []
 
 
-def _occlude(image: torch.Tensor, patch: torch.Tensor, y: int, x: int) -> torch.Tensor:
+def occlude(image: torch.Tensor, patch: torch.Tensor, y: int, x: int) -> torch.Tensor:
     """A copy of ``image`` with ``patch`` pasted at corner (y, x); parts outside are cut off."""
     occluded = image.clone()
     height, width = image.shape[1:]
@@ -170,7 +159,7 @@ def _occlude(image: torch.Tensor, patch: torch.Tensor, y: int, x: int) -> torch.
     return occluded
 
 
-class _Cost:
+class Cost:
     """Says up front what an occlusion run costs, and after its first batches how long it takes.
 
     Parameters

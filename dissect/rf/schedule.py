@@ -1,6 +1,6 @@
 """Scheduling of the fast methods' occluded passes, and reading the discrepancies back.
 
-:func:`_fast` shares one set of occluded passes per image among its measurements, stops the
+:func:`fast` shares one set of occluded passes per image among its measurements, stops the
 forward at the layer, skips occluders that touch no measured position, picks crops or
 incremental windows, streams the passes in batches in a fixed order (so a run can resume after
 its last finished pass) and :func:`_record` writes each batch's discrepancies into the grids.
@@ -16,33 +16,35 @@ from tqdm.auto import tqdm
 
 from ..errors import DissectError
 from ..hooks import LayerTrace
-from .crop import _axes, _crop_pass, _Group, _groups_for_image
-from .incremental import _chain, _Incremental, _Windows
-from .occlusion import _Cost, _layout
+from .crop import CropGroup, crop_axes, crop_pass, groups_for_image
+from .incremental import Incremental, Windows, chain_steps
+from .occlusion import Cost, OcclusionJob, layout_of
 
 
-def _fast(
-    module, layer, geometry, load_image, measurements, patch, config, corners, image_size,
-    device, progress, grids, done, checkpoint, method,
-) -> None:  # fmt: skip
-    """Shared, stopped, skipped, cropped or incremental, batched passes (see :mod:`dissect.rf`)."""
+def fast(job: OcclusionJob) -> None:
+    """Shared, stopped, skipped, cropped or incremental, batched passes (see :mod:`dissect.rf`);
+    fills ``job.grids`` from pass ``job.done`` on."""
+    module, layer, geometry, measurements = job.module, job.layer, job.geometry, job.measurements
+    patch, config, corners, image_size = job.patch, job.config, job.corners, job.image_size
+    device, method, load_image, progress = job.device, job.method, job.load_image, job.progress
+    grids, done, checkpoint = job.grids, job.done, job.checkpoint
     # A .pt2 program of static height and width (``static_size``) runs whole images only.
-    axes = _axes(geometry, whole=getattr(module, "static_size", None) is not None)
+    axes = crop_axes(geometry, whole=getattr(module, "static_size", None) is not None)
     order = np.argsort(measurements.image, kind="stable")
     images, first_of = np.unique(measurements.image[order], return_index=True)
     bounds = np.append(first_of, len(order))
     peak = config.discrepancy == "peak"
     first = load_image(int(images[0])).to(device)
-    steps = _chain(module, layer, first) if method != "crop" else None
+    steps = chain_steps(module, layer, first) if method != "crop" else None
     if method == "incremental" and steps is None:
         raise DissectError(
             f"layer {layer!r} is not reached through a plain chain of convolution, pooling and "
             "point-wise modules; use the fast or crop method."
         )
 
-    def plan(cost: Callable[[_Group], float]) -> list[list[_Group]]:
+    def plan(cost: Callable[[CropGroup], float]) -> list[list[CropGroup]]:
         return [
-            _groups_for_image(
+            groups_for_image(
                 i,
                 order[bounds[i] : bounds[i + 1]],
                 axes,
@@ -56,7 +58,7 @@ def _fast(
             for i in range(len(images))
         ]
 
-    per_image = plan(_Group.cost)
+    per_image = plan(CropGroup.cost)
     if steps is not None and method == "fast":
         # Crops are cheaper while they stay small; past a quarter of the image, go incremental.
         pixels = sum(group.cost() for groups in per_image for group in groups)
@@ -65,9 +67,9 @@ def _fast(
             steps = None
     incremental, windows = None, {}
     if steps is not None:
-        incremental = _Incremental(steps, first, patch.shape[-1], corners)
+        incremental = Incremental(steps, first, patch.shape[-1], corners)
 
-        def windows_of(group: _Group) -> _Windows:
+        def windows_of(group: CropGroup) -> Windows:
             if group.box not in windows:
                 windows[group.box] = incremental.windows(group.box)
             return windows[group.box]
@@ -77,11 +79,11 @@ def _fast(
             windows_of(group)
     total = sum(len(group.jobs) for groups in per_image for group in groups)
     name = "crop" if incremental is None else "incremental"
-    cost = _Cost(total, done, measurements, len(corners[0]) * len(corners[1]), name, progress)
+    cost = Cost(total, done, measurements, len(corners[0]) * len(corners[1]), name, progress)
     bar = tqdm(total=total, initial=done, unit="pass", disable=not progress)
     chunk_images = max(1, config.batch_size // (1 if incremental is None else 8))
     position = 0
-    with LayerTrace(module, [layer], stop=True, channels_last=_layout(geometry)) as trace:
+    with LayerTrace(module, [layer], stop=True, channels_last=layout_of(geometry)) as trace:
         for chunk_start in range(0, len(images), chunk_images):
             chunk = per_image[chunk_start : chunk_start + chunk_images]
             groups = [group for image_groups in chunk for group in image_groups]
@@ -140,7 +142,7 @@ def _fast(
                 if incremental is None:
                     batch = [(groups[g], row, col) for g, row, col in jobs[index:end]]
                     crops = [tensors[slots[g.image]] for g, _, _ in batch]
-                    maps, starts = _crop_pass(batch, crops, patch, corners, axes, trace, layer)
+                    maps, starts = crop_pass(batch, crops, patch, corners, axes, trace, layer)
                 else:
                     maps, starts = incremental.run(
                         bases,
@@ -165,7 +167,7 @@ class _Targets:
 
     Parameters
     ----------
-    groups : list of _Group
+    groups : list of CropGroup
         The groups of the chunk.
     slots : list of int
         Per group, its image's position in ``outputs``.

@@ -36,8 +36,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..config import PICTURES, SegmentConfig
 from ..device import pick_device
-from ..dissection import Dissection, layer_file_name
+from ..directory import RF_LAYERS, SEGMENT_FOLDERS, SEGMENTS, keep_run_rows, layer_file_name
+from ..dissection import Dissection, load_dissected_model, open_dissected_data
 from ..errors import DissectError
 from ..hooks import LayerTrace
 from ..images import ImageSource, Preprocess, make_loader
@@ -47,18 +49,11 @@ from ..upsample import upsample_maps
 from .pictures import crop, crop_box, dim_outside, image_grid, outline, write_png
 from .rules import RULES, disk_masks, peak_thresholds, threshold_masks
 
-#: Pictures made for every top image, in the order files are written.
-KINDS = ("segmented", "outline", "crop")
-#: Everything :func:`write_segments` can write: the pictures of each top image, a grid per unit.
-PICTURES = (*KINDS, "grid")
-#: Written by default: what the report shows (the rest on request, ``--pictures``).
-DEFAULT_PICTURES = ("segmented",)
-#: Top images per unit written by default (the report shows the first 5).
-DEFAULT_TOP = 10
+#: Pictures made for every top image, in the order files are written (:data:`PICTURES` adds a
+#: grid per unit).
+KINDS = PICTURES[:3]
 #: Folder of the pictures of each rule.
-FOLDERS = {"threshold": "segments", "disk": "segments_disk"}
-#: Cells of the disk rule: at least this fraction of the image's maximum, unless told otherwise.
-DISK_FRACTION = 0.5
+FOLDERS = SEGMENT_FOLDERS
 
 
 @dataclass
@@ -122,8 +117,8 @@ def top_maps(
     layer: str,
     index: np.ndarray,
     units: Sequence[int],
-    batch_size: int = 32,
-    device: str = "auto",
+    batch_size: int = SegmentConfig.batch_size,
+    device: str = SegmentConfig.device,
     progress: bool = True,
     channels_last: bool = False,
 ) -> np.ndarray:
@@ -208,8 +203,8 @@ def iter_segments(
     rule: str = "threshold",
     rf_size: float | None = None,
     model: str | torch.nn.Module | LoadedModel | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
+    batch_size: int = SegmentConfig.batch_size,
+    device: str = SegmentConfig.device,
     progress: bool = True,
 ) -> Iterator[UnitSegments]:
     """Segment the top images of units of one layer.
@@ -269,8 +264,8 @@ def iter_segments(
     index = topk["index"][units, :top]
     scores = topk["score"][units, :top]
     unit_thresholds = dissection.thresholds(layer)[units]
-    loaded = dissection.load_model(model)
-    source = dissection.open_data()
+    loaded = load_dissected_model(dissection, model)
+    source = open_dissected_data(dissection)
     preprocess = dissection.preprocess
     geometry = dissection.geometry(layer)
     maps = top_maps(
@@ -291,7 +286,7 @@ def iter_segments(
             :, 0
         ].numpy()
         if rule == "disk":
-            fraction = DISK_FRACTION if peak_fraction is None else peak_fraction
+            fraction = SegmentConfig.disk_fraction if peak_fraction is None else peak_fraction
             thresholds = peak_thresholds(maps[row][keep], fraction).astype(np.float32)
             masks = disk_masks(maps[row][keep], centres_y, centres_x, size, rf_size, fraction)
         elif peak_fraction is None:
@@ -320,7 +315,7 @@ def layer_rf_size(dissection: Dissection, layer: str) -> float:
     DissectError
         If the layer's receptive fields have not been measured, or none of its units has a size.
     """
-    path = dissection.path("receptive_fields_layers.csv")
+    path = dissection.path(RF_LAYERS)
     sizes = pd.read_csv(path, dtype={"layer": str}) if path.is_file() else None
     found = sizes[sizes["layer"] == layer]["rf_empirical_mean"] if sizes is not None else []
     if len(found) == 0 or not np.isfinite(float(found.iloc[0])):
@@ -335,9 +330,9 @@ def write_segments(
     dissection: Dissection,
     layers: Sequence[str] | None = None,
     units: Sequence[int] | None = None,
-    top: int | None = DEFAULT_TOP,
+    top: int | None = SegmentConfig.top,
     *,
-    pictures: Sequence[str] = DEFAULT_PICTURES,
+    pictures: Sequence[str] = SegmentConfig.pictures,
     **options,
 ) -> pd.DataFrame:
     """Write every unit's segmented top images under ``segments/<layer>/``.
@@ -380,7 +375,7 @@ def write_segments(
         )
     kinds = [kind for kind in KINDS if kind in pictures]
     layers = dissection.check_layers(layers)
-    options["model"] = dissection.load_model(options.get("model"))
+    options["model"] = load_dissected_model(dissection, options.get("model"))
     rule = options.get("rule", "threshold")
     tables = []
     for layer in layers:
@@ -419,7 +414,7 @@ def write_segments(
         images = dissection.images().set_index("index")["path"]
         table.insert(4, "image", images.reindex(table["image_index"]).to_numpy())
         table["run_id"] = dissection.run_id
-        write_csv(folder / "segments.csv", _merge_rows(folder / "segments.csv", table))
+        write_csv(folder / SEGMENTS, _merge_rows(folder / SEGMENTS, table))
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
@@ -439,7 +434,5 @@ def _merge_rows(path: Path, table: pd.DataFrame) -> pd.DataFrame:
         return table
     old = pd.read_csv(path, dtype={"layer": str, "run_id": str})
     kept = old[~old["unit"].isin(set(table["unit"]))]
-    if "run_id" in kept:  # rows of another run are dropped, not kept
-        run = table["run_id"].iloc[0] if len(table) else ""
-        kept = kept[kept["run_id"].fillna(run) == run]
+    kept = keep_run_rows(kept, table["run_id"].iloc[0] if len(table) else "")
     return pd.concat([kept, table], ignore_index=True).sort_values(["unit", "rank"], kind="stable")

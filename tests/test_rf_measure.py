@@ -1,0 +1,87 @@
+"""dissect.rf.measure: layers written as they finish; SIGTERM saves the batch in flight."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dissect.images import Preprocess
+from dissect.report import write_report
+from dissect.rf import OcclusionConfig, receptive_fields
+from dissect.streaming import run_dissection
+
+PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+RF_ARGS = ["--top", "3", "--occluder", "3", "--stride", "3", "--batch-size", "2"]
+
+#: ``dissect rf`` of conv1 and conv2 in a child process that gets SIGTERM in conv2's first batch
+#: of occluded passes, once conv1's maps are written. argv: the dissection directory.
+TERMINATED = """
+import os, signal, sys
+from pathlib import Path
+from dissect.cli import main
+from dissect.rf import schedule
+
+out = Path(sys.argv[1])
+record = schedule._record
+
+def record_then_terminate(*args):
+    record(*args)
+    if (out / "receptive_fields" / "conv1.npz").exists():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+schedule._record = record_then_terminate
+sys.exit(main(["rf", str(out), "--layers", "conv1,conv2", "--device", "cpu", *sys.argv[2:]]))
+"""
+
+
+@pytest.fixture
+def dissected(tmp_path, image_folder, tiny_spec):
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        return run_dissection(
+            tiny_spec,
+            str(image_folder),
+            tmp_path / "out",
+            ["conv1", "conv2"],
+            topk=3,
+            preprocess=PREPROCESS,
+            progress=False,
+        )
+
+
+def test_sigterm_keeps_finished_layers_in_the_table_and_saves_the_layer_in_flight(dissected):
+    out = dissected.directory
+    reference = shutil.copytree(out, out.parent / "reference")
+    child = subprocess.run(
+        [sys.executable, "-c", TERMINATED, str(out), *RF_ARGS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == 130, child.stderr
+    table = pd.read_csv(out / "receptive_fields.csv", dtype={"layer": str})
+    assert set(table["layer"]) == {"conv1"}  # written as soon as conv1 was done
+    summary = pd.read_csv(out / "receptive_fields_layers.csv", dtype={"layer": str})
+    assert summary["layer"].tolist() == ["conv1"]
+    partial = out / "receptive_fields" / "conv2.partial.npz"
+    assert int(np.load(partial)["done"]) > 0  # the batch in flight was saved on SIGTERM
+    page = write_report(out, progress=False).read_text(encoding="utf-8")
+    assert "Receptive fields not measured yet" not in page
+    # Started again, it goes on from there and ends with the uninterrupted run's table.
+    config = OcclusionConfig(top=3, occluder=3, stride=3, batch_size=2)
+    resumed = receptive_fields(out, ["conv1", "conv2"], config=config, progress=False)
+    expected = receptive_fields(reference, ["conv1", "conv2"], config=config, progress=False)
+    pd.testing.assert_frame_equal(resumed.drop(columns="run_id"), expected.drop(columns="run_id"))
+    assert not partial.exists()
+
+
+def test_rows_of_layers_not_measured_again_are_kept(dissected):
+    config = OcclusionConfig(top=3, occluder=3, stride=3, batch_size=2)
+    receptive_fields(dissected, ["conv1"], config=config, progress=False)
+    receptive_fields(dissected, ["conv2"], config=config, progress=False)
+    table = pd.read_csv(dissected.path("receptive_fields.csv"), dtype={"layer": str})
+    assert table["layer"].tolist()[0] == "conv1" and set(table["layer"]) == {"conv1", "conv2"}
