@@ -145,7 +145,8 @@ def explain_image(
     import torch
 
     from .device import pick_device
-    from .hooks import LayerTrace
+    from .images import Batch
+    from .passes import KeptOutputs, PassJob, run_pass
     from .upsample import upsample_maps
 
     dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
@@ -164,15 +165,20 @@ def explain_image(
     image_id, rgb = _read_image(dissection, image)
     preprocess = dissection.preprocess
     loaded = model or load_dissected_model(dissection)
-    torch_device = pick_device(device)
-    module = loaded.module.to(torch_device)
-    with (
-        torch.inference_mode(),
-        LayerTrace(
-            module, layers, stop=True, channels_last=dissection.channels_last(layers)
-        ) as trace,
-    ):
-        outputs = trace(preprocess.tensor(rgb)[None].to(torch_device))
+    batch = Batch(torch.zeros(1, dtype=torch.int64), preprocess.tensor(rgb)[None], [])
+    kept = KeptOutputs()
+    job = PassJob(
+        loaded.module,
+        layers,
+        lambda start: [batch][start:],
+        1,
+        pick_device(device),
+        channels_last=dissection.channels_last(layers),
+        stream=False,
+        progress=False,
+    )
+    run_pass(job, {"outputs": kept})
+    outputs = {layer: kept.output(layer) for layer in layers}
     labels = read_labels(dissection.directory).drop_duplicates(["layer", "unit"])
     labels = labels.set_index(["layer", "unit"])
     found = detectors(read_labels(dissection.directory), rule, **loose)

@@ -80,6 +80,31 @@ class BaseListener:
         pass
 
 
+class KeptOutputs(BaseListener):
+    """Every traced layer's outputs, kept as float32 on the CPU, batch after batch (a few
+    images only: explaining one image, say)."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, layer: str, output: torch.Tensor, batch: Batch) -> None:
+        self.outputs.setdefault(layer, []).append(output.float().cpu())
+
+    def output(self, layer: str) -> torch.Tensor:
+        """The outputs of ``layer`` for every image, in order."""
+        return torch.cat(self.outputs[layer])
+
+    def state_dict(self) -> dict:
+        return {layer: self.output(layer) for layer in self.outputs}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.outputs = {layer: [value] for layer, value in (state or {}).items()}
+
+    def merge(self, state: dict) -> None:
+        for layer, value in state.items():
+            self.outputs.setdefault(layer, []).append(value)
+
+
 @dataclass
 class PassJob:
     """What one pass runs on.
