@@ -252,9 +252,14 @@ def compare_dissections(
             covered = covered[covered.isin(known)].value_counts()
             for name, count in sorted(covered.items()):
                 objects.append(
-                    {"network": network, "row": row, "layer": layer, "object": name,
-                     "n_units": int(count)}
-                )  # fmt: skip
+                    {
+                        "network": network,
+                        "row": row,
+                        "layer": layer,
+                        "object": name,
+                        "n_units": int(count),
+                    }
+                )
             in_layer = found[found["layer"] == layer]
             layers.append(
                 {
@@ -270,8 +275,16 @@ def compare_dissections(
                     **_rf(dissection, layer),
                 }
             )
-    type_columns = ["network", "row", "layer", "category", "n_units", "fraction", "share",
-                    "unique_concepts"]  # fmt: skip
+    type_columns = [
+        "network",
+        "row",
+        "layer",
+        "category",
+        "n_units",
+        "fraction",
+        "share",
+        "unique_concepts",
+    ]
     return Comparison(
         networks=networks,
         matches=pd.DataFrame(matches, columns=["row", "network", "layer"]),

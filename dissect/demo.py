@@ -83,22 +83,42 @@ def demo_commands(
             run,
             *([p_values] if null else []),
             ["stats", directory],
-            ["rf", directory, "--layers", ",".join(plan.rf_layers), "--units",
-             ",".join(map(str, sample)), "--top", str(plan.rf_top), "--device", device],
-        ]  # fmt: skip
+            [
+                "rf",
+                directory,
+                "--layers",
+                ",".join(plan.rf_layers),
+                "--units",
+                ",".join(map(str, sample)),
+                "--top",
+                str(plan.rf_top),
+                "--device",
+                device,
+            ],
+        ]
 
     commands = [
         *measure("scene-cnn", out),
         ["segment", out, "--layers", segment, "--top", str(plan.top), "--device", device],
-        ["export", out, "--format", "html", "--layers", "conv5", "--top", str(plan.top),
-         "--device", device],
-    ]  # fmt: skip
+        [
+            "export",
+            out,
+            "--format",
+            "html",
+            "--layers",
+            "conv5",
+            "--top",
+            str(plan.top),
+            "--device",
+            device,
+        ],
+    ]
     if compare_with:
         other = str(Path(out) / _folder(compare_with))
         commands += [
             *measure(compare_with, other, null=False),
             ["compare", out, other, "--out", str(Path(out) / "compare")],
-        ]  # fmt: skip
+        ]
     commands += [
         ["explain", out, "0", "--top", "4", "--device", device],
         ["report", out],

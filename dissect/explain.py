@@ -39,9 +39,19 @@ from .semantics import detectors
 
 #: Columns of :attr:`Explanation.table`.
 COLUMNS = [
-    "layer", "rank", "unit", "score", "peak", "threshold", "coverage", "label", "category",
-    "label_score", "source", "detector",
-]  # fmt: skip
+    "layer",
+    "rank",
+    "unit",
+    "score",
+    "peak",
+    "threshold",
+    "coverage",
+    "label",
+    "category",
+    "label_score",
+    "source",
+    "detector",
+]
 
 
 @dataclass

@@ -163,13 +163,10 @@ def run_dissection(
     layers: Sequence[str] | None = None,
     *,
     config: RunConfig | None = None,
-    resume: ResumeConfig | None = None,
     weights: str | None = None,
     preprocess: Preprocess | None = None,
-    progress: bool = True,
-    restart: bool = False,
     iou: bool = False,
-    **loose: Any,
+    **options: Any,
 ) -> Dissection:
     """Dissect ``layers`` of ``model`` over ``data`` and write the dissection directory ``out``.
 
@@ -193,23 +190,19 @@ def run_dissection(
     config : RunConfig, optional
         ``topk``, ``quantile``, ``batch_size``, ``device``, ``seed``, ``workers`` (its
         ``layers`` are replaced by ``layers``); default :class:`RunConfig`'s defaults.
-    resume : ResumeConfig, optional
-        When the pass saves its state (``checkpoint_every`` images each process handles).
     weights : str, optional
         State-dict file for a ``file.py:callable`` MODEL.
     preprocess : Preprocess, optional
         Input size and normalisation; default the model's own (ImageNet statistics, 224 px).
-    progress : bool
-        Show a progress bar (rank 0 only).
-    restart : bool
-        Discard any checkpoint in ``out`` instead of resuming from it (or refusing it, when it
-        belongs to a run with other arguments).
     iou : bool
         Also label every unit by IoU with the data's concept masks, in the same pass (see
         :mod:`dissect.iou.samepass`): writes ``iou/`` and the ``iou`` labels as ``dissect
         autolabel --permutations 0`` with the same batch size would.
-    **loose
-        Fields of ``config`` (``topk=``, ``batch_size=``, ...) or of ``resume``
+    **options
+        ``progress`` (bool, default True: a progress bar on rank 0); ``restart`` (bool: discard
+        any checkpoint in ``out`` instead of resuming from it, or refusing it when it belongs to
+        a run with other arguments); ``resume`` (a :class:`ResumeConfig`: when the pass saves
+        its state); fields of ``config`` (``topk=``, ``batch_size=``, ...) or of ``resume``
         (``checkpoint_every=``) given one by one.
 
     Returns
@@ -217,7 +210,9 @@ def run_dissection(
     Dissection
         The directory just written, opened.
     """
-    config, resume = split_loose(config or RunConfig(), resume or ResumeConfig(), loose)
+    progress, restart = options.pop("progress", True), options.pop("restart", False)
+    resume = options.pop("resume", None) or ResumeConfig()
+    config, resume = split_loose(config or RunConfig(), resume, options)
     loaded = load_model(model, weights)
     source = open_data(data)
     preprocess = preprocess or loaded.preprocess

@@ -90,16 +90,18 @@ def run(args: argparse.Namespace) -> int:
             args.data,
             args.out,
             split_names(args.layers),
-            topk=args.topk,
-            quantile=args.quantile,
-            batch_size=args.batch_size,
+            config=RunConfig(
+                topk=args.topk,
+                quantile=args.quantile,
+                batch_size=args.batch_size,
+                device=args.device,
+                seed=args.seed,
+                workers=args.workers,
+            ),
             preprocess=preprocess_from_args(args, loaded),
-            device=args.device,
-            seed=args.seed,
-            workers=args.workers,
-            checkpoint_every=args.checkpoint_every,
-            restart=args.restart,
             iou=args.iou,
+            resume=ResumeConfig(checkpoint_every=args.checkpoint_every),
+            restart=args.restart,
         )
     except KeyboardInterrupt:
         print(

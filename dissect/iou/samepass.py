@@ -160,9 +160,7 @@ class PendingIoU(BaseListener):
     def begin(self, batch: LabelledBatch) -> None:
         """Count the concept areas of a batch's labelled images; keep their masks for now."""
         for image, reason in batch.unlabelled:
-            warnings.warn(
-                f"skipped image {self.source.image_id(image)!r}: {reason}", stacklevel=2
-            )
+            warnings.warn(f"skipped image {self.source.image_id(image)!r}: {reason}", stacklevel=2)
         self.skipped.extend(batch.unlabelled)
         labelled = [(row, c) for row, c in enumerate(batch.concepts) if c is not None]
         self._rows = torch.tensor([c is not None for c in batch.concepts], dtype=torch.bool)
@@ -265,8 +263,13 @@ class PendingIoU(BaseListener):
 
     def load_state_dict(self, state: dict | None) -> None:
         """Resume from :meth:`state_dict` (None: from the start); drop files written after it."""
-        state = state or {"concept_area": torch.zeros_like(self.concept_area), "images": 0,
-                          "skipped": [], "parts": 0, "held": None}  # fmt: skip
+        state = state or {
+            "concept_area": torch.zeros_like(self.concept_area),
+            "images": 0,
+            "skipped": [],
+            "parts": 0,
+            "held": None,
+        }
         self.concept_area = state["concept_area"].double()
         self.images = int(state["images"])
         self.skipped = [(int(image), str(reason)) for image, reason in state["skipped"]]
@@ -325,16 +328,27 @@ class PendingIoU(BaseListener):
         for first in range(0, len(needed), GROUP):
             group = needed[first : first + GROUP]
             rows = torch.searchsorted(concepts["index"], group).tolist()
-            batch = _stack([concepts[key] for key in ("pixel", "whole", "present")], rows,
-                           math.prod(image_pair(size)), len(self.index))  # fmt: skip
+            batch = _stack(
+                [concepts[key] for key in ("pixel", "whole", "present")],
+                rows,
+                math.prod(image_pair(size)),
+                len(self.index),
+            )
             for layer, maps in kept.items():
                 inside = torch.isin(maps["image"], group)
                 if not inside.any():
                     continue
                 row = torch.searchsorted(group, maps["image"][inside])
-                count_maps(stats[layer], maps["maps"][inside].to(device), row.to(device),
-                           maps["unit"][inside].to(device), thresholds[layer].to(device),
-                           geometry[layer], size, batch)  # fmt: skip
+                count_maps(
+                    stats[layer],
+                    maps["maps"][inside].to(device),
+                    row.to(device),
+                    maps["unit"][inside].to(device),
+                    thresholds[layer].to(device),
+                    geometry[layer],
+                    size,
+                    batch,
+                )
 
 
 def _stack(concepts: list[list[torch.Tensor]], rows: list[int], pixels: int, count: int):
@@ -388,11 +402,14 @@ def label_run(
     }
     merged = distributed.gather_and_merge(mine, _merge)
     if merged is not None:
-        counts = {layer: IoUStats.from_state_dict(state, device)
-                  for layer, state in merged["layers"].items()}  # fmt: skip
+        counts = {
+            layer: IoUStats.from_state_dict(state, device)
+            for layer, state in merged["layers"].items()
+        }
         unlabelled = [(int(image), str(reason)) for image, reason in merged["skipped"]]
-        write_outputs(dissection, counts, pending.index, DEFAULT_TAXONOMY, {},
-                      sorted([*skipped, *unlabelled]))  # fmt: skip
+        write_outputs(
+            dissection, counts, pending.index, DEFAULT_TAXONOMY, {}, sorted([*skipped, *unlabelled])
+        )
     distributed.barrier()  # rank 0 has written
 
 

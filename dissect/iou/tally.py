@@ -205,8 +205,17 @@ def count_layer(
     step = max(1, CHUNK_BYTES // (16 * height * width))
     for first in range(0, len(images), step):
         image, unit = images[first : first + step], units[first : first + step]
-        count_maps(stats, acts[image, unit].float(), image, unit, thresholds, geometry, size,
-                   concepts, null)  # fmt: skip
+        count_maps(
+            stats,
+            acts[image, unit].float(),
+            image,
+            unit,
+            thresholds,
+            geometry,
+            size,
+            concepts,
+            null,
+        )
 
 
 def count_maps(
@@ -254,8 +263,21 @@ def count_maps(
     cells = max(1, CHUNK_BYTES // (16 * ys.cells.shape[1] * xs.cells.shape[1]))
     for start in range(0, len(pair), cells):
         part = slice(start, start + cells)
-        _count_cells(stats, maps, limit, pair[part], row[part], column[part], ys, xs,
-                     image_pair(size)[1], images, units, concepts, null)  # fmt: skip
+        _count_cells(
+            stats,
+            maps,
+            limit,
+            pair[part],
+            row[part],
+            column[part],
+            ys,
+            xs,
+            image_pair(size)[1],
+            images,
+            units,
+            concepts,
+            null,
+        )
 
 
 def _count_cells(stats, maps, limit, pair, row, column, ys, xs, width, image, unit, concepts, null):

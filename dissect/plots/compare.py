@@ -214,11 +214,22 @@ def plot_rf_comparison(comparison: Comparison) -> Figure:
     for number, network in enumerate(comparison.networks):
         colour = f"C{number % 10}"
         axes.errorbar(
-            x + 0.06 * number, mean[network], yerr=std[network], marker="o", color=colour,
-            capsize=3, label=plain(f"{network}, empirical"),
-        )  # fmt: skip
-        axes.plot(x, theoretical[network], "--", color=colour, alpha=0.6,
-                  label=plain(f"{network}, theoretical"))  # fmt: skip
+            x + 0.06 * number,
+            mean[network],
+            yerr=std[network],
+            marker="o",
+            color=colour,
+            capsize=3,
+            label=plain(f"{network}, empirical"),
+        )
+        axes.plot(
+            x,
+            theoretical[network],
+            "--",
+            color=colour,
+            alpha=0.6,
+            label=plain(f"{network}, theoretical"),
+        )
     axes.set_xticks(x, [plain(row) for row in rows])
     axes.set_ylabel("receptive field (px)")
     axes.set_title("Receptive fields per layer")

@@ -22,9 +22,20 @@ from ..hooks import LayerTrace
 
 #: Modules that act on every position separately (in eval mode): windows pass through them.
 _POINTWISE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
-    nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity,
-)  # fmt: skip
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.BatchNorm2d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+)
 
 
 @dataclass(frozen=True)
@@ -81,9 +92,13 @@ def _as_step(module: nn.Module) -> _Step | None:
         )
     if isinstance(module, nn.MaxPool2d) and not module.return_indices:
         return _Step(
-            module, _two(module.kernel_size), _two(module.stride or module.kernel_size),
-            _two(module.padding), _two(module.dilation), -math.inf,
-        )  # fmt: skip
+            module,
+            _two(module.kernel_size),
+            _two(module.stride or module.kernel_size),
+            _two(module.padding),
+            _two(module.dilation),
+            -math.inf,
+        )
     return None
 
 

@@ -165,8 +165,9 @@ def rf_mass_size(maps: np.ndarray, mass: float) -> np.ndarray:
     whole = np.minimum(whole, flat.shape[1] - 1)
     rows = np.arange(len(maps))
     before = np.where(whole > 0, cumulative[rows, np.maximum(whole - 1, 0)], 0.0)
-    part = np.divide(need - before, ordered[rows, whole], out=np.ones(len(maps)),
-                     where=ordered[rows, whole] > 0)  # fmt: skip
+    part = np.divide(
+        need - before, ordered[rows, whole], out=np.ones(len(maps)), where=ordered[rows, whole] > 0
+    )
     return np.where(total > 0, np.sqrt(whole + part), np.nan)
 
 
@@ -230,10 +231,19 @@ def layer_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 #: Columns of ``receptive_fields_layers.csv``.
 SUMMARY_COLUMNS = [
-    "layer", "rf_theoretical", "rf_empirical_mean", "rf_empirical_std", "n_units", "ratio",
-    "rf_mass50_mean", "rf_mass50_std", "rf_mass80_mean", "rf_mass80_std", "n_silent",
+    "layer",
+    "rf_theoretical",
+    "rf_empirical_mean",
+    "rf_empirical_std",
+    "n_units",
+    "ratio",
+    "rf_mass50_mean",
+    "rf_mass50_std",
+    "rf_mass80_mean",
+    "rf_mass80_std",
+    "n_silent",
     "silent_units",
-]  # fmt: skip
+]
 
 
 def unit_rows(layer: str, geometry: LayerGeometry, stored: dict[str, np.ndarray]) -> pd.DataFrame:

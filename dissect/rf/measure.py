@@ -22,7 +22,7 @@ import torch
 
 from .. import distributed
 from ..checkpoint import StopRequest, deferred_interrupts
-from ..config import OcclusionConfig, ResumeConfig
+from ..config import OcclusionConfig, ResumeConfig, RfOptions
 from ..device import pick_device
 from ..directory import RF_LAYERS, RF_MAPS, RF_UNITS, keep_run_rows, layer_file_name
 from ..dissection import Dissection, load_dissected_model, open_dissected_data
@@ -67,10 +67,9 @@ def receptive_fields(
     config: OcclusionConfig | None = None,
     *,
     model: LoadedModel | None = None,
-    device: str = "auto",
+    device: str = RfOptions.device,
     progress: bool = True,
-    resume: ResumeConfig | None = None,
-    checkpoint_seconds: float | None = None,
+    checkpoint_seconds: float = ResumeConfig.checkpoint_seconds,
 ) -> pd.DataFrame:
     """Measure empirical receptive fields of units of a dissection and write them to it.
 
@@ -90,10 +89,9 @@ def receptive_fields(
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
     progress : bool
         Show progress bars.
-    resume : ResumeConfig, optional
-        How often unfinished work of a layer is saved (``checkpoint_seconds``).
-    checkpoint_seconds : float, optional
-        The same, given alone.
+    checkpoint_seconds : float
+        How often unfinished work of a layer is saved (see :class:`ResumeConfig`); it is also
+        saved on Ctrl-C / SIGTERM.
 
     Returns
     -------
@@ -105,9 +103,6 @@ def receptive_fields(
         to ``receptive_fields/<layer>.npz``.
     """
     config = config or OcclusionConfig()
-    resume = resume or ResumeConfig()
-    if checkpoint_seconds is not None:
-        resume = ResumeConfig(resume.checkpoint_every, checkpoint_seconds)
     dissection = dissection if isinstance(dissection, Dissection) else Dissection(dissection)
     layers = dissection.check_layers(layers)
     chosen = {layer: dissection.check_units(layer, units) for layer in layers}
@@ -133,7 +128,7 @@ def receptive_fields(
                 noise_patch(preprocess, config.occluder, config.seed),
                 torch_device,
                 progress and distributed.is_main(),
-                resume.checkpoint_seconds,
+                checkpoint_seconds,
                 stop,
             )
             arrays = measure_shards(job, chosen[layer])

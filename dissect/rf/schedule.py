@@ -54,7 +54,7 @@ def fast(job: OcclusionJob) -> None:
                 measurements,
                 peak,
                 cost,
-            )  # fmt: skip
+            )
             for i in range(len(images))
         ]
 
@@ -102,13 +102,17 @@ def fast(job: OcclusionJob) -> None:
             else:  # passes with the same window sizes, and their window starts
                 boxes = [windows[g.box] for g in groups]
                 shapes = np.concatenate(
-                    [np.column_stack([w.kind[0][g.jobs[:, 0]], w.kind[1][g.jobs[:, 1]]])
-                     for w, g in zip(boxes, groups, strict=True)]
-                )  # fmt: skip
+                    [
+                        np.column_stack([w.kind[0][g.jobs[:, 0]], w.kind[1][g.jobs[:, 1]]])
+                        for w, g in zip(boxes, groups, strict=True)
+                    ]
+                )
                 begins = np.concatenate(
-                    [np.stack([w.start[0][g.jobs[:, 0]], w.start[1][g.jobs[:, 1]]], -1)
-                     for w, g in zip(boxes, groups, strict=True)]
-                )  # fmt: skip
+                    [
+                        np.stack([w.start[0][g.jobs[:, 0]], w.start[1][g.jobs[:, 1]]], -1)
+                        for w, g in zip(boxes, groups, strict=True)
+                    ]
+                )
             ranking = np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], shapes[:, 1], shapes[:, 0]))
             jobs, shapes = jobs[ranking], shapes[ranking]
             if incremental is not None:

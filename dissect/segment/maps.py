@@ -13,22 +13,22 @@ import torch
 
 from ..config import SegmentConfig
 from ..device import pick_device
+from ..dissection import Dissection
 from ..errors import DissectError
-from ..images import Batch, ImageSource, Preprocess, make_loader
+from ..images import Batch, ImageSource, make_loader
 from ..passes import BaseListener, PassJob, run_pass
 
 
 def top_maps(
-    module: torch.nn.Module,
-    source: ImageSource,
-    preprocess: Preprocess,
+    dissection: Dissection,
     layer: str,
     index: np.ndarray,
     units: Sequence[int],
-    batch_size: int = SegmentConfig.batch_size,
-    device: str = SegmentConfig.device,
+    *,
+    module: torch.nn.Module,
+    source: ImageSource,
+    config: SegmentConfig | None = None,
     progress: bool = True,
-    channels_last: bool = False,
 ) -> np.ndarray:
     """Recompute the activation maps of units on their top images.
 
@@ -37,26 +37,22 @@ def top_maps(
 
     Parameters
     ----------
-    module : nn.Module
-        The dissected network, in eval mode.
-    source : ImageSource
-        The dissected images.
-    preprocess : Preprocess
-        The dissection's preprocessing.
+    dissection : Dissection
+        The dissection (preprocessing, the layer's layout).
     layer : str
         Layer name.
     index : ndarray
         (len(units), K) dataset indices of the top images of each unit; -1 marks an empty slot.
     units : sequence of int
         The unit of each row of ``index``.
-    batch_size : int
-        Images per forward.
-    device : str
-        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    module : nn.Module
+        The dissected network, in eval mode.
+    source : ImageSource
+        The dissected images.
+    config : SegmentConfig, optional
+        ``batch_size`` images per forward on ``device``.
     progress : bool
         Show a progress bar.
-    channels_last : bool
-        The layer returns (B, H, W, C) maps (see :class:`dissect.geometry.LayerGeometry`).
 
     Returns
     -------
@@ -64,10 +60,12 @@ def top_maps(
         (len(units), K, h, w) float32 maps of each row's unit (zeros in empty slots): only
         these are kept, not the whole layer's output.
     """
+    config = config or SegmentConfig()
+    preprocess = dissection.preprocess
     wanted = np.unique(index[index >= 0]).tolist()
 
     def batches(start: int) -> Iterator[Batch]:
-        for batch in make_loader(source, preprocess, wanted[start:], batch_size):
+        for batch in make_loader(source, preprocess, wanted[start:], config.batch_size):
             if batch.skipped:
                 image, reason = batch.skipped[0]
                 raise DissectError(
@@ -82,9 +80,9 @@ def top_maps(
         [layer],
         batches,
         len(wanted),
-        pick_device(device),
+        pick_device(config.device),
         source,
-        channels_last=[layer] if channels_last else [],
+        channels_last=dissection.channels_last([layer]),
         stream=False,
         desc=f"maps {layer}",
         progress=progress,

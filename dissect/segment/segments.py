@@ -6,9 +6,11 @@ top_maps`) and yields a :class:`UnitSegments` per unit.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,11 +21,13 @@ from ..config import SegmentConfig
 from ..directory import RF_LAYERS
 from ..dissection import Dissection, load_dissected_model, open_dissected_data
 from ..errors import DissectError
+from ..geometry import LayerGeometry
+from ..images import ImageSource, Preprocess
 from ..models import LoadedModel
 from ..upsample import upsample_maps
 from .maps import top_maps
 from .pictures import crop, dim_outside, image_grid, outline
-from .rules import RULES, disk_masks, peak_thresholds, threshold_masks
+from .rules import disk_masks, peak_thresholds, threshold_masks
 
 
 @dataclass
@@ -86,13 +90,10 @@ def iter_segments(
     units: Sequence[int] | None = None,
     top: int | None = None,
     *,
-    peak_fraction: float | None = None,
-    rule: str = "threshold",
-    rf_size: float | None = None,
+    config: SegmentConfig | None = None,
     model: str | torch.nn.Module | LoadedModel | None = None,
-    batch_size: int = SegmentConfig.batch_size,
-    device: str = SegmentConfig.device,
     progress: bool = True,
+    **loose: Any,
 ) -> Iterator[UnitSegments]:
     """Segment the top images of units of one layer.
 
@@ -106,25 +107,22 @@ def iter_segments(
         Units to segment (default: all).
     top : int, optional
         How many top images per unit (default: all the dissection kept).
-    peak_fraction : float, optional
-        ``threshold`` rule: threshold each map at this fraction of its own peak instead of the
-        unit's threshold T; ``disk`` rule: draw the cells at least this fraction of the map's
-        maximum (default 0.5).
-    rule : str
-        ``threshold`` (NetDissect's, default) or ``disk`` (Zhou et al.'s), see the module
-        docstring.
-    rf_size : float, optional
-        ``disk`` rule: the receptive-field size in pixels (default: the layer's mean empirical
-        size from ``receptive_fields_layers.csv``).
+    config : SegmentConfig, optional
+        ``rule``: ``threshold`` (NetDissect's, default) or ``disk`` (Zhou et al.'s), see the
+        package docstring; ``peak_fraction``: ``threshold`` rule: threshold each map at this
+        fraction of its own peak instead of the unit's threshold T, ``disk`` rule: draw the
+        cells at least this fraction of the map's maximum (default ``disk_fraction``, 0.5);
+        ``rf_size``: ``disk`` rule, the receptive-field size in pixels (default: the layer's
+        mean empirical size from ``receptive_fields_layers.csv``); ``batch_size`` images per
+        forward when recomputing the maps, on ``device``. Its ``top`` is not used.
     model : str, nn.Module or LoadedModel, optional
         The dissected model (default: loaded again from the manifest's MODEL spec); required
         when the dissection was run on an in-memory module.
-    batch_size : int
-        Images per forward when recomputing the maps.
-    device : str
-        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
     progress : bool
         Show progress bars.
+    **loose
+        Fields of ``config`` given one by one (``rule=``, ``peak_fraction=``, ``rf_size=``,
+        ``batch_size=``, ``device=``).
 
     Yields
     ------
@@ -132,62 +130,99 @@ def iter_segments(
         One per unit, in the order of ``units``; a unit's empty top-K slots (fewer images than
         K in the data) are left out.
     """
-    if not dissection.geometry(layer).is_spatial:
+    config = dataclasses.replace(config or SegmentConfig(), **loose)
+    geometry = dissection.geometry(layer)
+    if not geometry.is_spatial:
         raise DissectError(
-            f"layer {layer!r} has no spatial map (output {dissection.geometry(layer).output_shape})"
+            f"layer {layer!r} has no spatial map (output {geometry.output_shape})"
             "; segment a convolution or pooling layer."
         )
     units = dissection.check_units(layer, units)
     if top is not None and top < 1:
         raise DissectError(f"--top must be at least 1, got {top}.")
-    if rule not in RULES:
-        raise DissectError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}.")
-    if peak_fraction is not None:
-        peak_thresholds(np.zeros((1, 1)), peak_fraction)  # validates before any work
-    if rule == "disk":
-        rf_size = layer_rf_size(dissection, layer) if rf_size is None else rf_size
-        disk_masks(np.zeros((0, 1, 1)), [0.0], [0.0], 1, rf_size, 1.0)  # validates rf_size
+    if config.peak_fraction is not None:
+        peak_thresholds(np.zeros((1, 1)), config.peak_fraction)  # validates before any work
+    if config.rule == "disk":
+        if config.rf_size is None:
+            config = dataclasses.replace(config, rf_size=layer_rf_size(dissection, layer))
+        disk_masks(np.zeros((0, 1, 1)), [0.0], [0.0], 1, config.rf_size, 1.0)  # validates it
     topk = dissection.topk(layer)
     index = topk["index"][units, :top]
-    scores = topk["score"][units, :top]
-    unit_thresholds = dissection.thresholds(layer)[units]
     loaded = load_dissected_model(dissection, model)
     source = open_dissected_data(dissection)
-    preprocess = dissection.preprocess
-    geometry = dissection.geometry(layer)
     maps = top_maps(
-        loaded.module, source, preprocess, layer, index, units, batch_size, device, progress,
-        geometry.channels_last,
-    )  # fmt: skip
-
-    @functools.lru_cache(maxsize=256)
-    def display(image: int) -> np.ndarray:
-        return preprocess.display(source.read_rgb(image))
-
-    size = preprocess.image_size
-    centres_y = [geometry.center(y, 0)[0] for y in range(maps.shape[2])]
-    centres_x = [geometry.center(0, x)[1] for x in range(maps.shape[3])]
+        dissection,
+        layer,
+        index,
+        units,
+        module=loaded.module,
+        source=source,
+        config=config,
+        progress=progress,
+    )
+    found = LayerMaps(
+        layer,
+        geometry,
+        dissection.preprocess,
+        source,
+        index,
+        topk["score"][units, :top],
+        dissection.thresholds(layer)[units],
+        maps,
+        config,
+    )
     for row, unit in enumerate(tqdm(units, desc=f"segment {layer}", disable=not progress)):
-        keep = index[row] >= 0
-        upsampled = upsample_maps(torch.from_numpy(maps[row][keep][:, None]), geometry, size)[
-            :, 0
-        ].numpy()
-        if rule == "disk":
-            fraction = SegmentConfig.disk_fraction if peak_fraction is None else peak_fraction
-            thresholds = peak_thresholds(maps[row][keep], fraction).astype(np.float32)
-            masks = disk_masks(maps[row][keep], centres_y, centres_x, size, rf_size, fraction)
-        elif peak_fraction is None:
-            thresholds = np.full(len(upsampled), unit_thresholds[row], dtype=np.float32)
+        yield found.segments(row, int(unit))
+
+
+@dataclass
+class LayerMaps:
+    """The recomputed maps of a layer's units on their top images, and what segments them."""
+
+    layer: str
+    geometry: LayerGeometry
+    preprocess: Preprocess
+    source: ImageSource
+    index: np.ndarray
+    scores: np.ndarray
+    thresholds: np.ndarray
+    maps: np.ndarray
+    config: SegmentConfig
+
+    def __post_init__(self) -> None:
+        self.display = functools.lru_cache(maxsize=256)(self._display)
+        self.centres_y = [self.geometry.center(y, 0)[0] for y in range(self.maps.shape[2])]
+        self.centres_x = [self.geometry.center(0, x)[1] for x in range(self.maps.shape[3])]
+
+    def _display(self, image: int) -> np.ndarray:
+        return self.preprocess.display(self.source.read_rgb(image))
+
+    def segments(self, row: int, unit: int) -> UnitSegments:
+        """The segmented top images of the unit of ``row`` (its empty slots left out)."""
+        config, size = self.config, self.preprocess.image_size
+        keep = self.index[row] >= 0
+        maps = self.maps[row][keep]
+        upsampled = upsample_maps(torch.from_numpy(maps[:, None]), self.geometry, size)[:, 0]
+        upsampled = upsampled.numpy()
+        fraction = config.peak_fraction
+        if config.rule == "disk":
+            fraction = config.disk_fraction if fraction is None else fraction
+            thresholds = peak_thresholds(maps, fraction).astype(np.float32)
+            masks = disk_masks(
+                maps, self.centres_y, self.centres_x, size, config.rf_size, fraction
+            )
         else:
-            thresholds = peak_thresholds(upsampled, peak_fraction).astype(np.float32)
-        if rule == "threshold":
+            if fraction is None:
+                thresholds = np.full(len(upsampled), self.thresholds[row], dtype=np.float32)
+            else:
+                thresholds = peak_thresholds(upsampled, fraction).astype(np.float32)
             masks = threshold_masks(upsampled, thresholds)
-        yield UnitSegments(
-            layer=layer,
-            unit=int(unit),
-            indices=index[row][keep],
-            scores=scores[row][keep],
-            images=np.stack([display(int(image)) for image in index[row][keep]]),
+        return UnitSegments(
+            layer=self.layer,
+            unit=unit,
+            indices=self.index[row][keep],
+            scores=self.scores[row][keep],
+            images=np.stack([self.display(int(image)) for image in self.index[row][keep]]),
             maps=upsampled,
             thresholds=thresholds,
             masks=masks,
