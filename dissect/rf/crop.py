@@ -10,6 +10,7 @@ crops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from ..errors import DissectError
 from ..geometry import LayerGeometry
-from .occlusion import occlude
+from .occlusion import Measurements, occlude
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,31 @@ class CropGroup:
         return int((self.plan_y.size()[rows] * self.plan_x.size()[cols]).sum())
 
 
-def _group(image, members, box, axes, corners, occluder, image_size, measurements, peak):
-    """The group reading feature positions in ``box`` (y_lo, y_hi, x_lo, x_hi) of one image
-    (``corners`` and ``image_size`` per axis: y, x)."""
-    plan_y = axes[0].plan(corners[0], occluder, image_size[0], box[0], box[1])
-    plan_x = axes[1].plan(corners[1], occluder, image_size[1], box[2], box[3])
-    if peak:
-        ys, xs = measurements.y[members], measurements.x[members]
+@dataclass(frozen=True)
+class CropSetting:
+    """What every crop group of a layer is planned with (``corners`` and ``image_size`` per
+    axis: y, x; ``peak``: the ``peak`` discrepancy, read at the peak positions only)."""
+
+    axes: tuple[_Axis, _Axis]
+    corners: tuple[np.ndarray, np.ndarray]
+    occluder: int
+    image_size: tuple[int, int]
+    measurements: Measurements
+    peak: bool
+
+
+def _group(image: int, members: np.ndarray, box, setting: CropSetting) -> CropGroup:
+    """The group reading feature positions in ``box`` (y_lo, y_hi, x_lo, x_hi) of one image."""
+    axes, corners, occluder, size = (
+        setting.axes,
+        setting.corners,
+        setting.occluder,
+        setting.image_size,
+    )
+    plan_y = axes[0].plan(corners[0], occluder, size[0], box[0], box[1])
+    plan_x = axes[1].plan(corners[1], occluder, size[1], box[2], box[3])
+    if setting.peak:
+        ys, xs = setting.measurements.y[members], setting.measurements.x[members]
         hit_y = (ys[None] >= plan_y.first[:, None]) & (ys[None] <= plan_y.last[:, None])
         hit_x = (xs[None] >= plan_x.first[:, None]) & (xs[None] <= plan_x.last[:, None])
         hit = (hit_y.astype(np.float32) @ hit_x.T.astype(np.float32)) > 0
@@ -121,21 +140,21 @@ def _group(image, members, box, axes, corners, occluder, image_size, measurement
 
 
 def groups_for_image(
-    image, members, axes, corners, occluder, image_size, measurements, peak, cost
-):
+    image: int, members: np.ndarray, setting: CropSetting, cost: Callable[[CropGroup], float]
+) -> list[CropGroup]:
     """How to occlude one image: the cheaper (by ``cost(group)``) of one group for the bounding
     box of all its peaks (the whole map for ``map``) and one group per distinct peak position."""
-    args = (axes, corners, occluder, image_size, measurements, peak)
-    if not peak:
+    axes = setting.axes
+    if not setting.peak:
         box = (0, axes[0].positions - 1, 0, axes[1].positions - 1)
-        return [_group(image, members, box, *args)]
-    ys, xs = measurements.y[members], measurements.x[members]
-    together = [_group(image, members, (ys.min(), ys.max(), xs.min(), xs.max()), *args)]
+        return [_group(image, members, box, setting)]
+    ys, xs = setting.measurements.y[members], setting.measurements.x[members]
+    together = [_group(image, members, (ys.min(), ys.max(), xs.min(), xs.max()), setting)]
     peaks, which = np.unique(np.column_stack([ys, xs]), axis=0, return_inverse=True)
     if len(peaks) == 1:
         return together
     apart = [
-        _group(image, members[which.ravel() == p], (y, y, x, x), *args)
+        _group(image, members[which.ravel() == p], (y, y, x, x), setting)
         for p, (y, x) in enumerate(peaks)
     ]
     apart_cost = sum(cost(group) for group in apart)

@@ -8,6 +8,7 @@ or the fast ones (:mod:`dissect.rf.schedule`, with :mod:`dissect.rf.crop` or
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +32,7 @@ def discrepancy_maps(
     config: OcclusionConfig,
     *,
     method: str = "fast",
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-    grids: np.ndarray | None = None,
-    done: int = 0,
-    checkpoint: Callable[[int], None] | None = None,
+    **options: Any,
 ) -> np.ndarray:
     """Discrepancy of every measurement for every occluder position.
 
@@ -63,16 +60,14 @@ def discrepancy_maps(
         methods' assumption that a position depends only on its receptive-field box does not
         hold (a global layer, a layer whose geometry was not measured, a layer after upsampling),
         every method runs the naive one.
-    device : torch.device or str
-        Where the forward passes run.
-    progress : bool
-        Show a tqdm bar of occluded passes.
-    grids : ndarray, optional
-        Fast method only: results of an interrupted run, shape (M, ny, nx), filled in place.
-    done : int
-        Fast method only: occluded passes of ``grids`` already finished, in pass order.
-    checkpoint : callable, optional
-        Fast method only: ``checkpoint(done)`` is called after every batch.
+    **options
+        ``device`` (torch.device or str, default cpu): where the forward passes run;
+        ``progress`` (bool, default True): show a tqdm bar of occluded passes; ``grids``
+        (ndarray, optional): results of an interrupted run, shape (M, ny, nx), filled in place;
+        ``done`` (int, default 0; fast method only): occluded passes of ``grids`` already
+        finished, in pass order; ``checkpoint`` (callable, optional): ``checkpoint(done)`` is
+        called after every batch (the naive method passes 0: it cannot resume, but a stop
+        request is honoured there). See :class:`~dissect.rf.occlusion.OcclusionJob`.
 
     Returns
     -------
@@ -90,11 +85,15 @@ def discrepancy_maps(
     config.check_image(image_size)
     corners = tuple(occluder_corners(length, size, config.stride) for length in image_size)
     shape = (len(measurements), len(corners[0]), len(corners[1]))
+    unknown = sorted(set(options) - {"device", "progress", "grids", "done", "checkpoint"})
+    if unknown:
+        raise TypeError(f"discrepancy_maps() got unexpected keyword argument(s) {unknown}")
+    grids = options.get("grids")
     if grids is None:
         grids = np.zeros(shape, dtype=np.float32)
     elif grids.shape != shape:
         raise ValueError(f"grids has shape {grids.shape}, expected {shape}")
-    device = torch.device(device)
+    device = torch.device(options.get("device", "cpu"))
     module.to(device)
     patch = patch.to(device)
     if method not in METHODS:
@@ -112,10 +111,10 @@ def discrepancy_maps(
         corners,
         image_size,
         device,
-        progress,
+        options.get("progress", True),
         grids,
-        done,
-        checkpoint,
+        options.get("done", 0),
+        options.get("checkpoint"),
         method,
     )
     with torch.inference_mode():

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DissectError
 from ..hooks import LayerTrace
-from .crop import CropGroup, crop_axes, crop_pass, groups_for_image
+from .crop import CropGroup, CropSetting, crop_axes, crop_pass, groups_for_image
 from .incremental import Incremental, Windows, chain_steps
 from .occlusion import Cost, OcclusionJob, layout_of
 
@@ -42,19 +42,11 @@ def fast(job: OcclusionJob) -> None:
             "point-wise modules; use the fast or crop method."
         )
 
+    setting = CropSetting(axes, corners, patch.shape[-1], image_size, measurements, peak)
+
     def plan(cost: Callable[[CropGroup], float]) -> list[list[CropGroup]]:
         return [
-            groups_for_image(
-                i,
-                order[bounds[i] : bounds[i + 1]],
-                axes,
-                corners,
-                patch.shape[-1],
-                image_size,
-                measurements,
-                peak,
-                cost,
-            )
+            groups_for_image(i, order[bounds[i] : bounds[i + 1]], setting, cost)
             for i in range(len(images))
         ]
 
