@@ -342,8 +342,7 @@ class PendingIoU(BaseListener):
                 count_maps(
                     stats[layer],
                     maps["maps"][inside].to(device),
-                    row.to(device),
-                    maps["unit"][inside].to(device),
+                    (row.to(device), maps["unit"][inside].to(device)),
                     thresholds[layer].to(device),
                     geometry[layer],
                     size,

@@ -208,8 +208,7 @@ def count_layer(
         count_maps(
             stats,
             acts[image, unit].float(),
-            image,
-            unit,
+            (image, unit),
             thresholds,
             geometry,
             size,
@@ -221,8 +220,7 @@ def count_layer(
 def count_maps(
     stats: IoUStats,
     maps: torch.Tensor,
-    images: torch.Tensor,
-    units: torch.Tensor,
+    pairs: tuple[torch.Tensor, torch.Tensor],
     thresholds: torch.Tensor,
     geometry,
     size: int | tuple[int, int],
@@ -238,8 +236,8 @@ def count_maps(
     maps : Tensor
         (n, h, w) float32 feature maps of n distinct (image, unit) pairs; pairs left out must
         have no value above their unit's threshold (their masks are empty).
-    images, units : Tensor
-        (n,) int64: the row of ``concepts`` and the unit of each map.
+    pairs : (Tensor, Tensor)
+        (n,) int64 each: the row of ``concepts`` and the unit of each map.
     thresholds : Tensor
         (U,) every unit's threshold T.
     geometry : LayerGeometry
@@ -253,7 +251,7 @@ def count_maps(
     """
     height, width = maps.shape[1:]
     ys, xs = (a.to(maps.device) for a in _weights(geometry, size, height, width))
-    limit = thresholds[units]
+    limit = thresholds[pairs[1]]
     # Each cell's largest corner: the most any pixel of the cell can reach.
     below = (torch.arange(height, device=maps.device) + 1).clamp(max=height - 1)
     right = (torch.arange(width, device=maps.device) + 1).clamp(max=width - 1)
@@ -267,21 +265,19 @@ def count_maps(
             stats,
             maps,
             limit,
-            pair[part],
-            row[part],
-            column[part],
-            ys,
-            xs,
-            image_pair(size)[1],
-            images,
-            units,
+            (pair[part], row[part], column[part]),
+            (ys, xs, image_pair(size)[1]),
+            pairs,
             concepts,
             null,
         )
 
 
-def _count_cells(stats, maps, limit, pair, row, column, ys, xs, width, image, unit, concepts, null):
-    """Evaluate the pixels of some cells of some maps and count those above the threshold."""
+def _count_cells(stats, maps, limit, cells, grid, pairs, concepts, null) -> None:
+    """Evaluate the pixels of some ``cells`` (map, row, column) of some maps and count those
+    above the threshold (``grid``: the pixel weights along y and x, and the input's width;
+    ``pairs``: the image row and unit of each map)."""
+    (pair, row, column), (ys, xs, width), (image, unit) = cells, grid, pairs
     pixel_y, pixel_x = ys.cells[row], xs.cells[column]  # (m, most) each, -1 padded
     y, x = pixel_y.clamp(min=0), pixel_x.clamp(min=0)
     below = (row + 1).clamp(max=maps.shape[1] - 1)
