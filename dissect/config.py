@@ -344,10 +344,24 @@ class CompareConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """``dissect export``: ``seed`` of the sentinels' choice and places, and the segmentation
-    (all kept top images by default)."""
+    """``dissect export``.
+
+    Attributes
+    ----------
+    seed : int
+        Seed of the sentinels' choice and places.
+    sentinels : int or None
+        Sentinel images (top images of other units) mixed into each task (None: one per 12
+        own images, at least one; 0 for none).
+    dim : float
+        Brightness of the image outside the unit's region.
+    segment : SegmentConfig
+        How the top images are segmented (all kept top images by default).
+    """
 
     seed: int = 0
+    sentinels: int | None = None
+    dim: float = 0.25
     segment: SegmentConfig = SegmentConfig(top=None)
 
 

@@ -81,11 +81,13 @@ def test_library_defaults_come_from_the_config():
 
     from dissect.explain import explain_image
     from dissect.report import write_report
+    from dissect.rf import receptive_fields
     from dissect.segment import iter_segments, write_segments
 
     segment, explain = config.SegmentConfig(), config.ExplainConfig()
     assert inspect.signature(write_segments).parameters["top"].default == segment.top
-    assert inspect.signature(iter_segments).parameters["batch_size"].default == segment.batch_size
+    assert "config" in inspect.signature(iter_segments).parameters
+    assert inspect.signature(receptive_fields).parameters["device"].default == "auto"
     assert inspect.signature(explain_image).parameters["top"].default == explain.top
     assert inspect.signature(write_report).parameters["top"].default == config.ReportConfig.top
 

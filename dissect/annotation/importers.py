@@ -12,7 +12,7 @@ from .formats import IMPORT_FORMATS
 from .labelstudio import read_labelstudio
 from .mturk import is_mturk_header, read_mturk
 from .package import Package
-from .readers import answer, csv_rows, read_text
+from .readers import Origin, Shown, answer, csv_rows, read_text
 
 PLAIN_COLUMNS = ("layer", "unit", "label", "category")
 
@@ -59,16 +59,12 @@ def read_plain_csv(path: Path, dissection: Dissection, package: Package) -> list
                 f"{where}: column(s) {', '.join(missing)} missing; a plain CSV needs "
                 "layer,unit,label,category[,precision]."
             )
-        common = {
-            "worker": (row.get("annotator") or "").strip(),
-            "assignment": f"{digest}:{line}",
-            "fmt": "csv",
-            "file": path.name,
-            "line": line,
-        }
+        origin = Origin(
+            "csv", path.name, line, (row.get("annotator") or "").strip(), f"{digest}:{line}"
+        )
         task = (row.get("task") or "").strip()
         if task:
-            answers.append(_task_answer(where, row, task, package, common))
+            answers.append(_task_answer(where, row, task, package, origin))
             continue
         layer, unit = _layer_unit(where, row, dissection)
         text = (row.get("precision") or "").strip()
@@ -77,7 +73,15 @@ def read_plain_csv(path: Path, dissection: Dissection, package: Package) -> list
         except ValueError:
             raise DissectError(f"{where}: precision {text!r} is not a number.") from None
         answers.append(
-            answer(where, layer, unit, row["label"], row["category"], precision=precision, **common)
+            answer(
+                where,
+                layer,
+                unit,
+                row["label"],
+                row["category"],
+                origin=origin,
+                precision=precision,
+            )
         )
     return answers
 
@@ -98,7 +102,9 @@ def _layer_unit(where: str, row: dict[str, str], dissection: Dissection) -> tupl
     return layer, unit
 
 
-def _task_answer(where: str, row: dict[str, str], task: str, package: Package, common) -> dict:
+def _task_answer(
+    where: str, row: dict[str, str], task: str, package: Package, origin: Origin
+) -> dict:
     """An answer of the offline page: its task's images, the pictures ticked."""
     layer, unit, images = package.task(task, where)
     if (row["layer"].strip(), row["unit"].strip()) != (layer, str(unit)):
@@ -119,10 +125,8 @@ def _task_answer(where: str, row: dict[str, str], task: str, package: Package, c
         unit,
         row["label"],
         row["category"],
-        n_shown=len(images),
-        mismatches=mismatches,
-        sentinels=package.sentinels(task),
-        **common,
+        shown=Shown(len(images), mismatches, package.sentinels(task)),
+        origin=origin,
     )
 
 

@@ -22,7 +22,7 @@ from ..io import write_text
 from ..taxonomy import DEFAULT_TYPES
 from .mturk import batch_input
 from .package import Package
-from .readers import answer, json_array
+from .readers import Origin, Shown, answer, json_array
 
 
 def config(count: int) -> str:
@@ -117,14 +117,14 @@ def read_labelstudio(path: Path, package: Package) -> list[dict]:
                     unit,
                     " ".join(values["concept"]),
                     values["category"][0] if values["category"] else "",
-                    n_shown=len(images),
-                    mismatches=mismatches,
-                    sentinels=package.sentinels(task),
-                    worker=f"labelstudio:{_annotator(annotation.get('completed_by'))}",
-                    assignment=str(annotation.get("id", "")),
-                    fmt="labelstudio",
-                    file=path.name,
-                    line=line,
+                    shown=Shown(len(images), mismatches, package.sentinels(task)),
+                    origin=Origin(
+                        "labelstudio",
+                        path.name,
+                        line,
+                        f"labelstudio:{_annotator(annotation.get('completed_by'))}",
+                        str(annotation.get("id", "")),
+                    ),
                 )
             )
     return answers

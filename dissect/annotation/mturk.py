@@ -26,7 +26,7 @@ from ..errors import DissectError
 from ..io import write_csv, write_text
 from ..taxonomy import DEFAULT_TYPES
 from .package import Package
-from .readers import answer, csv_rows
+from .readers import Origin, Shown, answer, csv_rows
 
 _TYPE_COLUMN = re.compile(r"^Answer\.type(?:-(\w+))?\.(\w+)$")
 _MISMATCH_COLUMN = re.compile(r"^Answer\.mismatch-(\d+)\.\w+$")
@@ -149,14 +149,14 @@ def read_mturk(path: Path, package: Package) -> list[dict]:
                 unit,
                 row["Answer.concept"],
                 types[0],
-                n_shown=len(images),
-                mismatches=mismatches,
-                sentinels=package.sentinels(task),
-                worker=row["WorkerId"].strip(),
-                assignment=row["AssignmentId"].strip(),
-                fmt="mturk",
-                file=path.name,
-                line=line,
+                shown=Shown(len(images), mismatches, package.sentinels(task)),
+                origin=Origin(
+                    "mturk",
+                    path.name,
+                    line,
+                    row["WorkerId"].strip(),
+                    row["AssignmentId"].strip(),
+                ),
             )
         )
     return answers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,27 @@ def _skip_space(text: str, position: int) -> int:
     return position
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where an answer comes from: annotator, assignment, file format, file and line."""
+
+    fmt: str
+    file: str
+    line: int
+    worker: str = ""
+    assignment: str = ""
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What the task showed: ``n_shown`` images, the numbers of those marked as not matching
+    (``mismatches``) and of the sentinel images among them (``sentinels``)."""
+
+    n_shown: int
+    mismatches: set[int]
+    sentinels: set[int] = field(default_factory=set)
+
+
 def answer(
     where: str,
     layer: str,
@@ -106,15 +128,9 @@ def answer(
     label: object,
     category: object,
     *,
-    n_shown: int | None = None,
-    mismatches: set[int] | None = None,
-    sentinels: set[int] | None = None,
+    origin: Origin,
+    shown: Shown | None = None,
     precision: float | None = None,
-    worker: str = "",
-    assignment: str = "",
-    fmt: str,
-    file: str,
-    line: int,
 ) -> dict:
     """One checked answer (a row of ``annotations_raw.csv``).
 
@@ -134,15 +150,15 @@ def answer(
             f"{where}: unknown concept type {str(category)!r}; use one of "
             f"{', '.join(DEFAULT_TYPES)}."
         )
-    n_sentinels = kept = None
-    if mismatches is not None:
+    n_sentinels = kept = n_shown = mismatches = None
+    if shown is not None:
+        n_shown, mismatches, sentinels = shown.n_shown, shown.mismatches, shown.sentinels
         bad = sorted(n for n in mismatches if not 1 <= n <= (n_shown or 0))
         if bad:
             raise DissectError(
                 f"{where}: image(s) {', '.join(map(str, bad))} marked as not matching, but the "
                 f"task shows images 1..{n_shown}."
             )
-        sentinels = sentinels or set()
         n_sentinels, kept = len(sentinels), len(sentinels - mismatches)
         n_shown -= n_sentinels
         mismatches = mismatches - sentinels
@@ -159,9 +175,9 @@ def answer(
         "precision": np.nan if precision is None else float(precision),
         "n_sentinels": np.nan if n_sentinels is None else n_sentinels,
         "sentinels_kept": np.nan if kept is None else kept,
-        "worker": worker,
-        "assignment": assignment,
-        "format": fmt,
-        "file": file,
-        "line": line,
+        "worker": origin.worker,
+        "assignment": origin.assignment,
+        "format": origin.fmt,
+        "file": origin.file,
+        "line": origin.line,
     }
