@@ -247,9 +247,7 @@ def compare_dissections(
                     share=of_layer["n_units"] / total if total else 0.0,
                 )
             )
-            hits = found[(found["layer"] == layer) & found["type"].isin(["object", "part"])]
-            covered = pd.Series([object_of(str(label), known) for label in hits["label"]])
-            covered = covered[covered.isin(known)].value_counts()
+            covered = objects_covered(found[found["layer"] == layer], known)
             for name, count in sorted(covered.items()):
                 objects.append(
                     {
@@ -275,33 +273,49 @@ def compare_dissections(
                     **_rf(dissection, layer),
                 }
             )
-    type_columns = [
-        "network",
-        "row",
-        "layer",
-        "category",
-        "n_units",
-        "fraction",
-        "share",
-        "unique_concepts",
-    ]
     return Comparison(
         networks=networks,
         matches=pd.DataFrame(matches, columns=["row", "network", "layer"]),
-        types=pd.concat(types, ignore_index=True)[type_columns],
+        types=pd.concat(types, ignore_index=True)[TYPE_COLUMNS],
         layers=pd.DataFrame(layers),
         objects=pd.DataFrame(objects, columns=["network", "row", "layer", "object", "n_units"]),
-        sources=pd.DataFrame(
-            {
-                "network": networks,
-                "model": [d.manifest.get("model") for d in dissections],
-                "data": [d.manifest.get("data") for d in dissections],
-                "images": [d.manifest.get("n_images") for d in dissections],
-                "run_id": [d.run_id for d in dissections],
-                "directory": [str(d.directory) for d in dissections],
-            }
-        ),
+        sources=sources_table(networks, dissections),
         taxonomy=taxonomy,
+    )
+
+
+#: Columns of :attr:`Comparison.types`.
+TYPE_COLUMNS = [
+    "network",
+    "row",
+    "layer",
+    "category",
+    "n_units",
+    "fraction",
+    "share",
+    "unique_concepts",
+]
+
+
+def objects_covered(found: pd.DataFrame, known: set[str]) -> pd.Series:
+    """Detector units per object class of the data among one layer's detectors ``found``
+    (object and part detectors; a part counts for its object)."""
+    hits = found[found["type"].isin(["object", "part"])]
+    covered = pd.Series([object_of(str(label), known) for label in hits["label"]])
+    return covered[covered.isin(known)].value_counts()
+
+
+def sources_table(networks: Sequence[str], dissections: Sequence[Dissection]) -> pd.DataFrame:
+    """Where each network's dissection comes from (:attr:`Comparison.sources`)."""
+    return pd.DataFrame(
+        {
+            "network": networks,
+            "model": [d.manifest.get("model") for d in dissections],
+            "data": [d.manifest.get("data") for d in dissections],
+            "images": [d.manifest.get("n_images") for d in dissections],
+            "run_id": [d.run_id for d in dissections],
+            "directory": [str(d.directory) for d in dissections],
+        }
     )
 
 

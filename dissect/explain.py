@@ -209,28 +209,28 @@ def explain_image(
         for rank, (unit, mask) in enumerate(zip(chosen.tolist(), unit_masks, strict=True), 1):
             masks[(layer, unit)] = mask
             label = labels.loc[(layer, unit)] if (layer, unit) in labels.index else None
-            source = None if label is None else label["source"]
-            rows.append(
-                {
-                    "layer": layer,
-                    "rank": rank,
-                    "unit": unit,
-                    "score": float(peaks[unit] / thresholds[unit]),
-                    "peak": float(peaks[unit]),
-                    "threshold": float(thresholds[unit]),
-                    "coverage": float(mask.mean()),
-                    "label": None if label is None else label["label"],
-                    "category": None if label is None else label["category"],
-                    "label_score": None
-                    if label is None
-                    else (label["precision"] if source == "crowd" else label["iou"]),
-                    "source": source,
-                    "detector": (layer, unit) in detector_keys,
-                }
-            )
+            row = {"layer": layer, "rank": rank, "unit": unit, "coverage": float(mask.mean())}
+            row.update(_response(peaks[unit], thresholds[unit], label))
+            rows.append({**row, "detector": (layer, unit) in detector_keys})
     return Explanation(
         image_id, preprocess.display(rgb), pd.DataFrame(rows, columns=COLUMNS), masks
     )
+
+
+def _response(peak: np.float32, threshold: np.float32, label: pd.Series | None) -> dict:
+    """A unit's score (its peak over its threshold T, in float32) and its label, as columns."""
+    source = None if label is None else label["source"]
+    return {
+        "score": float(peak / threshold),
+        "peak": float(peak),
+        "threshold": float(threshold),
+        "label": None if label is None else label["label"],
+        "category": None if label is None else label["category"],
+        "label_score": None
+        if label is None
+        else (label["precision"] if source == "crowd" else label["iou"]),
+        "source": source,
+    }
 
 
 def _caption(row) -> str:
