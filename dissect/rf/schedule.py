@@ -9,6 +9,7 @@ its last finished pass) and :func:`_record` writes each batch's discrepancies in
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,24 +25,56 @@ from .occlusion import Cost, OcclusionJob, layout_of
 def fast(job: OcclusionJob) -> None:
     """Shared, stopped, skipped, cropped or incremental, batched passes (see :mod:`dissect.rf`);
     fills ``job.grids`` from pass ``job.done`` on."""
-    module, layer, geometry, measurements = job.module, job.layer, job.geometry, job.measurements
-    patch, config, corners, image_size = job.patch, job.config, job.corners, job.image_size
-    device, method, load_image, progress = job.device, job.method, job.load_image, job.progress
-    grids, done, checkpoint = job.grids, job.done, job.checkpoint
+    plan = _plan(job)
+    total = sum(len(group.jobs) for groups in plan.per_image for group in groups)
+    name = "crop" if plan.incremental is None else "incremental"
+    positions = len(job.corners[0]) * len(job.corners[1])
+    cost = Cost(total, job.done, job.measurements, positions, name, job.progress)
+    bar = tqdm(total=total, initial=job.done, unit="pass", disable=not job.progress)
+    chunk_images = max(1, job.config.batch_size // (1 if plan.incremental is None else 8))
+    position = 0
+    channels_last = layout_of(job.geometry)
+    with LayerTrace(job.module, [job.layer], stop=True, channels_last=channels_last) as trace:
+        for chunk_start in range(0, len(plan.images), chunk_images):
+            chunk = plan.per_image[chunk_start : chunk_start + chunk_images]
+            groups = [group for image_groups in chunk for group in image_groups]
+            count = sum(len(group.jobs) for group in groups)
+            if position + count > job.done:
+                _run_chunk(job, plan, groups, trace, position, (bar, cost))
+            position += count
+    bar.close()
+
+
+@dataclass
+class _Plan:
+    """How a layer's measurements are occluded: the distinct images, each one's crop groups,
+    and the incremental method's set-up (None for crops) with the windows of each box."""
+
+    images: np.ndarray
+    per_image: list[list[CropGroup]]
+    axes: tuple
+    peak: bool
+    incremental: Incremental | None
+    windows: dict
+
+
+def _plan(job: OcclusionJob) -> _Plan:
+    """Group every image's measurements, and choose crops or incremental passes."""
+    module, layer, measurements, patch = job.module, job.layer, job.measurements, job.patch
+    image_size, corners = job.image_size, job.corners
     # A .pt2 program of static height and width (``static_size``) runs whole images only.
-    axes = crop_axes(geometry, whole=getattr(module, "static_size", None) is not None)
+    axes = crop_axes(job.geometry, whole=getattr(module, "static_size", None) is not None)
     order = np.argsort(measurements.image, kind="stable")
     images, first_of = np.unique(measurements.image[order], return_index=True)
     bounds = np.append(first_of, len(order))
-    peak = config.discrepancy == "peak"
-    first = load_image(int(images[0])).to(device)
-    steps = chain_steps(module, layer, first) if method != "crop" else None
-    if method == "incremental" and steps is None:
+    peak = job.config.discrepancy == "peak"
+    first = job.load_image(int(images[0])).to(job.device)
+    steps = chain_steps(module, layer, first) if job.method != "crop" else None
+    if job.method == "incremental" and steps is None:
         raise DissectError(
             f"layer {layer!r} is not reached through a plain chain of convolution, pooling and "
             "point-wise modules; use the fast or crop method."
         )
-
     setting = CropSetting(axes, corners, patch.shape[-1], image_size, measurements, peak)
 
     def plan(cost: Callable[[CropGroup], float]) -> list[list[CropGroup]]:
@@ -51,7 +84,7 @@ def fast(job: OcclusionJob) -> None:
         ]
 
     per_image = plan(CropGroup.cost)
-    if steps is not None and method == "fast":
+    if steps is not None and job.method == "fast":
         # Crops are cheaper while they stay small; past a quarter of the image, go incremental.
         pixels = sum(group.cost() for groups in per_image for group in groups)
         passes = sum(len(group.jobs) for groups in per_image for group in groups)
@@ -69,93 +102,96 @@ def fast(job: OcclusionJob) -> None:
         per_image = plan(lambda g: incremental.cost(windows_of(g), g.jobs))
         for group in (group for groups in per_image for group in groups):
             windows_of(group)
-    total = sum(len(group.jobs) for groups in per_image for group in groups)
-    name = "crop" if incremental is None else "incremental"
-    cost = Cost(total, done, measurements, len(corners[0]) * len(corners[1]), name, progress)
-    bar = tqdm(total=total, initial=done, unit="pass", disable=not progress)
-    chunk_images = max(1, config.batch_size // (1 if incremental is None else 8))
-    position = 0
-    with LayerTrace(module, [layer], stop=True, channels_last=layout_of(geometry)) as trace:
-        for chunk_start in range(0, len(images), chunk_images):
-            chunk = per_image[chunk_start : chunk_start + chunk_images]
-            groups = [group for image_groups in chunk for group in image_groups]
-            count = sum(len(group.jobs) for group in groups)
-            if position + count <= done:
-                position += count
-                continue
-            # Jobs of the chunk as (group, row, column), sorted by crop shape.
-            jobs = np.concatenate(
-                [np.column_stack([np.full(len(g.jobs), k), g.jobs]) for k, g in enumerate(groups)]
+    return _Plan(images, per_image, axes, peak, incremental, windows)
+
+
+def _sorted_jobs(plan: _Plan, groups: list[CropGroup]):
+    """The passes of a chunk as (group, row, column), sorted by crop (or window) shape; their
+    shapes and, for the incremental method, their window starts (else None)."""
+    jobs = np.concatenate(
+        [np.column_stack([np.full(len(g.jobs), k), g.jobs]) for k, g in enumerate(groups)]
+    )
+    begins = None
+    if plan.incremental is None:
+        shapes = np.array(
+            [(groups[k].plan_y.size()[r], groups[k].plan_x.size()[c]) for k, r, c in jobs]
+        ).reshape(-1, 2)
+    else:  # passes with the same window sizes, and their window starts
+        boxes = [plan.windows[g.box] for g in groups]
+        shapes = np.concatenate(
+            [
+                np.column_stack([w.kind[0][g.jobs[:, 0]], w.kind[1][g.jobs[:, 1]]])
+                for w, g in zip(boxes, groups, strict=True)
+            ]
+        )
+        begins = np.concatenate(
+            [
+                np.stack([w.start[0][g.jobs[:, 0]], w.start[1][g.jobs[:, 1]]], -1)
+                for w, g in zip(boxes, groups, strict=True)
+            ]
+        )
+    ranking = np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], shapes[:, 1], shapes[:, 0]))
+    return jobs[ranking], shapes[ranking], None if begins is None else begins[ranking]
+
+
+def _batch_end(job: OcclusionJob, plan: _Plan, shapes: np.ndarray, index: int) -> int:
+    """Where the batch of passes that starts at ``index`` ends: passes of one shape, as many as
+    hold what ``batch_size`` whole-image forwards would."""
+    if plan.incremental is None:
+        pixels = job.image_size[0] * job.image_size[1]
+        limit = job.config.batch_size * pixels // int(np.prod(shapes[index]))
+    else:
+        floats = plan.incremental.floats(shapes[index])
+        limit = job.config.batch_size * plan.incremental.full // max(floats, 1)
+    end = index + 1
+    while end < len(shapes) and end - index < limit:
+        if (shapes[end] != shapes[index]).any():
+            break
+        end += 1
+    return end
+
+
+def _run_chunk(job: OcclusionJob, plan: _Plan, groups, trace, position: int, meters) -> None:
+    """The passes of a chunk of groups not done yet (``position``: passes before the chunk),
+    batch by batch, recorded into ``job.grids``; ``meters``: the bar and the cost estimate."""
+    bar, cost = meters
+    incremental, corners, layer = plan.incremental, job.corners, job.layer
+    jobs, shapes, begins = _sorted_jobs(plan, groups)
+    slots = {g.image: None for g in groups}  # chunk images, in order of first use
+    tensors = [job.load_image(int(plan.images[i])).to(job.device) for i in slots]
+    slots = {image: slot for slot, image in enumerate(slots)}
+    if incremental is None:
+        outputs = trace(torch.stack(tensors))[layer]
+    else:
+        prepared = [incremental.base(tensor) for tensor in tensors]
+        bases = incremental.stack(prepared)
+        outputs = torch.stack([output for _, output in prepared])
+    targets = _Targets(
+        groups, [slots[g.image] for g in groups], job.measurements, outputs, plan.peak
+    )
+    index = max(job.done - position, 0)
+    while index < len(jobs):
+        end = _batch_end(job, plan, shapes, index)
+        k, r, c = jobs[index:end].T
+        if incremental is None:
+            batch = [(groups[g], row, col) for g, row, col in jobs[index:end]]
+            crops = [tensors[slots[g.image]] for g, _, _ in batch]
+            maps, starts = crop_pass(batch, crops, job.patch, corners, plan.axes, trace, layer)
+        else:
+            maps, starts = incremental.run(
+                bases,
+                targets.slot[k],
+                np.column_stack([corners[0][r], corners[1][c]]),
+                job.patch,
+                begins[index:end],
+                incremental.sizes(shapes[index]),
             )
-            if incremental is None:
-                shapes = np.array(
-                    [(groups[k].plan_y.size()[r], groups[k].plan_x.size()[c]) for k, r, c in jobs]
-                ).reshape(-1, 2)
-            else:  # passes with the same window sizes, and their window starts
-                boxes = [windows[g.box] for g in groups]
-                shapes = np.concatenate(
-                    [
-                        np.column_stack([w.kind[0][g.jobs[:, 0]], w.kind[1][g.jobs[:, 1]]])
-                        for w, g in zip(boxes, groups, strict=True)
-                    ]
-                )
-                begins = np.concatenate(
-                    [
-                        np.stack([w.start[0][g.jobs[:, 0]], w.start[1][g.jobs[:, 1]]], -1)
-                        for w, g in zip(boxes, groups, strict=True)
-                    ]
-                )
-            ranking = np.lexsort((jobs[:, 2], jobs[:, 1], jobs[:, 0], shapes[:, 1], shapes[:, 0]))
-            jobs, shapes = jobs[ranking], shapes[ranking]
-            if incremental is not None:
-                begins = begins[ranking]
-            slots = {g.image: None for g in groups}  # chunk images, in order of first use
-            tensors = [load_image(int(images[i])).to(device) for i in slots]
-            slots = {image: slot for slot, image in enumerate(slots)}
-            if incremental is None:
-                outputs = trace(torch.stack(tensors))[layer]
-            else:
-                prepared = [incremental.base(tensor) for tensor in tensors]
-                bases = incremental.stack(prepared)
-                outputs = torch.stack([output for _, output in prepared])
-            targets = _Targets(
-                groups, [slots[g.image] for g in groups], measurements, outputs, peak
-            )
-            index = max(done - position, 0)
-            while index < len(jobs):
-                if incremental is None:
-                    pixels = image_size[0] * image_size[1]
-                    limit = config.batch_size * pixels // int(np.prod(shapes[index]))
-                else:
-                    floats = incremental.floats(shapes[index])
-                    limit = config.batch_size * incremental.full // max(floats, 1)
-                end = index + 1
-                while end < len(jobs) and end - index < limit:
-                    if (shapes[end] != shapes[index]).any():
-                        break
-                    end += 1
-                k, r, c = jobs[index:end].T
-                if incremental is None:
-                    batch = [(groups[g], row, col) for g, row, col in jobs[index:end]]
-                    crops = [tensors[slots[g.image]] for g, _, _ in batch]
-                    maps, starts = crop_pass(batch, crops, patch, corners, axes, trace, layer)
-                else:
-                    maps, starts = incremental.run(
-                        bases,
-                        targets.slot[k],
-                        np.column_stack([corners[0][r], corners[1][c]]),
-                        patch,
-                        begins[index:end],
-                        incremental.sizes(shapes[index]),
-                    )
-                _record(grids, maps, starts, targets, k, r, c)
-                bar.update(len(k))
-                index = end
-                cost.update(position + index)
-                if checkpoint is not None:
-                    checkpoint(position + index)
-            position += len(jobs)
-    bar.close()
+        _record(job.grids, maps, starts, targets, k, r, c)
+        bar.update(len(k))
+        index = end
+        cost.update(position + index)
+        if job.checkpoint is not None:
+            job.checkpoint(position + index)
 
 
 class _Targets:
