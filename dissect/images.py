@@ -222,6 +222,7 @@ def make_loader(
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
+        generator=torch.Generator(),  # workers' seeds: the caller's global RNG is left alone
         collate_fn=collate,
     )
 

@@ -297,6 +297,7 @@ def _batches(source, dissection: Dissection, setup: IoUSetup, shard: list[int], 
             ConceptDataset(source, dissection.preprocess, setup.index, shard[start:]),
             batch_size=config.batch_size,
             num_workers=config.workers,
+            generator=torch.Generator(),  # the caller's global RNG is left alone
             collate_fn=ConceptCollate(height * width, len(setup.index)),
         )
 

@@ -154,6 +154,7 @@ class PendingIoU(BaseListener):
             _LabelledDataset(source, preprocess, indices, self.index),
             batch_size=batch_size,
             num_workers=workers,
+            generator=torch.Generator(),  # the caller's global RNG is left alone
             collate_fn=_collate,
         )
 
