@@ -202,7 +202,7 @@ def explain_image(
         scores = peaks[alive] / thresholds[alive]
         chosen = alive[np.argsort(-scores, kind="stable")[:top]]
         maps = upsample_maps(
-            acts[chosen][:, None], dissection.geometry(layer), preprocess.image_size
+            acts[chosen][:, None], dissection.geometry(layer), preprocess.size
         )
         maps = maps[:, 0].numpy()
         unit_masks = threshold_masks(maps, thresholds[chosen])

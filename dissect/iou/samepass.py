@@ -302,7 +302,7 @@ class PendingIoU(BaseListener):
         device: torch.device | str = "cpu",
     ) -> dict[str, IoUStats]:
         """Count every kept pair against the thresholds T of the finished pass."""
-        size = dissection.preprocess.image_size
+        size = dissection.preprocess.size
         stats = {}
         for layer in dissection.layers:
             stats[layer] = IoUStats(

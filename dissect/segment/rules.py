@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import image_hw
 from ..errors import DissectError
 
 
@@ -96,7 +97,7 @@ def disk_masks(
     peak = maps.max(axis=(-2, -1), keepdims=True)
     strong = (maps >= fraction * peak) & (maps > 0)  # (K, h, w)
     radius2 = rf_size**2 / np.pi
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    height, width = image_hw(image_size)
     rows_px, columns_px = np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64)
     dy2 = (rows_px[None] - np.asarray(centres_y, dtype=np.float64)[:, None]) ** 2  # (h, H)
     dx2 = (columns_px[None] - np.asarray(centres_x, dtype=np.float64)[:, None]) ** 2  # (w, W)

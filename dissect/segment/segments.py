@@ -199,7 +199,7 @@ class LayerMaps:
 
     def segments(self, row: int, unit: int) -> UnitSegments:
         """The segmented top images of the unit of ``row`` (its empty slots left out)."""
-        config, size = self.config, self.preprocess.image_size
+        config, size = self.config, self.preprocess.size
         keep = self.index[row] >= 0
         maps = self.maps[row][keep]
         upsampled = upsample_maps(torch.from_numpy(maps[:, None]), self.geometry, size)[:, 0]
