@@ -67,7 +67,9 @@ def discrepancy_maps(
         ``done`` (int, default 0; fast method only): occluded passes of ``grids`` already
         finished, in pass order; ``checkpoint`` (callable, optional): ``checkpoint(done)`` is
         called after every batch (the naive method passes 0: it cannot resume, but a stop
-        request is honoured there). See :class:`~dissect.rf.occlusion.OcclusionJob`.
+        request is honoured there); ``image_size`` ((height, width), optional): the images'
+        size, when known (else the first image is read for it). See
+        :class:`~dissect.rf.occlusion.OcclusionJob`.
 
     Returns
     -------
@@ -81,11 +83,12 @@ def discrepancy_maps(
             "convolution or pooling layer."
         )
     size = patch.shape[-1]
-    image_size = _image_size(load_image, measurements)
+    image_size = _image_size(load_image, measurements, options.get("image_size"))
     config.check_image(image_size)
     corners = tuple(occluder_corners(length, size, config.stride) for length in image_size)
     shape = (len(measurements), len(corners[0]), len(corners[1]))
-    unknown = sorted(set(options) - {"device", "progress", "grids", "done", "checkpoint"})
+    known = {"device", "progress", "grids", "done", "checkpoint", "image_size"}
+    unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"discrepancy_maps() got unexpected keyword argument(s) {unknown}")
     grids = options.get("grids")
@@ -130,8 +133,11 @@ def _fast_holds(geometry: LayerGeometry) -> bool:
     return geometry.is_local and all(float(s).is_integer() and s > 0 for s in geometry.stride)
 
 
-def _image_size(load_image, measurements) -> tuple[int, int]:
+def _image_size(load_image, measurements, known: tuple[int, int] | None) -> tuple[int, int]:
+    """The images' (height, width): ``known``, else read from the first image."""
     if len(measurements) == 0:
         raise DissectError("no top image to occlude: the selected units have no top images.")
+    if known is not None:
+        return int(known[0]), int(known[1])
     height, width = load_image(int(measurements.image[0])).shape[-2:]
     return int(height), int(width)

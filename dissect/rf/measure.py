@@ -340,6 +340,7 @@ def measure_layer(job: LayerJob, final: Path) -> dict[str, np.ndarray]:
             grids=partial.grids,
             done=partial.done,
             checkpoint=partial.checkpoint,
+            image_size=image_size,
         )
     except KeyboardInterrupt:
         if not job.stop.requested:
