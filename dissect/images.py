@@ -59,10 +59,13 @@ class ImageSource(abc.ABC):
 
 def to_rgb(image: Image.Image) -> np.ndarray:
     """Convert a PIL image of any mode (grey, palette, RGBA, 16-bit) to (H, W, 3) uint8."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        top = array.max() or 1.0
-        image = Image.fromarray((array / top * 255).astype(np.uint8))
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Integers up to their maximum; floats (mode F, as scientific TIFFs hold them) in [0, 1]
+        # as they usually are, or up to their maximum when larger. NaN reads as black.
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0)
+        top = array.max()
+        top = 1.0 if image.mode == "F" and top <= 1.0 else (top or 1.0)
+        image = Image.fromarray((np.clip(array / top, 0.0, 1.0) * 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "P", "PA"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -91,6 +94,10 @@ def read_image_file(path: Path) -> np.ndarray:
         ) from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageReadError(f"cannot read image: {error}") from error
+
+
+#: How many times the output's area a covering resize may take before only the crop is resampled.
+_MAX_COVER = 16
 
 
 @dataclass(frozen=True)
@@ -142,10 +149,17 @@ class Preprocess:
         # side to the output side), then the centre crop.
         scale = max(out_h / height, out_w / width)
         new_h, new_w = max(out_h, round(height * scale)), max(out_w, round(width * scale))
-        resized = np.asarray(
-            Image.fromarray(array).resize((new_w, new_h), resample), dtype=array.dtype
-        )
         top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+        image = Image.fromarray(array)
+        if new_h * new_w > _MAX_COVER * out_h * out_w:
+            # A far longer image than the output (a 30000x1 strip would cover 224x224 at 1.5
+            # gigapixels): resample only the part the crop keeps, at the same scale (PIL's box
+            # in source pixels). Ordinary images keep the plain resize, pixel for pixel as ever.
+            x_step, y_step = width / new_w, height / new_h
+            box = (left * x_step, top * y_step, (left + out_w) * x_step, (top + out_h) * y_step)
+            box = (*box[:2], min(width, box[2]), min(height, box[3]))
+            return np.asarray(image.resize((out_w, out_h), resample, box=box), dtype=array.dtype)
+        resized = np.asarray(image.resize((new_w, new_h), resample), dtype=array.dtype)
         return resized[top : top + out_h, left : left + out_w]
 
     def tensor(self, rgb: np.ndarray) -> torch.Tensor:
