@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import DissectError
+from .errors import DissectError, interrupted_status
+
+#: Write failures a user fixes outside dissect: a full disk, a quota or file-size limit, a
+#: read-only place.
+_DISK_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
 
 #: Subcommand name -> module in dissect.commands defining HELP, add_arguments(parser), run(args).
 COMMANDS = {
@@ -56,6 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DissectError as error:
         print(f"dissect {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         print(f"dissect {args.command}: interrupted; finished work is saved.", file=sys.stderr)
-        return 130
+        return interrupted_status(error)
+    except OSError as error:
+        if error.errno not in _DISK_ERRORS:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        problem = "no space left on the device" if error.errno == errno.ENOSPC else error.strerror
+        print(
+            f"dissect {args.command}: error: {problem}{where}; free space or give a writable "
+            "place, then run the same command again (finished work is saved).",
+            file=sys.stderr,
+        )
+        return 2

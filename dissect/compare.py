@@ -26,8 +26,9 @@ import pandas as pd
 from .dissection import Dissection
 from .errors import DissectError
 from .html import e, href, note, page, table
-from .io import write_csv, write_text
+from .io import read_csv, write_csv, write_text
 from .labels import read_labels
+from .lock import writes
 from .semantics import detectors, label_types, layer_type_table, object_of
 from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
 
@@ -153,7 +154,7 @@ def _objects(dissection: Dissection, labels: pd.DataFrame, taxonomy: Taxonomy) -
     """The object classes of the data: from ``iou/concepts.csv``, else the object labels."""
     path = dissection.path("iou", "concepts.csv")
     if path.is_file():
-        concepts = pd.read_csv(path, keep_default_na=False)
+        concepts = read_csv(path, keep_default_na=False)
         return set(concepts.loc[concepts["category"] == "object", "name"])
     kinds = label_types(labels, taxonomy)
     return {
@@ -171,7 +172,7 @@ def _rf(dissection: Dissection, layer: str) -> dict:
     }
     path = dissection.path(RF_LAYERS)
     if path.is_file():
-        summary = pd.read_csv(path, dtype={"layer": str, "run_id": str})
+        summary = read_csv(path, dtype={"layer": str, "run_id": str})
         for found in summary.get("run_id", pd.Series(dtype=str)).dropna().unique():
             dissection.check_run(found, RF_LAYERS, f"dissect rf {dissection.directory}")
         summary = summary.set_index("layer")
@@ -291,6 +292,7 @@ def compare_dissections(
     )
 
 
+@writes("out")
 def write_comparison(
     comparison: Comparison,
     out: str | Path,

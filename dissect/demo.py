@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .dissection import Dissection
+from .io import read_csv
 from .labels import read_labels
 from .semantics import detectors, object_of
 from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, Taxonomy
@@ -191,7 +191,7 @@ def finding(
     last_found = found[found["layer"] == last]
     object_like = last_found[last_found["type"].isin(["object", "part"])]
     first_found = found[found["layer"] == first]
-    concepts = pd.read_csv(dissection.path("iou", "concepts.csv"), keep_default_na=False)
+    concepts = read_csv(dissection.path("iou", "concepts.csv"), keep_default_na=False)
     objects = set(concepts.loc[concepts["category"] == "object", "name"])
     covered = {object_of(label, objects) for label in object_like["label"]} & objects
     share = first_found["type"].isin(["color", "texture"]).mean() if len(first_found) else 0.0
@@ -224,8 +224,8 @@ def comparison_finding(directory: str | Path, layer: str = "conv5") -> dict:
         and ``part`` (detectors of that type), ``detectors`` and ``objects_covered``.
     """
     folder = Path(directory)
-    types = pd.read_csv(folder / "types.csv", dtype={"row": str, "layer": str})
-    layers = pd.read_csv(folder / "layers.csv", dtype={"row": str, "layer": str})
+    types = read_csv(folder / "types.csv", dtype={"row": str, "layer": str})
+    layers = read_csv(folder / "layers.csv", dtype={"row": str, "layer": str})
     networks = list(dict.fromkeys(layers["network"]))
     summary: dict = {"layer": layer, "networks": networks}
     for network in networks:

@@ -34,7 +34,8 @@ from .datasets import open_data
 from .errors import DissectError
 from .geometry import LayerGeometry
 from .images import ImageSource, Preprocess
-from .io import read_npz
+from .io import read_csv, read_npz
+from .lock import LOCK_FILE
 from .models import LoadedModel, load_model
 
 if TYPE_CHECKING:
@@ -42,7 +43,9 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 #: What ``dissect run`` itself writes; everything else in the directory is a later stage's output.
-RUN_OUTPUTS = frozenset({MANIFEST, "units.csv", "images.csv", "topk", ".checkpoint", "stale"})
+RUN_OUTPUTS = frozenset(
+    {MANIFEST, "units.csv", "images.csv", "topk", ".checkpoint", "stale", LOCK_FILE}
+)
 #: Where ``dissect run`` moves the later stages' outputs of the run it replaces.
 STALE = "stale"
 
@@ -221,11 +224,11 @@ class Dissection:
 
     def units(self) -> pd.DataFrame:
         """``units.csv``: one row per unit of every layer."""
-        return pd.read_csv(self.directory / "units.csv", dtype={"layer": str})
+        return read_csv(self.directory / "units.csv", dtype={"layer": str})
 
     def images(self) -> pd.DataFrame:
         """``images.csv``: every image of the data source, with the skipped ones marked."""
-        return pd.read_csv(self.directory / "images.csv", keep_default_na=False)
+        return read_csv(self.directory / "images.csv", keep_default_na=False)
 
     def topk(self, layer: str) -> dict[str, np.ndarray]:
         """Arrays ``index``, ``score``, ``y``, ``x`` of shape (units, K) for ``layer``."""

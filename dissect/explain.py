@@ -29,6 +29,7 @@ from .errors import DissectError
 from .html import e, href, note, page, table
 from .io import write_csv, write_text
 from .labels import read_labels
+from .lock import writes
 from .models import LoadedModel
 from .plots.figure import plain, save_figure
 from .segment.pictures import dim_outside, outline, write_png
@@ -253,6 +254,7 @@ def folder_name(image: str | int | Path) -> str:
     return stem[:80]
 
 
+@writes("directory")
 def write_explanation(
     directory: str | Path | Dissection,
     image: str | int | Path,

@@ -231,6 +231,11 @@ def make_loader(
     workers: int = 0,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``indices`` of ``source`` in order, yielding :class:`Batch` objects."""
+    if workers < 0:
+        raise DissectError(
+            f"--workers {workers}: the number of image-loading processes must be 0 (load in "
+            "the main process) or more."
+        )
     return torch.utils.data.DataLoader(
         TensorDataset(source, preprocess, indices),
         batch_size=batch_size,

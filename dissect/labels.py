@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import DissectError
-from .io import write_csv
+from .io import read_csv, write_csv
 
 #: Columns of every labels table.
 LABEL_COLUMNS = [
@@ -83,7 +83,7 @@ def read_labels(
     path = Path(directory) / "labels.csv" if source is None else source_path(directory, source)
     if not path.is_file():
         return pd.DataFrame(columns=LABEL_COLUMNS)
-    table = pd.read_csv(
+    table = read_csv(
         path, keep_default_na=False, na_values=[""], dtype={"layer": str, "run_id": str}
     )
     run = current_run(directory)

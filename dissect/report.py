@@ -33,8 +33,9 @@ from .html import STYLE, e, href
 from .html import note as _note
 from .html import number as _number
 from .html import table as _table
-from .io import atomic_path, read_npz, write_text
+from .io import atomic_path, read_csv, read_npz, write_text
 from .labels import read_labels
+from .lock import writes
 from .plots.compare import write_reference_plot
 from .plots.semantics import write_semantic_plots
 from .semantics import concept_table, detectors, label_types, layer_type_table
@@ -186,7 +187,7 @@ def rf_section(dissection: Dissection, root: Path) -> str:
         "smallest area holding 50% or 80% of the discrepancy); n_silent units never changed "
         "under occlusion and have no size."
     )
-    return rules + _table(pd.read_csv(path, dtype={"layer": str})) + "".join(images)
+    return rules + _table(read_csv(path, dtype={"layer": str})) + "".join(images)
 
 
 def unit_table(
@@ -211,7 +212,7 @@ def unit_table(
     table["score"] = np.where(table["source"] == "crowd", table["precision"], table["iou"])
     rf = dissection.path(RF_UNITS)
     if rf.is_file():
-        sizes = pd.read_csv(rf, dtype={"layer": str, "run_id": str})
+        sizes = read_csv(rf, dtype={"layer": str, "run_id": str})
         _check_run(dissection, sizes, RF_UNITS, "dissect rf")
         sizes = sizes.reindex(columns=["layer", "unit", *RF_SIZES])
         table = table.merge(sizes, on=["layer", "unit"], how="left")
@@ -284,7 +285,7 @@ def unit_assets(
     if not dissection.path("segments").is_dir():
         return strips, maps
     for listing in sorted(dissection.path("segments").glob("*/segments.csv")):
-        written = pd.read_csv(listing, dtype={"layer": str, "run_id": str})
+        written = read_csv(listing, dtype={"layer": str, "run_id": str})
         what = f"segments/{listing.parent.name}/segments.csv"
         _check_run(dissection, written, what, "dissect segment")
     rows = list(zip(table["layer"], table["unit"], strict=True))
@@ -337,6 +338,7 @@ def units_section(table: pd.DataFrame, strips: dict, maps: dict, root: Path) -> 
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+@writes("directory")
 def write_report(
     directory: str | Path | Dissection,
     *,

@@ -24,6 +24,7 @@ from .dissection import Dissection
 from .errors import DissectError
 from .io import write_csv
 from .labels import read_labels
+from .lock import writes
 from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
 
 #: Per-layer inter-annotator agreement, written where crowd answers were imported.
@@ -192,6 +193,7 @@ def object_of(label: str, objects: set[str] | frozenset[str]) -> str:
     return label
 
 
+@writes("directory")
 def write_statistics(
     directory: str | Path,
     *,

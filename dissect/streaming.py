@@ -43,6 +43,7 @@ from .geometry import LayerGeometry, layer_geometry
 from .hooks import LayerTrace, resolve_layers
 from .images import ImageSource, Preprocess, make_loader, warn_skipped
 from .io import write_csv, write_json, write_npz
+from .lock import writes
 from .models import LoadedModel, load_model
 from .running_stats import UnitStats
 
@@ -289,6 +290,7 @@ def run_fingerprint(
     }
 
 
+@writes("out")
 def run_dissection(
     model: str | nn.Module | LoadedModel,
     data: str | ImageSource,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import interrupted_status
 from .common import add_detector_arguments, split_names, taxonomy_from_args
 
 CHECKPOINT_FOLDER = "iou/.checkpoint"  # dissect.iou.CHECKPOINT_FOLDER (not imported: heavy)
@@ -64,13 +65,13 @@ def run(args: argparse.Namespace) -> int:
             permutations=permutations,
             checkpoint_seconds=args.checkpoint_seconds,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         print(
             f"dissect autolabel: interrupted; progress is saved in {args.directory}/"
             f"{CHECKPOINT_FOLDER}. Run the same command again to resume.",
             file=sys.stderr,
         )
-        return 130
+        return interrupted_status(error)
     if not distributed.is_main():
         return 0
     rule = f"IoU >= {args.min_iou}" + (f", p <= {args.max_p}" if args.max_p else "")

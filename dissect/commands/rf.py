@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import distributed
     from ..dissection import Dissection, layer_file_name
+    from ..io import read_csv
     from ..plots import save_figure
     from ..plots.receptive_field import plot_rf_maps, plot_rf_sizes
     from ..rf import (
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             layer=layer,
         )
         save_figure(figure, dissection.path("plots", f"rf_{layer_file_name(layer)}.png"))
-    summary = pd.read_csv(dissection.path(LAYERS_CSV))
+    summary = read_csv(dissection.path(LAYERS_CSV))
     save_figure(plot_rf_sizes(summary), dissection.path("plots", "rf_sizes.png"))
     summary = layer_summary(table[table["layer"].isin(layers)])
     with pd.option_context("display.width", 200):

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from ..checkpoint import CHECKPOINT_DIR, DEFAULT_CHECKPOINT_EVERY
+from ..errors import interrupted_status
 from .common import add_model_arguments, preprocess_from_args, split_names
 
 HELP = "dissect layers of MODEL over DATA: top-K images and activation threshold of every unit"
@@ -85,13 +86,13 @@ def run(args: argparse.Namespace) -> int:
             restart=args.restart,
             iou=args.iou,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         print(
             f"dissect run: interrupted; progress is saved in {args.out}/{CHECKPOINT_DIR}. "
             "Run the same command again to resume.",
             file=sys.stderr,
         )
-        return 130
+        return interrupted_status(error)
     if not distributed.is_main():
         return 0
     manifest = dissection.manifest

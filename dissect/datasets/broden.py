@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from ..errors import DissectError
 from ..images import ImageReadError, read_image_file
-from ..io import atomic_path, write_csv
+from ..io import atomic_path, read_csv, write_csv
+from ..lock import writes
 from .masks import CATEGORIES, Segmentation, SegmentedSource
 
 _CATEGORY_COUNT = re.compile(r"^\s*([^()]+?)\s*(?:\((\d+)\))?\s*$")
@@ -120,7 +121,7 @@ class BrodenDataset(SegmentedSource):
 
     def _read_csv(self, name: str) -> pd.DataFrame:
         try:
-            return pd.read_csv(self.root / name, dtype=str, keep_default_na=False)
+            return read_csv(self.root / name, dtype=str, keep_default_na=False)
         except (pd.errors.ParserError, UnicodeDecodeError) as error:
             raise DissectError(f"cannot read {self.root / name}: {error}") from error
 
@@ -198,6 +199,7 @@ def _save_png(path: Path, array: np.ndarray) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
+@writes("outdir")
 def export_broden(source: SegmentedSource, outdir: str | Path, progress: bool = True) -> Path:
     """Write ``source`` (images and concept labels) as a Broden directory.
 

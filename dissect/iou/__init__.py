@@ -38,8 +38,9 @@ from ..dissection import Dissection, layer_file_name
 from ..errors import DissectError
 from ..hooks import LayerTrace
 from ..images import ImageSource
-from ..io import read_npz, write_csv, write_npz
+from ..io import read_csv, read_npz, write_csv, write_npz
 from ..labels import read_labels, write_labels
+from ..lock import writes
 from ..models import LoadedModel
 from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from .concepts import ConceptCollate, ConceptDataset, ConceptIndex, segmented_source
@@ -342,6 +343,7 @@ def best_concepts(
     return labelled
 
 
+@writes("directory")
 def autolabel(
     directory: str | Path | Dissection,
     layers: Sequence[str] | None = None,
@@ -479,7 +481,7 @@ def read_iou(directory: str | Path | Dissection, layer: str) -> pd.DataFrame:
         raise DissectError(
             f"layer {layer!r} has no IoU table yet; run dissect autolabel {dissection.directory}."
         )
-    concepts = pd.read_csv(dissection.path("iou", "concepts.csv"), keep_default_na=False)
+    concepts = read_csv(dissection.path("iou", "concepts.csv"), keep_default_na=False)
     columns = pd.MultiIndex.from_frame(concepts[["category", "name"]])
     arrays = read_npz(path)
     dissection.check_run(

@@ -31,6 +31,7 @@ from ..checkpoint import CHECKPOINT_DIR
 from ..dissection import Dissection
 from ..geometry import image_pair
 from ..images import Batch, ImageReadError, ImageSource, Preprocess, TensorDataset, collate
+from ..io import write_torch
 from ..taxonomy import DEFAULT_TAXONOMY
 from . import write_outputs
 from .concepts import ConceptBatch, ConceptIndex, ImageConcepts, segmented_source
@@ -226,7 +227,7 @@ class PendingIoU:
     def spill(self) -> None:
         """Write what is held to the next numbered file and hold nothing."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        torch.save(self._pack(), self.folder / f"part{self.parts:06d}.pt")
+        write_torch(self.folder / f"part{self.parts:06d}.pt", self._pack())  # whole or absent
         self.parts += 1
         self._clear()
 

@@ -94,7 +94,8 @@ from ..checkpoint import CHECKPOINT_FORMAT
 from ..device import pick_device
 from ..dissection import Dissection, layer_file_name
 from ..errors import DissectError
-from ..io import read_npz, write_csv, write_npz
+from ..io import read_csv, read_npz, write_csv, write_npz
+from ..lock import writes
 from ..models import LoadedModel
 from .discrepancy import discrepancy_maps
 from .maps import (
@@ -145,6 +146,7 @@ UNITS_CSV = "receptive_fields.csv"
 LAYERS_CSV = "receptive_fields_layers.csv"
 
 
+@writes("dissection")
 def receptive_fields(
     dissection: str | Path | Dissection,
     layers: Sequence[str] | None = None,
@@ -232,11 +234,11 @@ def receptive_fields(
             frames.append(_rows(layer, dissection.geometry(layer), arrays))
     if not distributed.is_main():
         distributed.barrier()  # wait for rank 0's tables
-        return pd.read_csv(dissection.path(UNITS_CSV), dtype={"layer": str})
+        return read_csv(dissection.path(UNITS_CSV), dtype={"layer": str})
     table = pd.concat(frames, ignore_index=True).assign(run_id=dissection.run_id)
     path = dissection.path(UNITS_CSV)
     if path.is_file():
-        previous = pd.read_csv(path, dtype={"layer": str, "run_id": str})
+        previous = read_csv(path, dtype={"layer": str, "run_id": str})
         previous = previous[~previous["layer"].isin(layers)]
         if "run_id" in previous:  # rows of another run are dropped, not kept
             previous = previous[previous["run_id"].fillna(dissection.run_id) == dissection.run_id]

@@ -41,7 +41,8 @@ from ..dissection import Dissection, layer_file_name
 from ..errors import DissectError
 from ..hooks import LayerTrace
 from ..images import ImageSource, Preprocess, make_loader
-from ..io import write_csv
+from ..io import read_csv, write_csv
+from ..lock import writes
 from ..models import LoadedModel
 from ..upsample import upsample_maps
 from .pictures import crop, crop_box, dim_outside, image_grid, outline, write_png
@@ -321,7 +322,7 @@ def layer_rf_size(dissection: Dissection, layer: str) -> float:
         If the layer's receptive fields have not been measured, or none of its units has a size.
     """
     path = dissection.path("receptive_fields_layers.csv")
-    sizes = pd.read_csv(path, dtype={"layer": str}) if path.is_file() else None
+    sizes = read_csv(path, dtype={"layer": str}) if path.is_file() else None
     found = sizes[sizes["layer"] == layer]["rf_empirical_mean"] if sizes is not None else []
     if len(found) == 0 or not np.isfinite(float(found.iloc[0])):
         raise DissectError(
@@ -331,6 +332,7 @@ def layer_rf_size(dissection: Dissection, layer: str) -> float:
     return float(found.iloc[0])
 
 
+@writes("dissection")
 def write_segments(
     dissection: Dissection,
     layers: Sequence[str] | None = None,
@@ -437,7 +439,7 @@ def _merge_rows(path: Path, table: pd.DataFrame) -> pd.DataFrame:
     """``table`` plus the rows of units it does not have from an earlier ``segments.csv``."""
     if not path.is_file():
         return table
-    old = pd.read_csv(path, dtype={"layer": str, "run_id": str})
+    old = read_csv(path, dtype={"layer": str, "run_id": str})
     kept = old[~old["unit"].isin(set(table["unit"]))]
     if "run_id" in kept:  # rows of another run are dropped, not kept
         run = table["run_id"].iloc[0] if len(table) else ""
