@@ -208,13 +208,9 @@ def collect_stats(
     def add_to_stats(name: str, acts: torch.Tensor) -> None:
         """Fold one layer's output for the current batch into its statistics."""
         if name not in result.stats:
+            values = total_images * acts[0, 0].numel()  # the most a unit can see
             result.stats[name] = UnitStats(
-                acts.shape[1],
-                config.topk,
-                total_images * acts[0, 0].numel(),
-                config.quantile,
-                seed,
-                device=acts.device,
+                acts.shape[1], config.topk, values, config.quantile, seed, device=acts.device
             )
         found = result.stats[name].add(acts, batch_indices)
         if labels is not None:

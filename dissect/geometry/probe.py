@@ -173,17 +173,41 @@ def probe_layers(
     except DissectError:
         raise
     except Exception as error:  # noqa: BLE001 - any failure of the user's forward
-        raise DissectError(
-            f"the network fails on a 1x3x{size[0]}x{size[1]} input ({error}); check --image-size."
-        ) from error
+        failure = error
+    else:
+        failure = None
     finally:
         for handle in handles:
             handle.remove()
+    if failure is not None:
+        raise DissectError(
+            f"the network fails on a 1x3x{size[0]}x{size[1]} input ({failure}); "
+            f"{_size_advice(module, size, device, dtype)}"
+        ) from failure
     again = [name for name in measured if found[name].resampled and run_length < RESAMPLED_RUN]
     if again:
         probes = probe_layers(module, size, again, RESAMPLED_RUN)
         found.update({name: probes[name] for name in again})
     return found
+
+
+def _size_advice(module: nn.Module, size: tuple[int, int], device, dtype) -> str:
+    """Say which --image-size works when the sides must be multiples of 2**k (U-Nets, FPNs)."""
+    for multiple in (8, 16, 32, 64):
+        fitted = tuple(-(-side // multiple) * multiple for side in size)
+        if fitted == size:
+            continue
+        try:
+            with torch.inference_mode():
+                module(torch.zeros(1, 3, *fitted, device=device, dtype=dtype or torch.float32))
+        except Exception:  # noqa: BLE001 - this size fails too
+            continue
+        flag = str(fitted[0]) if fitted[0] == fitted[1] else f"{fitted[0]},{fitted[1]}"
+        return (
+            f"it runs at {fitted[0]}x{fitted[1]}: this network needs sides that are multiples "
+            f"of {multiple}; use --image-size {flag}."
+        )
+    return "check --image-size."
 
 
 def probe_positions(length: int, run: int = RUN) -> list[int]:
