@@ -133,7 +133,7 @@ class BrodenDataset(SegmentedSource):
         _check_fields(self.root / name)
         try:
             return read_csv(self.root / name, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             raise DissectError(f"cannot read {self.root / name}: {error}") from error
 
     def __len__(self) -> int:
