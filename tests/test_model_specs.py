@@ -22,7 +22,9 @@ ZOO = TESTS / "zoo_models.py"
 def test_factory_takes_literal_arguments():
     loaded = load_model(f"{ZOO}:resnet_basic(width=4)")
     assert loaded.module.stem[0].out_channels == 4
-    call = parse_call("torchvision:resnet18(num_classes=365, sizes=(1, 2), cfg={'a': [True, None]})")
+    call = parse_call(
+        "torchvision:resnet18(num_classes=365, sizes=(1, 2), cfg={'a': [True, None]})"
+    )
     assert call.target == "torchvision:resnet18"
     assert call.kwargs == {"num_classes": 365, "sizes": (1, 2), "cfg": {"a": [True, None]}}
 
@@ -69,7 +71,9 @@ def _reference() -> dict[str, torch.Tensor]:
     ],
 )
 def test_wrapped_checkpoints_load(tmp_path, tiny_spec, wrap, name):
-    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in _reference().items()}
+    state = {
+        k: torch.randn_like(v) if v.is_floating_point() else v for k, v in _reference().items()
+    }
     torch.save(wrap(state), tmp_path / name)
     loaded = load_model(tiny_spec, str(tmp_path / name))
     for key, value in loaded.module.state_dict().items():
@@ -145,7 +149,12 @@ def test_resize_then_crop_like_torchvision():
     same_size = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
     assert not np.array_equal(preprocess.display(same_size), same_size)  # still resized, cropped
     assert Preprocess.from_dict(preprocess.to_dict()) == preprocess
-    assert set(Preprocess().to_dict()) == {"image_size", "mean", "std", "bgr"}  # manifests as before
+    assert set(Preprocess().to_dict()) == {
+        "image_size",
+        "mean",
+        "std",
+        "bgr",
+    }  # manifests as before
     with pytest.raises(DissectError, match="interpolation"):
         Preprocess(interpolation="cubic-ish")
 
