@@ -85,16 +85,21 @@ def _import_library(prefix: str, spec: str) -> object:
         else:
             import timm as library
     except ImportError as error:
-        raise DissectError(
-            f"MODEL {spec!r} needs {prefix}: pip install 'dissect[{prefix}]' (it keeps your "
-            f"torch; the {prefix} release must match it, see README)."
-        ) from error
+        raise DissectError(f"MODEL {spec!r} needs {prefix}: {install_command(prefix)}.") from error
     except Exception as error:  # noqa: BLE001 - a torchvision built for another torch
         raise DissectError(
             f"MODEL {spec!r}: {prefix} is installed but does not load with torch "
             f"{torch.__version__} ({where(error)}); install the {prefix} release built for it."
         ) from error
     return library
+
+
+def install_command(prefix: str) -> str:
+    """How to install torchvision or timm without moving the torch already installed."""
+    pinned = f"pip install torchvision 'torch=={torch.__version__.split('+')[0]}'"
+    if prefix == "torchvision":
+        return f"{pinned} (the pin keeps your torch)"
+    return f"pip install 'dissect[timm]' && pip install --no-deps timm && {pinned}"
 
 
 def _torchvision(
