@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .errors import DissectError
 from .hooks import channels_last_by_shape, token_grid
 
 #: Leaf modules that never end a stage: they pass their input on, or pool to a fixed grid (the
@@ -100,6 +101,8 @@ def default_layers(module: nn.Module, image_size: tuple[int, int] = (224, 224)) 
     """
     try:
         calls = _trace(module, image_size)
+    except DissectError:  # a model that says what is wrong (a .pt2 of another input size)
+        raise
     except Exception as error:  # noqa: BLE001 - any model that cannot run with autograd
         warnings.warn(
             f"the default layers could not be read from a forward pass ({type(error).__name__}: "
