@@ -171,3 +171,14 @@ def test_device_auto_prefers_cuda_then_mps(monkeypatch):
         pick_device("gpu0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pick_device("auto").type == "cuda"
+
+
+def test_a_missing_library_says_how_to_install_it_without_moving_torch(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    assert main(["layers", "timm:resnet18"]) == 2
+    err = capsys.readouterr().err.strip()
+    pinned = f"'torch=={torch.__version__.split('+')[0]}'"
+    assert err.endswith(f"pip install --no-deps timm && pip install torchvision {pinned}.")
+    assert len(err.splitlines()) == 1
