@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_arguments, preprocess_from_args
+from .common import add_model_arguments, load_model_from_args, preprocess_from_args
 
 HELP = (
     "top-1 accuracy of MODEL on DATA with image-level labels, or mAP of a presence model such as "
@@ -28,9 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate
-    from ..models import load_model
 
-    loaded = load_model(args.model, args.weights)
+    loaded = load_model_from_args(args)
     fraction = evaluate(
         loaded,
         args.data,

@@ -14,7 +14,13 @@ import sys
 
 from ..checkpoint import CHECKPOINT_DIR, DEFAULT_CHECKPOINT_EVERY
 from ..errors import interrupted_status
-from .common import add_model_arguments, preprocess_from_args, split_names
+from .common import (
+    add_model_arguments,
+    layers_from_args,
+    load_model_from_args,
+    preprocess_from_args,
+    split_names,
+)
 
 HELP = "dissect layers of MODEL over DATA: top-K images and activation threshold of every unit"
 
@@ -27,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a folder of images, a Broden directory, or synthetic:N[:SEED]",
     )
     parser.add_argument(
-        "--layers", help="comma-separated layer names (default: every conv and pool layer)"
+        "--layers",
+        help="comma-separated layer names, globs (layer*, features.*) or types (type:Conv2d); "
+        "default: the block outputs, one per resolution stage (dissect layers MODEL shows them)",
     )
     parser.add_argument("--out", required=True, help="the dissection directory to write")
     parser.add_argument("--topk", type=int, default=50, help="top images kept per unit (50)")
@@ -65,20 +73,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
-    from ..models import load_model
     from ..streaming import run_dissection
 
-    loaded = load_model(args.model, args.weights)
+    loaded = load_model_from_args(args)
+    preprocess = preprocess_from_args(args, loaded)
+    layers, _ = layers_from_args(split_names(args.layers), loaded, preprocess)
     try:
         dissection = run_dissection(
             loaded,
             args.data,
             args.out,
-            split_names(args.layers),
+            layers,
             topk=args.topk,
             quantile=args.quantile,
             batch_size=args.batch_size,
-            preprocess=preprocess_from_args(args, loaded),
+            preprocess=preprocess,
             device=args.device,
             seed=args.seed,
             workers=args.workers,

@@ -20,7 +20,9 @@ from torch import nn
 from ..errors import DissectError
 from .onnx_graph import check_external_data, constants_to_initializers
 
-INSTALL = "pip install 'dissect[onnx]' (onnx and onnx2torch)"
+INSTALL = (
+    "pip install 'dissect[onnx]' && pip install --no-deps onnx2torch (--no-deps keeps your torch)"
+)
 
 
 def load_onnx(path: Path) -> nn.Module:

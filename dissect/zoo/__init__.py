@@ -18,6 +18,9 @@ from ..datasets.synthetic.scenes import OBJECTS, SCENES
 from ..images import Preprocess
 from .scene_cnn import MEAN, OBJECT_WEIGHTS_PATH, STD, WEIGHTS_PATH, object_cnn, scene_cnn
 
+#: What the built-in networks dissect by default.
+DEFAULT_LAYERS = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5")
+
 
 @dataclass(frozen=True)
 class BuiltinModel:
@@ -41,6 +44,10 @@ class BuiltinModel:
         concept of that category named in ``classes``.
     description : str
         One line for listings.
+    layers : tuple of str
+        The layers ``dissect run`` dissects by default: every convolution and pooling layer
+        (the paper's conv1..conv5 and their pools), kept explicit so that the study's results
+        do not move with the block-output rule other networks get.
     """
 
     name: str
@@ -50,6 +57,7 @@ class BuiltinModel:
     classes: tuple[str, ...] | None = None
     presence_category: str | None = None
     description: str = ""
+    layers: tuple[str, ...] = DEFAULT_LAYERS
 
 
 _BUILTINS = {
