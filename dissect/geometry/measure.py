@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 
+import numpy as np
 import pandas as pd
 from torch import nn
 
 from ..errors import DissectError
 from ..hooks import resolve_layers
+from .centroid import centroid_profiles, periodic_line
 from .fit import AxisFit, fit_axis, plain_axis
 from .layer import LayerGeometry, image_pair
 from .probe import LayerProbe, probe_layers
@@ -144,6 +146,7 @@ def _geometries(
         try:
             larger = probe_layers(module, canvas, pending)
         except DissectError:  # a network that only runs at its own input size
+            fixed.update(pending)
             break
         for name in pending:
             here, there = probes[name].shape[1:], larger[name].shape[1:]
@@ -155,10 +158,65 @@ def _geometries(
                 for old, new in zip(axes[name], _axes(larger[name], canvas), strict=True)
             ]
         pending = [name for name in pending if unsure(name) and name not in fixed]
+    bent = _resampled_lines(module, probes, size, axes)
     return {
-        name: _geometry(name, probe, size, axes[name], name in fixed)
+        name: _geometry(name, probe, size, axes[name], name in fixed, name in bent)
         for name, probe in probes.items()
     }
+
+
+def _resampled_lines(
+    module: nn.Module, probes: dict[str, LayerProbe], size: tuple[int, int], axes: dict
+) -> set[str]:
+    """Stride and offset of the layers after a resampling from their centroids (see
+    :mod:`dissect.geometry.centroid`), on the image's canvas, else on larger ones; replaces them
+    in ``axes``. Returns the layers where no canvas had enough positions clear of the borders."""
+    pending = {
+        name
+        for name, probe in probes.items()
+        if probe.resampled and not probe.global_reason and axes[name]
+    }
+    for factor in (1, *CANVASES):
+        if not pending:
+            break
+        canvas = (size[0] * factor, size[1] * factor)
+        try:
+            profiles = centroid_profiles(module, canvas, {name: probes[name] for name in pending})
+        except Exception:  # noqa: BLE001 - a network that only runs at its own input size
+            break
+        for name in sorted(pending):
+            shape = tuple(len(centroids) for centroids, _ in profiles.get(name, ()))
+            grown = all(b > a for a, b in zip(probes[name].shape[1:], shape, strict=True))
+            if factor > 1 and not grown:
+                pending.discard(name)  # after a resize to a fixed size: nothing to gain
+                continue
+            lines = [periodic_line(*profile) for profile in profiles.get(name, ())]
+            if len(lines) == 2 and all(lines):
+                axes[name] = [
+                    replace(
+                        fit,
+                        rf=max(fit.rf, _field_around(probes[name], axis, *line)),
+                        stride=line[0],
+                        offset=line[1],
+                        located=True,
+                        guessed=False,
+                    )
+                    for axis, (fit, line) in enumerate(zip(axes[name], lines, strict=True))
+                ]
+                pending.discard(name)
+    return pending
+
+
+def _field_around(probe: LayerProbe, axis: int, stride: float, offset: float) -> int:
+    """The field around each probed position's centre on the line that holds its support."""
+    field = 0.0
+    supports = (probe.rows if axis == 0 else probe.cols) or []
+    for position, weights in zip(probe.positions or [], supports, strict=True):
+        support = np.flatnonzero(weights > 0)
+        if len(support):
+            centre = offset + stride * position[axis]
+            field = max(field, 2 * max(support[-1] - centre, centre - support[0]) + 1)
+    return int(round(field))
 
 
 def _better(old: AxisFit, new: AxisFit) -> AxisFit:
@@ -194,10 +252,17 @@ def _replace(g: LayerGeometry, **changes) -> LayerGeometry:
 
 
 def _geometry(
-    name: str, probe: LayerProbe, size: tuple[int, int], axes: list[AxisFit], fixed: bool = False
+    name: str,
+    probe: LayerProbe,
+    size: tuple[int, int],
+    axes: list[AxisFit],
+    fixed: bool = False,
+    bent: bool = False,
 ) -> LayerGeometry:
-    """``fixed``: the layer comes after a resize to a fixed size, so no larger canvas could
-    measure what the image size leaves unsure."""
+    """``fixed``: no larger canvas could measure what the image size leaves unsure (the layer
+    comes after a resize to a fixed size, or the network runs at one input size only).
+    ``bent``: a layer after a resampling whose centroids could not be fitted (too few positions
+    clear of the borders)."""
     shape = probe.shape
     if not axes:
         # No positions (or one): the whole input, whatever its size.
@@ -221,14 +286,23 @@ def _geometry(
         )
     elif fixed:
         problem = (
-            "after a resize to a fixed size (its map does not grow with the input): measured "
-            "at this input size only; rf is a lower bound"
-            + (", stride and offset a plain resize's" if any(a.guessed for a in axes) else "")
+            "measured at this input size only (after a resize to a fixed size, or in a network "
+            "that runs at one input size only): rf is a lower bound"
+            + (
+                ", stride and offset a plain resize's (the receptive field is cut on every side)"
+                if any(a.guessed for a in axes)
+                else ""
+            )
         )
     elif any(a.guessed for a in axes):
         problem = (
             f"receptive field larger than {CANVASES[-1]}x the image: rf is a lower bound and "
             "the offset a plain resize's"
+        )
+    elif bent:
+        problem = (
+            "after a resampling, too few positions clear of the borders for an exact fit: "
+            "stride and offset approximate (from the supports)"
         )
     rf = (axes[0].rf, axes[1].rf)
     clipped = any(a.clipped for a in axes)
