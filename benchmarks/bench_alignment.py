@@ -35,6 +35,7 @@ import torch
 from dissect.dissection import Dissection
 from dissect.geometry import LayerGeometry
 from dissect.iou import compute_iou
+from dissect.models import load_model
 from dissect.rf import load_maps, receptive_fields
 from dissect.rf.occlusion import OcclusionConfig
 from dissect.streaming import run_dissection
@@ -89,9 +90,12 @@ def empirical_offsets(directory: Path, layers: list[str], args) -> dict:
 def study(model: str, args, folder: Path) -> None:
     layers = args.layers.split(",")
     out = folder / model
+    preprocess = load_model(model).preprocess
+    if args.image_size:
+        preprocess = replace(preprocess, image_size=args.image_size)
     run_dissection(
         model, f"synthetic:{args.images}:{args.seed}", out, layers, topk=args.rf_top,
-        batch_size=args.batch_size, progress=False, seed=args.seed,
+        batch_size=args.batch_size, progress=False, seed=args.seed, preprocess=preprocess,
     )
     dissection = Dissection(out)
     geometry = {layer: dissection.geometry(layer) for layer in layers}
@@ -156,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rf-units", type=int, default=8, help="units per layer for rf (8)")
     parser.add_argument("--rf-top", type=int, default=5, help="top images per unit for rf (5)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="dissect at this input size instead of the model's (113 for scene-cnn makes every "
+        "layer's grid of centres symmetric about the image: conv5 cells at 0, 16, ..., 112)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
