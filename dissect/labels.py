@@ -29,6 +29,7 @@ LABEL_COLUMNS = [
     "iou",
     "p_value",
     "z_score",
+    "q_value",
     "n_annotators",
     "agreement",
     "source",

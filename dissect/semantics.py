@@ -55,6 +55,7 @@ def detectors(
     min_iou: float = MIN_IOU,
     taxonomy: Taxonomy = DEFAULT_TAXONOMY,
     max_p: float | None = None,
+    fdr: float | None = None,
 ) -> pd.DataFrame:
     """The rows of a labels table that count as detectors, with their semantic type.
 
@@ -72,6 +73,10 @@ def detectors(
     max_p : float, optional
         Automatic labels count only when their ``p_value`` is at most this (rows without one
         then never count); None ignores p-values.
+    fdr : float, optional
+        Automatic labels count only when their ``q_value`` (Benjamini-Hochberg over the layer's
+        units) is at most this, which keeps the expected share of false detectors at most
+        ``fdr`` (rows without one then never count); None ignores q-values.
 
     Returns
     -------
@@ -85,6 +90,8 @@ def detectors(
     automatic = (labels["source"] == "iou") & (iou >= min_iou)
     if max_p is not None:
         automatic &= p_value <= max_p
+    if fdr is not None:
+        automatic &= _numbers(labels, "q_value") <= fdr
     passes = ((labels["source"] == "crowd") & (precision >= min_precision)) | automatic
     typed = labels.assign(type=label_types(labels, taxonomy))
     has_label = typed["label"].notna() & (typed["label"].astype(str).str.strip() != "")

@@ -31,6 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_detector_arguments(parser, crowd=False)
     parser.add_argument(
+        "--fdr",
+        type=_rate,
+        metavar="Q",
+        help="count as detectors only labels with a Benjamini-Hochberg q-value at most Q over "
+        "their layer's units (e.g. 0.05: at most 5%% false detectors expected; needs "
+        "--permutations); q-values are written to labels.csv either way",
+    )
+    parser.add_argument(
         "--restart",
         action="store_true",
         help="discard the checkpoint left by an interrupted run and start over",
@@ -45,14 +53,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate like 0.05, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a false discovery rate in (0, 1), got {text!r}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
+    from ..errors import DissectError
     from ..iou import autolabel
     from ..iou.significance import DEFAULT_PERMUTATIONS
     from ..semantics import detectors
 
     taxonomy = taxonomy_from_args(args)
     permutations = DEFAULT_PERMUTATIONS if args.permutations is None else args.permutations
+    if args.fdr and not permutations:
+        raise DissectError(
+            "--fdr needs p-values, which --permutations 0 turns off; drop one of the two."
+        )
     try:
         labels = autolabel(
             args.directory,
@@ -75,8 +98,9 @@ def run(args: argparse.Namespace) -> int:
     if not distributed.is_main():
         return 0
     rule = f"IoU >= {args.min_iou}" + (f", p <= {args.max_p}" if args.max_p else "")
+    rule += f", q <= {args.fdr} (FDR)" if args.fdr else ""
     found = detectors(labels.assign(source="iou"), min_iou=args.min_iou, taxonomy=taxonomy,
-                      max_p=args.max_p)  # fmt: skip
+                      max_p=args.max_p, fdr=args.fdr)  # fmt: skip
     for layer, rows in labels.groupby("layer", sort=False):
         mine = found[found["layer"] == layer]
         print(

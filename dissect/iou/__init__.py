@@ -44,7 +44,12 @@ from ..lock import writes
 from ..models import LoadedModel
 from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from .concepts import ConceptCollate, ConceptDataset, ConceptIndex, segmented_source
-from .significance import DEFAULT_PERMUTATIONS, PermutationNull, significance
+from .significance import (
+    DEFAULT_PERMUTATIONS,
+    PermutationNull,
+    benjamini_hochberg,
+    significance,
+)
 from .tally import IoUStats, count_layer
 
 #: Folder of the IoU pass's checkpoints (one file per rank), inside the dissection directory.
@@ -377,7 +382,8 @@ def autolabel(
     -------
     DataFrame
         The ``iou`` labels: ``layer,unit,label,category,concept_category,iou,p_value,z_score,
-        concept`` (``p_value`` and ``z_score`` empty with ``permutations=0``).
+        q_value,concept`` (``p_value``, ``z_score`` and the layer's Benjamini-Hochberg
+        ``q_value`` empty with ``permutations=0``).
     """
     dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
     nulls: dict[str, PermutationNull] = {}
@@ -447,6 +453,7 @@ def write_outputs(
         if layer in nulls:
             arrays["null_best"] = nulls[layer].best()
             labels["p_value"], labels["z_score"] = significance(labels["iou"], arrays["null_best"])
+            labels["q_value"] = benjamini_hochberg(labels["p_value"])  # FDR over the layer's units
         write_npz(
             dissection.path("iou", f"{layer_file_name(layer)}.npz"),
             iou=iou,
