@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .common import add_detector_arguments, split_names, taxonomy_from_args
+from .segmenter_args import add_segmenter_arguments, finish, predicted_source
 
 CHECKPOINT_FOLDER = "iou/.checkpoint"  # dissect.iou.CHECKPOINT_FOLDER (not imported: heavy)
 
@@ -42,20 +43,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="save partial counts every S seconds and on Ctrl-C / SIGTERM (60); the same "
         "command started again resumes from them",
     )
+    add_segmenter_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
+    from ..dissection import Dissection
     from ..iou import autolabel
     from ..iou.significance import DEFAULT_PERMUTATIONS
     from ..semantics import detectors
 
     taxonomy = taxonomy_from_args(args)
     permutations = DEFAULT_PERMUTATIONS if args.permutations is None else args.permutations
+    source = None
+    if args.segmenter:
+        opened = Dissection(args.directory)
+        source = predicted_source(args, opened.open_data(), args.batch_size, args.device)
+    else:
+        predicted_source(args, None, args.batch_size, args.device)  # refuses --concepts alone
     try:
         labels = autolabel(
             args.directory,
             split_names(args.layers),
+            source=source,
             taxonomy=taxonomy,
             batch_size=args.batch_size,
             device=args.device,
@@ -83,4 +93,5 @@ def run(args: argparse.Namespace) -> int:
             f"{mine['label'].nunique()} distinct"
         )
     print(f"-> {args.directory}/labels.csv, {args.directory}/iou/")
+    finish(args, args.directory, source, list(labels["layer"].unique()))
     return 0

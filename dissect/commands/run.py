@@ -14,6 +14,7 @@ import sys
 
 from ..checkpoint import CHECKPOINT_DIR, DEFAULT_CHECKPOINT_EVERY
 from .common import add_model_arguments, preprocess_from_args, split_names
+from .segmenter_args import add_segmenter_arguments, finish, predicted_source
 
 HELP = "dissect layers of MODEL over DATA: top-K images and activation threshold of every unit"
 
@@ -60,18 +61,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="discard the checkpoint of an earlier, unfinished run in --out and start over",
     )
+    add_segmenter_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
+    from ..datasets import open_data
+    from ..errors import DissectError
     from ..models import load_model
     from ..streaming import run_dissection
 
+    if args.segmenter and not args.iou:
+        raise DissectError("--segmenter predicts masks for --iou labels: add --iou.")
     loaded = load_model(args.model, args.weights)
+    data = predicted_source(args, open_data(args.data), args.batch_size, args.device)
     try:
         dissection = run_dissection(
             loaded,
-            args.data,
+            data,
             args.out,
             split_names(args.layers),
             topk=args.topk,
@@ -107,4 +114,5 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.iou:
         print(f"labelled the units by IoU in the same pass -> {args.out}/labels.csv")
+        finish(args, args.out, data)
     return 0

@@ -55,6 +55,9 @@ class LoadedModel:
     presence_category : str or None
         For a multi-label model, the concept category whose presence its outputs predict (see
         :class:`dissect.zoo.BuiltinModel`); None for a classifier.
+    segmenter_concepts : DataFrame or None
+        For a built-in segmenter (``world-fcn``), its concepts table (``index,name,category,
+        head``, one row per output channel; see :mod:`dissect.segmenter`).
     """
 
     module: nn.Module
@@ -63,6 +66,7 @@ class LoadedModel:
     preprocess: Preprocess = field(default_factory=Preprocess)
     classes: tuple[str, ...] | None = None
     presence_category: str | None = None
+    segmenter_concepts: object = None
 
 
 def load_model(spec: str | nn.Module | LoadedModel, weights: str | None = None) -> LoadedModel:
@@ -101,7 +105,13 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | None = None) 
             load_weights(module, weights_file)
         return _ready(
             LoadedModel(
-                module, spec, weights, entry.preprocess, entry.classes, entry.presence_category
+                module,
+                spec,
+                weights,
+                entry.preprocess,
+                entry.classes,
+                entry.presence_category,
+                entry.concepts() if entry.concepts is not None else None,
             )
         )
     path = Path(spec)

@@ -200,6 +200,12 @@ def train(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task")
+    if task.parse_known_args(argv)[0].task == "segment":
+        from .segment_train import main as train_segmenter
+
+        return train_segmenter(argv)
     parser = argparse.ArgumentParser(
         prog="python -m dissect.zoo.train",
         description="Train a built-in CNN (scene-cnn, or object-cnn with --task objects).",
@@ -214,10 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (2)")
     parser.add_argument(
         "--task",
-        choices=list(TASKS),
+        choices=[*TASKS, "segment"],
         default="scenes",
         help="scenes: classify the scene (scene-cnn, default); objects: which objects are "
-        "present (object-cnn)",
+        "present (object-cnn); segment: world-fcn (see --task segment --help)",
     )
     args = parser.parse_args(argv)
     result = train(
