@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import DissectError
+from .common import floats3, image_size
 
 
 def add_segmenter_arguments(parser: argparse.ArgumentParser, save: bool = True) -> None:
@@ -21,6 +22,15 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser, save: bool = True) 
         "world-fcn) whose output is per-pixel class scores (B, C, h, w)",
     )
     group.add_argument("--segmenter-weights", metavar="FILE", help="state dict for --segmenter")
+    group.add_argument(
+        "--segmenter-size",
+        type=image_size,
+        metavar="N|H,W",
+        help="the segmenter's input size (default: its own, else 224); each whole image is "
+        "resized to it",
+    )
+    group.add_argument("--segmenter-mean", type=floats3, metavar="R,G,B", help="its mean")
+    group.add_argument("--segmenter-std", type=floats3, metavar="R,G,B", help="its std")
     group.add_argument(
         "--concepts",
         metavar="CSV",
@@ -45,8 +55,20 @@ def predicted_source(args: argparse.Namespace, source, batch_size: int, device: 
     from ..segmenter import PredictedSource
 
     model = load_model(args.segmenter, args.segmenter_weights)
+    own = model.preprocess
+    preprocess = type(own)(
+        args.segmenter_size or own.image_size,
+        args.segmenter_mean or own.mean,
+        args.segmenter_std or own.std,
+    )
     return PredictedSource(
-        source, model, args.concepts, batch_size=batch_size, device=device, name=args.segmenter
+        source,
+        model,
+        args.concepts,
+        batch_size=batch_size,
+        device=device,
+        name=args.segmenter,
+        preprocess=preprocess,
     )
 
 

@@ -115,7 +115,7 @@ class SegmenterConcepts:
 
 def _choose(scores: torch.Tensor, head: Head) -> np.ndarray:
     """(B, h, w) concept numbers the head gives each pixel."""
-    picked = scores[:, torch.from_numpy(head.channels)].float()
+    picked = scores[:, torch.as_tensor(head.channels.copy())].float()
     if len(head.channels) == 1:
         return np.where(picked[:, 0].numpy() > 0, head.numbers[0], 0)
     return head.numbers[picked.argmax(1).numpy()]

@@ -17,7 +17,7 @@ from PIL import Image
 from ..datasets.masks import Segmentation, SegmentedSource
 from ..device import pick_device
 from ..errors import DissectError
-from ..images import ImageReadError, ImageSource
+from ..images import ImageReadError, ImageSource, Preprocess
 from ..models import LoadedModel, load_model
 from .concepts import SegmenterConcepts
 
@@ -43,6 +43,8 @@ class PredictedSource(SegmentedSource):
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
     name : str, optional
         How labels name the segmenter (default: its spec).
+    preprocess : Preprocess, optional
+        The segmenter's input size and normalisation (default: its own, as for any MODEL).
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class PredictedSource(SegmentedSource):
         batch_size: int = 32,
         device: str = "auto",
         name: str | None = None,
+        preprocess: Preprocess | None = None,
     ):
         self.images = images
         self.model: LoadedModel = load_model(segmenter)
@@ -71,6 +74,7 @@ class PredictedSource(SegmentedSource):
         self.spec = images.spec
         self.classes = images.classes
         self.name = name or self.model.spec or "module"
+        self.preprocess = preprocess or self.model.preprocess
         self.batch_size = max(1, int(batch_size))
         self.device = pick_device(device)
         self._block: tuple[int, dict[int, np.ndarray], dict[int, Segmentation | str]] | None = None
@@ -109,7 +113,7 @@ class PredictedSource(SegmentedSource):
                 result[index] = str(error)
         if not rgbs:
             return rgbs, result
-        preprocess = self.model.preprocess
+        preprocess = self.preprocess
         size = preprocess.size
         batch = torch.stack(
             [preprocess.tensor(_stretch(rgb, size)) for rgb in rgbs.values()]

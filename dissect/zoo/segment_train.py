@@ -24,8 +24,14 @@ from ..datasets.synthetic import SyntheticWorld
 from ..datasets.synthetic.textures import color_names
 from ..io import atomic_path
 from ..segmenter.metrics import confusion, mean_iou
-from .train import to_input
+from .scene_cnn import MEAN, STD
 from .world_fcn import HEADS, WorldFCN
+
+
+def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, S, S, 3) uint8 -> normalised (N, 3, S, S) float32, as world-fcn's Preprocess does."""
+    batch = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0
+    return (batch - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
 def render_masks(world: SyntheticWorld, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
