@@ -13,7 +13,9 @@ masks predicted by ``world-fcn`` (``--segmenter``; the true masks unused). Per l
 Then the agreement curve: the same on ``--curve-layer`` with each of ``--checkpoints`` (weaker
 segmenters, e.g. the recipe's epoch 1 and 2 weights from ``--keep-epochs``), beside the
 segmenter's mean IoU (objects and parts) on the same images. And the cost: CPU seconds of the
-pass with ``--segmenter`` over the pass with the true masks. No p-values (see data/README).
+pass with ``--segmenter`` over the pass with the true masks. With ``--permutations P`` (19), the
+curve layer is labelled again by ``dissect autolabel`` with p-values under both sets of masks:
+``significant_true`` / ``significant_predicted``, the detectors with p <= 0.05 under each.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_segmenter.py [--images 300] [--checkpoints a.pt,b.pt]
 """
@@ -30,6 +32,7 @@ import pandas as pd
 import torch
 
 from dissect.datasets.synthetic import SyntheticWorld
+from dissect.iou import autolabel
 from dissect.labels import read_labels
 from dissect.models import load_model
 from dissect.segmenter import PredictedSource, evaluate_segmenter
@@ -76,6 +79,17 @@ def compare(true_dir: Path, pred_dir: Path, layer: str) -> dict:
     }
 
 
+def significance(true_dir: Path, pred_dir: Path, world, predicted, args) -> None:
+    """p-values of the curve layer's labels under the true and the predicted masks."""
+    layer = [args.curve_layer]
+    options = {"batch_size": args.batch_size, "device": "cpu", "progress": False}
+    true = autolabel(true_dir, layer, source=world, permutations=args.permutations, **options)
+    pred = autolabel(pred_dir, layer, source=predicted, permutations=args.permutations, **options)
+    for name, table in (("true", true), ("predicted", pred)):
+        hits = (table["iou"] >= MIN_IOU) & (table["p_value"] <= 0.05)
+        print(f"{args.curve_layer}.significant_{name}: {int(hits.sum())} of {len(table)} units")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=300)
@@ -83,6 +97,7 @@ def main() -> None:
     parser.add_argument("--layers", default="conv1,conv3,conv5,pool5")
     parser.add_argument("--curve-layer", default="conv5")
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--permutations", type=int, default=19, help="p-values (0: none)")
     parser.add_argument("--checkpoints", default="", help="weaker world-fcn weights, a,b,...")
     args = parser.parse_args()
     print(f"torch_threads: {torch.get_num_threads()}")
@@ -109,6 +124,8 @@ def main() -> None:
                     for key, value in compare(root / "true", out, layer).items():
                         shown = f"{value:.3f}" if isinstance(value, float) else value
                         print(f"{layer}.{key}: {shown}")
+                if args.permutations:
+                    significance(root / "true", out, world, predicted, args)
             agreement = compare(root / "true", out, args.curve_layer)["label_agreement"]
             curve.append((Path(name).name, miou, agreement))
         print(f"curve ({args.curve_layer}): segmenter, object+part mIoU, label_agreement")

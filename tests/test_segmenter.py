@@ -157,6 +157,13 @@ def test_labels_from_an_exact_segmenter_equal_those_from_true_masks(tmp_path, ca
     labels = read_labels(tmp_path / "pred")
     assert set(labels["segmenter"]) == {f"{tmp_path / 'oracle.py'}:oracle"}
     assert set(labels["category"].dropna()) <= {"color"}
+    assert main(["report", str(tmp_path / "pred")]) == 0
+    page = (tmp_path / "pred" / "report" / "index.html").read_text()
+    assert f"iou (masks predicted by {tmp_path / 'oracle.py'}:oracle)" in page
+    assert main(["compare", str(tmp_path / "true"), str(tmp_path / "pred"),
+                 "--out", str(tmp_path / "cmp")]) == 0
+    networks = pd.read_csv(tmp_path / "cmp" / "networks.csv", keep_default_na=False)
+    assert list(networks["segmenter"]) == ["", f"{tmp_path / 'oracle.py'}:oracle"]
     saved = open_data(str(tmp_path / "masks"))
     world = open_data("synthetic:48:3")
     number = dict(zip(saved.concepts["name"], saved.concepts["number"], strict=True))
@@ -172,3 +179,37 @@ def test_segmenter_flags_without_iou_or_segmenter_are_one_line(tmp_path, capsys)
     assert "add --iou" in capsys.readouterr().err
     assert main([*args, "--iou", "--concepts", "x.csv"]) != 0
     assert "need --segmenter" in capsys.readouterr().err
+
+
+def test_world_fcn_names_the_world_concepts_and_evaluate_prints_each_category(tmp_path, capsys):
+    from dissect.datasets.synthetic import concept_table
+    from dissect.zoo.world_fcn import CHANNELS, WorldFCN
+    from dissect.zoo.world_fcn import concept_table as fcn_table
+
+    table = fcn_table()
+    assert len(table) == CHANNELS
+    world = set(zip(concept_table()["category"], concept_table()["name"], strict=True))
+    named = table[table["name"] != ""]
+    assert set(zip(named["category"], named["name"], strict=True)) <= world
+    assert WorldFCN()(torch.zeros(2, 3, 112, 112)).shape == (2, CHANNELS, 112, 112)
+    torch.manual_seed(0)
+    torch.save(WorldFCN().state_dict(), tmp_path / "random.pt")
+    args = ["evaluate", "world-fcn", "synthetic:6:7", "--weights", str(tmp_path / "random.pt")]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["object", "part", "material", "color"]
+    assert all("mean IoU" in line and "pixel accuracy" in line for line in lines)
+
+
+def test_segment_recipe_keeps_every_epoch(tmp_path, capsys):
+    from dissect.zoo.train import main as train
+
+    out = tmp_path / "fcn.pt"
+    args = ["--task", "segment", "--out", str(out), "--images", "8", "--val-images", "4",
+            "--epochs", "2", "--batch-size", "4", "--threads", "1", "--keep-epochs"]
+    assert train(args) == 0
+    assert "mIoU: object" in capsys.readouterr().out
+    first, last = (torch.load(tmp_path / f"fcn.epoch{n}.pt", weights_only=True) for n in (1, 2))
+    final = torch.load(out, weights_only=True)
+    assert all(torch.equal(final[key], last[key]) for key in final)
+    assert not all(torch.equal(first[key], last[key]) for key in first)

@@ -3,8 +3,10 @@
 The recipe (see ``data/README.md``): images of ``synthetic:IMAGES:SEED`` and their object, part,
 material and colour maps rendered once into memory; random horizontal flips (image and maps
 together); AdamW with a one-cycle learning rate; the sum over the four heads of the per-pixel
-cross-entropy. Validation on ``synthetic:VAL:SEED+1`` prints each head's mean IoU after every
-epoch, when the weights are written (``--keep-epochs`` also keeps ``FILE.epochN.pt``).
+cross-entropy, where the ``none`` class of the object and part heads weighs ``NONE_WEIGHT``
+(objects cover about 8 % of the pixels: with equal weights the heads learn to answer ``none``).
+Validation on ``synthetic:VAL:SEED+1`` prints each head's mean IoU after every epoch, when the
+weights are written (``--keep-epochs`` also keeps ``FILE.epochN.pt``).
 Deterministic for a seed and thread count.
 """
 
@@ -59,12 +61,20 @@ def head_slices() -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+#: Weight of the ``none`` class in the object and part heads' cross-entropy (others weigh 1).
+NONE_WEIGHT = 0.1
+
+
 def loss_of(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum over heads of the mean per-pixel cross-entropy."""
-    return sum(
-        F.cross_entropy(scores[:, part], targets[:, head])
-        for head, part in enumerate(head_slices())
-    )
+    """Sum over heads of the per-pixel cross-entropy (``none`` down-weighted)."""
+    total = scores.new_zeros(())
+    for head, (name, part) in enumerate(zip(HEADS, head_slices(), strict=True)):
+        weight = None
+        if name in ("object", "part"):
+            weight = torch.ones(part.stop - part.start)
+            weight[0] = NONE_WEIGHT
+        total = total + F.cross_entropy(scores[:, part], targets[:, head], weight=weight)
+    return total
 
 
 @torch.inference_mode()
@@ -90,7 +100,7 @@ def train_segmenter(
     seed: int = 0,
     images: int = 2400,
     epochs: int = 4,
-    batch_size: int = 32,
+    batch_size: int = 16,
     lr: float = 3e-3,
     val_images: int = 300,
     threads: int = 2,
@@ -168,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--images", type=int, default=2400, help="training images (2400)")
     parser.add_argument("--epochs", type=int, default=4, help="passes over them (4)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per step (32)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per step (16)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (0.003)")
     parser.add_argument("--val-images", type=int, default=300, help="validation images (300)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (2)")
