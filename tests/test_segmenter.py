@@ -137,11 +137,10 @@ def test_labels_from_an_exact_segmenter_equal_those_from_true_masks(tmp_path, ca
     common = ["scene-cnn", "synthetic:48:3", "--layers", "conv1", "--topk", "5", "--iou",
               "--batch-size", "16", "--device", "cpu"]
     assert main(["run", *common, "--out", str(tmp_path / "true")]) == 0
-    assert main(["run", *common, "--out", str(tmp_path / "pred"),
-                 "--segmenter", f"{tmp_path / 'oracle.py'}:oracle",
-                 "--concepts", str(tmp_path / "colours.csv"),
-                 "--segmenter-size", "112", "--segmenter-mean", "0.5,0.5,0.5",
-                 "--segmenter-std", "0.25,0.25,0.25",
+    segmenter = ["--segmenter", f"{tmp_path / 'oracle.py'}:oracle",
+                 "--concepts", str(tmp_path / "colours.csv"), "--segmenter-size", "112",
+                 "--segmenter-mean", "0.5,0.5,0.5", "--segmenter-std", "0.25,0.25,0.25"]
+    assert main(["run", *common, "--out", str(tmp_path / "pred"), *segmenter,
                  "--save-masks", str(tmp_path / "masks")]) == 0
     assert "masks predicted by" in capsys.readouterr().out
 
@@ -153,6 +152,9 @@ def test_labels_from_an_exact_segmenter_equal_those_from_true_masks(tmp_path, ca
 
     true, pred = colour_iou(tmp_path / "true"), colour_iou(tmp_path / "pred")
     np.testing.assert_allclose(pred.to_numpy(), true.to_numpy(), atol=1e-6)
+    assert main(["autolabel", str(tmp_path / "pred"), "--permutations", "0", "--batch-size", "16",
+                 "--device", "cpu", *segmenter]) == 0
+    np.testing.assert_allclose(colour_iou(tmp_path / "pred").to_numpy(), true.to_numpy(), atol=1e-6)
     assert true.to_numpy().max() > 0.04  # the units do detect colours
     labels = read_labels(tmp_path / "pred")
     assert set(labels["segmenter"]) == {f"{tmp_path / 'oracle.py'}:oracle"}
