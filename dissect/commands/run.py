@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "data",
         metavar="DATA",
-        help="a folder of images, a Broden directory, or synthetic:N[:SEED]",
+        help="a folder of images, a Broden directory, synthetic:N[:SEED], or ade20k:PATH, "
+        "voc:PATH, coco-panoptic:PATH, cityscapes:PATH",
     )
     parser.add_argument(
         "--layers", help="comma-separated layer names (default: every conv and pool layer)"
