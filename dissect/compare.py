@@ -27,7 +27,7 @@ from .dissection import Dissection
 from .errors import DissectError
 from .html import e, href, note, page, table
 from .io import read_csv, write_csv, write_text
-from .labels import read_labels
+from .labels import read_labels, segmenters
 from .lock import writes
 from .semantics import detectors, label_types, layer_type_table, object_of
 from .taxonomy import DEFAULT_TAXONOMY, MIN_IOU, MIN_PRECISION, Taxonomy
@@ -285,6 +285,7 @@ def compare_dissections(
                 "data": [d.manifest.get("data") for d in dissections],
                 "images": [d.manifest.get("n_images") for d in dissections],
                 "run_id": [d.run_id for d in dissections],
+                "segmenter": [";".join(segmenters(read_labels(d.directory))) for d in dissections],
                 "directory": [str(d.directory) for d in dissections],
             }
         ),

@@ -298,6 +298,14 @@ def unit_assets(
     return strips, maps
 
 
+def _source(row) -> str:
+    """The label source, with the segmenter whose predicted masks gave it."""
+    segmenter = getattr(row, "segmenter", "")
+    if isinstance(segmenter, str) and segmenter:
+        return f"{row.source} (masks predicted by {segmenter})"
+    return str(row.source)
+
+
 def units_section(table: pd.DataFrame, strips: dict, maps: dict, root: Path) -> str:
     """The filterable table of every unit."""
     head = (
@@ -328,7 +336,7 @@ def units_section(table: pd.DataFrame, strips: dict, maps: dict, root: Path) -> 
             f'<tr class="unit" data-layer="{e(row.layer)}" data-type="{e(row.type)}" '
             f'data-label="{e(label)}" data-detector="{int(row.detector)}">'
             f'<td>{e(row.layer)}</td><td class="num">{int(row.unit)}</td><td>{e(label)}</td>'
-            f"<td>{e(row.type)}</td><td>{e(row.source)}</td>"
+            f"<td>{e(row.type)}</td><td>{e(_source(row))}</td>"
             f'<td class="num" title="{e(score_name)}">{_number(row.score)}</td>'
             f'<td class="num" title="permutation p-value">{_number(row.p_value)}</td>'
             f'<td class="detector">{"yes" if row.detector else ""}</td>'

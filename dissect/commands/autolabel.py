@@ -7,6 +7,7 @@ import sys
 
 from ..errors import interrupted_status
 from .common import add_detector_arguments, split_names, taxonomy_from_args
+from .segmenter_args import add_segmenter_arguments, finish, predicted_source
 
 CHECKPOINT_FOLDER = "iou/.checkpoint"  # dissect.iou.CHECKPOINT_FOLDER (not imported: heavy)
 
@@ -51,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="save partial counts every S seconds and on Ctrl-C / SIGTERM (60); the same "
         "command started again resumes from them",
     )
+    add_segmenter_arguments(parser)
 
 
 def _rate(text: str) -> float:
@@ -65,6 +67,7 @@ def _rate(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
+    from ..dissection import Dissection
     from ..errors import DissectError
     from ..iou import autolabel
     from ..iou.significance import DEFAULT_PERMUTATIONS
@@ -76,10 +79,17 @@ def run(args: argparse.Namespace) -> int:
         raise DissectError(
             "--fdr needs p-values, which --permutations 0 turns off; drop one of the two."
         )
+    source = None
+    if args.segmenter:
+        opened = Dissection(args.directory)
+        source = predicted_source(args, opened.open_data(), args.batch_size, args.device)
+    else:
+        predicted_source(args, None, args.batch_size, args.device)  # refuses --concepts alone
     try:
         labels = autolabel(
             args.directory,
             split_names(args.layers),
+            source=source,
             taxonomy=taxonomy,
             batch_size=args.batch_size,
             device=args.device,
@@ -108,4 +118,5 @@ def run(args: argparse.Namespace) -> int:
             f"{mine['label'].nunique()} distinct"
         )
     print(f"-> {args.directory}/labels.csv, {args.directory}/iou/")
+    finish(args, args.directory, source, list(labels["layer"].unique()))
     return 0

@@ -62,10 +62,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="input side N (N x N), or H,W, in pixels (default: the model's own, else 224)",
     )
     parser.add_argument(
-        "--mean", type=_floats3, help="normalisation mean as R,G,B (default ImageNet's)"
+        "--mean", type=floats3, help="normalisation mean as R,G,B (default ImageNet's)"
     )
     parser.add_argument(
-        "--std", type=_floats3, help="normalisation std as R,G,B (default ImageNet's)"
+        "--std", type=floats3, help="normalisation std as R,G,B (default ImageNet's)"
     )
     parser.add_argument(
         "--bgr",
@@ -143,7 +143,7 @@ def image_size(text: str) -> int | tuple[int, int]:
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 
-def _floats3(text: str) -> tuple[float, float, float]:
+def floats3(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(value) for value in text.split(","))
     except ValueError:

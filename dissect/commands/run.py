@@ -21,6 +21,7 @@ from .common import (
     preprocess_from_args,
     split_names,
 )
+from .segmenter_args import add_segmenter_arguments, finish, predicted_source
 
 HELP = "dissect layers of MODEL over DATA: top-K images and activation threshold of every unit"
 
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "data",
         metavar="DATA",
-        help="a folder of images, a Broden directory, or synthetic:N[:SEED]",
+        help="a folder of images, a Broden directory, synthetic:N[:SEED], or ade20k:PATH, "
+        "voc:PATH, coco-panoptic:PATH, cityscapes:PATH",
     )
     parser.add_argument(
         "--layers",
@@ -69,19 +71,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="discard the checkpoint of an earlier, unfinished run in --out and start over",
     )
+    add_segmenter_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
+    from ..datasets import open_data
+    from ..errors import DissectError
     from ..streaming import run_dissection
 
+    if args.segmenter and not args.iou:
+        raise DissectError("--segmenter predicts masks for --iou labels: add --iou.")
     loaded = load_model_from_args(args)
     preprocess = preprocess_from_args(args, loaded)
     layers, _ = layers_from_args(split_names(args.layers), loaded, preprocess)
+    data = predicted_source(args, open_data(args.data), args.batch_size, args.device)
     try:
         dissection = run_dissection(
             loaded,
-            args.data,
+            data,
             args.out,
             layers,
             topk=args.topk,
@@ -117,4 +125,5 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.iou:
         print(f"labelled the units by IoU in the same pass -> {args.out}/labels.csv")
+        finish(args, args.out, data)
     return 0

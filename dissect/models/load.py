@@ -64,6 +64,9 @@ class LoadedModel:
         :func:`dissect.block_outputs.default_layers` choose.
     source : str
         Where the weights came from, in words (for ``dissect layers``).
+    segmenter_concepts : DataFrame or None
+        For a built-in segmenter (``world-fcn``), its concepts table (``index,name,category,
+        head``, one row per output channel; see :mod:`dissect.segmenter`).
     """
 
     module: nn.Module
@@ -74,6 +77,7 @@ class LoadedModel:
     presence_category: str | None = None
     layers: tuple[str, ...] | None = None
     source: str = ""
+    segmenter_concepts: object = None
 
 
 def load_model(
@@ -125,7 +129,8 @@ def load_model(
                 entry.presence_category,
                 entry.layers,
                 f"built-in ({Path(weights_file).name})",
-            )  # fmt: skip
+                entry.concepts() if entry.concepts is not None else None,
+            )
         )
     path = Path(spec)
     if path.suffix == ".pt2":

@@ -242,6 +242,12 @@ def train(out: str, recipe: Recipe = Recipe(), progress: bool = True) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task")
+    if task.parse_known_args(argv)[0].task == "segment":
+        from .segment_train import main as train_segmenter
+
+        return train_segmenter(argv)
     default = Recipe()
     parser = argparse.ArgumentParser(
         prog="python -m dissect.zoo.train",
@@ -262,10 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument(f"--{flag}", type=kind, default=value, help=f"{text} ({value})")
     parser.add_argument(
         "--task",
-        choices=list(TASKS),
+        choices=[*TASKS, "segment"],
         default="scenes",
         help="scenes: classify the scene (scene-cnn, default); objects: which objects are "
-        "present (object-cnn)",
+        "present (object-cnn); segment: world-fcn (see --task segment --help)",
     )
     args = vars(parser.parse_args(argv))
     out = args.pop("out")
