@@ -26,6 +26,7 @@ COMMANDS = {
     "rf": "rf",
     "compare": "compare",
     "explain": "explain",
+    "ablate": "ablate",
 }
 
 
