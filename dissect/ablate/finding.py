@@ -36,10 +36,14 @@ def ablation_finding(directory: str | Path, layer: str, top: int = 2) -> dict:
     }
     objects = groups[(groups["kind"] == "type") & (groups["name"] == "object")]
     found = {
-        row["class"]: (int(row["n_units"]), float(row["accuracy_drop"]),
-                       float(row["null_accuracy_mean"]), float(row["p_accuracy"]))
+        row["class"]: (
+            int(row["n_units"]),
+            float(row["accuracy_drop"]),
+            float(row["null_accuracy_mean"]),
+            float(row["p_accuracy"]),
+        )
         for _, row in objects.iterrows()
-    }  # fmt: skip
+    }
     return {"layer": layer, "classes": classes, "objects": found}
 
 

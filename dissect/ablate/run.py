@@ -162,8 +162,13 @@ def run_pass(
     shard = distributed.shard(range(len(source)), block=config.batch_size)
     loader = make_loader(source, dissection.preprocess, shard[position:], config.batch_size)
     all_masks = {plan.layer: masks(plan.sets, len(plan.values)).to(run_on) for plan in plans}
-    bar = tqdm(total=len(shard), initial=position, unit="img", desc="ablate",
-               disable=not (progress and distributed.is_main()))  # fmt: skip
+    bar = tqdm(
+        total=len(shard),
+        initial=position,
+        unit="img",
+        desc="ablate",
+        disable=not (progress and distributed.is_main()),
+    )
     saved, checked = time.monotonic(), False
 
     def save() -> None:
@@ -186,8 +191,9 @@ def run_pass(
                 if len(batch.indices):
                     number = int(shard[position]) // config.batch_size
                     labels = torch.tensor([source.label(int(i)) for i in batch.indices])
-                    scores = _ablate_batch(hooks, all_masks, batch.images.to(run_on), config,
-                                           check=not checked)  # fmt: skip
+                    scores = _ablate_batch(
+                        hooks, all_masks, batch.images.to(run_on), config, check=not checked
+                    )
                     checked = True
                     for hook, ablated in zip(hooks, scores, strict=True):
                         sums[hook.layer].add(number, BatchScores(*ablated, labels, outputs))
@@ -206,7 +212,10 @@ def run_pass(
         {name: value.state_dict() for name, value in sums.items()}, _merge_states
     )
     if merged is None:
+        distributed.barrier()
+        saver.remove()  # merged on rank 0, which removes its own file once the tables are written
         return None
+    distributed.barrier()
     return {name: AblationSums.from_state_dict(state) for name, state in merged.items()}
 
 
@@ -244,11 +253,15 @@ def _ablate_batch(hooks, all_masks, images, config, check: bool):
         size = chunk_size(images, hook.kept, config)
 
         def stacked(chosen, hook=hook, size=size):
-            parts = [hook.forward_ablated(chosen[i : i + size], dummy)
-                     for i in range(0, len(chosen), size)]  # fmt: skip
+            parts = [
+                hook.forward_ablated(chosen[i : i + size], dummy)
+                for i in range(0, len(chosen), size)
+            ]
             return torch.cat(parts)
 
-        if check:
-            check_against_naive(hook, images, layer_masks[[0, -1]], stacked)
+        if check:  # two copies in one forward, whatever the chunk size, to see any mixing
+            check_against_naive(
+                hook, images, layer_masks[[0, -1]], lambda m, h=hook: h.forward_ablated(m, dummy)
+            )
         results.append((base, stacked(layer_masks)))
     return results

@@ -84,8 +84,17 @@ def ablate(
     source = open_data(data)
     loaded = dissection.load_model(model)
     plans = [plan_layer(dissection, layer, config) for layer in layers]
-    sums = run_pass(dissection, loaded, source, plans, config, device=device, progress=progress,
-                    restart=restart, checkpoint_seconds=checkpoint_seconds)  # fmt: skip
+    sums = run_pass(
+        dissection,
+        loaded,
+        source,
+        plans,
+        config,
+        device=device,
+        progress=progress,
+        restart=restart,
+        checkpoint_seconds=checkpoint_seconds,
+    )
     if sums is None:
         return None
     classes = [str(name) for name in source.classes]

@@ -20,8 +20,13 @@ import torch
 
 #: Per-(set, class) sums, in the order they are stored.
 SET_FIELDS = (
-    "logit_drop", "logit_drop_sq", "prob_drop", "prob_drop_sq", "correct_drop", "correct_drop_sq",
-)  # fmt: skip
+    "logit_drop",
+    "logit_drop_sq",
+    "prob_drop",
+    "prob_drop_sq",
+    "correct_drop",
+    "correct_drop_sq",
+)
 #: Per-class sums over the unablated network.
 CLASS_FIELDS = ("count", "base_correct", "base_logit", "base_prob")
 
@@ -159,8 +164,12 @@ class AblationSums:
             "prob_drop": base_prob - prob,
             "correct_drop": base_correct - correct,
         }
-        per_class = [one_hot.sum(0), base_correct @ one_hot, base_logit @ one_hot,
-                     base_prob @ one_hot]  # fmt: skip
+        per_class = [
+            one_hot.sum(0),
+            base_correct @ one_hot,
+            base_logit @ one_hot,
+            base_prob @ one_hot,
+        ]
         per_set = []
         for name in SET_FIELDS:
             drop = drops[name.removesuffix("_sq")]

@@ -117,10 +117,12 @@ def _print_summary(table) -> None:
         for row in best.to_dict("records"):
             print(
                 f"{row['layer']} {row['class']}: most hurt by {title[:-1]} {row['name']} "
-                f"(accuracy -{row['accuracy_drop']:.3f}, logit -{row['logit_drop']:.3f})"
+                f"(drop of accuracy {row['accuracy_drop']:.3f}, of logit {row['logit_drop']:.3f})"
             )
     groups = group_table(table)
     if len(groups):
         significant = groups[groups["p_accuracy"] <= 0.05]
-        print(f"{len(significant)} of {len(groups)} (concept group, class) pairs hurt the class "
-              "more than random groups of the same size (p <= 0.05)")  # fmt: skip
+        print(
+            f"{len(significant)} of {len(groups)} (concept group, class) pairs hurt the class "
+            "more than random groups of the same size (p <= 0.05)"
+        )
