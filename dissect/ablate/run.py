@@ -191,7 +191,7 @@ def run_pass(
                 if len(batch.indices):
                     number = int(shard[position]) // config.batch_size
                     labels = torch.tensor([source.label(int(i)) for i in batch.indices])
-                    scores = _ablate_batch(
+                    scores = ablate_batch(
                         hooks, all_masks, batch.images.to(run_on), config, check=not checked
                     )
                     checked = True
@@ -234,7 +234,7 @@ def chunk_size(images: torch.Tensor, kept: torch.Tensor, config: AblationConfig)
     return max(1, int(budget // max(kept.numel() * kept.element_size(), 1)))
 
 
-def _ablate_batch(hooks, all_masks, images, config, check: bool):
+def ablate_batch(hooks, all_masks, images, config, check: bool):
     """[(base, ablated)] per layer for one batch: one normal forward, then the stacked tails."""
     for hook in hooks:
         hook.keep, hook.calls = True, 0
