@@ -137,6 +137,12 @@ def test_groups_are_tested_against_random_groups_of_their_size(directory):
     assert sorted(units["unit"]) == [0, 1, 2, 4]
     assert units.set_index("unit").loc[2, "label"] == "spot"
     assert len(pd.read_csv(directory / "ablation_classes.csv")) == 3 * 4  # 4 units, 3 classes
+    for name in ("ablation_conv2.png", "ablation_groups_conv2.png"):
+        assert (directory / "plots" / name).stat().st_size > 1000, name
+    assert main(["report", str(directory)]) == 0
+    page = (directory / "report" / "index.html").read_text()
+    assert "What the units do for the network (ablation)" in page
+    assert "assets/plots/ablation_groups_conv2.png" in page and "<td>stripe</td>" in page
 
 
 def test_random_groups_depend_only_on_seed_size_and_draw():

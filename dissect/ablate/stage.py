@@ -10,6 +10,8 @@ Outputs, in the dissection directory (layer names with ``/`` become ``_`` in fil
 - ``ablation_classes.csv``: per class, the 5 units whose ablation hurts it most.
 - ``ablation_groups.csv``: per (concept group, class), the drops, the null's mean and spread and
   the p-values.
+- ``plots/ablation_<layer>.png`` (units x classes, ordered by label) and
+  ``plots/ablation_groups_<layer>.png`` (per class, the label groups that hurt it most).
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ def ablate(
         tables.append(table)
     everything = pd.concat(tables, ignore_index=True)
     write_summaries(dissection, everything, layers)
+    from ..plots.ablation import write_ablation_plots
+
+    labels = read_labels(dissection.directory)
+    write_ablation_plots(dissection.directory, everything, group_table(everything), labels)
     from ..checkpoint import Checkpoint
 
     Checkpoint(dissection.directory, {}, 0, "ablation/.checkpoint").remove(distributed.world_size())
