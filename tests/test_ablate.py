@@ -16,8 +16,9 @@ import torch
 from conftest import TESTS, TINY_SPEC
 from PIL import Image
 
-from dissect.ablate import AblationConfig, TreeSum, ablate
+from dissect.ablate import AblationConfig, AblationSums, TreeSum, ablate
 from dissect.ablate.sets import random_groups
+from dissect.ablate.sums import BatchScores
 from dissect.cli import main
 from dissect.datasets import open_data
 from dissect.dissection import Dissection
@@ -171,6 +172,32 @@ def test_tree_sum_is_the_same_bits_in_any_order_and_split():
             merged.merge(part)
         np.testing.assert_array_equal(merged.total(), whole.total())
     np.testing.assert_allclose(whole.total(), vectors.sum(0), rtol=1e-12)
+
+
+def test_ablation_sums_merge_and_reload_like_one_listener():
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        BatchScores(
+            torch.randn(4, 3, generator=generator),
+            torch.randn(5, 4, 3, generator=generator),
+            torch.tensor([0, 1, 1, 0]),
+            torch.tensor([2, 0]),
+        )
+        for _ in range(3)
+    ]
+    whole = AblationSums(5, 2)
+    for number, batch in enumerate(batches):
+        whole.add(number, batch)
+    first, second = AblationSums(5, 2), AblationSums(5, 2)
+    first.add(0, batches[0])
+    second.add(1, batches[1])
+    second.add(2, batches[2])
+    restored = AblationSums(5, 2)
+    restored.load_state_dict(second.state_dict())
+    merged = first.merge(restored).tables()
+    for name, value in whole.tables().items():
+        np.testing.assert_array_equal(merged[name], value, err_msg=name)
+    assert whole.tables()["count"].tolist() == [6, 6]
 
 
 RESIDUAL = """

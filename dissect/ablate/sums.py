@@ -195,8 +195,14 @@ class AblationSums:
     def state_dict(self) -> dict:
         return {"sets": self.sets, "classes": self.classes, "tree": self.tree.state_dict()}
 
+    def load_state_dict(self, state: dict) -> None:
+        """Replace the sums by a saved state of the same shape (the pass driver's interface)."""
+        if (int(state["sets"]), int(state["classes"])) != (self.sets, self.classes):
+            raise ValueError("the saved sums have another number of sets or classes")
+        self.tree = TreeSum.from_state_dict(state["tree"])
+
     @classmethod
     def from_state_dict(cls, state: dict) -> AblationSums:
         sums = cls(int(state["sets"]), int(state["classes"]))
-        sums.tree = TreeSum.from_state_dict(state["tree"])
+        sums.load_state_dict(state)
         return sums
