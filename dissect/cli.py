@@ -33,6 +33,7 @@ COMMANDS = {
     "rf": "rf",
     "compare": "compare",
     "explain": "explain",
+    "ablate": "ablate",
 }
 
 

@@ -70,6 +70,8 @@ $types
 $agreement
 <h2>Receptive fields</h2>
 $receptive_fields
+<h2>What the units do for the network (ablation)</h2>
+$ablation
 <h2>Units</h2>
 <div class="filters">
 <label>Layer <select id="f-layer"><option value="">all</option>$layer_options</select></label>
@@ -188,6 +190,43 @@ def rf_section(dissection: Dissection, root: Path) -> str:
         "under occlusion and have no size."
     )
     return rules + _table(read_csv(path, dtype={"layer": str})) + "".join(images)
+
+
+def ablation_section(dissection: Dissection, root: Path) -> str:
+    """Per class the label groups whose ablation hurts it most, and the figures of ``dissect
+    ablate``, when it has run on this run."""
+    path = dissection.path("ablation_groups.csv")
+    if not path.is_file():
+        return _note("Not measured yet: run dissect ablate DIR DATA (held-out labelled data).")
+    groups = pd.read_csv(path, dtype={"layer": str, "run_id": str}, keep_default_na=False)
+    groups = groups[(groups["kind"] == "label") & (groups["run_id"] == dissection.run_id)]
+    best = groups.sort_values(["accuracy_drop", "logit_drop"], ascending=False, kind="stable")
+    columns = [
+        "layer",
+        "class",
+        "name",
+        "n_units",
+        "accuracy_drop",
+        "null_accuracy_mean",
+        "p_accuracy",
+        "logit_drop",
+        "p_logit",
+    ]
+    best = best.groupby(["layer", "class"], sort=True).head(2).sort_values(["layer", "class"])
+    images = []
+    for figure in sorted(dissection.path("plots").glob("ablation*.png")):
+        copy = root / "assets" / "plots" / figure.name
+        with atomic_path(copy) as tmp:
+            shutil.copyfile(figure, tmp)
+        images.append(
+            f'<p><img class="figure" src="{href(copy, root)}" alt="{e(figure.stem)}"></p>'
+        )
+    rule = _note(
+        "Per class (over its held-out images), the two label groups whose ablation lowers its "
+        "accuracy most; p: the share of random groups of the same size from the layer that "
+        "lower it at least as much (ablation_groups.csv has every group and class)."
+    )
+    return rule + _table(best[columns].round(4)) + "".join(images)
 
 
 def unit_table(
@@ -430,6 +469,7 @@ def write_report(
         types=types_section(types, figures, root, taxonomy),
         agreement=agreement_section(dissection),
         receptive_fields=rf_section(dissection, root),
+        ablation=ablation_section(dissection, root),
         layer_options=layer_options,
         type_options=type_options,
         units=units_section(table, strips, maps, root),
