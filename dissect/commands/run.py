@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from ..checkpoint import CHECKPOINT_DIR, DEFAULT_CHECKPOINT_EVERY
 from .common import add_model_arguments, preprocess_from_args, split_names
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..streaming import run_dissection
 
+    started = time.perf_counter()
     loaded = load_model(args.model, args.weights)
     try:
         dissection = run_dissection(
@@ -102,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
     probe = manifest.get("probe_seconds", 0.0)
     print(
         f"dissected {len(dissection.layers)} layer(s) over {manifest['n_images']} images "
-        f"({manifest['n_skipped']} skipped) in {manifest['seconds'] + probe:.1f} s "
-        f"(pass {manifest['seconds']:.1f} s, geometry probe {probe:.1f} s) -> {args.out}"
+        f"({manifest['n_skipped']} skipped) in {time.perf_counter() - started:.1f} s "
+        f"(pass {manifest['seconds']:.1f} s, geometry probe {probe:.1f} s"
+        + (", the rest labelling by IoU" if args.iou else "")
+        + f") -> {args.out}"
     )
     if args.iou:
         print(f"labelled the units by IoU in the same pass -> {args.out}/labels.csv")
