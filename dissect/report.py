@@ -64,8 +64,8 @@ $viewport
 <style>
 $style
 .filters { margin: 0.6em 0; display: flex; gap: 1em; align-items: center; flex-wrap: wrap; }
-.top { display: flex; flex-wrap: wrap; gap: 1em 2.5em; align-items: flex-start; }
-.top > * { flex: 1 1 340px; min-width: 0; }
+.intro { display: flex; flex-wrap: wrap; gap: 1em 2.5em; align-items: flex-start; }
+.intro > * { flex: 1 1 340px; min-width: 0; }
 .howto { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; padding: 0.4em 1em;
   max-width: 46em; font-size: 0.92em; }
 .howto h2 { margin-top: 0.4em; } .howto dl { grid-template-columns: 9em auto; }
@@ -82,7 +82,7 @@ img.rf { height: ${thumb}px; image-rendering: pixelated; }
 </head>
 <body>
 <h1>$title</h1>
-<div class="top">
+<div class="intro">
 <section><h2>Run</h2>
 $summary
 </section>
