@@ -68,7 +68,8 @@ $style
 .intro > * { flex: 1 1 340px; min-width: 0; }
 .howto { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; padding: 0.4em 1em;
   max-width: 46em; font-size: 0.92em; }
-.howto h2 { margin-top: 0.4em; } .howto dl { grid-template-columns: 9em auto; }
+.howto h2 { margin-top: 0.4em; }
+@media (min-width: 601px) { .howto dl { grid-template-columns: 9em auto; } }
 .sub { font-weight: normal; color: #777; font-size: 0.85em; }
 tr.detector td.flag { color: #1a7f37; font-weight: bold; }
 tr.other td { color: #8c959f; } tr.other td.guess { font-style: italic; }
