@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "run the whole study on the built-in scene CNN and synthetic world, and open the report"
+HELP = (
+    "run the whole study on the built-in scene CNN and synthetic world; prints the finding and "
+    "where the report is"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

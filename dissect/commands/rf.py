@@ -94,5 +94,8 @@ def run(args: argparse.Namespace) -> int:
             "on their top images (zero discrepancy everywhere: dead or saturated units); they "
             "have no size and are left out of the means"
         )
-    print(f"-> {dissection.path(UNITS_CSV)}, {dissection.path(LAYERS_CSV)}, plots in DIR/plots")
+    print(
+        f"-> {dissection.path(UNITS_CSV)}, {dissection.path(LAYERS_CSV)}, "
+        f"plots in {dissection.path('plots')}"
+    )
     return 0

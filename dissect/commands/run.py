@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from ..checkpoint import CHECKPOINT_DIR, DEFAULT_CHECKPOINT_EVERY
 from ..errors import interrupted_status
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import DissectError
     from ..streaming import run_dissection
 
+    started = time.perf_counter()
     if args.segmenter and not args.iou:
         raise DissectError("--segmenter predicts masks for --iou labels: add --iou.")
     loaded = load_model_from_args(args)
@@ -120,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
     probe = manifest.get("probe_seconds", 0.0)
     print(
         f"dissected {len(dissection.layers)} layer(s) over {manifest['n_images']} images "
-        f"({manifest['n_skipped']} skipped) in {manifest['seconds'] + probe:.1f} s "
-        f"(pass {manifest['seconds']:.1f} s, geometry probe {probe:.1f} s) -> {args.out}"
+        f"({manifest['n_skipped']} skipped) in {time.perf_counter() - started:.1f} s "
+        f"(pass {manifest['seconds']:.1f} s, geometry probe {probe:.1f} s"
+        + (", the rest labelling by IoU" if args.iou else "")
+        + f") -> {args.out}"
     )
     if args.iou:
         print(f"labelled the units by IoU in the same pass -> {args.out}/labels.csv")

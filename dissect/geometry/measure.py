@@ -63,6 +63,14 @@ def layer_geometry(
     return _geometries(module, {name: probes[name] for name in layers}, size)
 
 
+def _one_global_position(g: LayerGeometry, size: tuple[int, int]) -> bool:
+    """A 1x1 map whose one position sees the whole image (global pooling, a dense layer)."""
+    if not g.is_spatial or g.is_global or g.channels_last or len(g.output_shape) != 3:
+        return False
+    covers = g.rf[0] >= size[0] and g.rf[1] >= size[1]
+    return tuple(g.output_shape[1:]) == (1, 1) and covers
+
+
 def geometry_table(module: nn.Module, image_size: int | tuple[int, int] = 224) -> pd.DataFrame:
     """Every addressable layer with its output shape and receptive-field geometry.
 
@@ -100,13 +108,17 @@ def geometry_table(module: nn.Module, image_size: int | tuple[int, int] = 224) -
             layout = "channels-last (B, H, W, C): read as C units over H x W"
             note = f"{layout}; {note}" if note else layout
         rf = "global" if g.is_global else _pair(g.rf) + ("+" if g.rf_clipped else "")
+        stride = _pair(g.stride) if g.is_spatial else "-"
+        if _one_global_position(g, size):
+            rf, stride = "global", "-"
+            note = note or "global: one position, which sees the whole image"
         rows.append(
             {
                 "layer": name,
                 "type": g.kind,
                 "output_shape": "x".join(map(str, g.output_shape)),
                 "rf": rf if g.is_spatial else _pair(g.rf),
-                "stride": _pair(g.stride) if g.is_spatial else "-",
+                "stride": stride,
                 "offset": _pair(g.offset) if g.is_spatial else "-",
                 "note": note,
             }

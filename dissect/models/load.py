@@ -186,13 +186,18 @@ def _load_export(path: Path, spec: str, weights: str | None) -> LoadedModel:
     preprocess = Preprocess()
     if expected.image_size is not None:
         preprocess = Preprocess(expected.image_size)
-    if expected.batch is not None:
+    if expected.batch is not None and (spec, expected.batch) not in _NOTED:
+        _NOTED.add((spec, expected.batch))  # once per process, not once per stage of a demo
         warnings.warn(
             f"MODEL {spec!r} was exported with a static batch size of {expected.batch}: dissect "
             f"runs it {expected.batch} image(s) at a time, padding the last batch.",
             stacklevel=3,
         )
     return LoadedModel(module, spec, weights, preprocess, source=str(path))
+
+
+#: (spec, batch) of the static-batch programs already noted in this process.
+_NOTED: set[tuple[str, int]] = set()
 
 
 def _refuse_file(path: Path) -> None:
