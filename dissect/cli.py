@@ -46,7 +46,10 @@ COMMANDS = {
 EXAMPLES = {
     "demo": ["dissect demo --quick --out demo", "dissect demo --out demo --compare-with none"],
     "layers": ["dissect layers scene-cnn", "dissect layers net.py:make --weights w.pt"],
-    "data": ["dissect data export synthetic:500:1 broden-synthetic"],
+    "data": [
+        "dissect data export synthetic:500:1 broden-synthetic",
+        "dissect data import --from ade20k ADEChallengeData2016 ade-broden",
+    ],
     "evaluate": ["dissect evaluate net.py:make photos/ --weights w.pt --image-size 224"],
     "run": [
         "dissect run scene-cnn synthetic:1000:1 --out d --iou",
@@ -66,6 +69,10 @@ EXAMPLES = {
     "import": ["dissect import d batch_results.csv", "dissect import d export.json"],
     "rf": ["dissect rf d --layers conv1,conv5 --units 0,3", "dissect rf d --top 20 --stride 3"],
     "compare": ["dissect compare d d-objects --out cmp --names scene,object"],
+    "ablate": [
+        "dissect ablate d synthetic:1000:7 --layers conv5",
+        "dissect ablate d synthetic:1000:7 --units labelled --mode mean --draws 200",
+    ],
     "explain": ["dissect explain d 0 --top 4", "dissect explain d photo.jpg --layers conv5"],
 }
 

@@ -214,13 +214,7 @@ class Dissection:
     @property
     def preprocess(self) -> Preprocess:
         """Input size and normalisation used by the pass."""
-        values = self.manifest["preprocess"]
-        return Preprocess(
-            values["image_size"],
-            tuple(values["mean"]),
-            tuple(values["std"]),
-            bool(values.get("bgr", False)),
-        )
+        return Preprocess.from_dict(self.manifest["preprocess"])
 
     def units(self) -> pd.DataFrame:
         """``units.csv``: one row per unit of every layer."""
