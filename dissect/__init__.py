@@ -17,7 +17,8 @@ The package reads in the order of the study:
 - ``rf`` (empirical receptive fields by occlusion), ``segment`` (segmented top images);
 - ``taxonomy`` and ``semantics`` (semantic types per layer), ``plots``, ``report``, ``demo``;
 - ``compare`` (networks side by side, with the paper's figures from ``reference``), ``explain``
-  (the units that explain one image);
+  (the units that explain one image), ``ablate`` (what units and concept groups do for each
+  class: ``from dissect.ablate import ablate``);
 - ``cli`` and ``commands`` (one module per subcommand).
 """
 
@@ -38,10 +39,14 @@ _EXPORTS = {
     "export_broden": "datasets.broden",
     "SyntheticWorld": "datasets.synthetic",
     "open_synthetic": "datasets.synthetic",
+    "AblationConfig": "ablate",
     "Comparison": "compare",
     "compare_dissections": "compare",
     "write_comparison": "compare",
     "Dissection": "dissection",
+    "dissect": "onecall",
+    "open_dissection": "onecall",
+    "NotebookDissection": "notebook",
     "run_dissection": "streaming",
     "DissectError": "errors",
     "evaluate": "evaluate",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .directory import CHECKPOINT_DIR
 from .errors import DissectError
-from .io import atomic_path
+from .io import write_torch
 
 if TYPE_CHECKING:
     from torch import nn
@@ -114,10 +114,7 @@ class Checkpoint:
 
     def save(self, state: dict) -> None:
         """Write ``state`` (tensors on the CPU, numbers, strings, lists, dicts) atomically."""
-        import torch
-
-        with atomic_path(self.path) as tmp:
-            torch.save({"fingerprint": self.fingerprint, "state": state}, tmp)
+        write_torch(self.path, {"fingerprint": self.fingerprint, "state": state})
 
     def remove(self, world_size: int = 1) -> None:
         """Delete this rank's file and any temporary file a kill left half-written (rank 0: also

@@ -29,8 +29,9 @@ from .directory import IOU, IOU_CONCEPTS, RF_LAYERS
 from .dissection import Dissection
 from .errors import DissectError
 from .html import e, href, note, page, table
-from .io import write_csv, write_text
-from .labels import read_labels
+from .io import read_csv, write_csv, write_text
+from .labels import read_labels, segmenters
+from .lock import writes
 from .semantics import detectors, label_types, layer_type_table, object_of
 from .taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
@@ -155,7 +156,7 @@ def _objects(dissection: Dissection, labels: pd.DataFrame, taxonomy: Taxonomy) -
     """The object classes of the data: from ``iou/concepts.csv``, else the object labels."""
     path = dissection.path(IOU, IOU_CONCEPTS)
     if path.is_file():
-        concepts = pd.read_csv(path, keep_default_na=False)
+        concepts = read_csv(path, keep_default_na=False)
         return set(concepts.loc[concepts["category"] == "object", "name"])
     kinds = label_types(labels, taxonomy)
     return {
@@ -173,7 +174,7 @@ def _rf(dissection: Dissection, layer: str) -> dict:
     }
     path = dissection.path(RF_LAYERS)
     if path.is_file():
-        summary = pd.read_csv(path, dtype={"layer": str, "run_id": str})
+        summary = read_csv(path, dtype={"layer": str, "run_id": str})
         for found in summary.get("run_id", pd.Series(dtype=str)).dropna().unique():
             dissection.check_run(found, RF_LAYERS, f"dissect rf {dissection.directory}")
         summary = summary.set_index("layer")
@@ -314,11 +315,13 @@ def sources_table(networks: Sequence[str], dissections: Sequence[Dissection]) ->
             "data": [d.manifest.get("data") for d in dissections],
             "images": [d.manifest.get("n_images") for d in dissections],
             "run_id": [d.run_id for d in dissections],
+            "segmenter": [";".join(segmenters(read_labels(d.directory))) for d in dissections],
             "directory": [str(d.directory) for d in dissections],
         }
     )
 
 
+@writes("out")
 def write_comparison(
     comparison: Comparison,
     out: str | Path,

@@ -292,6 +292,9 @@ class DetectorRule:
     max_p : float or None
         Automatic labels count only with a permutation p-value at most this (None: p-values not
         used).
+    fdr : float or None
+        Automatic labels count only with a Benjamini-Hochberg q-value (over the layer's units)
+        at most this (None: q-values not used).
     taxonomy : Taxonomy or None
         Category -> semantic type mapping (None: the default one, see :mod:`dissect.taxonomy`).
     """
@@ -299,6 +302,7 @@ class DetectorRule:
     min_precision: float = 0.75
     min_iou: float = 0.04
     max_p: float | None = None
+    fdr: float | None = None
     taxonomy: Taxonomy | None = field(default=None, compare=False)
 
     def types(self) -> Taxonomy:
@@ -315,7 +319,8 @@ class DetectorRule:
 
     def describe(self) -> str:
         """``"IoU >= 0.04, p <= 0.05"``: the automatic part of the rule, for messages."""
-        return f"IoU >= {self.min_iou}" + (f", p <= {self.max_p}" if self.max_p else "")
+        text = f"IoU >= {self.min_iou}" + (f", p <= {self.max_p}" if self.max_p else "")
+        return text + (f", q <= {self.fdr} (FDR)" if self.fdr else "")
 
 
 @dataclass(frozen=True)

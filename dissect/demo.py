@@ -3,7 +3,8 @@
 ``dissect demo`` runs, in order, the same subcommands a user would type (and prints each one, so
 it can be repeated by hand): ``run --iou`` (every conv and pool layer, labelled by IoU in the same
 pass), ``autolabel`` (p-values of the last layers' labels), ``stats``, ``rf`` (a sample of units
-per layer), ``segment``, ``export --format html`` and ``report``; then it prints the paper's
+per layer), ``segment``, ``export --format html``, ``ablate`` (conv5's concept groups on held-out
+images) and ``report``; then it prints the paper's
 finding as measured on this dissection: :func:`finding` summarises which kinds of concept the
 first and the last convolutional layers detect.
 """
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from .ablate.finding import ablation_finding, describe_finding
 from .config import DemoConfig, DetectorRule
 from .directory import IOU, IOU_CONCEPTS
 from .dissection import Dissection
+from .io import read_csv
 from .labels import read_labels
 from .semantics import detectors, object_of
 
@@ -41,6 +43,8 @@ class DemoPlan:
         Receptive fields: layers, units per layer, top images per unit.
     segment_layers, top : tuple of str, int
         Segmented layers and top images per unit (segment and export).
+    ablate_images : int
+        Held-out images (seed 7) over which conv5's concept groups are ablated, at the end.
     """
 
     images: int
@@ -50,13 +54,16 @@ class DemoPlan:
     rf_top: int
     segment_layers: tuple[str, ...]
     top: int
+    ablate_images: int = 400
 
     @classmethod
     def choose(cls, quick: bool, images: int | None) -> DemoPlan:
         if quick:
-            return cls(images or 200, ("conv5",), ("conv1", "conv3", "conv5"), 2, 4, ("conv5",), 5)
+            plan = (images or 200, ("conv5",), ("conv1", "conv3", "conv5"), 2, 4, ("conv5",), 5)
+            return cls(*plan, min(images or 100, 100))
         convs = ("conv1", "conv2", "conv3", "conv4", "conv5")
-        return cls(images or 1000, ("conv5", "pool5"), convs, 6, 6, ("conv1", "conv3", "conv5"), 5)
+        plan = (images or 1000, ("conv5", "pool5"), convs, 6, 6, ("conv1", "conv3", "conv5"), 5)
+        return cls(*plan, min(images or 400, 400))
 
 
 def demo_commands(
@@ -119,8 +126,10 @@ def demo_commands(
             *measure(compare_with, other, null=False),
             ["compare", out, other, "--out", str(Path(out) / "compare")],
         ]
+    held_out = f"synthetic:{plan.ablate_images}:7"
     commands += [
         ["explain", out, "0", "--top", "4", "--device", device],
+        ["ablate", out, held_out, "--layers", "conv5", "--device", device],
         ["report", out],
     ]
     return commands
@@ -173,6 +182,7 @@ def run_demo(
             raise SystemExit(status)
         print(f"({time.perf_counter() - began:.0f} s)", flush=True)
     summary = finding(out)
+    summary["ablation"] = ablation_finding(out, "conv5")
     if compare_with:
         summary["comparison"] = comparison_finding(Path(out) / "compare")
     summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -206,7 +216,7 @@ def finding(directory: str | Path, rule: DetectorRule | None = None) -> dict:
     last_found = found[found["layer"] == last]
     object_like = last_found[last_found["type"].isin(["object", "part"])]
     first_found = found[found["layer"] == first]
-    concepts = pd.read_csv(dissection.path(IOU, IOU_CONCEPTS), keep_default_na=False)
+    concepts = read_csv(dissection.path(IOU, IOU_CONCEPTS), keep_default_na=False)
     objects = set(concepts.loc[concepts["category"] == "object", "name"])
     covered = {object_of(label, objects) for label in object_like["label"]} & objects
     share = first_found["type"].isin(["color", "texture"]).mean() if len(first_found) else 0.0
@@ -239,8 +249,8 @@ def comparison_finding(directory: str | Path, layer: str = "conv5") -> dict:
         and ``part`` (detectors of that type), ``detectors`` and ``objects_covered``.
     """
     folder = Path(directory)
-    types = pd.read_csv(folder / "types.csv", dtype={"row": str, "layer": str})
-    layers = pd.read_csv(folder / "layers.csv", dtype={"row": str, "layer": str})
+    types = read_csv(folder / "types.csv", dtype={"row": str, "layer": str})
+    layers = read_csv(folder / "layers.csv", dtype={"row": str, "layer": str})
     networks = list(dict.fromkeys(layers["network"]))
     summary: dict = {"layer": layer, "networks": networks}
     for network in networks:
@@ -267,6 +277,7 @@ def describe(summary: dict) -> str:
         f"{summary['first_layer']}: {summary['first_color_texture_share']:.0%} of its "
         f"{summary['first_detectors']} detectors are colour or texture/material detectors."
         + ("\n" + _describe_comparison(summary["comparison"]) if "comparison" in summary else "")
+        + ("\n" + describe_finding(summary["ablation"]) if "ablation" in summary else "")
     )
 
 

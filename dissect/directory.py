@@ -17,6 +17,8 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .lock import LOCK_FILE
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -31,7 +33,7 @@ CHECKPOINT_DIR = ".checkpoint"
 #: Where ``dissect run`` moves the later stages' outputs of the run it replaces.
 STALE = "stale"
 #: What ``dissect run`` itself writes; everything else in the directory is a later stage's output.
-RUN_OUTPUTS = frozenset({MANIFEST, UNITS, IMAGES, TOPK, CHECKPOINT_DIR, STALE})
+RUN_OUTPUTS = frozenset({MANIFEST, UNITS, IMAGES, TOPK, CHECKPOINT_DIR, STALE, LOCK_FILE})
 
 # Labels (``dissect autolabel``, ``dissect import``).
 LABELS = "labels.csv"

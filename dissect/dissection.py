@@ -32,7 +32,7 @@ from .directory import IMAGES, MANIFEST, TOPK, UNITS, layer_file_name
 from .errors import DissectError
 from .geometry import LayerGeometry
 from .images import Preprocess
-from .io import read_npz
+from .io import read_csv, read_npz
 
 if TYPE_CHECKING:
     from torch import nn
@@ -108,13 +108,7 @@ class Dissection:
     @property
     def preprocess(self) -> Preprocess:
         """Input size and normalisation used by the pass."""
-        values = self.manifest["preprocess"]
-        return Preprocess(
-            values["image_size"],
-            tuple(values["mean"]),
-            tuple(values["std"]),
-            bool(values.get("bgr", False)),
-        )
+        return Preprocess.from_dict(self.manifest["preprocess"])
 
     def units(self) -> pd.DataFrame:
         """``units.csv``: one row per unit of every layer (read once; a copy each call)."""
@@ -122,14 +116,14 @@ class Dissection:
 
     def _units(self) -> pd.DataFrame:
         if self._tables.get(UNITS) is None:
-            self._tables[UNITS] = pd.read_csv(self.directory / UNITS, dtype={"layer": str})
+            self._tables[UNITS] = read_csv(self.directory / UNITS, dtype={"layer": str})
         return self._tables[UNITS]
 
     def images(self) -> pd.DataFrame:
         """``images.csv``: every image of the data source, with the skipped ones marked (read
         once; a copy each call)."""
         if self._tables.get(IMAGES) is None:
-            self._tables[IMAGES] = pd.read_csv(self.directory / IMAGES, keep_default_na=False)
+            self._tables[IMAGES] = read_csv(self.directory / IMAGES, keep_default_na=False)
         return self._tables[IMAGES].copy()
 
     def topk(self, layer: str) -> dict[str, np.ndarray]:

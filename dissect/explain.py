@@ -31,6 +31,7 @@ from .errors import DissectError
 from .html import e, href, note, page, table
 from .io import write_csv, write_text
 from .labels import read_labels
+from .lock import writes
 from .models import LoadedModel
 from .plots.figure import plain, save_figure
 from .segment.pictures import dim_outside, outline, write_png
@@ -243,7 +244,8 @@ def plot_explanation(explanation: Explanation) -> Figure:
     table = explanation.table
     layers = list(dict.fromkeys(table["layer"]))
     columns = max(1, int(table.groupby("layer").size().max())) if len(table) else 1
-    figure = Figure(figsize=(1.9 * (columns + 1), 2.1 * max(1, len(layers))))
+    size = (1.9 * (columns + 1), 2.1 * max(1, len(layers)))
+    figure = Figure(figsize=size, layout="constrained")  # keeps the title off the first row
     for row_number, layer in enumerate(layers):
         axes = figure.add_subplot(len(layers), columns + 1, row_number * (columns + 1) + 1)
         axes.imshow(explanation.image)
@@ -257,7 +259,6 @@ def plot_explanation(explanation: Explanation) -> Figure:
             axes.set_title(plain(_caption(row)), fontsize=7)
             axes.axis("off")
     figure.suptitle(plain(f"Units that explain {explanation.image_id}"), fontsize=10)
-    figure.tight_layout()
     return figure
 
 
@@ -270,6 +271,7 @@ def folder_name(image: str | int | Path) -> str:
     return stem[:80]
 
 
+@writes("directory")
 def write_explanation(
     directory: str | Path | Dissection,
     image: str | int | Path,

@@ -16,13 +16,13 @@ overwrites it. Name the ReLU module to get the rectified value.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Collection, Sequence
 
 import torch
 from torch import nn
 
 from .errors import DissectError
+from .layer_select import select_layers
 
 #: Most leading class/register tokens a token layer may have.
 MAX_EXTRA_TOKENS = 8
@@ -108,12 +108,15 @@ class _StopForward(Exception):
 def resolve_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
     """Check layer names against ``module.named_modules()``; return them without duplicates.
 
+    Globs (``layer*``) and type filters (``type:Conv2d``) are expanded, see
+    :func:`dissect.layer_select.select_layers`.
+
     Parameters
     ----------
     module : nn.Module
         The network.
     names : sequence of str
-        Requested layer names.
+        Requested layer names or patterns.
 
     Returns
     -------
@@ -125,27 +128,7 @@ def resolve_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
     DissectError
         If no name is given, or a name is not a module of the network (close matches are listed).
     """
-    available = [name for name, _ in module.named_modules() if name]
-    if not names:
-        raise DissectError(
-            f"no layer given; the network has {_preview(available)}. "
-            "Pick layers with --layers (see dissect layers MODEL)."
-        )
-    known = set(available)
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, available, n=5, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise DissectError(
-                f"layer {name!r} is not in the network; {hint}It has {_preview(available)}. "
-                "dissect layers MODEL lists every layer."
-            )
-    return list(dict.fromkeys(names))
-
-
-def _preview(names: Sequence[str], limit: int = 12) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" ... ({len(names)} layers)" if len(names) > limit else "")
+    return select_layers(module, names)
 
 
 class LayerTrace:

@@ -15,7 +15,10 @@ from urllib.parse import quote
 if TYPE_CHECKING:
     import pandas as pd
 
-#: The CSS every page shares (the report's look).
+#: Lets a phone lay the page out at its own width instead of a zoomed-out desktop's.
+VIEWPORT = '<meta name="viewport" content="width=device-width, initial-scale=1">'
+#: The CSS every page shares (the report's look); wide tables scroll inside a ``.scroll``
+#: box, and on a phone figures keep a readable width and scroll sideways.
 STYLE = """body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
 table { border-collapse: collapse; font-size: 0.9em; }
@@ -25,7 +28,12 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #777; font-style: italic; }
 img.figure { max-width: 100%; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 2px 1em; }
-dt { font-weight: bold; }"""
+dt { font-weight: bold; }
+h1, dd, .note { overflow-wrap: anywhere; }
+.scroll, p:has(> img.figure) { overflow-x: auto; max-width: 100%; }
+@media (max-width: 600px) { body { margin: 0.6em; }
+  dl, .howto dl { grid-template-columns: auto; } dd { margin: 0 0 0.4em 1em; }
+  img.figure { max-width: none; } }"""
 
 
 def e(value: object) -> str:
@@ -50,7 +58,8 @@ def number(value: object, digits: int = 3) -> str:
 
 
 def table(frame: pd.DataFrame) -> str:
-    """A plain escaped HTML table of a DataFrame (numbers right-aligned)."""
+    """A plain escaped HTML table of a DataFrame (numbers right-aligned), in a box that scrolls
+    sideways when the table is wider than the page."""
     import numpy as np
 
     head = "".join(f"<th>{e(column)}</th>" for column in frame.columns)
@@ -65,7 +74,8 @@ def table(frame: pd.DataFrame) -> str:
             else:
                 cells.append(f"<td>{e(value)}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    body = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'<div class="scroll">{body}</div>'  # a wide table scrolls inside its box
 
 
 def note(text: str) -> str:
@@ -76,7 +86,7 @@ def note(text: str) -> str:
 def page(title: str, body: str, style: str = "") -> str:
     """A whole HTML document: ``title`` (escaped here) and ``body`` (already HTML)."""
     return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n{VIEWPORT}\n'
         f"<title>{e(title)}</title>\n<style>\n{STYLE}\n{style}\n</style>\n</head>\n<body>\n"
         f"<h1>{e(title)}</h1>\n{body}\n</body>\n</html>\n"
     )

@@ -22,6 +22,15 @@ from .errors import DissectError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Resampling filters a :class:`Preprocess` may name.
+RESAMPLING = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
 
 
 class ImageReadError(Exception):
@@ -59,10 +68,13 @@ class ImageSource(abc.ABC):
 
 def to_rgb(image: Image.Image) -> np.ndarray:
     """Convert a PIL image of any mode (grey, palette, RGBA, 16-bit) to (H, W, 3) uint8."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        top = array.max() or 1.0
-        image = Image.fromarray((array / top * 255).astype(np.uint8))
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Integers up to their maximum; floats (mode F, as scientific TIFFs hold them) in [0, 1]
+        # as they usually are, or up to their maximum when larger. NaN reads as black.
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0)
+        top = array.max()
+        top = 1.0 if image.mode == "F" and top <= 1.0 else (top or 1.0)
+        image = Image.fromarray((np.clip(array / top, 0.0, 1.0) * 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "P", "PA"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -93,6 +105,10 @@ def read_image_file(path: Path) -> np.ndarray:
         raise ImageReadError(f"cannot read image: {error}") from error
 
 
+#: How many times the output's area a covering resize may take before only the crop is resampled.
+_MAX_COVER = 16
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Resize the image to cover ``image_size``, centre-crop it to that size, normalise.
@@ -107,17 +123,30 @@ class Preprocess:
     bgr : bool
         Feed the channels in B, G, R order (networks trained with OpenCV / Caffe); ``mean`` and
         ``std`` are still given as R, G, B.
+    resize : int or None
+        Resize the shorter side to this many pixels before the centre crop (torchvision's
+        ``Resize(256)`` then ``CenterCrop(224)``; timm's ``crop_pct``); None resizes just enough
+        to cover ``image_size``.
+    interpolation : str
+        PIL resampling filter of the resize: ``bilinear``, ``bicubic``, ``nearest``,
+        ``lanczos``, ``box`` or ``hamming``.
     """
 
     image_size: int | tuple[int, int] = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     bgr: bool = False
+    resize: int | None = None
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int):
             height, width = (int(value) for value in self.image_size)
             object.__setattr__(self, "image_size", height if height == width else (height, width))
+        if self.interpolation not in RESAMPLING:
+            raise DissectError(
+                f"interpolation {self.interpolation!r} is not one of {', '.join(RESAMPLING)}."
+            )
 
     @property
     def size(self) -> tuple[int, int]:
@@ -127,7 +156,7 @@ class Preprocess:
 
     def display(self, rgb: np.ndarray) -> np.ndarray:
         """Return the resized, centre-cropped (H, W, 3) uint8 image the network sees."""
-        return self._fit(rgb, Image.Resampling.BILINEAR)
+        return self._fit(rgb, RESAMPLING[self.interpolation])
 
     def display_labels(self, labels: np.ndarray) -> np.ndarray:
         """Resize and crop an (H, W) integer label map exactly like :meth:`display` (nearest)."""
@@ -136,16 +165,23 @@ class Preprocess:
     def _fit(self, array: np.ndarray, resample: Image.Resampling) -> np.ndarray:
         height, width = array.shape[:2]
         out_h, out_w = self.size
-        if (height, width) == (out_h, out_w):
+        if (height, width) == (out_h, out_w) and self.resize is None:
             return array
         # The smallest scale at which the image covers the output (for a square: the shorter
         # side to the output side), then the centre crop.
-        scale = max(out_h / height, out_w / width)
+        scale = max(out_h / height, out_w / width, (self.resize or 0) / min(height, width))
         new_h, new_w = max(out_h, round(height * scale)), max(out_w, round(width * scale))
-        resized = np.asarray(
-            Image.fromarray(array).resize((new_w, new_h), resample), dtype=array.dtype
-        )
         top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+        image = Image.fromarray(array)
+        if new_h * new_w > _MAX_COVER * out_h * out_w:
+            # A far longer image than the output (a 30000x1 strip would cover 224x224 at 1.5
+            # gigapixels): resample only the part the crop keeps, at the same scale (PIL's box
+            # in source pixels). Ordinary images keep the plain resize, pixel for pixel as ever.
+            x_step, y_step = width / new_w, height / new_h
+            box = (left * x_step, top * y_step, (left + out_w) * x_step, (top + out_h) * y_step)
+            box = (*box[:2], min(width, box[2]), min(height, box[3]))
+            return np.asarray(image.resize((out_w, out_h), resample, box=box), dtype=array.dtype)
+        resized = np.asarray(image.resize((new_w, new_h), resample), dtype=array.dtype)
         return resized[top : top + out_h, left : left + out_w]
 
     def tensor(self, rgb: np.ndarray) -> torch.Tensor:
@@ -165,7 +201,36 @@ class Preprocess:
             "mean": list(self.mean),
             "std": list(self.std),
             "bgr": self.bgr,
+            # only when set, so that the manifests of runs without them stay as they were
+            **({"resize": self.resize} if self.resize is not None else {}),
+            **({"interpolation": self.interpolation} if self.interpolation != "bilinear" else {}),
         }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocess:
+        """The inverse of :meth:`to_dict` (a manifest's ``preprocess``)."""
+        size = values["image_size"]
+        return cls(
+            size if isinstance(size, int) else tuple(size),
+            tuple(values["mean"]),
+            tuple(values["std"]),
+            bool(values.get("bgr", False)),
+            values.get("resize"),
+            values.get("interpolation", "bilinear"),
+        )
+
+    def describe(self) -> str:
+        """One line for people: ``resize 256, crop 224, bilinear, mean ..., std ...``."""
+        height, width = self.size
+        crop = f"{height}" if height == width else f"{height}x{width} (HxW)"
+        resize = f"resize shorter side to {self.resize}, " if self.resize else "resize to cover, "
+        numbers = ",".join(f"{value:g}" for value in self.mean)
+        spread = ",".join(f"{value:g}" for value in self.std)
+        order = ", BGR" if self.bgr else ""
+        return (
+            f"{resize}centre crop {crop}, {self.interpolation}, mean {numbers}, std {spread}"
+            f"{order}"
+        )
 
 
 class TensorDataset(torch.utils.data.Dataset):
@@ -217,6 +282,11 @@ def make_loader(
     workers: int = 0,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``indices`` of ``source`` in order, yielding :class:`Batch` objects."""
+    if workers < 0:
+        raise DissectError(
+            f"--workers {workers}: the number of image-loading processes must be 0 (load in "
+            "the main process) or more."
+        )
     return torch.utils.data.DataLoader(
         TensorDataset(source, preprocess, indices),
         batch_size=batch_size,

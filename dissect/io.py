@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,10 +55,74 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+#: A cell a spreadsheet would run as a formula, behind any apostrophes we added before it.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+
+
+def neutralise(text: str) -> str:
+    """A CSV cell that no spreadsheet runs as a formula (OWASP: a leading apostrophe).
+
+    Text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (or apostrophes
+    before one, so that :func:`restore` gives back exactly what was written) gets an apostrophe
+    in front; anything else is left as it is.
+    """
+    return "'" + text if _FORMULA.match(text) else text
+
+
+def restore(text: str) -> str:
+    """The text :func:`neutralise` was given: its added apostrophe removed."""
+    return text[1:] if text.startswith("'") and _FORMULA.match(text, 1) else text
+
+
 def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
-    """Write a DataFrame as CSV (no index column) to ``path`` atomically."""
+    """Write a DataFrame as CSV (no index column) to ``path`` atomically.
+
+    Every text cell is :func:`neutralise`-d (labels, names and file names come from outside and
+    would otherwise be formulas in a spreadsheet); :func:`read_csv` restores them.
+    """
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
+        _map_text(frame, neutralise).to_csv(tmp, index=False)
+
+
+def read_csv(path: str | os.PathLike, **options: Any) -> pd.DataFrame:
+    """Read a CSV written by :func:`write_csv` (``pandas.read_csv`` options), text restored."""
+    import pandas as pd
+
+    return _map_text(pd.read_csv(path, **options), restore)
+
+
+def _map_text(frame: pd.DataFrame, change) -> pd.DataFrame:
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    text = [
+        name
+        for name, column in frame.items()
+        if is_object_dtype(column.dtype) or is_string_dtype(column.dtype)
+    ]
+    if not text:
+        return frame
+    frame = frame.copy()
+    for name in text:
+        frame[name] = frame[name].map(lambda cell: change(cell) if isinstance(cell, str) else cell)
+    return frame
+
+
+def write_torch(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically; a full disk raises ``OSError`` (ENOSPC).
+
+    The bytes are made in memory first: torch's own file writer reports a failed write as a
+    ``RuntimeError`` ("unexpected pos") and leaves a truncated file. Here a failed write leaves
+    nothing behind.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getbuffer())
 
 
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

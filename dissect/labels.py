@@ -5,7 +5,9 @@ annotations, ``labels_iou.csv`` from automatic IoU labelling); ``labels.csv`` is
 with one row per unit, where a crowd label wins over an automatic one.
 
 ``category`` is the semantic type key (see :mod:`dissect.semantics`); ``concept_category`` is the
-category the concept has in its dataset (Broden's ``material``, say), where known.
+category the concept has in its dataset (Broden's ``material``, say), where known. ``segmenter``
+names the segmentation network whose predicted masks gave an ``iou`` label (``dissect run --iou
+--segmenter``); it is empty for labels from a dataset's own masks and for crowd labels.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pandas as pd
 
 from .directory import LABELS, current_run
 from .errors import DissectError
-from .io import write_csv
+from .io import read_csv, write_csv
 
 #: Columns of every labels table.
 LABEL_COLUMNS = [
@@ -29,9 +31,11 @@ LABEL_COLUMNS = [
     "iou",
     "p_value",
     "z_score",
+    "q_value",
     "n_annotators",
     "agreement",
     "source",
+    "segmenter",
     "run_id",
 ]
 #: Sources in order of precedence (first wins).
@@ -74,7 +78,7 @@ def read_labels(
     path = Path(directory) / LABELS if source is None else source_path(directory, source)
     if not path.is_file():
         return pd.DataFrame(columns=LABEL_COLUMNS)
-    table = pd.read_csv(
+    table = read_csv(
         path, keep_default_na=False, na_values=[""], dtype={"layer": str, "run_id": str}
     )
     run = current_run(directory)
@@ -105,3 +109,28 @@ def rebuild_labels(directory: str | Path) -> pd.DataFrame:
         )
     write_csv(Path(directory) / LABELS, merged)
     return merged
+
+
+def mark_segmenter(
+    directory: str | Path, segmenter: str, layers: list[str] | None = None
+) -> pd.DataFrame:
+    """Record that ``iou`` labels of ``layers`` (all by default) come from predicted masks.
+
+    Sets the ``segmenter`` column of those rows of ``labels_iou.csv`` to ``segmenter`` and
+    rebuilds ``labels.csv``; returns the merged table.
+    """
+    path = source_path(directory, "iou")
+    table = read_labels(directory, "iou", check=False).reindex(columns=LABEL_COLUMNS)
+    if path.is_file():
+        rows = table["layer"].isin(layers) if layers is not None else slice(None)
+        table["segmenter"] = table["segmenter"].astype(object)
+        table.loc[rows, "segmenter"] = segmenter
+        write_csv(path, table)
+    return rebuild_labels(directory)
+
+
+def segmenters(labels: pd.DataFrame) -> list[str]:
+    """The segmenters whose predicted masks gave any of ``labels`` (empty: none did)."""
+    if "segmenter" not in labels:
+        return []
+    return sorted({str(name) for name in labels["segmenter"].dropna() if str(name)})

@@ -20,57 +20,87 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from matplotlib import colormaps
-from PIL import Image
-from tqdm.auto import tqdm
 
 from .annotation.agreement import layer_agreement
 from .annotation.store import read_raw
 from .config import DetectorRule, ReportConfig
-from .directory import IOU, IOU_CONCEPTS, RF_LAYERS, RF_MAPS, RF_UNITS, layer_file_name
+from .directory import IOU, IOU_CONCEPTS, RF_LAYERS, RF_UNITS, layer_file_name
 from .dissection import Dissection
 from .errors import DissectError
-from .html import STYLE, e, href
+from .html import STYLE, VIEWPORT, e, href
 from .html import note as _note
-from .html import number as _number
 from .html import table as _table
-from .io import atomic_path, read_npz, write_text
+from .io import atomic_path, read_csv, write_text
 from .labels import read_labels
+from .lock import writes
 from .plots.compare import write_reference_plot
 from .plots.semantics import write_semantic_plots
-from .semantics import concept_table, detectors, label_types, layer_type_table
+from .report_units import unit_assets, unit_table, units_section
+from .semantics import concept_table, layer_type_table
 from .taxonomy import Taxonomy
 
-#: Files of other stages the report reads, relative to the dissection directory.
-#: Per-unit sizes shown: half-max rule, 50%-of-mass rule, theoretical.
-RF_SIZES = ("rf_empirical", "rf_mass50", "rf_theoretical")
+#: Its columns as the page names them (run_id is checked, not shown).
+RF_COLUMNS = {
+    "layer": "layer",
+    "rf_theoretical": "theoretical (px)",
+    "rf_empirical_mean": "half-max, mean (px)",
+    "rf_empirical_std": "half-max, sd",
+    "ratio": "half-max / theoretical",
+    "rf_mass50_mean": "50% mass, mean (px)",
+    "rf_mass50_std": "50% mass, sd",
+    "rf_mass80_mean": "80% mass, mean (px)",
+    "rf_mass80_std": "80% mass, sd",
+    "n_units": "units measured",
+    "n_silent": "silent units",
+    "silent_units": "which",
+}
 
 PAGE = Template(
     """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+$viewport
 <title>$title</title>
 <style>
 $style
 .filters { margin: 0.6em 0; display: flex; gap: 1em; align-items: center; flex-wrap: wrap; }
-.detector { color: #1a7f37; font-weight: bold; }
-img.strip { height: ${thumb}px; } img.rf { height: ${thumb}px; image-rendering: pixelated; }
+.intro { display: flex; flex-wrap: wrap; gap: 1em 2.5em; align-items: flex-start; }
+.intro > * { flex: 1 1 340px; min-width: 0; }
+.howto { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; padding: 0.4em 1em;
+  max-width: 46em; font-size: 0.92em; }
+.howto h2 { margin-top: 0.4em; }
+@media (min-width: 601px) { .howto dl { grid-template-columns: 9em auto; } }
+.sub { font-weight: normal; color: #777; font-size: 0.85em; }
+tr.detector td.flag { color: #1a7f37; font-weight: bold; }
+tr.other td { color: #8c959f; } tr.other td.guess { font-style: italic; }
+.tag { font-size: 0.75em; font-style: normal; border: 1px solid #c6cbd1; border-radius: 3px;
+  padding: 0 3px; white-space: nowrap; }
+td.pictures { white-space: nowrap; }
+img.top { height: ${thumb}px; margin-right: 3px; border: 1px solid #ddd; }
+img.top:hover { outline: 2px solid #0969da; }
+img.rf { height: ${thumb}px; image-rendering: pixelated; }
 </style>
 </head>
 <body>
 <h1>$title</h1>
-<h2>Run</h2>
+<div class="intro">
+<section><h2>Run</h2>
 $summary
+</section>
+$howto
+</div>
 <h2>Semantic types per layer</h2>
 $types
 <h2>Agreement between annotators</h2>
 $agreement
 <h2>Receptive fields</h2>
 $receptive_fields
+<h2>What the units do for the network (ablation)</h2>
+$ablation
 <h2>Units</h2>
+$units_note
 <div class="filters">
 <label>Layer <select id="f-layer"><option value="">all</option>$layer_options</select></label>
 <label>Type <select id="f-type"><option value="">all</option>$type_options</select></label>
@@ -105,6 +135,34 @@ applyFilter();
 </html>
 """
 )
+
+
+def howto_section(min_iou: float, min_precision: float, max_p: float | None) -> str:
+    """The "how to read this page" box: what a unit, a detector, IoU, T and the RF numbers are."""
+    p_rule = f" and its permutation p-value at most {max_p}" if max_p is not None else ""
+    items = {
+        "unit": "one channel of a layer (one feature map); its activation at every position of "
+        "an image is what the page dissects.",
+        "threshold T": "an activation value, in the layer's own output units: the level the "
+        "unit exceeds on only the top fraction of all positions of all images (the threshold "
+        "quantile above). The region of an image above T is where the unit fires.",
+        "IoU": "intersection over union, between the unit's region above T and a concept's "
+        "pixels, summed over all images: 0 is no overlap, 1 the same pixels. The concept with "
+        "the highest IoU is the unit's label (its best guess).",
+        "detector": f"a unit whose label's IoU is at least {min_iou}{p_rule} (a crowd label: "
+        f"precision at least {min_precision}). Detectors are marked \u2713; every other unit "
+        "shows its best guess greyed, marked not a detector.",
+        "score, p": "the label's IoU (automatic labels) or precision (crowd labels); p: the "
+        "chance of an IoU this high with images and masks paired at random.",
+        "receptive field": "three sizes in pixels of the input image: half-max (the area where "
+        "the unit's averaged occlusion map reaches half its maximum, the paper's rule) / 50% "
+        "mass (the smallest area holding half of it) / theoretical (every pixel that can reach "
+        "the unit through the network).",
+        "top images": "the images on which the unit fires most, the region above T bright and "
+        "the rest dimmed; click one to see it at full size.",
+    }
+    body = "".join(f"<dt>{e(key)}</dt><dd>{e(text)}</dd>" for key, text in items.items())
+    return f'<aside class="howto"><h2>How to read this page</h2><dl>{body}</dl></aside>'
 
 
 def summary_section(dissection: Dissection, stages: dict[str, bool]) -> str:
@@ -170,50 +228,66 @@ def agreement_section(dissection: Dissection) -> str:
 
 
 def rf_section(dissection: Dissection, root: Path) -> str:
-    """The per-layer receptive-field summary and figures, when ``dissect rf`` has run."""
+    """The per-layer receptive-field summary and figures in network order (``dissect rf``)."""
     path = dissection.path(RF_LAYERS)
     if not path.is_file():
         return _note("Receptive fields not measured yet: run dissect rf DIR.")
+    order = [f"rf_{layer_file_name(layer)}.png" for layer in dissection.layers]
+    found = {figure.name: figure for figure in dissection.path("plots").glob("rf*.png")}
+    named = [found.pop(name) for name in order if name in found]
     images = []
-    for figure in sorted(dissection.path("plots").glob("rf*.png")):
+    for figure in [*named, *(found[name] for name in sorted(found))]:
         copy = root / "assets" / "plots" / figure.name
         with atomic_path(copy) as tmp:
             shutil.copyfile(figure, tmp)
         link, name = href(copy, root), e(figure.stem)
         images.append(f'<p><img class="figure" src="{link}" alt="{name}"></p>')
     rules = _note(
-        "Empirical sizes by two rules: half-max (rf_empirical, the paper's: the area where the "
-        "averaged occlusion map reaches half its maximum) and mass (rf_mass50, rf_mass80: the "
-        "smallest area holding 50% or 80% of the discrepancy); n_silent units never changed "
-        "under occlusion and have no size."
+        "Sizes in pixels of the input image. Half-max: the area where the unit's averaged "
+        "occlusion map reaches half its maximum (the paper's rule); 50% and 80% mass: the "
+        "smallest area holding that share of the map; theoretical: every pixel that can reach "
+        "the unit. Silent units never changed under occlusion and have no size."
     )
-    return rules + _table(pd.read_csv(path, dtype={"layer": str})) + "".join(images)
+    table = read_csv(path, dtype={"layer": str, "silent_units": str})
+    table = table.reindex(columns=[c for c in RF_COLUMNS if c in table]).rename(columns=RF_COLUMNS)
+    return rules + _table(table) + "".join(images)
 
 
-def unit_table(dissection: Dissection, rule: DetectorRule) -> pd.DataFrame:
-    """One row per dissected unit with its label, type, score, p-value, detector flag, RF size."""
-    units = dissection.units()[["layer", "unit", "threshold", "max_activation"]]
-    labels = read_labels(dissection.directory)
-    table = units.merge(
-        labels.drop(columns=["threshold"], errors="ignore"), on=["layer", "unit"], how="left"
-    )
-    table["type"] = label_types(table, rule.types())
-    found = detectors(labels, rule)
-    keys = set(zip(found["layer"], found["unit"], strict=True))
-    table["detector"] = [
-        (layer, unit) in keys for layer, unit in zip(table["layer"], table["unit"], strict=True)
+def ablation_section(dissection: Dissection, root: Path) -> str:
+    """Per class the label groups whose ablation hurts it most, and the figures of ``dissect
+    ablate``, when it has run on this run."""
+    path = dissection.path("ablation_groups.csv")
+    if not path.is_file():
+        return _note("Not measured yet: run dissect ablate DIR DATA (held-out labelled data).")
+    groups = pd.read_csv(path, dtype={"layer": str, "run_id": str}, keep_default_na=False)
+    groups = groups[(groups["kind"] == "label") & (groups["run_id"] == dissection.run_id)]
+    best = groups.sort_values(["accuracy_drop", "logit_drop"], ascending=False, kind="stable")
+    columns = [
+        "layer",
+        "class",
+        "name",
+        "n_units",
+        "accuracy_drop",
+        "null_accuracy_mean",
+        "p_accuracy",
+        "logit_drop",
+        "p_logit",
     ]
-    table["score"] = np.where(table["source"] == "crowd", table["precision"], table["iou"])
-    rf = dissection.path(RF_UNITS)
-    if rf.is_file():
-        sizes = pd.read_csv(rf, dtype={"layer": str, "run_id": str})
-        _check_run(dissection, sizes, RF_UNITS, "dissect rf")
-        sizes = sizes.reindex(columns=["layer", "unit", *RF_SIZES])
-        table = table.merge(sizes, on=["layer", "unit"], how="left")
-    else:
-        for column in RF_SIZES:
-            table[column] = np.nan
-    return table
+    best = best.groupby(["layer", "class"], sort=True).head(2).sort_values(["layer", "class"])
+    images = []
+    for figure in sorted(dissection.path("plots").glob("ablation*.png")):
+        copy = root / "assets" / "plots" / figure.name
+        with atomic_path(copy) as tmp:
+            shutil.copyfile(figure, tmp)
+        images.append(
+            f'<p><img class="figure" src="{href(copy, root)}" alt="{e(figure.stem)}"></p>'
+        )
+    rule = _note(
+        "Per class (over its held-out images), the two label groups whose ablation lowers its "
+        "accuracy most; p: the share of random groups of the same size from the layer that "
+        "lower it at least as much (ablation_groups.csv has every group and class)."
+    )
+    return rule + _table(best[columns].round(4)) + "".join(images)
 
 
 def _size(image_size) -> str:
@@ -223,121 +297,24 @@ def _size(image_size) -> str:
     return str(image_size)
 
 
-def _check_run(dissection: Dissection, table: pd.DataFrame, what: str, command: str) -> None:
-    """Refuse a stage's table whose rows record another run than the directory's."""
-    for found in table.get("run_id", pd.Series(dtype=str)).dropna().unique():
-        dissection.check_run(found, what, f"{command} {dissection.directory}")
+def units_note(dissection: Dissection, segmented: set[str]) -> str:
+    """Which layers have no top images in the table, and the command that makes them."""
+    missing = [layer for layer in dissection.layers if layer not in segmented]
+    if not missing:
+        return ""
+    command = f"dissect segment {dissection.directory} --layers {','.join(missing)}"
+    shown = f"Top images are shown for {', '.join(sorted(segmented))}. " if segmented else ""
+    return _note(f"{shown}Layer(s) {', '.join(missing)} have no segmented top images yet: run "
+                 f"{command}, then dissect report again.")
 
 
-def segment_strip(dissection: Dissection, layer: str, unit: int, top: int, height: int):
-    """The first ``top`` segmented top images of a unit side by side, or None if not segmented."""
-    folder = dissection.path("segments", layer_file_name(layer), f"unit{unit:04d}")
-    paths = [folder / f"{rank:02d}_segmented.png" for rank in range(1, top + 1)]
-    paths = [path for path in paths if path.is_file()]
-    if not paths:
-        return None
-    tiles = []
-    for path in paths:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            width = max(1, round(image.width * height / image.height))
-            tiles.append(image.resize((width, height), Image.Resampling.BILINEAR))
-    strip = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), height), "white")
-    left = 0
-    for tile in tiles:
-        strip.paste(tile, (left, 0))
-        left += tile.width + 2
-    return strip
-
-
-def rf_image(maps: np.ndarray) -> Image.Image:
-    """A receptive-field map as a colour image (inferno, scaled to its own maximum)."""
-    top = float(maps.max())
-    scaled = maps / top if top > 0 else np.zeros_like(maps)
-    colours = colormaps["inferno"](scaled)[..., :3]
-    return Image.fromarray((colours * 255).astype(np.uint8))
-
-
-def _save_png(image: Image.Image, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-
-
-def unit_assets(
-    dissection: Dissection, table: pd.DataFrame, root: Path, top: int, height: int, progress: bool
-) -> tuple[dict, dict]:
-    """Write thumbnails of segmented top images and RF maps; return their paths per unit."""
-    strips, maps = {}, {}
-    for layer in dissection.layers:
-        rf_path = dissection.path(RF_MAPS, f"{layer_file_name(layer)}.npz")
-        if rf_path.is_file():
-            stored = read_npz(rf_path)
-            for unit, rf_map in zip(stored["units"].tolist(), stored["maps"], strict=True):
-                path = root / "assets" / "rf" / layer_file_name(layer) / f"unit{unit:04d}.png"
-                _save_png(rf_image(rf_map), path)
-                maps[(layer, unit)] = path
-    if not dissection.path("segments").is_dir():
-        return strips, maps
-    for listing in sorted(dissection.path("segments").glob("*/segments.csv")):
-        written = pd.read_csv(listing, dtype={"layer": str, "run_id": str})
-        what = f"segments/{listing.parent.name}/segments.csv"
-        _check_run(dissection, written, what, "dissect segment")
-    rows = list(zip(table["layer"], table["unit"], strict=True))
-    for layer, unit in tqdm(rows, desc="report", unit="unit", disable=not progress):
-        strip = segment_strip(dissection, layer, int(unit), top, height)
-        if strip is not None:
-            path = root / "assets" / "units" / layer_file_name(layer) / f"unit{int(unit):04d}.png"
-            _save_png(strip, path)
-            strips[(layer, unit)] = path
-    return strips, maps
-
-
-def units_section(table: pd.DataFrame, strips: dict, maps: dict, root: Path) -> str:
-    """The filterable table of every unit."""
-    head = (
-        "<tr><th>layer</th><th>unit</th><th>label</th><th>type</th><th>source</th>"
-        "<th>score</th><th>p</th><th>detector</th><th>threshold</th>"
-        '<th title="half-max rule / 50% of discrepancy mass / theoretical">RF (px)</th>'
-        "<th>top images</th><th>RF map</th></tr>"
-    )
-    rows = []
-    for row in table.itertuples(index=False):
-        key = (row.layer, row.unit)
-        score_name = {"crowd": "precision", "iou": "IoU"}.get(row.source, "")
-        strip = (
-            f'<img class="strip" loading="lazy" src="{href(strips[key], root)}" alt="top images">'
-            if key in strips
-            else ""
-        )
-        rf_map = (
-            f'<img class="rf" loading="lazy" src="{href(maps[key], root)}" alt="RF map">'
-            if key in maps
-            else ""
-        )
-        rf_size = _number(row.rf_empirical)
-        if rf_size:
-            rf_size += f" / {_number(row.rf_mass50)} / {_number(row.rf_theoretical)}"
-        label = "" if row.label is None or row.label != row.label else row.label
-        rows.append(
-            f'<tr class="unit" data-layer="{e(row.layer)}" data-type="{e(row.type)}" '
-            f'data-label="{e(label)}" data-detector="{int(row.detector)}">'
-            f'<td>{e(row.layer)}</td><td class="num">{int(row.unit)}</td><td>{e(label)}</td>'
-            f"<td>{e(row.type)}</td><td>{e(row.source)}</td>"
-            f'<td class="num" title="{e(score_name)}">{_number(row.score)}</td>'
-            f'<td class="num" title="permutation p-value">{_number(row.p_value)}</td>'
-            f'<td class="detector">{"yes" if row.detector else ""}</td>'
-            f'<td class="num">{_number(row.threshold)}</td><td class="num">{rf_size}</td>'
-            f"<td>{strip}</td><td>{rf_map}</td></tr>"
-        )
-    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
-
-
+@writes("directory")
 def write_report(
     directory: str | Path | Dissection,
     *,
     rule: DetectorRule | None = None,
     top: int = ReportConfig.top,
-    thumbnail: int = 72,
+    thumbnail: int = 112,
     progress: bool = True,
     **loose: Any,
 ) -> Path:
@@ -354,11 +331,13 @@ def write_report(
     top : int
         Segmented top images shown per unit.
     thumbnail : int
-        Height of thumbnails in pixels.
+        Height of the top images and RF maps on the page, in pixels (each links to its
+        picture at full size).
     progress : bool
-        Show a progress bar while thumbnails are written.
+        Show a progress bar while the pictures are copied.
     **loose
-        ``min_precision``, ``min_iou``, ``taxonomy``, ``max_p``: replace the rule's value.
+        ``min_precision``, ``min_iou``, ``taxonomy``, ``max_p``, ``fdr``: replace the rule's
+        value.
 
     Returns
     -------
@@ -389,7 +368,8 @@ def write_report(
         name = str(dissection.manifest.get("model") or "this network")
         figures += write_reference_plot(root / "assets" / "plots", types, name, taxonomy)
     table = unit_table(dissection, rule)
-    strips, maps = unit_assets(dissection, table, root, top, thumbnail, progress)
+    pictures, maps = unit_assets(dissection, table, root, top, progress)
+    segmented = {layer for layer, _ in pictures}
     layer_options = "".join(
         f'<option value="{e(layer)}">{e(layer)}</option>' for layer in dissection.layers
     )
@@ -400,13 +380,17 @@ def write_report(
         style=STYLE,
         title=e(f"Dissection of {dissection.manifest.get('model') or 'a model'}"),
         thumb=int(thumbnail),
+        viewport=VIEWPORT,
+        howto=howto_section(rule.min_iou, rule.min_precision, rule.max_p),
         summary=summary_section(dissection, stages),
         types=types_section(types, figures, root, taxonomy),
         agreement=agreement_section(dissection),
         receptive_fields=rf_section(dissection, root),
+        ablation=ablation_section(dissection, root),
         layer_options=layer_options,
         type_options=type_options,
-        units=units_section(table, strips, maps, root),
+        units_note=units_note(dissection, segmented),
+        units=units_section(table, pictures, maps, root, segmented),
     )
     index = root / "index.html"
     write_text(index, page)

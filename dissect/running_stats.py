@@ -415,9 +415,10 @@ class UnitStats:
         return self.peak.cpu().numpy()
 
     def mean(self) -> np.ndarray:
-        """Mean activation of each unit over all its finite values."""
-        counts = (self.tail.count - self.nonfinite).clamp(min=1).to(self.sum.device)
-        return (self.sum / counts).cpu().numpy()
+        """Mean activation of each unit over all its finite values (NaN when it has none)."""
+        finite = (self.tail.count - self.nonfinite).to(self.sum.device)
+        mean = self.sum / finite.clamp(min=1)
+        return torch.where(finite > 0, mean, torch.full_like(mean, torch.nan)).cpu().numpy()
 
     def threshold(self) -> np.ndarray:
         """The activation threshold T of each unit (see :class:`TailQuantile`)."""

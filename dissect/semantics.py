@@ -27,6 +27,7 @@ from .dissection import Dissection
 from .errors import DissectError
 from .io import write_csv
 from .labels import read_labels
+from .lock import writes
 from .taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 #: Per-layer inter-annotator agreement, written where crowd answers were imported.
@@ -63,12 +64,15 @@ def detectors(
         ``precision``, ``iou``, ``source``.
     rule : DetectorRule, optional
         Crowd labels count when their precision is at least ``min_precision``, automatic
-        (``iou``) labels when their IoU is at least ``min_iou`` and, with ``max_p``, their
-        ``p_value`` at most it (rows without one then never count); the rule's taxonomy maps
-        each row's ``concept_category`` (else its ``category``) onto a type key. Default:
+        (``iou``) labels when their IoU is at least ``min_iou``, with ``max_p`` their
+        ``p_value`` at most it, and with ``fdr`` their ``q_value`` (Benjamini-Hochberg over the
+        layer's units) at most it, which keeps the expected share of false detectors at most
+        ``fdr`` (rows without a p- or q-value then never count); the rule's taxonomy maps each
+        row's ``concept_category`` (else its ``category``) onto a type key. Default:
         :class:`~dissect.config.DetectorRule`'s defaults.
     **loose
-        ``min_precision``, ``min_iou``, ``taxonomy``, ``max_p``: replace the rule's value.
+        ``min_precision``, ``min_iou``, ``taxonomy``, ``max_p``, ``fdr``: replace the rule's
+        value.
 
     Returns
     -------
@@ -83,6 +87,8 @@ def detectors(
     automatic = (labels["source"] == "iou") & (iou >= rule.min_iou)
     if rule.max_p is not None:
         automatic &= p_value <= rule.max_p
+    if rule.fdr is not None:
+        automatic &= _numbers(labels, "q_value") <= rule.fdr
     passes = ((labels["source"] == "crowd") & (precision >= rule.min_precision)) | automatic
     typed = labels.assign(type=label_types(labels, rule.types()))
     has_label = typed["label"].notna() & (typed["label"].astype(str).str.strip() != "")
@@ -185,6 +191,7 @@ def object_of(label: str, objects: set[str] | frozenset[str]) -> str:
     return label
 
 
+@writes("directory")
 def write_statistics(
     directory: str | Path, *, rule: DetectorRule | None = None, **loose: Any
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

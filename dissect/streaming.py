@@ -41,6 +41,7 @@ from .geometry import LayerGeometry, layer_geometry
 from .hooks import resolve_layers
 from .images import Batch, ImageSource, Preprocess, make_loader
 from .io import write_csv, write_json, write_npz
+from .lock import writes
 from .models import LoadedModel, load_model
 from .passes import BaseListener, Listener, PassJob, PassState, run_pass, state_to
 from .running_stats import UnitStats
@@ -156,6 +157,7 @@ def run_fingerprint(
     }
 
 
+@writes("out")
 def run_dissection(
     model: str | nn.Module | LoadedModel,
     data: str | ImageSource,

@@ -16,8 +16,12 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     assert main([*command, "--compare-with", "scene-cnn"]) == 0
     printed = capsys.readouterr().out
     for stage in ("run", "autolabel", "stats", "rf", "segment", "export", "compare", "explain",
-                  "report"):  # fmt: skip
+                  "ablate", "report"):  # fmt: skip
         assert f"$ dissect {stage} " in printed
+    assert f"$ dissect ablate {out} synthetic:40:7 --layers conv5" in printed
+    assert "conv5 ablation: per class, the label groups whose ablation hurts it most:" in printed
+    groups = pd.read_csv(out / "ablation_groups.csv")
+    assert set(groups["layer"]) == {"conv5"} and groups["p_accuracy"].between(0, 1).all()
     assert "object or part detectors" in printed and "index.html" in printed
     assert f"$ dissect run scene-cnn synthetic:40:1 --out {out / 'scene-cnn'}" in printed
     assert "conv5 object detectors: scene-cnn (demo)" in printed

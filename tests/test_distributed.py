@@ -189,7 +189,9 @@ def test_torchrun_iou_labels_equal_one_process(tmp_path):
         )
         np.testing.assert_array_equal(got["intersection"], expected["intersection"])
         np.testing.assert_array_equal(got["union"], expected["union"])
+        np.testing.assert_array_equal(got["null_best"], expected["null_best"])  # the null too
     assert (dist / "labels.csv").read_text() == (single / "labels.csv").read_text()
+    assert "q_value" in (single / "labels.csv").read_text().splitlines()[0]
     assert not list((dist / "iou").glob("checkpoint*"))
 
 

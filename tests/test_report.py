@@ -46,7 +46,7 @@ class Page(HTMLParser):
         self.scripts += tag == "script"
         self.handlers += [name for name in attrs if name.startswith("on")]
         self.links += [attrs[key] for key in ("src", "href") if key in attrs]
-        if tag == "tr" and attrs.get("class") == "unit":
+        if tag == "tr" and "unit" in (attrs.get("class") or "").split():
             self.rows.append(attrs)
 
 
@@ -119,7 +119,8 @@ def test_report_escapes_hostile_labels(dissected):
     for link in page.links:
         assert not link.startswith(("/", "http")) and ".." not in link
         assert (root / link).is_file()
-    table = re.search(r"Semantic types per layer</h2>\s*<table>(.*?)</table>", text, re.S)
+    pattern = r'Semantic types per layer</h2>\s*<div class="scroll"><table>(.*?)</table>'
+    table = re.search(pattern, text, re.S)
     assert "1 (25.0%)" in table.group(1)  # conv1: one object detector of 4 units
 
 
@@ -134,14 +135,16 @@ def test_report_shows_segments_and_receptive_fields(dissected, capsys):
     assert "report ->" in capsys.readouterr().out
     text, page = parse(dissected.directory / "report" / "index.html")
     root = dissected.directory / "report"
-    strips = [link for link in page.links if "/units/" in link]
-    rf_maps = [link for link in page.links if "/rf/" in link]
-    assert len(strips) == 4  # every conv1 unit, none of conv2 (not segmented)
+    pictures = {link for link in page.links if "/units/" in link}
+    rf_maps = {link for link in page.links if "/rf/" in link}
+    assert len(pictures) == 4 * 2  # top 2 of every conv1 unit, none of conv2 (not segmented)
     assert len(rf_maps) == 2
+    assert "dissect segment" in text and "--layers conv2" in text  # says how to get them
     assert "assets/plots/rf_sizes.png" in page.links  # the figures of dissect rf, copied
     for link in page.links:
         assert (root / link).is_file()
-    assert "rf_empirical_mean" in text  # the receptive-field summary table
+    assert "half-max, mean (px)" in text  # the receptive-field summary, named for people
+    assert "run_id" not in text
     assert "Receptive fields not measured" not in text
 
 

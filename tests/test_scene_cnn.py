@@ -3,6 +3,8 @@ training determinism."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +24,17 @@ from dissect.zoo.scene_cnn import (
     object_cnn,
     scene_cnn,
 )
-from dissect.zoo.train import accuracy, mean_average_precision, render_world, train
+from dissect.zoo.train import (
+    Recipe,
+    accuracy,
+    augment,
+    mean_average_precision,
+    render_world,
+    train,
+)
+from dissect.zoo.train import (
+    main as train_main,
+)
 
 LAYERS = [
     "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4",
@@ -103,11 +115,58 @@ def test_unlabelled_data_is_refused(tmp_path, image_folder, capsys):
     assert "no image-level labels" in capsys.readouterr().err
 
 
+#: A recipe small enough for a test: 16 training images, one epoch.
+TINY = Recipe(seed=3, images=16, epochs=1, batch_size=8, val_images=4, threads=1)
+
+
+def test_augment_flips_and_shifts_within_the_limit():
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    plain = augment(batch, 0, generator)
+    for image, result in zip(batch, plain, strict=True):
+        assert torch.equal(result, image) or torch.equal(result, image.flip(2))
+    seen = set()
+    for _ in range(20):
+        out = augment(batch, 2, generator)
+        for image, result in zip(batch, out, strict=True):
+            padded = torch.nn.functional.pad(image[None], (2,) * 4, mode="replicate")[0]
+            matches = [
+                (flipped, y, x)
+                for flipped, source in ((False, padded), (True, padded.flip(2)))
+                for y in range(5)
+                for x in range(5)
+                if torch.equal(source[:, y : y + 6, x : x + 6], result)
+            ]
+            assert matches, "not a flipped/shifted copy"
+            seen.update(matches)
+    assert {flipped for flipped, _, _ in seen} == {False, True}
+    assert len({(y, x) for _, y, x in seen}) > 10
+    with pytest.raises(ValueError, match="translate"):
+        Recipe(translate=-1)
+
+
+def test_training_keeps_the_best_epoch(tmp_path, capsys):
+    out = tmp_path / "w.pt"
+    best = train(str(out), replace(TINY, epochs=3), progress=False)
+    printed = capsys.readouterr().out
+    scores = [float(line.split()[-3 if "->" in line else -1]) for line in printed.splitlines()]
+    assert best == max(scores)
+    assert printed.count("->") == sum(
+        score > max(scores[:i], default=-1) for i, score in enumerate(scores)
+    )
+    model = SceneCNN()
+    model.load_state_dict(read_state_dict(out))
+    images, labels = render_world(SyntheticWorld(4, seed=4), progress=False)
+    assert accuracy(model, images, labels) == best
+    argv = "--seed 3 --images 16 --epochs 1 --batch-size 8 --val-images 4 --threads 1".split()
+    assert train_main(["--out", str(out), *argv]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("best accuracy: ")
+
+
 def test_training_is_deterministic(tmp_path):
     runs = []
     for name in ("a.pt", "b.pt"):
-        train(str(tmp_path / name), seed=3, images=16, epochs=1, batch_size=8, val_images=4,
-              progress=False)  # fmt: skip
+        train(str(tmp_path / name), TINY, progress=False)
         runs.append(read_state_dict(tmp_path / name))
     assert runs[0].keys() == set(scene_cnn().state_dict())
     for key, value in runs[0].items():
@@ -150,12 +209,11 @@ def test_object_cnn_needs_object_masks(image_folder, capsys):
 
 def test_objects_recipe_runs(tmp_path):
     out = tmp_path / "objects.pt"
-    result = train(str(out), seed=3, images=16, epochs=1, batch_size=8, val_images=4,
-                   progress=False, task="objects")  # fmt: skip
+    result = train(str(out), replace(TINY, task="objects"), progress=False)
     assert 0.0 <= result <= 1.0
     state = read_state_dict(out)
     assert set(state) == set(object_cnn().state_dict())
     assert state["fc.weight"].shape == (len(OBJECTS), 96)
     assert load_model("object-cnn", str(out)).module(torch.zeros(1, 3, 112, 112)).shape == (1, 11)
     with pytest.raises(ValueError, match="task must be one of"):
-        train(str(out), task="parts")
+        Recipe(task="parts")

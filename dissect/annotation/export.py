@@ -12,6 +12,7 @@ from ..config import ExportConfig
 from ..dissection import Dissection, load_dissected_model
 from ..errors import DissectError
 from ..io import write_csv, write_text
+from ..lock import writes
 from ..segment import iter_segments
 from ..segment.pictures import dim_outside, write_png
 from .formats import EXPORT_FORMATS
@@ -45,6 +46,7 @@ private/    the mapping from tasks to units and sentinel images: do NOT upload i
 """
 
 
+@writes("dissection")
 def export_annotation(
     dissection: Dissection,
     fmt: str,

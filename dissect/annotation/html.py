@@ -31,7 +31,13 @@ img { width: 128px; height: 128px; image-rendering: pixelated; }
 """
 
 _SCRIPT = """
-function quote(value) { return '"' + String(value).replace(/"/g, '""') + '"'; }
+function quote(value) {
+  // a leading apostrophe keeps a spreadsheet from running the text as a formula (OWASP);
+  // dissect import removes it again
+  var text = String(value);
+  if (/^'*[=+\\-@\\t\\r]/.test(text)) { text = "'" + text; }
+  return '"' + text.replace(/"/g, '""') + '"';
+}
 document.getElementById("save").addEventListener("click", function () {
   var annotator = document.getElementById("annotator").value.trim();
   var lines = ["task,layer,unit,label,category,mismatch,annotator"];

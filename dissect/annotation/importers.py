@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..dissection import Dissection
 from ..errors import DissectError
+from ..io import restore
 from .formats import IMPORT_FORMATS
 from .labelstudio import read_labelstudio
 from .mturk import is_mturk_header, read_mturk
@@ -53,6 +54,7 @@ def read_plain_csv(path: Path, dissection: Dissection, package: Package) -> list
     answers = []
     for line, row in csv_rows(path):
         where = f"{path}, line {line}"
+        row = {column: restore(cell) for column, cell in row.items()}  # the page's apostrophes
         missing = [column for column in PLAIN_COLUMNS if column not in row]
         if missing:
             raise DissectError(

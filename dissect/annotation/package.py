@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..dissection import Dissection
 from ..errors import DissectError
-from ..io import write_text
+from ..io import read_csv, write_text
 
 ROOT = "annotation"
 TASK_COLUMNS = [
@@ -84,7 +84,7 @@ class Package:
         if not path.is_file():
             return cls(pd.DataFrame(columns=TASK_COLUMNS))
         text = {"task": str, "layer": str, "image": str, "run_id": str}
-        tasks = pd.read_csv(path, dtype=text, keep_default_na=False)
+        tasks = read_csv(path, dtype=text, keep_default_na=False)
         if "sentinel" not in tasks:  # a package of an older version: no sentinels
             tasks = tasks.assign(sentinel=0, source_unit=tasks["unit"])
         if "run_id" not in tasks:  # written before run ids: accepted

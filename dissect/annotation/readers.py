@@ -69,14 +69,20 @@ def json_array(path: Path) -> Iterator[tuple[int, object]]:
     position = _skip_space(text, position + 1)
     if text.startswith("]", position):
         return
+    line, counted = 1, 0  # lines counted up to ``counted``: each newline is counted once
     while True:
-        line = text.count("\n", 0, position) + 1
+        line, counted = line + text.count("\n", counted, position), position
         try:
             item, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as error:
             raise DissectError(
                 f"{path}, line {error.lineno}: invalid JSON ({error.msg}); "
                 "the file may be truncated."
+            ) from error
+        except RecursionError as error:
+            raise DissectError(
+                f"{path}, line {line}: JSON nested too deeply to read (thousands of levels); "
+                "this is not an annotation export."
             ) from error
         yield line, item
         position = _skip_space(text, position)

@@ -9,8 +9,9 @@ import pandas as pd
 
 from ..dissection import Dissection
 from ..errors import DissectError
-from ..io import write_csv
+from ..io import read_csv, write_csv
 from ..labels import write_labels
+from ..lock import writes
 from .aggregate import (
     NUMERIC_COLUMNS,
     RAW_COLUMNS,
@@ -30,7 +31,7 @@ def read_raw(dissection: Dissection) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=RAW_COLUMNS)
     try:
-        raw = pd.read_csv(
+        raw = read_csv(
             path,
             dtype={"layer": str, "label": str, "worker": str, "assignment": str},
             keep_default_na=False,
@@ -44,6 +45,7 @@ def read_raw(dissection: Dissection) -> pd.DataFrame:
     return raw.reindex(columns=RAW_COLUMNS)  # files of older versions had no sentinel columns
 
 
+@writes("directory")
 def import_answers(
     directory: str | Path | Dissection, files: Sequence[str | Path], fmt: str = "auto"
 ) -> pd.DataFrame:

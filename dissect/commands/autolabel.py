@@ -7,7 +7,9 @@ import sys
 
 from ..config import IoUConfig, ResumeConfig
 from ..directory import IOU_CHECKPOINT
+from ..errors import interrupted_status
 from .common import add_detector_arguments, add_device_argument, rule_from_args, split_names
+from .segmenter_args import add_segmenter_arguments, finish, predicted_source
 
 HELP = (
     "label units automatically by IoU of their thresholded maps with the dense concept masks "
@@ -42,6 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_detector_arguments(parser, crowd=False)
     parser.add_argument(
+        "--fdr",
+        type=_rate,
+        metavar="Q",
+        help="count as detectors only labels with a Benjamini-Hochberg q-value at most Q over "
+        "their layer's units (e.g. 0.05: at most 5%% false detectors expected; needs "
+        "--permutations); q-values are written to labels.csv either way",
+    )
+    parser.add_argument(
         "--restart",
         action="store_true",
         help="discard the checkpoint left by an interrupted run and start over",
@@ -55,31 +65,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"({resume.checkpoint_seconds:g}); the same "
         "command started again resumes from them",
     )
+    add_segmenter_arguments(parser)
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate like 0.05, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a false discovery rate in (0, 1), got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
+    from ..dissection import Dissection, open_dissected_data
+    from ..errors import DissectError
     from ..iou import autolabel
     from ..semantics import detectors
 
     rule = rule_from_args(args)
     config = IoUConfig(args.batch_size, args.device, args.workers, args.permutations)
+    if args.fdr and not config.permutations:
+        raise DissectError(
+            "--fdr needs p-values, which --permutations 0 turns off; drop one of the two."
+        )
+    source = None
+    if args.segmenter:
+        opened = Dissection(args.directory)
+        source = predicted_source(args, open_dissected_data(opened), args.batch_size, args.device)
+    else:
+        predicted_source(args, None, args.batch_size, args.device)  # refuses --concepts alone
     try:
         labels = autolabel(
             args.directory,
             split_names(args.layers),
+            source=source,
             taxonomy=rule.types(),
             config=config,
             resume=ResumeConfig(checkpoint_seconds=args.checkpoint_seconds),
             restart=args.restart,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         print(
             f"dissect autolabel: interrupted; progress is saved in {args.directory}/"
             f"{IOU_CHECKPOINT}. Run the same command again to resume.",
             file=sys.stderr,
         )
-        return 130
+        return interrupted_status(error)
     if not distributed.is_main():
         return 0
     found = detectors(labels.assign(source="iou"), rule=rule)
@@ -90,4 +124,5 @@ def run(args: argparse.Namespace) -> int:
             f"{mine['label'].nunique()} distinct"
         )
     print(f"-> {args.directory}/labels.csv, {args.directory}/iou/")
+    finish(args, args.directory, source, list(labels["layer"].unique()))
     return 0

@@ -35,25 +35,38 @@ def split_ints(text: str | None, flag: str = "--units") -> list[int] | None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """MODEL, --weights and preprocessing flags."""
+    """MODEL, --weights, --allow-download and preprocessing flags."""
     parser.add_argument(
         "model",
         metavar="MODEL",
-        help="built-in name (scene-cnn, object-cnn), file.py:callable or "
-        "package.module:callable, a torch.export .pt2 file, or an .onnx file "
+        help="built-in name (scene-cnn, object-cnn); torchvision:NAME[:WEIGHTS] or "
+        "timm:NAME[.TAG] (pip install 'dissect[torchvision]' / 'dissect[timm]'); file.py:callable "
+        "or package.module:callable; any factory with literal arguments, e.g. "
+        "'torchvision:resnet18(num_classes=365)'; a torch.export .pt2 file; or an .onnx file "
         "(pip install 'dissect[onnx]')",
     )
-    parser.add_argument("--weights", help="state-dict file for a file.py:callable MODEL")
+    parser.add_argument(
+        "--weights",
+        help="weights for MODEL's architecture: a state dict, a checkpoint holding one "
+        "(state_dict, model, module. prefixes, Places365 .pth.tar) or .safetensors; read "
+        "without running anything in the file",
+    )
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let torchvision:/timm: MODELs download weights missing from the local cache "
+        "(TORCH_HOME, the Hugging Face cache); off by default",
+    )
     parser.add_argument(
         "--image-size",
         type=image_size,
         help="input side N (N x N), or H,W, in pixels (default: the model's own, else 224)",
     )
     parser.add_argument(
-        "--mean", type=_floats3, help="normalisation mean as R,G,B (default ImageNet's)"
+        "--mean", type=floats3, help="normalisation mean as R,G,B (default ImageNet's)"
     )
     parser.add_argument(
-        "--std", type=_floats3, help="normalisation std as R,G,B (default ImageNet's)"
+        "--std", type=floats3, help="normalisation std as R,G,B (default ImageNet's)"
     )
     parser.add_argument(
         "--bgr",
@@ -62,13 +75,58 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
+    """MODEL with --weights and --allow-download."""
+    from ..models import load_model
+
+    return load_model(args.model, args.weights, getattr(args, "allow_download", False))
+
+
 def preprocess_from_args(args: argparse.Namespace, loaded: LoadedModel) -> Preprocess:
-    """The model's preprocessing with any --image-size, --mean, --std overrides."""
-    from ..images import Preprocess
+    """The model's preprocessing with any --image-size, --mean, --std, --bgr overrides.
+
+    A pretrained model's resize before the crop (torchvision's 256 for a 224 crop) keeps its
+    ratio to the crop at another --image-size.
+    """
+    from dataclasses import replace
 
     base = loaded.preprocess
-    size = args.image_size or base.image_size
-    return Preprocess(size, args.mean or base.mean, args.std or base.std, args.bgr or base.bgr)
+    resize = base.resize
+    if args.image_size and resize:
+        resize = round(resize * min(_pair(args.image_size)) / min(base.size))
+    return replace(
+        base,
+        image_size=args.image_size or base.image_size,
+        mean=args.mean or base.mean,
+        std=args.std or base.std,
+        bgr=args.bgr or base.bgr,
+        resize=resize,
+    )
+
+
+def layers_from_args(
+    items: list[str] | None, loaded: LoadedModel, preprocess: Preprocess
+) -> tuple[list[str], str]:
+    """The layers ``--layers`` picks (names, globs, ``type:``), or the model's default.
+
+    Returns
+    -------
+    (list of str, str)
+        The layer names and, in words, why these (the pattern or the default rule).
+    """
+    from ..block_outputs import default_layers
+    from ..layer_select import select_layers
+
+    if items:
+        return select_layers(loaded.module, items), f"--layers {','.join(items)}"
+    if loaded.layers:
+        return list(loaded.layers), "the built-in model's own default"
+    chosen = default_layers(loaded.module, preprocess.size)
+    return chosen.layers, f"default: {chosen.rule}"
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else size
 
 
 def image_size(text: str) -> int | tuple[int, int]:
@@ -86,7 +144,7 @@ def image_size(text: str) -> int | tuple[int, int]:
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 
-def _floats3(text: str) -> tuple[float, float, float]:
+def floats3(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(value) for value in text.split(","))
     except ValueError:
@@ -153,6 +211,7 @@ def rule_from_args(args: argparse.Namespace) -> DetectorRule:
         min_precision=getattr(args, "min_precision", DetectorRule.min_precision),
         min_iou=args.min_iou,
         max_p=args.max_p,
+        fdr=getattr(args, "fdr", None),
         taxonomy=taxonomy_from_args(args),
     )
 

@@ -8,7 +8,10 @@ from pathlib import Path
 from ..config import DemoConfig
 from .common import add_device_argument
 
-HELP = "run the whole study on the built-in scene CNN and synthetic world, and open the report"
+HELP = (
+    "run the whole study on the built-in scene CNN and synthetic world; prints the finding and "
+    "where the report is"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..directory import layer_file_name
     from ..dissection import Dissection
+    from ..io import read_csv
     from ..plots import save_figure
     from ..plots.receptive_field import plot_rf_maps, plot_rf_sizes
     from ..rf import (
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             layer=layer,
         )
         save_figure(figure, dissection.path("plots", f"rf_{layer_file_name(layer)}.png"))
-    summary = pd.read_csv(dissection.path(LAYERS_CSV))
+    summary = read_csv(dissection.path(LAYERS_CSV))
     save_figure(plot_rf_sizes(summary), dissection.path("plots", "rf_sizes.png"))
     summary = layer_summary(table[table["layer"].isin(layers)])
     with pd.option_context("display.width", 200):
@@ -117,5 +118,8 @@ def run(args: argparse.Namespace) -> int:
             "on their top images (zero discrepancy everywhere: dead or saturated units); they "
             "have no size and are left out of the means"
         )
-    print(f"-> {dissection.path(UNITS_CSV)}, {dissection.path(LAYERS_CSV)}, plots in DIR/plots")
+    print(
+        f"-> {dissection.path(UNITS_CSV)}, {dissection.path(LAYERS_CSV)}, "
+        f"plots in {dissection.path('plots')}"
+    )
     return 0

@@ -11,10 +11,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from ..config import ResumeConfig, RunConfig
 from ..directory import CHECKPOINT_DIR
-from .common import add_device_argument, add_model_arguments, preprocess_from_args, split_names
+from ..errors import interrupted_status
+from .common import (
+    add_device_argument,
+    add_model_arguments,
+    layers_from_args,
+    load_model_from_args,
+    preprocess_from_args,
+    split_names,
+)
+from .segmenter_args import add_segmenter_arguments, finish, predicted_source
 
 HELP = "dissect layers of MODEL over DATA: top-K images and activation threshold of every unit"
 
@@ -25,10 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "data",
         metavar="DATA",
-        help="a folder of images, a Broden directory, or synthetic:N[:SEED]",
+        help="a folder of images, a Broden directory, synthetic:N[:SEED], or ade20k:PATH, "
+        "voc:PATH, coco-panoptic:PATH, cityscapes:PATH",
     )
     parser.add_argument(
-        "--layers", help="comma-separated layer names (default: every conv and pool layer)"
+        "--layers",
+        help="comma-separated layer names, globs (layer*, features.*) or types (type:Conv2d); "
+        "default: the block outputs, one per resolution stage (dissect layers MODEL shows them)",
     )
     parser.add_argument("--out", required=True, help="the dissection directory to write")
     parser.add_argument(
@@ -76,20 +89,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="discard the checkpoint of an earlier, unfinished run in --out and start over",
     )
+    add_segmenter_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
-    from ..models import load_model
+    from ..datasets import open_data
+    from ..errors import DissectError
     from ..streaming import run_dissection
 
-    loaded = load_model(args.model, args.weights)
+    started = time.perf_counter()
+    if args.segmenter and not args.iou:
+        raise DissectError("--segmenter predicts masks for --iou labels: add --iou.")
+    loaded = load_model_from_args(args)
+    preprocess = preprocess_from_args(args, loaded)
+    layers, _ = layers_from_args(split_names(args.layers), loaded, preprocess)
+    data = predicted_source(args, open_data(args.data), args.batch_size, args.device)
     try:
         dissection = run_dissection(
             loaded,
-            args.data,
+            data,
             args.out,
-            split_names(args.layers),
+            layers,
             config=RunConfig(
                 topk=args.topk,
                 quantile=args.quantile,
@@ -98,18 +119,18 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 workers=args.workers,
             ),
-            preprocess=preprocess_from_args(args, loaded),
+            preprocess=preprocess,
             iou=args.iou,
             resume=ResumeConfig(checkpoint_every=args.checkpoint_every),
             restart=args.restart,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         print(
             f"dissect run: interrupted; progress is saved in {args.out}/{CHECKPOINT_DIR}. "
             "Run the same command again to resume.",
             file=sys.stderr,
         )
-        return 130
+        return interrupted_status(error)
     if not distributed.is_main():
         return 0
     manifest = dissection.manifest
@@ -120,9 +141,12 @@ def run(args: argparse.Namespace) -> int:
     probe = manifest.get("probe_seconds", 0.0)
     print(
         f"dissected {len(dissection.layers)} layer(s) over {manifest['n_images']} images "
-        f"({manifest['n_skipped']} skipped) in {manifest['seconds'] + probe:.1f} s "
-        f"(pass {manifest['seconds']:.1f} s, geometry probe {probe:.1f} s) -> {args.out}"
+        f"({manifest['n_skipped']} skipped) in {time.perf_counter() - started:.1f} s "
+        f"(pass {manifest['seconds']:.1f} s, geometry probe {probe:.1f} s"
+        + (", the rest labelling by IoU" if args.iou else "")
+        + f") -> {args.out}"
     )
     if args.iou:
         print(f"labelled the units by IoU in the same pass -> {args.out}/labels.csv")
+        finish(args, args.out, data)
     return 0

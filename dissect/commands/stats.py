@@ -20,8 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import pandas as pd
-
+    from ..io import read_csv
     from ..plots.semantics import write_semantic_plots
     from ..semantics import AGREEMENT_FILE, write_statistics
 
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     )
     agreement = Path(args.directory) / AGREEMENT_FILE
     if agreement.is_file():
-        table = pd.read_csv(agreement, dtype={"layer": str})
+        table = read_csv(agreement, dtype={"layer": str})
         print("agreement between annotators (Fleiss' kappa):")
         print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
         print(f"-> {agreement}")

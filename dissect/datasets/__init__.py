@@ -1,4 +1,5 @@
-"""DATA sources: a folder of images, a Broden directory, the built-in synthetic world.
+"""DATA sources: a folder of images, a Broden directory, the built-in synthetic world, ADE20K,
+Pascal VOC, COCO panoptic and Cityscapes in their own layouts (``formats/``).
 
 ``open_data(spec)`` turns a DATA spec into an :class:`~dissect.images.ImageSource`. Sources with
 dense concept masks implement :class:`~dissect.datasets.masks.SegmentedSource`.
@@ -12,6 +13,7 @@ from ..errors import DissectError
 from ..images import ImageSource
 from .broden import BrodenDataset
 from .folder import ImageFolder
+from .formats import FORMATS, open_format
 from .synthetic import open_synthetic
 
 
@@ -22,7 +24,9 @@ def open_data(spec: str | ImageSource) -> ImageSource:
     ----------
     spec : str or ImageSource
         ``synthetic:N`` or ``synthetic:N:SEED`` (the built-in world), a Broden-format directory
-        (it holds ``index.csv``), or a folder of images. A source object is returned as is.
+        (it holds ``index.csv``), a dataset in its own layout (``ade20k:PATH``, ``voc:PATH``,
+        ``coco-panoptic:PATH``, ``cityscapes:PATH``, each with an optional ``:train``, ``:val``
+        or ``:test``), or a folder of images. A source object is returned as is.
 
     Returns
     -------
@@ -33,6 +37,12 @@ def open_data(spec: str | ImageSource) -> ImageSource:
     spec = str(spec)
     if spec.startswith("synthetic:") or spec == "synthetic":
         return open_synthetic(spec)
+    kind, colon, rest = spec.partition(":")
+    if colon and kind in FORMATS:
+        root, _, split = rest.rpartition(":")
+        if not root or split not in ("train", "val", "test"):
+            root, split = rest, "val"
+        return open_format(kind, root, split)
     path = Path(spec)
     if (path / "index.csv").is_file():
         return BrodenDataset(path)

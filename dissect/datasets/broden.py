@@ -15,6 +15,7 @@ A Broden directory holds:
 
 from __future__ import annotations
 
+import csv
 import posixpath
 import re
 import warnings
@@ -28,7 +29,8 @@ from tqdm.auto import tqdm
 
 from ..errors import DissectError
 from ..images import ImageReadError, read_image_file
-from ..io import atomic_path, write_csv
+from ..io import atomic_path, read_csv, write_csv
+from ..lock import writes
 from .masks import CATEGORIES, Segmentation, SegmentedSource
 
 _CATEGORY_COUNT = re.compile(r"^\s*([^()]+?)\s*(?:\((\d+)\))?\s*$")
@@ -100,6 +102,12 @@ class BrodenDataset(SegmentedSource):
                 f"{self.root / 'label.csv'} needs columns number,name,category (Broden's)."
             )
         labels = labels[labels["number"].str.strip() != "0"]
+        bad = labels.index[~labels["number"].str.strip().str.fullmatch(r"[0-9]{1,9}")]
+        if len(bad):
+            raise DissectError(
+                f"{self.root / 'label.csv'}, line {bad[0] + 2}: concept number "
+                f"{labels['number'][bad[0]]!r} is not a whole number; fix label.csv."
+            )
         self.concepts = pd.DataFrame(
             {
                 "number": labels["number"].astype(int).to_numpy(),
@@ -113,15 +121,19 @@ class BrodenDataset(SegmentedSource):
         for row, cell in enumerate(self.index["image"]):
             _safe_relative(cell, f"index.csv row {row + 1}")
         self.spec = str(self.root)
+        self._known = set(self.concepts["number"].tolist())
+        #: Pixels (of the label images) of each concept number that label.csv does not list.
+        self.unknown_codes: dict[int, int] = {}
         scenes = self.concepts[self.concepts["category"] == "scene"].sort_values("number")
         if "scene" in self.index.columns and len(scenes):
             self.classes = list(scenes["name"])
             self._scene_class = {int(n): i for i, n in enumerate(scenes["number"])}
 
     def _read_csv(self, name: str) -> pd.DataFrame:
+        _check_fields(self.root / name)
         try:
-            return pd.read_csv(self.root / name, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+            return read_csv(self.root / name, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             raise DissectError(f"cannot read {self.root / name}: {error}") from error
 
     def __len__(self) -> int:
@@ -144,11 +156,43 @@ class BrodenDataset(SegmentedSource):
         return read_image_file(self._path(self.image_id(index), index))
 
     def _image_size(self, index: int) -> tuple[int, int]:
+        """The image's (height, width) as read from its file (the masks must line up with it).
+
+        ``ih,iw`` of index.csv that disagree with the file are reported, not followed.
+        """
         row = self.index.iloc[index]
-        if row.get("ih", "").isdigit() and row.get("iw", "").isdigit():
-            return int(row["ih"]), int(row["iw"])
-        with Image.open(self._path(row["image"], index)) as image:
-            return image.size[1], image.size[0]
+        try:
+            with Image.open(self._path(row["image"], index)) as image:
+                size = image.size[1], image.size[0]
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ImageReadError(f"cannot read image {row['image']!r}: {error}") from error
+        stated = row.get("ih", ""), row.get("iw", "")
+        if all(text.isdigit() for text in stated) and tuple(map(int, stated)) != size:
+            warnings.warn(
+                f"index.csv row {index + 1}: ih,iw = {','.join(stated)} but "
+                f"{row['image']!r} is {size[0]}x{size[1]}; its masks are fitted to the image.",
+                stacklevel=2,
+            )
+        return size
+
+    def _decode(self, image: Image.Image, token: str) -> np.ndarray:
+        """Concept numbers of a label image: R + 256 G, or the value itself in a grey PNG."""
+        if image.mode in ("L", "I", "I;16", "I;16B", "I;16L"):
+            labels = np.asarray(image).astype(np.int32)
+        else:
+            labels = decode_label_png(np.asarray(image.convert("RGB")))
+        codes, counts = np.unique(labels, return_counts=True)
+        for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
+            if code and code not in self._known:
+                if code not in self.unknown_codes:
+                    warnings.warn(
+                        f"label image {token!r} holds concept number {code}, which label.csv "
+                        "does not list: its pixels count as unlabelled (counted in "
+                        "unknown_codes).",
+                        stacklevel=3,
+                    )
+                self.unknown_codes[code] = self.unknown_codes.get(code, 0) + count
+        return labels
 
     def segmentation(self, index: int) -> Segmentation:
         row = self.index.iloc[index]
@@ -162,7 +206,7 @@ class BrodenDataset(SegmentedSource):
                 path = self._path(token, index)
                 try:
                     with Image.open(path) as image:
-                        labels = decode_label_png(np.asarray(image.convert("RGB")))
+                        labels = self._decode(image, token)
                 except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
                     # The image is skipped and listed, as an unreadable image is.
                     raise ImageReadError(f"cannot read label image {token!r}: {error}") from error
@@ -186,6 +230,23 @@ class BrodenDataset(SegmentedSource):
         return self._scene_class[numbers[0]]
 
 
+def _check_fields(path: Path) -> None:
+    """Refuse a CSV whose record has another number of fields than its header (truncated)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle, strict=True)
+            header = next(reader, [])
+            for record in reader:
+                if record and len(record) != len(header):
+                    raise DissectError(
+                        f"{path}, line {reader.line_num}: {len(record)} field(s) where the "
+                        f"header has {len(header)}; the file is truncated or malformed (a "
+                        "missing field would read as 'no labels')."
+                    )
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise DissectError(f"cannot read {path}: {error}") from error
+
+
 def _stem(image_id: str) -> str:
     """A relative file stem for an image id, with any ``..`` or root removed."""
     path = PurePosixPath(image_id.replace("\\", "/"))
@@ -198,6 +259,7 @@ def _save_png(path: Path, array: np.ndarray) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
+@writes("outdir")
 def export_broden(source: SegmentedSource, outdir: str | Path, progress: bool = True) -> Path:
     """Write ``source`` (images and concept labels) as a Broden directory.
 

@@ -86,104 +86,149 @@ def probe_layers(
     backward; past ``PROBE_PIXELS`` the positions are taken in parts of fewer images, one
     forward each (the same work, a fraction of the memory).
     """
-    found: dict[str, LayerProbe] = {}
-    kept: dict[str, torch.Tensor] = {}
-    measured: list[str] = []
-    wanted = None if layers is None else set(layers)
-    kinds = {name: type(child).__name__ for name, child in module.named_modules() if name}
-
-    def record(name: str):
-        def hook(_module, _inputs, output):
-            if name in found:
-                return
-            if not isinstance(output, torch.Tensor):
-                found[name] = LayerProbe(type(output).__name__, kinds[name])
-                return
-            grid = token_grid(output.shape[1], size) if output.dim() == 3 else None
-            layout = channels_last_by_shape(output.shape, size) if output.dim() == 4 else False
-            measured = wanted is None or name in wanted
-            if grid is not None or layout:
-                marks = getattr(output, GLOBAL, None), getattr(output, RESAMPLED, False)
-                output = as_maps(output, size, True)
-                setattr(output, GLOBAL, marks[0])
-                setattr(output, RESAMPLED, marks[1])
-            found[name] = LayerProbe(
-                tuple(output.shape[1:]),
-                kinds[name],
-                getattr(output, GLOBAL, None),
-                getattr(output, RESAMPLED, False),
-                grid[0] if grid else None,
-                None if layout is None and measured and output.requires_grad else bool(layout),
-            )
-            if measured and output.dim() == 4:
-                kept[name] = output.clone() if output.requires_grad else output
-            if wanted is not None and wanted <= found.keys():
-                raise _Stop
-
-        return hook
-
-    parameter = next(iter([*module.parameters(), *module.buffers()]), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else None
+    probe = _Probe(module, size, layers, run_length)
     handles = [
-        child.register_forward_hook(record(name)) for name, child in module.named_modules() if name
+        child.register_forward_hook(probe.hook(name))
+        for name, child in module.named_modules()
+        if name
     ]
+    batch = max(1, min(4 * run_length, PROBE_PIXELS // (size[0] * size[1])))
+    try:
+        try:
+            found = probe.in_parts(batch)
+        except DissectError:
+            raise
+        except Exception:  # noqa: BLE001 - ...unless the network takes one image only (.pt2)
+            probe.run(1, 0)
+            found = probe.found
+    except DissectError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure of the user's forward
+        failure = error
+    else:
+        failure = None
+    finally:
+        for handle in handles:
+            handle.remove()
+    if failure is not None:
+        raise DissectError(
+            f"the network fails on a 1x3x{size[0]}x{size[1]} input ({failure}); "
+            f"{_size_advice(module, size, probe.device, probe.dtype)}"
+        ) from failure
+    again = [name for name in probe.measured if found[name].resampled]
+    if again and run_length < RESAMPLED_RUN:
+        probes = probe_layers(module, size, again, RESAMPLED_RUN)
+        found.update({name: probes[name] for name in again})
+    return found
 
-    def run(batch: int, part: int) -> int:
+
+def _size_advice(module: nn.Module, size: tuple[int, int], device, dtype) -> str:
+    """Say which --image-size works when the sides must be multiples of 2**k (U-Nets, FPNs)."""
+    for multiple in (8, 16, 32, 64):
+        fitted = tuple(-(-side // multiple) * multiple for side in size)
+        if fitted == size:
+            continue
+        try:
+            with torch.inference_mode():
+                module(torch.zeros(1, 3, *fitted, device=device, dtype=dtype or torch.float32))
+        except Exception:  # noqa: BLE001 - this size fails too
+            continue
+        flag = str(fitted[0]) if fitted[0] == fitted[1] else f"{fitted[0]},{fitted[1]}"
+        return (
+            f"it runs at {fitted[0]}x{fitted[1]}: this network needs sides that are multiples "
+            f"of {multiple}; use --image-size {flag}."
+        )
+    return "check --image-size."
+
+
+class _Probe:
+    """State of one probe: hooks record each module's output, :meth:`run` measures them."""
+
+    def __init__(
+        self, module: nn.Module, size: tuple[int, int], layers: list[str] | None, run_length: int
+    ):
+        self.module, self.size, self.run_length = module, size, run_length
+        self.found: dict[str, LayerProbe] = {}
+        self.kept: dict[str, torch.Tensor] = {}
+        self.measured: list[str] = []
+        self.wanted = None if layers is None else set(layers)
+        self.kinds = {name: type(child).__name__ for name, child in module.named_modules() if name}
+        parameter = next(iter([*module.parameters(), *module.buffers()]), None)
+        self.device = parameter.device if parameter is not None else torch.device("cpu")
+        floating = parameter is not None and parameter.is_floating_point()
+        self.dtype = parameter.dtype if floating else torch.float32
+
+    def hook(self, name: str):
+        """A forward hook recording the output of module ``name``."""
+
+        def record(_module, _inputs, output):
+            if name not in self.found:
+                self.record(name, output)
+
+        return record
+
+    def record(self, name: str, output) -> None:
+        if not isinstance(output, torch.Tensor):
+            self.found[name] = LayerProbe(type(output).__name__, self.kinds[name])
+            return
+        size = self.size
+        grid = token_grid(output.shape[1], size) if output.dim() == 3 else None
+        layout = channels_last_by_shape(output.shape, size) if output.dim() == 4 else False
+        measured = self.wanted is None or name in self.wanted
+        if grid is not None or layout:
+            marks = getattr(output, GLOBAL, None), getattr(output, RESAMPLED, False)
+            output = as_maps(output, size, True)
+            setattr(output, GLOBAL, marks[0])
+            setattr(output, RESAMPLED, marks[1])
+        self.found[name] = LayerProbe(
+            tuple(output.shape[1:]),
+            self.kinds[name],
+            getattr(output, GLOBAL, None),
+            getattr(output, RESAMPLED, False),
+            grid[0] if grid else None,
+            None if layout is None and measured and output.requires_grad else bool(layout),
+        )
+        if measured and output.dim() == 4:
+            self.kept[name] = output.clone() if output.requires_grad else output
+        if self.wanted is not None and self.wanted <= self.found.keys():
+            raise _Stop
+
+    def run(self, batch: int, part: int) -> int:
         """One forward of ``batch`` images measuring positions ``part * batch ...``; returns
         the most parts a measured layer needs."""
-        found.clear()
-        kept.clear()
+        self.found.clear()
+        self.kept.clear()
         parts = 1
-        image = torch.ones(batch, 3, *size, device=device, dtype=dtype or torch.float32)
+        image = torch.ones(batch, 3, *self.size, device=self.device, dtype=self.dtype)
         with torch.inference_mode(False), torch.enable_grad():
             image.requires_grad_(True)
             setattr(image, DERIVED, True)
             try:
                 with ConnectivityMode():
-                    module(image)
+                    self.module(image)
             except _Stop:
                 pass
-            for name, output in kept.items():
-                parts = max(parts, _measure(found[name], output, image, run_length, part))
-            measured[:] = kept
-            kept.clear()  # frees the probe's graph
+            for name, output in self.kept.items():
+                parts = max(parts, _measure(self.found[name], output, image, self.run_length, part))
+            self.measured[:] = self.kept
+            self.kept.clear()  # frees the probe's graph
         return parts
 
-    per_image = size[0] * size[1]
-    batch = max(1, min(4 * run_length, PROBE_PIXELS // per_image))
-    try:
-        try:
-            # One image per probed position, all positions of a layer in one backward...
-            parts = run(batch, 0)
-            first = dict(found)
-            for part in range(1, parts):
-                run(batch, part)
-                for name in measured:
-                    probe, more = first[name], found[name]
-                    probe.positions += more.positions
-                    probe.rows += more.rows
-                    probe.cols += more.cols
-            found.clear()
-            found.update(first)
-        except DissectError:
-            raise
-        except Exception:  # noqa: BLE001 - ...unless the network takes one image only (.pt2)
-            run(1, 0)
-    except DissectError:
-        raise
-    except Exception as error:  # noqa: BLE001 - any failure of the user's forward
-        raise DissectError(
-            f"the network fails on a 1x3x{size[0]}x{size[1]} input ({error}); check --image-size."
-        ) from error
-    finally:
-        for handle in handles:
-            handle.remove()
-    again = [name for name in measured if found[name].resampled and run_length < RESAMPLED_RUN]
-    if again:
-        probes = probe_layers(module, size, again, RESAMPLED_RUN)
-        found.update({name: probes[name] for name in again})
-    return found
+    def in_parts(self, batch: int) -> dict[str, LayerProbe]:
+        """One image per probed position, all positions of a layer in one backward, in as many
+        forwards (parts) as the largest layer needs."""
+        parts = self.run(batch, 0)
+        first = dict(self.found)
+        for part in range(1, parts):
+            self.run(batch, part)
+            for name in self.measured:
+                probe, more = first[name], self.found[name]
+                probe.positions += more.positions
+                probe.rows += more.rows
+                probe.cols += more.cols
+        self.found.clear()
+        self.found.update(first)
+        return self.found
 
 
 def probe_positions(length: int, run: int = RUN) -> list[int]:

@@ -19,7 +19,8 @@ over maps, BatchNorm with batch statistics), global pooling (a reduction over a 
 pooling to 1x1) and attention (a product of two activations) -- mark their output, and
 everything computed from it, *global* (the reason is kept in ``GLOBAL``). Their mixing path is
 cut from the gradient (normalisations pass their input on; pooled and attention values are
-detached). Outputs computed after a resampling carry ``RESAMPLED``.
+detached). Outputs computed after a resampling (interpolation, pixel shuffle, a transposed
+convolution that enlarges its map) carry ``RESAMPLED``.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class ConnectivityMode(TorchFunctionMode):
         resampled = any(getattr(t, RESAMPLED, False) for t in derived)
         resampled = resampled or name in _RESAMPLING or "upsample" in name
         out, mixing = _surrogate(name, inplace, func, args, kwargs)
+        resampled = resampled or _strided_transposed(name, args, kwargs, out)
         reason = reason or mixing
         for tensor in pytree.tree_leaves(out):
             if isinstance(tensor, torch.Tensor):
@@ -106,6 +108,19 @@ class ConnectivityMode(TorchFunctionMode):
                 if resampled:
                     setattr(tensor, RESAMPLED, True)
         return out
+
+
+def _strided_transposed(name: str, args: tuple, kwargs: dict, out) -> bool:
+    """Whether a transposed convolution made its map larger (a resampling: its outputs alternate
+    between supports)."""
+    if name in ("convolution", "_convolution"):
+        transposed = args[6] if len(args) > 6 else kwargs.get("transposed", False)
+    else:
+        transposed = name in _TRANSPOSED
+    x = args[0] if args else kwargs.get("input")
+    if not transposed or not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor):
+        return False
+    return math.prod(out.shape[2:]) > math.prod(x.shape[2:])
 
 
 def _surrogate(name: str, inplace: bool, func, args: tuple, kwargs: dict) -> tuple:
@@ -216,7 +231,7 @@ def _positive_conv(name: str, func, args: tuple, kwargs: dict):
         name in ("convolution", "_convolution") and bool(args[6] if len(args) > 6 else False)
     )
     fan_in = weight.shape[0 if transposed else 1] * math.prod(weight.shape[2:])
-    ones = torch.full_like(weight, 1.0 / max(fan_in, 1))
+    ones = torch.full_like(weight, 1.0 / max(fan_in, 1), dtype=x.dtype)
     if len(args) > 1:
         args[1] = ones
     else:

@@ -27,12 +27,13 @@ from ..directory import (
 )
 from ..dissection import Dissection
 from ..errors import DissectError
-from ..io import read_npz, write_csv, write_npz
+from ..io import read_csv, read_npz, write_csv, write_npz
 from ..labels import read_labels, write_labels
+from ..lock import writes
 from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from .concepts import ConceptIndex
 from .counting import compute_iou
-from .significance import PermutationNull, significance
+from .significance import PermutationNull, benjamini_hochberg, significance
 from .tally import IoUStats
 
 
@@ -76,6 +77,7 @@ def best_concepts(
     return labelled
 
 
+@writes("directory")
 def autolabel(
     directory: str | Path | Dissection,
     layers: Sequence[str] | None = None,
@@ -113,7 +115,8 @@ def autolabel(
     -------
     DataFrame
         The ``iou`` labels: ``layer,unit,label,category,concept_category,iou,p_value,z_score,
-        concept`` (``p_value`` and ``z_score`` empty with ``permutations=0``).
+        q_value,concept`` (``p_value``, ``z_score`` and the layer's Benjamini-Hochberg
+        ``q_value`` empty with ``permutations=0``).
     """
     dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
     nulls: dict[str, PermutationNull] = {}
@@ -186,6 +189,7 @@ def write_outputs(
         if layer in nulls:
             arrays["null_best"] = nulls[layer].best()
             labels["p_value"], labels["z_score"] = significance(labels["iou"], arrays["null_best"])
+            labels["q_value"] = benjamini_hochberg(labels["p_value"])  # FDR over the layer's units
         write_npz(
             dissection.path(IOU, f"{layer_file_name(layer)}.npz"),
             iou=iou,
@@ -219,7 +223,7 @@ def read_iou(directory: str | Path | Dissection, layer: str) -> pd.DataFrame:
         raise DissectError(
             f"layer {layer!r} has no IoU table yet; run dissect autolabel {dissection.directory}."
         )
-    concepts = pd.read_csv(dissection.path(IOU, IOU_CONCEPTS), keep_default_na=False)
+    concepts = read_csv(dissection.path(IOU, IOU_CONCEPTS), keep_default_na=False)
     columns = pd.MultiIndex.from_frame(concepts[["category", "name"]])
     arrays = read_npz(path)
     dissection.check_run(

@@ -32,6 +32,7 @@ from ..directory import CHECKPOINT_DIR
 from ..dissection import Dissection
 from ..geometry import image_pair
 from ..images import Batch, ImageReadError, ImageSource, Preprocess, TensorDataset, collate
+from ..io import write_torch
 from ..passes import BaseListener
 from ..taxonomy import DEFAULT_TAXONOMY
 from .concepts import ConceptBatch, ConceptIndex, ImageConcepts, segmented_source
@@ -244,7 +245,7 @@ class PendingIoU(BaseListener):
     def spill(self) -> None:
         """Write what is held to the next numbered file and hold nothing."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        torch.save(self._pack(), self.folder / f"part{self.parts:06d}.pt")
+        write_torch(self.folder / f"part{self.parts:06d}.pt", self._pack())  # whole or absent
         self.parts += 1
         self._clear()
 

@@ -3,8 +3,9 @@
 ``torch.export.load`` unpickles parts of the archive (weights and constants marked
 ``use_pickle``, custom objects, the example inputs when they are not plain tensors), and a pickle
 can run any code. :func:`load_exported` reads the archive itself instead: it refuses, before
-anything is deserialised, every archive that holds a pickled part or compiled code, rebuilds the
-program from its JSON graph and raw tensor bytes, and never reads the example inputs.
+anything is deserialised, every archive that holds a pickled part or compiled code, or a string
+that torch would evaluate as Python (:mod:`dissect.models.pt2_check`), rebuilds the program from
+its JSON graph and raw tensor bytes, and never reads the example inputs.
 
 The program is turned back into a module tree with ``torch.export.unflatten``, so forward hooks
 work on its original layer names; each layer's class is renamed after the module it was exported
@@ -31,6 +32,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from ..errors import DissectError
+from .pt2_check import check_program
 
 #: Attribute of a loaded program's root module: its static batch size (absent when dynamic).
 STATIC_BATCH = "static_batch"
@@ -139,7 +141,9 @@ def _read_program(path: Path) -> torch.export.ExportedProgram:
             files = set(reader.get_file_names())
             _refuse_unsafe(reader, files, name, layout)
             model_file = layout.MODELS_FILENAME_FORMAT.format(_MODEL)
-            serialized = _bytes_to_dataclass(schema.ExportedProgram, reader.read_bytes(model_file))
+            program = reader.read_bytes(model_file)
+            check_program(program, name)  # before torch's deserializer evaluates any of it
+            serialized = _bytes_to_dataclass(schema.ExportedProgram, program)
             state_dict = archive._load_state_dict(reader, _MODEL)
             constants = archive._load_constants(reader, _MODEL)
     except DissectError:

@@ -18,8 +18,11 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import DissectError
+from .onnx_graph import check_external_data, constants_to_initializers
 
-INSTALL = "pip install 'dissect[onnx]' (onnx and onnx2torch)"
+INSTALL = (
+    "pip install 'dissect[onnx]' && pip install --no-deps onnx2torch (--no-deps keeps your torch)"
+)
 
 
 def load_onnx(path: Path) -> nn.Module:
@@ -46,7 +49,13 @@ def load_onnx(path: Path) -> nn.Module:
         raise DissectError(f"MODEL {name!r} does not exist.")
     onnx, convert = _import_converter(name)
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+        check_external_data(model, path)  # before onnx opens any file the model names
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(path.parent))
+    except DissectError:
+        raise
     except Exception as error:  # noqa: BLE001 - protobuf and onnx raise many types
         raise DissectError(
             f"MODEL {name!r} is not a readable ONNX file ({_first_line(error)}); export it "
@@ -57,9 +66,21 @@ def load_onnx(path: Path) -> nn.Module:
     except DissectError:
         raise
     except Exception as error:  # noqa: BLE001 - any conversion failure
+        moved = constants_to_initializers(model)
+        if moved:  # Paddle's exporter keeps weights as Constant nodes; onnx2torch wants them
+            try:
+                return convert(model)
+            except Exception:  # noqa: BLE001 - report the first failure
+                pass
+        cause = (
+            f"; its weights are Constant nodes ({moved} of them, as paddle2onnx writes), which "
+            "dissect moved into initializers without success"
+            if moved
+            else ""
+        )
         raise DissectError(
-            f"MODEL {name!r}: onnx2torch cannot convert it ({_first_line(error)}); export the "
-            "model with torch.export.save (.pt2) or give it as file.py:callable."
+            f"MODEL {name!r}: onnx2torch cannot convert it ({_first_line(error)}){cause}; "
+            "export the model with torch.export.save (.pt2) or give it as file.py:callable."
         ) from error
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SUBMODULES = {"compare", "figure", "receptive_field", "semantics", "units"}
+_SUBMODULES = {"ablation", "compare", "figure", "receptive_field", "semantics", "units"}
 
 
 def __getattr__(name: str) -> Any:

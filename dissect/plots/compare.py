@@ -87,6 +87,15 @@ def plot_type_comparison(
     return plot_type_bars(comparison.types, comparison.rows, reference, share, taxonomy)
 
 
+def _share_label(share: str, reference: bool) -> str:
+    """What the bars' height measures, for the y axis (ours, then the published bars')."""
+    ours = "% of the layer's units that detect it" if share == "units" else "% of its detectors"
+    if not reference:
+        return ours
+    theirs = "of crowd annotations" if share == "units" else "of annotations, to 100%"
+    return f"plain bars: {ours}\nhatched (published): % {theirs}"
+
+
 def plot_type_bars(
     types: pd.DataFrame,
     rows: Sequence[str],
@@ -111,6 +120,7 @@ def plot_type_bars(
     Figure
     """
     rows = list(rows)
+    top = 0.0
     series = _bars(types, reference, rows, share)
     series = [item for item in series if not (item[1] and item[2].isna().all().all())]
     width = 0.8 / len(series)
@@ -134,8 +144,11 @@ def plot_type_bars(
                 alpha=0.65 if is_reference else 1.0,
             )
             bottom += heights
+        top = max(top, float(bottom.max(initial=0.0)))
     axes.set_xticks(range(len(rows)), [plain(row) for row in rows])
-    axes.set_ylabel("units of the layer (%)" if share == "units" else "detectors of the layer (%)")
+    has_reference = any(is_reference for _, is_reference, _ in series)
+    axes.set_ylabel(_share_label(share, has_reference))
+    axes.set_ylim(0, max(100.0 if has_reference else 0.0, float(top)) * 1.05 or 1.0)
     axes.set_title("Semantic types per layer, one bar per network")
     types = [
         Patch(color=TYPE_COLORS.get(k, "C0"), label=plain(taxonomy.types[k])) for k in taxonomy.keys

@@ -76,6 +76,7 @@ def plot_type_distribution(
         rotation=30 if len(layers) > 6 else 0,
     )
     axes.set_ylabel("units of the layer (%)" if percent else "units")
+    axes.set_ylim(0, max(float(bottom.max()), 1.0) * 1.08)  # headroom: no bar meets the frame
     axes.set_title("Semantic types of detector units per layer")
     handles, names = axes.get_legend_handles_labels()
     axes.legend(handles[::-1], names[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0))

@@ -27,7 +27,8 @@ from ..device import pick_device
 from ..directory import RF_LAYERS, RF_MAPS, RF_UNITS, keep_run_rows, layer_file_name
 from ..dissection import Dissection, load_dissected_model, open_dissected_data
 from ..errors import DissectError
-from ..io import read_npz, write_csv, write_npz
+from ..io import read_csv, read_npz, write_csv, write_npz
+from ..lock import writes
 from ..models import LoadedModel
 from .discrepancy import discrepancy_maps
 from .maps import (
@@ -60,6 +61,7 @@ PER_UNIT = (
 )
 
 
+@writes("dissection")
 def receptive_fields(
     dissection: str | Path | Dissection,
     layers: Sequence[str] | None = None,
@@ -152,7 +154,7 @@ class RfTables:
         self.path = dissection.path(RF_UNITS)
         self.previous = pd.DataFrame()
         if self.path.is_file() and distributed.is_main():
-            previous = pd.read_csv(self.path, dtype={"layer": str, "run_id": str})
+            previous = read_csv(self.path, dtype={"layer": str, "run_id": str})
             self.previous = keep_run_rows(previous, dissection.run_id)
         self.frames: list[pd.DataFrame] = []
         self.table = pd.DataFrame()
@@ -176,7 +178,7 @@ class RfTables:
 
     def read(self) -> pd.DataFrame:
         """The table rank 0 wrote (on the other ranks)."""
-        return pd.read_csv(self.path, dtype={"layer": str})
+        return read_csv(self.path, dtype={"layer": str})
 
 
 @dataclass(frozen=True)

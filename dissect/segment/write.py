@@ -12,7 +12,8 @@ from ..config import PICTURES, SegmentConfig
 from ..directory import SEGMENT_FOLDERS, SEGMENTS, keep_run_rows, layer_file_name
 from ..dissection import Dissection, load_dissected_model
 from ..errors import DissectError
-from ..io import write_csv
+from ..io import read_csv, write_csv
+from ..lock import writes
 from .pictures import crop_box, write_png
 from .segments import iter_segments
 
@@ -23,6 +24,7 @@ KINDS = PICTURES[:3]
 FOLDERS = SEGMENT_FOLDERS
 
 
+@writes("dissection")
 def write_segments(
     dissection: Dissection,
     layers: Sequence[str] | None = None,
@@ -129,7 +131,7 @@ def _merge_rows(path: Path, table: pd.DataFrame) -> pd.DataFrame:
     """``table`` plus the rows of units it does not have from an earlier ``segments.csv``."""
     if not path.is_file():
         return table
-    old = pd.read_csv(path, dtype={"layer": str, "run_id": str})
+    old = read_csv(path, dtype={"layer": str, "run_id": str})
     kept = old[~old["unit"].isin(set(table["unit"]))]
     kept = keep_run_rows(kept, table["run_id"].iloc[0] if len(table) else "")
     return pd.concat([kept, table], ignore_index=True).sort_values(["unit", "rank"], kind="stable")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -118,120 +119,164 @@ def score(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, task:
     return mean_average_precision(model, images, targets)
 
 
-def train(
-    out: str,
-    seed: int = 0,
-    images: int = 10000,
-    epochs: int = 8,
-    batch_size: int = 64,
-    lr: float = 3e-3,
-    val_images: int = 1000,
-    threads: int = 2,
-    progress: bool = True,
-    task: str = "scenes",
-) -> float:
-    """Train a :class:`SceneCNN`, save its folded state dict to ``out``; return its val score.
+@dataclass(frozen=True)
+class Recipe:
+    """How to train a built-in CNN (``data/README.md``, "Training recipes").
 
     Parameters
     ----------
-    out : str
-        Where to write the state dict (``torch.save``; load with ``weights_only=True``).
+    task : {"scenes", "objects"}
+        Classify the scene (cross-entropy) or predict which objects are present (binary
+        cross-entropy on one logit per object class).
     seed : int
         Seeds the training world (``synthetic:IMAGES:SEED``), the initial weights, the shuffling
-        and the flips. Validation uses world seed ``SEED + 1``.
+        and the augmentation. Validation uses world seed ``SEED + 1``.
     images, epochs, batch_size, lr
-        Training images, passes over them, images per step, peak learning rate.
+        Training images, passes over them, images per step, peak learning rate (one-cycle
+        schedule, 20 % warm-up, cosine annealing).
+    translate : int
+        Largest random shift, in pixels, of each training image (edge pixels repeated); 0 for
+        none. Every image is also flipped left-right with probability 1/2.
     val_images : int
         Validation images.
     threads : int
         torch CPU threads (fixed, so that results repeat).
+    """
+
+    task: str = "scenes"
+    seed: int = 0
+    images: int = 16000
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    translate: int = 4
+    val_images: int = 1000
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        _check_task(self.task)
+        if self.translate < 0:
+            raise ValueError(f"translate must be >= 0, got {self.translate}")
+
+
+def augment(batch: torch.Tensor, translate: int, generator: torch.Generator) -> torch.Tensor:
+    """Random left-right flips and shifts of up to ``translate`` px of an (N, C, S, S) batch."""
+    flip = torch.rand(len(batch), generator=generator) < 0.5
+    batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
+    if translate == 0:
+        return batch
+    size = batch.shape[-1]
+    padded = F.pad(batch, (translate,) * 4, mode="replicate")
+    starts = torch.randint(0, 2 * translate + 1, (len(batch), 2), generator=generator).tolist()
+    return torch.stack(
+        [image[:, y : y + size, x : x + size] for image, (y, x) in zip(padded, starts, strict=True)]
+    )
+
+
+def train(out: str, recipe: Recipe = Recipe(), progress: bool = True) -> float:
+    """Train a :class:`SceneCNN` by ``recipe``; save the best epoch's folded weights to ``out``.
+
+    Parameters
+    ----------
+    out : str
+        Where to write the state dict (``torch.save``; load with ``weights_only=True``). After
+        every epoch the network is scored on the validation world; the file holds the epoch with
+        the best score so far (ties keep the earlier one).
+    recipe : Recipe
+        The data, schedule, augmentation and seed.
     progress : bool
         Show tqdm bars.
-    task : {"scenes", "objects"}
-        Classify the scene (cross-entropy) or predict which objects are present (binary
-        cross-entropy on one logit per object class).
 
     Returns
     -------
     float
-        On the validation world after the last epoch: top-1 accuracy (``scenes``) or mean
-        average precision over the object classes (``objects``).
+        The best validation score: top-1 accuracy (``scenes``) or mean average precision over
+        the object classes (``objects``).
     """
-    _check_task(task)
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    train_x, train_y = render_world(SyntheticWorld(images, seed), progress, task)
-    val_x, val_y = render_world(SyntheticWorld(val_images, seed + 1), progress, task)
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    task = recipe.task
+    train_x, train_y = render_world(SyntheticWorld(recipe.images, recipe.seed), progress, task)
+    val_x, val_y = render_world(SyntheticWorld(recipe.val_images, recipe.seed + 1), progress, task)
     train_x, train_y = torch.from_numpy(train_x), torch.from_numpy(train_y)
     loss_of = F.cross_entropy if task == "scenes" else F.binary_cross_entropy_with_logits
     metric = "accuracy" if task == "scenes" else "mAP"
     model = SceneCNN(TASKS[task], batch_norm=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    steps = epochs * (len(train_x) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.2)
-    val_score = 0.0
-    for epoch in range(epochs):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=5e-4)
+    per_epoch = len(train_x) // recipe.batch_size
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, recipe.lr, total_steps=recipe.epochs * per_epoch, pct_start=0.2
+    )
+    best = -1.0
+    for epoch in range(recipe.epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=generator)
-        bar = tqdm(
-            range(len(train_x) // batch_size),
-            desc=f"epoch {epoch + 1}/{epochs}",
-            disable=not progress,
-        )
+        desc = f"epoch {epoch + 1}/{recipe.epochs}"
+        bar = tqdm(range(per_epoch), desc=desc, disable=not progress)
+        losses = []
         for step in bar:
-            chosen = order[step * batch_size : (step + 1) * batch_size]
-            batch = to_input(train_x[chosen])
-            flip = torch.rand(len(chosen), generator=generator) < 0.5
-            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
+            chosen = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
+            batch = augment(to_input(train_x[chosen]), recipe.translate, generator)
             loss = loss_of(model(batch), train_y[chosen])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
+            losses.append(loss.item())
             bar.set_postfix(loss=f"{loss.item():.3f}")
         model.eval()
         plain = fold_batch_norm(model)
         val_score = score(plain, val_x, val_y, task)
-        with atomic_path(out) as tmp:
-            torch.save(plain.state_dict(), tmp)
-        print(f"epoch {epoch + 1}: validation {metric} {val_score:.4f} -> {out}", flush=True)
-    return val_score
+        kept = val_score > best
+        if kept:
+            best = val_score
+            with atomic_path(out) as tmp:
+                torch.save(plain.state_dict(), tmp)
+        print(
+            f"epoch {epoch + 1}: training loss {np.mean(losses):.4f}, validation {metric} "
+            f"{val_score:.4f}" + (f" -> {out}" if kept else ""),
+            flush=True,
+        )
+    return best
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task")
+    if task.parse_known_args(argv)[0].task == "segment":
+        from .segment_train import main as train_segmenter
+
+        return train_segmenter(argv)
+    default = Recipe()
     parser = argparse.ArgumentParser(
         prog="python -m dissect.zoo.train",
         description="Train a built-in CNN (scene-cnn, or object-cnn with --task objects).",
     )
     parser.add_argument("--out", required=True, help="state-dict file to write")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--images", type=int, default=10000, help="training images (10000)")
-    parser.add_argument("--epochs", type=int, default=8, help="passes over them (8)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per step (64)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (0.003)")
-    parser.add_argument("--val-images", type=int, default=1000, help="validation images (1000)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (2)")
+    for flag, kind, text in (
+        ("seed", int, "random seed"),
+        ("images", int, "training images"),
+        ("epochs", int, "passes over them"),
+        ("batch-size", int, "images per step"),
+        ("lr", float, "peak learning rate"),
+        ("translate", int, "largest random shift of a training image, px"),
+        ("val-images", int, "validation images"),
+        ("threads", int, "torch CPU threads"),
+    ):
+        value = getattr(default, flag.replace("-", "_"))
+        parser.add_argument(f"--{flag}", type=kind, default=value, help=f"{text} ({value})")
     parser.add_argument(
         "--task",
-        choices=list(TASKS),
+        choices=[*TASKS, "segment"],
         default="scenes",
         help="scenes: classify the scene (scene-cnn, default); objects: which objects are "
-        "present (object-cnn)",
+        "present (object-cnn); segment: world-fcn (see --task segment --help)",
     )
-    args = parser.parse_args(argv)
-    result = train(
-        args.out,
-        args.seed,
-        args.images,
-        args.epochs,
-        args.batch_size,
-        args.lr,
-        args.val_images,
-        args.threads,
-        task=args.task,
-    )
-    print(f"{'accuracy' if args.task == 'scenes' else 'mAP'}: {result:.4f}")
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    result = train(out, Recipe(**args))
+    print(f"best {'accuracy' if args['task'] == 'scenes' else 'mAP'}: {result:.4f}")
     return 0
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import DissectError
+from ...specs import SYNTHETIC_DEFAULT_COUNT, parse_synthetic
 from ..masks import Segmentation, SegmentedSource
 from .scenes import OBJECTS, PARTS, SCENES, Rendered, render
 from .textures import COLORS, MATERIALS, color_names
@@ -19,7 +20,7 @@ from .textures import COLORS, MATERIALS, color_names
 #: Side of the square images, in pixels.
 IMAGE_SIZE = 112
 #: Images in ``synthetic`` without a count.
-DEFAULT_COUNT = 1000
+DEFAULT_COUNT = SYNTHETIC_DEFAULT_COUNT
 
 
 def concept_table() -> pd.DataFrame:
@@ -135,21 +136,5 @@ def open_synthetic(spec: str) -> SyntheticWorld:
     -------
     SyntheticWorld
     """
-    parts = spec.split(":")
-    if parts[0] != "synthetic" or len(parts) > 3:
-        raise DissectError(
-            f"DATA {spec!r} is not a synthetic spec; write synthetic:N or synthetic:N:SEED."
-        )
-    try:
-        count = int(parts[1]) if len(parts) > 1 else DEFAULT_COUNT
-        seed = int(parts[2]) if len(parts) > 2 else 0
-    except ValueError:
-        raise DissectError(
-            f"DATA {spec!r}: N and SEED must be whole numbers, as in synthetic:500 or "
-            "synthetic:500:7."
-        ) from None
-    if count < 1 or seed < 0:
-        raise DissectError(
-            f"DATA {spec!r}: N must be at least 1 and SEED at least 0, as in synthetic:500:7."
-        )
+    count, seed = parse_synthetic(spec)
     return SyntheticWorld(count, seed)
