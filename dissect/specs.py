@@ -18,7 +18,11 @@ from pathlib import Path
 from .errors import DissectError
 
 #: The built-in MODEL names (``dissect.zoo``; a test keeps the two in step).
-BUILTIN_MODELS = ("scene-cnn", "object-cnn")
+BUILTIN_MODELS = ("scene-cnn", "object-cnn", "world-fcn")
+#: MODEL prefixes resolved by an optional library (dissect.models.hub checks them itself).
+LIBRARY_PREFIXES = ("torchvision:", "timm:")
+#: DATA prefixes of datasets read in their own layout (``dissect.datasets.formats``).
+DATASET_PREFIXES = ("ade20k", "voc", "coco-panoptic", "cityscapes")
 #: Images of ``synthetic`` without N.
 SYNTHETIC_DEFAULT_COUNT = 1000
 MANIFEST = "manifest.json"
@@ -54,8 +58,18 @@ def parse_synthetic(spec: str) -> tuple[int, int]:
 
 def check_data(spec: str) -> None:
     """A DATA spec: ``synthetic:...`` parses, anything else is an existing path."""
+    kind, colon, rest = spec.partition(":")
     if spec == "synthetic" or spec.startswith("synthetic:"):
         parse_synthetic(spec)
+    elif colon and kind in DATASET_PREFIXES:
+        root, _, split = rest.rpartition(":")
+        if not root or split not in ("train", "val", "test"):
+            root = rest
+        if not Path(root).is_dir():
+            raise DissectError(
+                f"DATA {spec!r}: folder {root!r} does not exist. Give the dataset's root folder, "
+                f"as in {kind}:path/to/{kind}[:val]."
+            )
     elif not Path(spec).exists():
         raise DissectError(
             f"DATA {spec!r} is neither an existing folder nor a spec like 'synthetic:500'. "
@@ -68,12 +82,12 @@ def check_model(spec: str, weights: str | None = None) -> None:
     if weights is not None and not Path(weights).is_file():
         raise DissectError(f"--weights {weights!r} does not exist.")
     path = Path(spec)
-    if spec in BUILTIN_MODELS or path.is_file():
+    if spec in BUILTIN_MODELS or path.is_file() or spec.startswith(LIBRARY_PREFIXES):
         return
     if path.suffix in (".pt2", ".onnx"):
         raise DissectError(f"MODEL {spec!r}: file {spec!r} does not exist.")
     if ":" in spec:
-        target = spec.rpartition(":")[0]
+        target = spec.partition("(")[0].rpartition(":")[0]
         if target.endswith(".py"):
             if not Path(target).is_file():
                 raise DissectError(f"MODEL {spec!r}: file {target!r} does not exist.")

@@ -170,6 +170,7 @@ def test_non_square_input_end_to_end(tmp_path, capsys):
     spec = f"{Path(__file__).parent / 'tiny_models.py'}:tiny_net"
     out = tmp_path / "d"
     common = ["--image-size", "48,64", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]
+    common += ["--layers", "conv1,pool1,conv2"]
     assert main(["run", spec, "synthetic:6:1", "--out", str(out), "--topk", "3", *common]) == 0
     d = Dissection(out)
     assert d.preprocess.size == (48, 64)
