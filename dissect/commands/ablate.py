@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import split_names
+from .common import add_device_argument, add_resume_arguments, split_names
 
 CHECKPOINT_FOLDER = "ablation/.checkpoint"  # dissect.ablate.run.CHECKPOINT_FOLDER (heavy import)
 
@@ -53,20 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="memory for the ablated copies of one forward (default: the input batch's)",
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument(
-        "--restart",
-        action="store_true",
-        help="discard the checkpoint left by an interrupted run and start over",
-    )
-    parser.add_argument(
-        "--checkpoint-seconds",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="save partial sums every S seconds and on Ctrl-C / SIGTERM (60); the same command "
-        "started again resumes from them",
-    )
+    add_device_argument(parser)
+    add_resume_arguments(parser, "partial sums")
 
 
 def run(args: argparse.Namespace) -> int:

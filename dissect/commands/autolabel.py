@@ -8,7 +8,13 @@ import sys
 from ..config import IoUConfig, ResumeConfig
 from ..directory import IOU_CHECKPOINT
 from ..errors import interrupted_status
-from .common import add_detector_arguments, add_device_argument, rule_from_args, split_names
+from .common import (
+    add_detector_arguments,
+    add_device_argument,
+    add_resume_arguments,
+    rule_from_args,
+    split_names,
+)
 from .segmenter_args import add_segmenter_arguments, finish, predicted_source
 
 HELP = (
@@ -19,7 +25,7 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="the dissection directory")
-    config, resume = IoUConfig(), ResumeConfig()
+    config = IoUConfig()
     parser.add_argument("--layers", help="comma-separated layers (default: every dissected one)")
     parser.add_argument(
         "--batch-size",
@@ -51,20 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "their layer's units (e.g. 0.05: at most 5%% false detectors expected; needs "
         "--permutations); q-values are written to labels.csv either way",
     )
-    parser.add_argument(
-        "--restart",
-        action="store_true",
-        help="discard the checkpoint left by an interrupted run and start over",
-    )
-    parser.add_argument(
-        "--checkpoint-seconds",
-        type=float,
-        default=resume.checkpoint_seconds,
-        metavar="S",
-        help=f"save partial counts every S seconds and on Ctrl-C / SIGTERM "
-        f"({resume.checkpoint_seconds:g}); the same "
-        "command started again resumes from them",
-    )
+    add_resume_arguments(parser, "partial counts")
     add_segmenter_arguments(parser)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ..config import AUTO, RULES, DetectorRule, SegmentConfig
+from ..config import AUTO, RULES, DetectorRule, ResumeConfig, SegmentConfig
 from ..errors import DissectError
 from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
@@ -219,6 +219,24 @@ def rule_from_args(args: argparse.Namespace) -> DetectorRule:
 def add_device_argument(parser: argparse.ArgumentParser, default: str = AUTO) -> None:
     """--device, the same for every command."""
     parser.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto (default)")
+
+
+def add_resume_arguments(parser: argparse.ArgumentParser, saved: str) -> None:
+    """--restart and --checkpoint-seconds of a pass that saves ``saved`` (partial counts, ...)."""
+    seconds = ResumeConfig().checkpoint_seconds
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the checkpoint left by an interrupted run and start over",
+    )
+    parser.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=seconds,
+        metavar="S",
+        help=f"save {saved} every S seconds and on Ctrl-C / SIGTERM ({seconds:g}); the same "
+        "command started again resumes from them",
+    )
 
 
 def add_segment_arguments(parser: argparse.ArgumentParser, defaults: SegmentConfig) -> None:
