@@ -21,8 +21,11 @@ from .errors import DissectError
 BUILTIN_MODELS = ("scene-cnn", "object-cnn", "world-fcn")
 #: MODEL prefixes resolved by an optional library (dissect.models.hub checks them itself).
 LIBRARY_PREFIXES = ("torchvision:", "timm:")
-#: DATA prefixes of datasets read in their own layout (``dissect.datasets.formats``).
-DATASET_PREFIXES = ("ade20k", "voc", "coco-panoptic", "cityscapes")
+#: Datasets read in their own layout (``dissect.datasets.formats``): DATA prefixes and
+#: ``dissect data import --from`` names.
+DATASET_FORMATS = ("ade20k", "voc", "coco-panoptic", "cityscapes")
+#: Splits a dataset spec may end with.
+SPLITS = ("train", "val", "test")
 #: Images of ``synthetic`` without N.
 SYNTHETIC_DEFAULT_COUNT = 1000
 MANIFEST = "manifest.json"
@@ -56,15 +59,25 @@ def parse_synthetic(spec: str) -> tuple[int, int]:
     return count, seed
 
 
+def dataset_spec(spec: str) -> tuple[str, str, str] | None:
+    """``(kind, root, split)`` of a ``KIND:PATH[:SPLIT]`` spec (split ``val`` by default), or
+    None when ``spec`` names no dataset format."""
+    kind, colon, rest = spec.partition(":")
+    if not colon or kind not in DATASET_FORMATS:
+        return None
+    root, _, split = rest.rpartition(":")
+    if not root or split not in SPLITS:
+        root, split = rest, "val"
+    return kind, root, split
+
+
 def check_data(spec: str) -> None:
     """A DATA spec: ``synthetic:...`` parses, anything else is an existing path."""
-    kind, colon, rest = spec.partition(":")
+    dataset = dataset_spec(spec)
     if spec == "synthetic" or spec.startswith("synthetic:"):
         parse_synthetic(spec)
-    elif colon and kind in DATASET_PREFIXES:
-        root, _, split = rest.rpartition(":")
-        if not root or split not in ("train", "val", "test"):
-            root = rest
+    elif dataset is not None:
+        kind, root, _ = dataset
         if not Path(root).is_dir():
             raise DissectError(
                 f"DATA {spec!r}: folder {root!r} does not exist. Give the dataset's root folder, "

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..specs import DATASET_FORMATS
+
 HELP = (
     "dataset tools: export DATA as a Broden directory; import ADE20K, VOC, COCO panoptic or "
     "Cityscapes into one"
 )
-FORMATS = ("ade20k", "voc", "coco-panoptic", "cityscapes")  # dissect.datasets.formats.FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "index PNGs in VOC's layout, e.g. Pascal-Context), COCO panoptic or Cityscapes (gtFine) "
         "into NetDissect's Broden layout, with each class's concept category.",
     )
-    imported.add_argument("--from", dest="kind", required=True, choices=FORMATS)
+    imported.add_argument("--from", dest="kind", required=True, choices=DATASET_FORMATS)
     imported.add_argument("src", metavar="SRC", help="the dataset's folder")
     imported.add_argument("outdir", metavar="OUTDIR", help="the directory to write")
     imported.add_argument("--split", default="val", help="train, val (default) or test")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from ..errors import DissectError
 from ..images import ImageSource
+from ..specs import dataset_spec
 from .broden import BrodenDataset
 from .folder import ImageFolder
-from .formats import FORMATS, open_format
+from .formats import open_format
 from .synthetic import open_synthetic
 
 
@@ -37,12 +38,9 @@ def open_data(spec: str | ImageSource) -> ImageSource:
     spec = str(spec)
     if spec.startswith("synthetic:") or spec == "synthetic":
         return open_synthetic(spec)
-    kind, colon, rest = spec.partition(":")
-    if colon and kind in FORMATS:
-        root, _, split = rest.rpartition(":")
-        if not root or split not in ("train", "val", "test"):
-            root, split = rest, "val"
-        return open_format(kind, root, split)
+    dataset = dataset_spec(spec)
+    if dataset is not None:
+        return open_format(*dataset)
     path = Path(spec)
     if (path / "index.csv").is_file():
         return BrodenDataset(path)

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import DissectError
+from ...specs import DATASET_FORMATS as FORMATS
 from ..masks import SegmentedSource
-
-#: ``--from`` names (and DATA prefixes).
-FORMATS = ("ade20k", "voc", "coco-panoptic", "cityscapes")
 
 
 def open_format(kind: str, root: str | Path, split: str = "val", **options) -> SegmentedSource:
