@@ -6,7 +6,7 @@ code each method runs: ``VmHWM`` reset through ``/proc/self/clear_refs``):
 
 - ``naive``: for each ablated unit, a whole forward of every batch with a hook that zeroes the
   unit (Captum's ``FeatureAblation`` over a layer's channels, or netdissect's per-unit loop);
-- ``stacked``: what ``dissect ablate`` runs (:func:`dissect.ablate.run.ablate_batch`): one
+- ``stacked``: what ``dissect ablate`` runs (:func:`dissect.ablate.listener.ablate_batch`): one
   forward per batch with the layer's output kept, then the ablated copies stacked on the batch
   axis through the rest of the network, as many per forward as fit the memory of the input
   batch; the sums of :class:`dissect.ablate.AblationSums` included, and the check against two
@@ -43,7 +43,7 @@ from bench_iou import resnet18  # noqa: E402
 
 from dissect.ablate import AblationConfig, AblationSums  # noqa: E402
 from dissect.ablate.copies import StackedAblation  # noqa: E402
-from dissect.ablate.run import ablate_batch  # noqa: E402
+from dissect.ablate.listener import ablate_batch  # noqa: E402
 from dissect.ablate.sums import BatchScores  # noqa: E402
 from dissect.datasets import open_data  # noqa: E402
 from dissect.models import load_model  # noqa: E402

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 #: receptive fields), so a resume after an upgrade that changed it is refused, not misread.
 #: 2: the threshold sketch samples by a hash of (seed, image, position), not a generator state.
 #: 3: one layout for every pass (:mod:`dissect.passes`: the pass, then each listener's state).
-CHECKPOINT_FORMAT = 3
+#: 4: the ablation pass on the same driver (its sums as a listener's state).
+CHECKPOINT_FORMAT = 4
 
 
 def module_digest(module: nn.Module) -> str:

@@ -62,6 +62,11 @@ LAYER_TYPES = "layer_types.csv"
 CONCEPTS = "concepts.csv"
 AGREEMENT = "layer_agreement.csv"
 
+# Ablation (``dissect ablate``): a folder of per-layer tables, and the pass's checkpoints.
+ABLATION = "ablation"
+#: Folder of the ablation pass's checkpoints (one file per rank).
+ABLATION_CHECKPOINT = f"{ABLATION}/{CHECKPOINT_DIR}"
+
 PLOTS = "plots"
 REPORT = "report"
 

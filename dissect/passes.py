@@ -18,13 +18,17 @@ IoU counters of ``dissect autolabel`` and their permutation null, the labels of 
 
 Listeners are small mergeable objects: ``add`` / ``state_dict`` / ``load_state_dict`` /
 ``merge``, plus the optional ``begin`` and ``end`` of each batch. A listener whose state only
-makes sense in its own process (``per_rank = True``) is checkpointed but not merged.
+makes sense in its own process (``per_rank = True``) is checkpointed but not merged. A job that
+traces no layer (``layers=()``) runs no forward of its own: its listeners run the network
+themselves in ``end`` (the ablation pass runs the tail again on stacked ablated copies of a
+layer's output, :mod:`dissect.ablate.listener`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -114,7 +118,7 @@ class PassJob:
     module : nn.Module
         The network, in eval mode.
     layers : sequence of str
-        The layers traced.
+        The layers traced; none: the pass runs no forward, its listeners do in ``end``.
     batches : callable
         ``batches(start)``: the batches of this process's shard from position ``start`` on
         (a :class:`~dissect.images.Batch` each, perhaps with more fields for the listeners).
@@ -233,7 +237,9 @@ def _feed(trace: LayerTrace, job: PassJob, listeners: Sequence[Listener], batch:
             listener.add(layer, output, batch)
 
     images = batch.images.to(job.device, non_blocking=True)
-    if job.stream:
+    if not job.layers:
+        pass  # the listeners run the network themselves
+    elif job.stream:
         trace.stream(consume, images)
     else:
         outputs = trace(images)
@@ -269,7 +275,11 @@ def run_pass(job: PassJob, listeners: Mapping[str, Listener]) -> PassState | Non
     live = list(listeners.values())
     with (
         torch.inference_mode(),
-        LayerTrace(job.module, job.layers, stop=True, channels_last=job.channels_last) as trace,
+        (
+            LayerTrace(job.module, job.layers, stop=True, channels_last=job.channels_last)
+            if job.layers
+            else nullcontext()
+        ) as trace,
         deferred_interrupts() as stop,
     ):
         try:

@@ -369,7 +369,7 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    done = torch.load(checkpoint, weights_only=True)["state"]["position"]
+    done = torch.load(checkpoint, weights_only=True)["state"]["pass"]["done"]
     assert 0 < done < 15
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

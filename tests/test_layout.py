@@ -111,8 +111,6 @@ MAX_PARAMETERS = 8  # not counting self, cls, *args and **kwargs
 #: and the segmenter recipe takes a recipe dataclass like zoo/train.py's.
 SPLIT_ELSEWHERE = {
     "zoo/segment_train.py:train_segmenter",
-    "ablate/run.py:run_pass",
-    "ablate/stage.py:ablate",
 }
 
 

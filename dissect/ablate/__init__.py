@@ -2,9 +2,10 @@
 
 ``config.py`` (parameters), ``sets.py`` (units, concept groups, the random-group null),
 ``copies.py`` (the hook that stacks ablated copies after the layer), ``sums.py`` (mergeable,
-order-independent sums), ``run.py`` (the resumable, sharded pass), ``tables.py`` (means,
-standard errors, p-values), ``stage.py`` (:func:`ablate` and its files), ``finding.py`` (the
-summary the demo prints).
+order-independent sums), ``listener.py`` (the pass's listener: the stacked tails of each batch),
+``run.py`` (the plans, and the resumable, sharded pass on :mod:`dissect.passes`), ``tables.py``
+(means, standard errors, p-values), ``stage.py`` (:func:`ablate` and its files), ``finding.py``
+(the summary the demo prints).
 """
 
 from .config import MODES, AblationConfig

@@ -16,8 +16,10 @@ Outputs, in the dissection directory (layer names with ``/`` become ``_`` in fil
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +34,9 @@ from ..io import write_csv, write_npz
 from ..labels import read_labels
 from ..models import LoadedModel
 from .config import AblationConfig
-from .run import plan_layer, run_pass
+from .listener import LayerPlan
+from .run import PassOptions, ablation_checkpoint, plan_layer, run_pass
+from .sums import AblationSums
 from .tables import class_summary, group_table, measures, set_table, unit_summary
 
 #: Files ``dissect ablate`` writes at the top of the dissection directory.
@@ -46,10 +50,7 @@ def ablate(
     config: AblationConfig | None = None,
     *,
     model: str | torch.nn.Module | LoadedModel | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    restart: bool = False,
-    checkpoint_seconds: float = 60.0,
+    **options: Any,
 ) -> pd.DataFrame | None:
     """Ablate units and concept groups of dissected layers and score every class on ``data``.
 
@@ -66,14 +67,12 @@ def ablate(
         Units, mode, groups, null draws, batch size, seed, memory for the copies.
     model : str, nn.Module or LoadedModel, optional
         The dissected model (default: loaded again from the manifest).
-    device : str
-        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
-    progress : bool
-        Show a progress bar.
-    restart : bool
-        Discard a checkpoint of an interrupted run and start over.
-    checkpoint_seconds : float
-        Save the sums every this many seconds, and on Ctrl-C / SIGTERM.
+    **options
+        How the pass runs (:class:`~dissect.ablate.run.PassOptions`): ``device`` (``cpu``,
+        ``cuda``, ``cuda:N`` or ``auto``, the default), ``progress`` (bool, default True),
+        ``restart`` (bool: discard a checkpoint of an interrupted run and start over),
+        ``resume`` (a :class:`~dissect.config.ResumeConfig`) or its ``checkpoint_seconds``
+        (save the sums every this many seconds, 60 by default, and on Ctrl-C / SIGTERM).
 
     Returns
     -------
@@ -87,20 +86,40 @@ def ablate(
     source = open_data(data)
     loaded = load_dissected_model(dissection, model)
     plans = [plan_layer(dissection, layer, config) for layer in layers]
-    sums = run_pass(
-        dissection,
-        loaded,
-        source,
-        plans,
-        config,
-        device=device,
-        progress=progress,
-        restart=restart,
-        checkpoint_seconds=checkpoint_seconds,
-    )
+    sums = run_pass(dissection, loaded, source, plans, config, pass_options(options))
     if sums is None:
         return None
-    classes = [str(name) for name in source.classes]
+    everything = write_outputs(
+        dissection, plans, sums, [str(name) for name in source.classes], config
+    )
+    ablation_checkpoint(dissection, {}).remove(distributed.world_size())
+    return everything
+
+
+def pass_options(options: dict[str, Any]) -> PassOptions:
+    """The :class:`PassOptions` of :func:`ablate`'s keyword arguments (an unknown one is a
+    ``TypeError``, as in any call)."""
+    options = dict(options)
+    seconds = options.pop("checkpoint_seconds", None)
+    unknown = sorted(set(options) - {field.name for field in dataclasses.fields(PassOptions)})
+    if unknown:
+        raise TypeError(f"ablate() got unexpected keyword argument(s) {unknown}")
+    made = PassOptions(**options)
+    if seconds is not None:
+        made = dataclasses.replace(
+            made, resume=dataclasses.replace(made.resume, checkpoint_seconds=seconds)
+        )
+    return made
+
+
+def write_outputs(
+    dissection: Dissection,
+    plans: Sequence[LayerPlan],
+    sums: dict[str, AblationSums],
+    classes: list[str],
+    config: AblationConfig,
+) -> pd.DataFrame:
+    """Every file of the stage, from the merged sums; returns every (set, class) row."""
     tables = []
     for plan in plans:
         values = measures(sums[plan.layer])
@@ -109,14 +128,11 @@ def ablate(
         write_layer(dissection, plan.layer, table, values, config)
         tables.append(table)
     everything = pd.concat(tables, ignore_index=True)
-    write_summaries(dissection, everything, layers)
+    write_summaries(dissection, everything, [plan.layer for plan in plans])
     from ..plots.ablation import write_ablation_plots
 
     labels = read_labels(dissection.directory)
     write_ablation_plots(dissection.directory, everything, group_table(everything), labels)
-    from ..checkpoint import Checkpoint
-
-    Checkpoint(dissection.directory, {}, 0, "ablation/.checkpoint").remove(distributed.world_size())
     return everything
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..directory import ABLATION_CHECKPOINT
 from .common import add_device_argument, add_resume_arguments, split_names
-
-CHECKPOINT_FOLDER = "ablation/.checkpoint"  # dissect.ablate.run.CHECKPOINT_FOLDER (heavy import)
 
 HELP = (
     "ablate every unit (set to zero or its mean) and every concept group of dissected layers, "
@@ -86,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(
             f"dissect ablate: interrupted; progress is saved in {args.directory}/"
-            f"{CHECKPOINT_FOLDER}. Run the same command again to resume.",
+            f"{ABLATION_CHECKPOINT}. Run the same command again to resume.",
             file=sys.stderr,
         )
         return 130
