@@ -275,29 +275,46 @@ def _geometry(
     comes after a resize to a fixed size, or the network runs at one input size only).
     ``bent``: a layer after a resampling whose centroids could not be fitted (too few positions
     clear of the borders)."""
-    shape = probe.shape
+    common = {"name": name, "kind": probe.kind, "output_shape": probe.shape}
+    layout = {"channels_last": bool(probe.channels_last)}
     if not axes:
         # No positions (or one): the whole input, whatever its size.
         centre = ((size[0] - 1) / 2, (size[1] - 1) / 2)
-        return LayerGeometry(
-            name, probe.kind, shape, size, (0.0, 0.0), centre,
-            channels_last=bool(probe.channels_last),
-        )  # fmt: skip
+        return LayerGeometry(**common, rf=size, stride=(0.0, 0.0), offset=centre, **layout)
+    layout.update(resampled=probe.resampled, extra_tokens=probe.extra_tokens)
     stride = (axes[0].stride, axes[1].stride)
     offset = (axes[0].offset, axes[1].offset)
     if probe.global_reason:
         return LayerGeometry(
-            name, probe.kind, shape, size, stride, offset, False, True, probe.global_reason,
-            "", probe.resampled, probe.extra_tokens, bool(probe.channels_last),
-        )  # fmt: skip
+            **common,
+            rf=size,
+            stride=stride,
+            offset=offset,
+            is_global=True,
+            global_reason=probe.global_reason,
+            **layout,
+        )
+    return LayerGeometry(
+        **common,
+        rf=(axes[0].rf, axes[1].rf),
+        stride=stride,
+        offset=offset,
+        rf_clipped=any(a.clipped for a in axes),
+        problem=_problem(axes, fixed, bent),
+        **layout,
+    )
+
+
+def _problem(axes: list[AxisFit], fixed: bool, bent: bool) -> str:
+    """What is unsure about a fitted geometry ('' when nothing is); see :func:`_geometry`."""
     problem = next((a.problem for a in axes if a.problem), "")
     if problem:
-        problem = (
+        return (
             f"geometry not measured: {problem} in the probe (does its value ignore the image?); "
             "stride and offset are a plain resize's"
         )
-    elif fixed:
-        problem = (
+    if fixed:
+        return (
             "measured at this input size only (after a resize to a fixed size, or in a network "
             "that runs at one input size only): rf is a lower bound"
             + (
@@ -306,19 +323,14 @@ def _geometry(
                 else ""
             )
         )
-    elif any(a.guessed for a in axes):
-        problem = (
+    if any(a.guessed for a in axes):
+        return (
             f"receptive field larger than {CANVASES[-1]}x the image: rf is a lower bound and "
             "the offset a plain resize's"
         )
-    elif bent:
-        problem = (
+    if bent:
+        return (
             "after a resampling, too few positions clear of the borders for an exact fit: "
             "stride and offset approximate (from the supports)"
         )
-    rf = (axes[0].rf, axes[1].rf)
-    clipped = any(a.clipped for a in axes)
-    return LayerGeometry(
-        name, probe.kind, shape, rf, stride, offset, clipped, False, "", problem, probe.resampled,
-        probe.extra_tokens, bool(probe.channels_last),
-    )  # fmt: skip
+    return ""

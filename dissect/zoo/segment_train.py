@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,23 +96,12 @@ def head_scores(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray)
     }
 
 
-def train_segmenter(
-    out: str,
-    seed: int = 0,
-    images: int = 2400,
-    epochs: int = 4,
-    batch_size: int = 16,
-    lr: float = 3e-3,
-    val_images: int = 300,
-    threads: int = 2,
-    keep_epochs: bool = False,
-) -> dict:
-    """Train :class:`WorldFCN`, save its state dict to ``out``; return the validation mIoUs.
+@dataclass(frozen=True)
+class SegmenterRecipe:
+    """How to train ``world-fcn`` (``data/README.md``, "Training recipes").
 
     Parameters
     ----------
-    out : str
-        State-dict file (``torch.save``; load with ``weights_only=True``).
     seed : int
         Seeds the training world, the weights, the shuffling and flips; validation uses
         ``SEED + 1``.
@@ -121,6 +111,30 @@ def train_segmenter(
         Validation images.
     threads : int
         torch CPU threads.
+    """
+
+    seed: int = 0
+    images: int = 2400
+    epochs: int = 4
+    batch_size: int = 16
+    lr: float = 3e-3
+    val_images: int = 300
+    threads: int = 2
+
+
+def train_segmenter(
+    out: str, recipe: SegmenterRecipe = SegmenterRecipe(), keep_epochs: bool = False
+) -> dict:
+    """Train :class:`WorldFCN` by ``recipe``, save its state dict to ``out``; return the
+    validation mIoUs.
+
+    Parameters
+    ----------
+    out : str
+        State-dict file (``torch.save``; load with ``weights_only=True``), written after every
+        epoch.
+    recipe : SegmenterRecipe
+        The data, schedule and seed.
     keep_epochs : bool
         Also write ``<out stem>.epochN.pt`` after every epoch (for the agreement curve).
 
@@ -129,26 +143,28 @@ def train_segmenter(
     dict
         Head -> validation mean IoU after the last epoch.
     """
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    train_x, train_y = (torch.from_numpy(a) for a in render_masks(SyntheticWorld(images, seed)))
-    val_x, val_y = render_masks(SyntheticWorld(val_images, seed + 1))
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    world = SyntheticWorld(recipe.images, recipe.seed)
+    train_x, train_y = (torch.from_numpy(a) for a in render_masks(world))
+    val_x, val_y = render_masks(SyntheticWorld(recipe.val_images, recipe.seed + 1))
     model = WorldFCN()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * (len(train_x) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
+    steps = recipe.epochs * (len(train_x) // recipe.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, recipe.lr, total_steps=steps, pct_start=0.2
+    )
     result: dict = {}
-    for epoch in range(epochs):
+    for epoch in range(recipe.epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=generator)
-        bar = tqdm(range(len(train_x) // batch_size), desc=f"epoch {epoch + 1}/{epochs}")
+        bar = tqdm(
+            range(len(train_x) // recipe.batch_size), desc=f"epoch {epoch + 1}/{recipe.epochs}"
+        )
         for step in bar:
-            chosen = order[step * batch_size : (step + 1) * batch_size]
-            batch, target = to_input(train_x[chosen]), train_y[chosen]
-            flip = torch.rand(len(chosen), generator=generator) < 0.5
-            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
-            target = torch.where(flip.view(-1, 1, 1, 1), target.flip(3), target)
+            chosen = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
+            batch, target = flipped(train_x[chosen], train_y[chosen], generator)
             loss = loss_of(model(batch), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -156,47 +172,60 @@ def train_segmenter(
             schedule.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         result = head_scores(model, val_x, val_y)
-        state = {key: value.detach().clone() for key, value in model.state_dict().items()}
-        paths = [Path(out)]
-        if keep_epochs:
-            paths.append(Path(out).with_suffix(f".epoch{epoch + 1}.pt"))
-        for path in paths:
-            with atomic_path(path) as tmp:
-                torch.save(state, tmp)
+        save_epoch(model, out, epoch + 1 if keep_epochs else None)
         shown = ", ".join(f"{name} {value:.3f}" for name, value in result.items())
         print(f"epoch {epoch + 1}: validation mIoU {shown} -> {out}", flush=True)
     return result
 
 
+def flipped(
+    images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch: the images normalised, each flipped left-right (with its maps) with
+    probability 1/2."""
+    batch = to_input(images)
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
+    return batch, torch.where(flip.view(-1, 1, 1, 1), targets.flip(3), targets)
+
+
+def save_epoch(model: torch.nn.Module, out: str, epoch: int | None) -> None:
+    """Write the weights to ``out`` (and, given an ``epoch``, to ``<out stem>.epochN.pt``)."""
+    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    paths = [Path(out)]
+    if epoch is not None:
+        paths.append(Path(out).with_suffix(f".epoch{epoch}.pt"))
+    for path in paths:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    default = SegmenterRecipe()
     parser = argparse.ArgumentParser(
         prog="python -m dissect.zoo.train --task segment",
         description="Train world-fcn, the built-in segmenter of the synthetic world.",
     )
     parser.add_argument("--task", choices=["segment"], default="segment", help="segment")
     parser.add_argument("--out", required=True, help="state-dict file to write")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--images", type=int, default=2400, help="training images (2400)")
-    parser.add_argument("--epochs", type=int, default=4, help="passes over them (4)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per step (16)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (0.003)")
-    parser.add_argument("--val-images", type=int, default=300, help="validation images (300)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (2)")
+    for flag, kind, text in (
+        ("seed", int, "random seed"),
+        ("images", int, "training images"),
+        ("epochs", int, "passes over them"),
+        ("batch-size", int, "images per step"),
+        ("lr", float, "peak learning rate"),
+        ("val-images", int, "validation images"),
+        ("threads", int, "torch CPU threads"),
+    ):
+        value = getattr(default, flag.replace("-", "_"))
+        parser.add_argument(f"--{flag}", type=kind, default=value, help=f"{text} ({value})")
     parser.add_argument(
         "--keep-epochs", action="store_true", help="also keep OUT's stem .epochN.pt per epoch"
     )
-    args = parser.parse_args(argv)
-    result = train_segmenter(
-        args.out,
-        args.seed,
-        args.images,
-        args.epochs,
-        args.batch_size,
-        args.lr,
-        args.val_images,
-        args.threads,
-        args.keep_epochs,
-    )
+    args = vars(parser.parse_args(argv))
+    out, keep_epochs = args.pop("out"), args.pop("keep_epochs")
+    del args["task"]
+    result = train_segmenter(out, SegmenterRecipe(**args), keep_epochs)
     print("mIoU: " + ", ".join(f"{name} {value:.4f}" for name, value in result.items()))
     return 0
 
