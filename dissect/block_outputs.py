@@ -32,12 +32,16 @@ import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import DissectError
 from .hooks import channels_last_by_shape, token_grid
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
 
 #: Leaf modules that never end a stage: they pass their input on, or pool to a fixed grid (the
 #: classifier's input, not a resolution of the image).
@@ -85,6 +89,23 @@ class _Call:
     grid: tuple[int, int] | None = None
 
 
+def model_default_layers(loaded: LoadedModel, image_size: tuple[int, int]) -> DefaultLayers:
+    """The layers dissected when none are named (``dissect run`` without ``--layers``,
+    :func:`dissect.run_dissection` without ``layers=``): the model's own default (the built-in
+    networks: every convolution and pooling layer), else :func:`default_layers`.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        The model, perhaps with its own default (``loaded.layers``).
+    image_size : (int, int)
+        Input (height, width) of the forward pass that finds blocks and resolutions.
+    """
+    if loaded.layers:
+        return DefaultLayers(list(loaded.layers), "the built-in model's own")
+    return default_layers(loaded.module, image_size)
+
+
 def default_layers(module: nn.Module, image_size: tuple[int, int] = (224, 224)) -> DefaultLayers:
     """The block outputs of ``module`` (see the module docstring for the rule).
 
@@ -109,7 +130,7 @@ def default_layers(module: nn.Module, image_size: tuple[int, int] = (224, 224)) 
             f"{error}); every convolution and pooling layer is the default instead.",
             stacklevel=2,
         )
-        return DefaultLayers(_conv_and_pool(module), "every convolution and pooling layer")
+        return DefaultLayers(conv_and_pool(module), "every convolution and pooling layer")
     blocks = _blocks(calls)
     if blocks:
         stages = _stages(blocks)
@@ -307,7 +328,10 @@ def _passes_through(module: nn.Module) -> bool:
     return isinstance(module, PASS_THROUGH) or "Drop" in type(module).__name__
 
 
-def _conv_and_pool(module: nn.Module) -> list[str]:
+def conv_and_pool(module: nn.Module) -> list[str]:
+    """Every convolution and pooling layer, in definition order (the fallback, and the built-in
+    networks' own default). Layers of a ``.pt2`` program count by the module they were exported
+    from (``original_type``, see :mod:`dissect.models.export`)."""
     kinds = {f"{kind.__module__}.{kind.__qualname__}" for kind in CONV_AND_POOL}
     return [
         name

@@ -67,7 +67,8 @@ class RunConfig:
     Attributes
     ----------
     layers : tuple of str
-        Layer names as in ``model.named_modules()`` (empty: every conv and pool layer).
+        Layer names as in ``model.named_modules()`` (empty: the model's default layers, see
+        :func:`dissect.block_outputs.model_default_layers`).
     topk : int
         How many top images to keep per unit.
     quantile : float

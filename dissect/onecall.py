@@ -52,7 +52,8 @@ def dissect(
         The dissection directory to write (an identical earlier pass is kept, an interrupted
         one resumes).
     layers : sequence of str, optional
-        Layers to dissect (default every conv and pool layer).
+        Layers to dissect (default: as ``dissect run``'s, the block outputs, one per resolution
+        stage; every conv and pool layer of the built-in ``scene-cnn`` and ``object-cnn``).
     iou : bool
         Label every unit by IoU with the data's concept masks in the same pass and write the
         per-layer statistics (``layer_types.csv``, ``concepts.csv``); data without masks are

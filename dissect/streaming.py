@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import __version__, distributed
+from .block_outputs import model_default_layers
 from .checkpoint import Checkpoint, module_digest, source_digest
 from .config import ResumeConfig, RunConfig
 from .datasets import open_data
@@ -45,23 +46,6 @@ from .lock import writes
 from .models import LoadedModel, load_model
 from .passes import BaseListener, Listener, PassJob, PassState, run_pass, state_to
 from .running_stats import UnitStats
-
-_DEFAULT_KINDS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-
-
-def default_layers(module: nn.Module) -> list[str]:
-    """Every convolution and pooling layer, in definition order.
-
-    Layers of a ``.pt2`` program count by the module they were exported from
-    (``original_type``, see :mod:`dissect.models.export`).
-    """
-    names = {f"{kind.__module__}.{kind.__qualname__}" for kind in _DEFAULT_KINDS}
-    return [
-        name
-        for name, child in module.named_modules()
-        if name
-        and (isinstance(child, _DEFAULT_KINDS) or getattr(child, "original_type", None) in names)
-    ]
 
 
 class UnitStatsListener(BaseListener):
@@ -188,7 +172,10 @@ def run_dissection(
     out : path-like
         The dissection directory to write.
     layers : sequence of str, optional
-        Layers to dissect; default every convolution and pooling layer.
+        Layers to dissect (names, globs, ``type:`` filters); default as ``dissect run``'s:
+        the block outputs, one per resolution stage (a built-in model's own default, every
+        convolution and pooling layer, for ``scene-cnn`` and ``object-cnn``; see
+        :func:`dissect.block_outputs.model_default_layers`).
     config : RunConfig, optional
         ``topk``, ``quantile``, ``batch_size``, ``device``, ``seed``, ``workers`` (its
         ``layers`` are replaced by ``layers``); default :class:`RunConfig`'s defaults.
@@ -218,14 +205,14 @@ def run_dissection(
     loaded = load_model(model, weights)
     source = open_data(data)
     preprocess = preprocess or loaded.preprocess
-    names = resolve_layers(loaded.module, layers or default_layers(loaded.module))
+    names = resolve_layers(
+        loaded.module, layers or model_default_layers(loaded, preprocess.size).layers
+    )
     config = dataclasses.replace(config, layers=tuple(names))
     torch_device = pick_device(config.device)
     distributed.init(torch_device)
     device = distributed.local_device(torch_device)
-    listeners: dict[str, Listener] = {
-        "stats": UnitStatsListener(config, len(source), device)
-    }
+    listeners: dict[str, Listener] = {"stats": UnitStatsListener(config, len(source), device)}
     if iou:  # refuses data without concept masks before the probe's seconds are spent
         from .iou.samepass import PendingIoU
 
@@ -248,9 +235,7 @@ def run_dissection(
     job = PassJob(
         loaded.module,
         names,
-        lambda start: loader(
-            source, preprocess, shard[start:], config.batch_size, config.workers
-        ),
+        lambda start: loader(source, preprocess, shard[start:], config.batch_size, config.workers),
         len(shard),
         device,
         source,
@@ -278,9 +263,7 @@ def split_loose(
         raise TypeError(f"run_dissection() got unexpected keyword argument(s) {unknown}")
     given = {key: value for key, value in loose.items() if value is not None}
     config = dataclasses.replace(config, **{k: v for k, v in given.items() if k in run_fields})
-    resume = dataclasses.replace(
-        resume, **{k: v for k, v in given.items() if k in resume_fields}
-    )
+    resume = dataclasses.replace(resume, **{k: v for k, v in given.items() if k in resume_fields})
     return config, resume
 
 

@@ -8,12 +8,11 @@ import torch
 from conftest import TESTS
 from zoo_models import ZOO
 
-from dissect.block_outputs import default_layers
+from dissect.block_outputs import conv_and_pool, default_layers
 from dissect.cli import main
 from dissect.errors import DissectError
 from dissect.layer_select import select_layers
 from dissect.models import load_model
-from dissect.streaming import default_layers as conv_and_pool_layers
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +97,7 @@ def test_every_block_of_one_resolution_and_the_stage_containers():
 def test_built_in_models_keep_their_layers(name):
     """The demo's outputs depend on these: the same every-conv-and-pool set as before."""
     loaded = load_model(name)
-    assert list(loaded.layers) == conv_and_pool_layers(loaded.module)
+    assert list(loaded.layers) == conv_and_pool(loaded.module)
     assert list(loaded.layers) == [
         "conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"
     ]  # fmt: skip
@@ -129,3 +128,16 @@ def test_run_dissects_the_default_and_patterns(tmp_path):
     assert main(["run", spec, *common, "--out", str(tmp_path / "b"), "--layers", "layer1.c*"]) == 0
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["config"]["layers"] == ["layer1.conv1", "layer1.conv2"]
+
+
+def test_the_python_api_dissects_the_cli_default(tmp_path):
+    from dissect import run_dissection
+    from dissect.images import Preprocess
+
+    spec = f"{TESTS / 'zoo_models.py'}:resnet_basic(width=4)"
+    options = {"topk": 2, "device": "cpu", "progress": False}
+    small = Preprocess(image_size=32)
+    found = run_dissection(spec, "synthetic:4:0", tmp_path / "a", preprocess=small, **options)
+    assert found.layers == ["layer1", "layer2"]  # as dissect run without --layers
+    found = run_dissection("scene-cnn", "synthetic:2:0", tmp_path / "b", **options)
+    assert found.layers == conv_and_pool(load_model("scene-cnn").module)  # the built-in's own

@@ -13,6 +13,7 @@ import pytest
 import torch
 from tiny_models import tiny_net
 
+from dissect.block_outputs import conv_and_pool
 from dissect.checkpoint import module_digest
 from dissect.cli import main
 from dissect.datasets import open_data
@@ -21,7 +22,7 @@ from dissect.hooks import LayerTrace
 from dissect.images import Preprocess
 from dissect.models import load_model
 from dissect.segment import write_segments
-from dissect.streaming import default_layers, run_dissection
+from dissect.streaming import run_dissection
 
 PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -104,7 +105,7 @@ def test_pt2_loads_quietly_with_real_layer_types(tmp_path, capsys):
     assert [str(w.message) for w in caught] == []
     kinds = {name: type(child).__name__ for name, child in loaded.module.named_modules()}
     assert kinds["conv1"] == "Conv2d" and kinds["pool1"] == "MaxPool2d"
-    assert default_layers(loaded.module) == ["conv1", "pool1", "conv2"]
+    assert conv_and_pool(loaded.module) == ["conv1", "pool1", "conv2"]
     assert loaded.preprocess.image_size == 32  # height and width were exported static
     assert main(["layers", str(path)]) == 0
     out = capsys.readouterr().out
@@ -139,7 +140,8 @@ def test_static_batch_pt2_dissects_like_the_module(tmp_path):
     with pytest.warns(UserWarning, match="static batch"):
         exported = run_dissection(str(path), data, tmp_path / "pt2", **options)
     reference = run_dissection(model, data, tmp_path / "module", **options)
-    assert exported.layers == ["conv1", "pool1", "conv2"]  # the default layers
+    # the default layers, as dissect run's: the last module of each resolution stage
+    assert exported.layers == reference.layers == ["relu1", "relu2"]
     for layer in exported.layers:
         ours, theirs = exported.topk(layer), reference.topk(layer)
         assert np.array_equal(ours["index"], theirs["index"])
@@ -236,7 +238,7 @@ def test_onnx_file(tmp_path, capsys):
     loaded = load_model(str(path))
     images = torch.randn(3, 3, 32, 32)
     assert torch.allclose(loaded.module(images), model(images), atol=1e-5)
-    assert default_layers(loaded.module) == ["conv1/Conv", "pool1/MaxPool", "conv2/Conv"]
+    assert conv_and_pool(loaded.module) == ["conv1/Conv", "pool1/MaxPool", "conv2/Conv"]
     # The onnx2torch graph probes to the eager network's geometry, layer by layer.
     from dissect.geometry import layer_geometry
 

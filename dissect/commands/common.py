@@ -114,14 +114,12 @@ def layers_from_args(
     (list of str, str)
         The layer names and, in words, why these (the pattern or the default rule).
     """
-    from ..block_outputs import default_layers
+    from ..block_outputs import model_default_layers
     from ..layer_select import select_layers
 
     if items:
         return select_layers(loaded.module, items), f"--layers {','.join(items)}"
-    if loaded.layers:
-        return list(loaded.layers), "the built-in model's own default"
-    chosen = default_layers(loaded.module, preprocess.size)
+    chosen = model_default_layers(loaded, preprocess.size)
     return chosen.layers, f"default: {chosen.rule}"
 
 
