@@ -199,7 +199,7 @@ def baseline(data: str, layers: list[str], batch_size: int, quantile: float, ali
         for layer, maps in features.items():
             unit_maps = torch.from_numpy(maps[image]).float()[None]
             if aligned:
-                up = upsample_maps(unit_maps, geometry[layer], size)[0]
+                up = upsample_maps(unit_maps, geometry[layer], (size, size))[0]
             else:
                 up = F.interpolate(unit_maps, (size, size), mode="bilinear", align_corners=False)[0]
             masks = up.numpy().reshape(len(up), -1) > thresholds[layer][:, None].astype(np.float32)

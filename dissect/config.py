@@ -210,9 +210,9 @@ class OcclusionConfig:
         if self.batch_size < 1:
             raise DissectError(f"--batch-size must be at least 1, got {self.batch_size}.")
 
-    def check_image(self, image_size: int | tuple[int, int]) -> None:
-        """Refuse an occluder that does not fit in the network input (side or (height, width))."""
-        height, width = image_hw(image_size)
+    def check_image(self, image_size: tuple[int, int]) -> None:
+        """Refuse an occluder that does not fit in the network input ((height, width))."""
+        height, width = image_size
         if self.occluder > min(height, width):
             shape = f"{height} px" if height == width else f"{height}x{width} px"
             raise DissectError(

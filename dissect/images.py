@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import image_hw
 from .errors import DissectError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -151,8 +152,7 @@ class Preprocess:
     @property
     def size(self) -> tuple[int, int]:
         """The network input's (height, width) in pixels."""
-        size = self.image_size
-        return (size, size) if isinstance(size, int) else size
+        return image_hw(self.image_size)
 
     def display(self, rgb: np.ndarray) -> np.ndarray:
         """Return the resized, centre-cropped (H, W, 3) uint8 image the network sees."""

@@ -220,7 +220,7 @@ def run_dissection(
             source, out, distributed.rank(), listeners["stats"].lower_bound
         )
     started = time.perf_counter()
-    geometry = layer_geometry(loaded.module, names, preprocess.image_size)
+    geometry = layer_geometry(loaded.module, names, preprocess.size)
     probe_seconds = time.perf_counter() - started
     fingerprint = run_fingerprint(loaded, source, preprocess, config, torch_device)
     if iou:

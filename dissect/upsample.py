@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .geometry import LayerGeometry, image_pair
+from .geometry import LayerGeometry
 
 
 def feature_coordinates(size: int, stride: float, offset: float, length: int) -> torch.Tensor:
@@ -69,11 +69,11 @@ def axis_weights(size: int, stride: float, offset: float, length: int) -> AxisWe
 
 
 def layer_weights(
-    geometry: LayerGeometry, image_size: int | tuple[int, int], height: int, width: int
+    geometry: LayerGeometry, image_size: tuple[int, int], height: int, width: int
 ) -> tuple[AxisWeights, AxisWeights]:
     """:class:`AxisWeights` of the rows and columns of a layer's ``height`` x ``width`` maps, for
-    an input of side ``image_size`` or (height, width) ``image_size``."""
-    rows, columns = image_pair(image_size)
+    an input of (height, width) ``image_size``."""
+    rows, columns = image_size
     if not geometry.is_spatial or (height, width) == (1, 1):
         return axis_weights(rows, 1, 0, 1), axis_weights(columns, 1, 0, 1)
     return (
@@ -83,7 +83,7 @@ def layer_weights(
 
 
 def upsample_maps(
-    maps: torch.Tensor, geometry: LayerGeometry, image_size: int | tuple[int, int]
+    maps: torch.Tensor, geometry: LayerGeometry, image_size: tuple[int, int]
 ) -> torch.Tensor:
     """Bilinearly upsample feature maps to the input, aligned with the layer's geometry.
 
@@ -93,8 +93,8 @@ def upsample_maps(
         Activation maps of shape (N, U, h, w) (images, units, feature height, width).
     geometry : LayerGeometry
         Stride and offset of the layer the maps come from.
-    image_size : int or (int, int)
-        Side of the square input, or its (height, width), in pixels.
+    image_size : (int, int)
+        The input's (height, width), in pixels.
 
     Returns
     -------
@@ -104,7 +104,7 @@ def upsample_maps(
     maps = maps.float()
     count, units, height, width = maps.shape
     if not geometry.is_spatial or (height, width) == (1, 1):
-        return maps.reshape(count, units, 1, 1).expand(count, units, *image_pair(image_size))
+        return maps.reshape(count, units, 1, 1).expand(count, units, *image_size)
     ys, xs = (a.to(maps.device) for a in layer_weights(geometry, image_size, height, width))
     # Separably: along x within each feature row, then along y (the order the IoU tally's sparse
     # evaluation repeats, so both give the same float32 values).

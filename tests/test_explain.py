@@ -50,7 +50,7 @@ def _expected(dissection, image_index: int, layer: str) -> tuple[np.ndarray, np.
         acts = trace(PREPROCESS.tensor(rgb)[None])[layer][0]
     thresholds = dissection.thresholds(layer)
     peaks = acts.flatten(1).max(1).values.numpy()
-    maps = upsample_maps(acts[:, None], dissection.geometry(layer), 24)[:, 0].numpy()
+    maps = upsample_maps(acts[:, None], dissection.geometry(layer), (24, 24))[:, 0].numpy()
     return peaks / thresholds, maps
 
 

@@ -129,7 +129,7 @@ def test_upsampled_peak_lands_on_the_receptive_field_centre(y, x):
     geometry = layer_geometry(alexnet(), ["conv5"], 227)["conv5"]
     maps = torch.zeros(1, 1, 13, 13)
     maps[0, 0, y, x] = 1.0
-    up = upsample_maps(maps, geometry, 227)[0, 0]
+    up = upsample_maps(maps, geometry, (227, 227))[0, 0]
     cy, cx = (int(v) for v in geometry.center(y, x))
     assert up[cy, cx] == 1.0  # full value exactly at the centre...
     assert up[cy, cx + 8] == pytest.approx(0.5)  # ...half-way to the next centre, half of it

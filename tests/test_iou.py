@@ -104,7 +104,7 @@ def brute_force(spec: str, source: TinyWorld, dissection: Dissection, layer: str
             acts = model.conv1(x)
             if layer == "conv2":
                 acts = model.conv2(model.pool1(torch.relu(acts)))
-        maps = upsample_maps(acts, geometry, 16)[0].numpy()
+        maps = upsample_maps(acts, geometry, (16, 16))[0].numpy()
         masks = maps > thresholds[:, None, None]
         seg = source.segmentation(i)
         present = {c for c, v in seg.pixel.items() if v} | {c for c, v in seg.image.items() if v}
@@ -326,8 +326,8 @@ def test_sparse_tally_equals_dense_upsampled_masks(stride, offset, side):
     )
     category_of = np.array([0, 0, 0, 1, 1, 1, 1])
     sparse, dense = IoUStats(units, category_of, 2), IoUStats(units, category_of, 2)
-    count_layer(sparse, acts, thresholds, geometry, size, concepts)
-    masks = upsample_maps(acts, geometry, size) > thresholds[None, :, None, None]
+    count_layer(sparse, acts, thresholds, geometry, (size, size), concepts)
+    masks = upsample_maps(acts, geometry, (size, size)) > thresholds[None, :, None, None]
     dense.add_masks(
         masks.reshape(images * units, -1),
         torch.arange(images).repeat_interleave(units),

@@ -327,8 +327,8 @@ def box_unit_sizes(peaks: list[tuple[int, int]], occluder: int = 1, stride: int 
     patch = noise_patch(PREPROCESS, occluder, 0)
     grids = discrepancy_maps(net, "0", geometry, images.__getitem__, measurements, patch, config,
                              progress=False)  # fmt: skip
-    radius = map_radius(geometry, config, size)
-    maps, counts, _ = average_maps(grids, measurements, [0], geometry, config, radius, size)
+    radius = map_radius(geometry, config, (size, size))
+    maps, counts, _ = average_maps(grids, measurements, [0], geometry, config, radius, (size, size))
     assert counts[0] == count
     return rf_size(maps, 0.5)[0], rf_mass_size(maps, 0.8)[0]
 

@@ -41,7 +41,7 @@ TOY_UPSAMPLED = np.array(
 
 def toy_upsampled() -> np.ndarray:
     maps = torch.tensor([[[[0.0, 4.0], [0.0, 0.0]]]])
-    return upsample_maps(maps, TOY_GEOMETRY, 4)[0, 0].numpy()
+    return upsample_maps(maps, TOY_GEOMETRY, (4, 4))[0, 0].numpy()
 
 
 def test_toy_map_masks_by_hand():
@@ -132,7 +132,8 @@ def brute_force(dissection, layer, unit, top):
                 images.append(PREPROCESS.display(rgb))
     finally:
         handle.remove()
-    upsampled = upsample_maps(torch.stack(maps)[:, None], dissection.geometry(layer), 32)[:, 0]
+    stacked = torch.stack(maps)[:, None]
+    upsampled = upsample_maps(stacked, dissection.geometry(layer), (32, 32))[:, 0]
     return upsampled.numpy(), np.stack(images)
 
 
@@ -263,7 +264,7 @@ def test_disk_rule_on_a_hand_built_map():
     maps[1, 2, 2] = 2.0
     maps[2] = -1.0  # nothing above 0: empty
     rf_size = 2 * np.sqrt(np.pi)  # a disk of that area has radius 2
-    masks = disk_masks(maps, centres, centres, 12, rf_size, 0.5)
+    masks = disk_masks(maps, centres, centres, (12, 12), rf_size, 0.5)
     yy, xx = np.mgrid[:12, :12]
 
     def disk(cy, cx):
@@ -274,7 +275,7 @@ def test_disk_rule_on_a_hand_built_map():
     np.testing.assert_array_equal(masks[1], disk(1.5, 9.5) | disk(9.5, 9.5))
     assert not masks[2].any()
     with pytest.raises(DissectError, match="--rf-size"):
-        disk_masks(maps, centres, centres, 12, float("nan"), 0.5)
+        disk_masks(maps, centres, centres, (12, 12), float("nan"), 0.5)
 
 
 def test_disk_rule_segments_and_exports(dissection, capsys):

@@ -51,7 +51,7 @@ def per_image(dissection: Dissection, source: TinyWorld):
         x = PREPROCESS.tensor(source.read_rgb(i))[None]
         with torch.no_grad():
             acts = model.conv2(model.pool1(torch.relu(model.conv1(x))))
-        maps = upsample_maps(acts, dissection.geometry("conv2"), 16)[0].numpy()
+        maps = upsample_maps(acts, dissection.geometry("conv2"), (16, 16))[0].numpy()
         seg = source.segmentation(i)
         regions = np.zeros((len(numbers), 16, 16), dtype=bool)
         for column, number in enumerate(numbers):

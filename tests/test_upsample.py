@@ -47,5 +47,5 @@ def test_a_one_cell_or_flat_layer_covers_the_image():
     maps = torch.tensor([[3.0, -1.0]])[:, :, None, None]
     up = upsample_maps(maps, flat, (16, 20))
     assert up.shape == (1, 2, 16, 20) and (up[0, 0] == 3).all() and (up[0, 1] == -1).all()
-    one = upsample_maps(torch.full((1, 1, 1, 1), 2.0), geometry((8, 8), (3, 3), (1, 1)), 12)
+    one = upsample_maps(torch.full((1, 1, 1, 1), 2.0), geometry((8, 8), (3, 3), (1, 1)), (12, 12))
     assert one.shape == (1, 1, 12, 12) and (one == 2).all()

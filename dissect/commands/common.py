@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ..config import AUTO, RULES, DetectorRule, ResumeConfig, SegmentConfig
+from ..config import AUTO, RULES, DetectorRule, ResumeConfig, SegmentConfig, image_hw
 from ..errors import DissectError
 from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
@@ -93,7 +93,7 @@ def preprocess_from_args(args: argparse.Namespace, loaded: LoadedModel) -> Prepr
     base = loaded.preprocess
     resize = base.resize
     if args.image_size and resize:
-        resize = round(resize * min(_pair(args.image_size)) / min(base.size))
+        resize = round(resize * min(image_hw(args.image_size)) / min(base.size))
     return replace(
         base,
         image_size=args.image_size or base.image_size,
@@ -121,10 +121,6 @@ def layers_from_args(
         return select_layers(loaded.module, items), f"--layers {','.join(items)}"
     chosen = model_default_layers(loaded, preprocess.size)
     return chosen.layers, f"default: {chosen.rule}"
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else size
 
 
 def image_size(text: str) -> int | tuple[int, int]:

@@ -22,7 +22,7 @@ else as a plain resize would put them). A layer the probe cannot measure keeps t
 geometry and says why in ``problem``; the other layers are unaffected.
 """
 
-from .layer import LayerGeometry, image_pair
+from .layer import LayerGeometry
 from .measure import CANVASES, geometry_table, layer_geometry
 
-__all__ = ["CANVASES", "LayerGeometry", "geometry_table", "image_pair", "layer_geometry"]
+__all__ = ["CANVASES", "LayerGeometry", "geometry_table", "layer_geometry"]

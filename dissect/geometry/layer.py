@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 
@@ -93,11 +92,3 @@ class LayerGeometry:
                 if key in known
             }
         )
-
-
-def image_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
-    """``224`` -> ``(224, 224)``; ``(240, 320)`` stays (height, width)."""
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    height, width = (int(v) for v in image_size)
-    return (height, width)

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from ..config import image_hw
 from ..errors import DissectError
 from ..hooks import resolve_layers
 from .centroid import centroid_profiles, periodic_line
 from .fit import AxisFit, fit_axis, plain_axis
-from .layer import LayerGeometry, image_pair
+from .layer import LayerGeometry
 from .probe import LayerProbe, probe_layers
 
 #: Canvas multiples tried for receptive fields larger than the image.
@@ -51,7 +52,7 @@ def layer_geometry(
     >>> layer_geometry(net, ["2"], 32)["2"].rf
     (8, 8)
     """
-    size = image_pair(image_size)
+    size = image_hw(image_size)
     layers = resolve_layers(module, layers)
     probes = probe_layers(module, size, layers)
     unreached = [name for name in layers if name not in probes]
@@ -89,7 +90,7 @@ def geometry_table(module: nn.Module, image_size: int | tuple[int, int] = 224) -
         layer could not be measured. Layers the forward never reaches (or that return no tensor)
         come last with empty geometry.
     """
-    size = image_pair(image_size)
+    size = image_hw(image_size)
     probes = probe_layers(module, size, None)
     reached = {
         name: probe

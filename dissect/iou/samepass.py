@@ -30,7 +30,6 @@ import torch
 from .. import distributed
 from ..directory import CHECKPOINT_DIR
 from ..dissection import Dissection
-from ..geometry import image_pair
 from ..images import Batch, ImageReadError, ImageSource, Preprocess, TensorDataset, collate
 from ..io import write_torch
 from ..passes import BaseListener
@@ -333,7 +332,7 @@ class PendingIoU(BaseListener):
             batch = _stack(
                 [concepts[key] for key in ("pixel", "whole", "present")],
                 rows,
-                math.prod(image_pair(size)),
+                math.prod(size),
                 len(self.index),
             )
             for layer, maps in kept.items():

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..geometry import image_pair
 from ..upsample import layer_weights
 from .concepts import ConceptBatch, ImageConcepts
 
@@ -182,7 +181,7 @@ def count_layer(
     acts: torch.Tensor,
     thresholds: torch.Tensor,
     geometry,
-    size: int | tuple[int, int],
+    size: tuple[int, int],
     concepts: ConceptBatch,
     null=None,
 ) -> None:
@@ -193,8 +192,8 @@ def count_layer(
     feature values around it, so only (image, unit) pairs whose peak is above the unit's
     threshold, and in them only the cells (pixels between four feature centres) with a corner
     above it, can hold mask pixels; those pixels alone are evaluated, with the same float32
-    operations as :func:`~dissect.upsample.upsample_maps` (``size``: the input's side, or its
-    (height, width)). ``null``, a
+    operations as :func:`~dissect.upsample.upsample_maps` (``size``: the input's (height,
+    width)). ``null``, a
     :class:`~dissect.iou.significance.PermutationNull`, counts the same mask pixels against the
     concept masks of other images.
     """
@@ -223,7 +222,7 @@ def count_maps(
     pairs: tuple[torch.Tensor, torch.Tensor],
     thresholds: torch.Tensor,
     geometry,
-    size: int | tuple[int, int],
+    size: tuple[int, int],
     concepts: ConceptBatch,
     null=None,
 ) -> None:
@@ -266,7 +265,7 @@ def count_maps(
             maps,
             limit,
             (pair[part], row[part], column[part]),
-            (ys, xs, image_pair(size)[1]),
+            (ys, xs, size[1]),
             pairs,
             concepts,
             null,

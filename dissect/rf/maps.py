@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import OcclusionConfig
-from ..geometry import LayerGeometry, image_pair
+from ..geometry import LayerGeometry
 from .occlusion import Measurements
 
 
@@ -25,7 +25,7 @@ def average_maps(
     geometry: LayerGeometry,
     config: OcclusionConfig,
     radius: int,
-    image_size: int | tuple[int, int],
+    image_size: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Re-centre each discrepancy map on its peak and average per unit, offset by offset.
 
@@ -50,8 +50,8 @@ def average_maps(
         Occluder size and stride (where the map's samples sit in the image).
     radius : int
         The averaged maps cover pixel offsets ``-radius..radius`` from the peak pixel.
-    image_size : int or (int, int)
-        Side of the network input, or its (height, width), in pixels.
+    image_size : (int, int)
+        The network input's (height, width), in pixels.
 
     Returns
     -------
@@ -62,7 +62,7 @@ def average_maps(
     coverage : ndarray, shape (U, 2 * radius + 1, 2 * radius + 1)
         Float32 number of images covering each offset (0 where it was filled from its mirror).
     """
-    height, width = image_pair(image_size)
+    height, width = image_size
     side = 2 * radius + 1
     maps = np.zeros((len(units), side, side), dtype=np.float32)
     coverage = np.zeros((len(units), side, side), dtype=np.float32)
@@ -176,11 +176,11 @@ MASSES = (0.5, 0.8)
 
 
 def map_radius(
-    geometry: LayerGeometry, config: OcclusionConfig, image_size: int | tuple[int, int]
+    geometry: LayerGeometry, config: OcclusionConfig, image_size: tuple[int, int]
 ) -> int:
     """Half-side of the (square) averaged maps: every occluder that can matter, within the
     image's longer side."""
-    longest = max(image_pair(image_size))
+    longest = max(image_size)
     if config.discrepancy == "map":
         return longest - 1
     reach = (max(geometry.rf) - 1) / 2 + config.occluder + config.stride

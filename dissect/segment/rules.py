@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import image_hw
 from ..errors import DissectError
 
 
@@ -63,7 +62,7 @@ def disk_masks(
     maps: np.ndarray,
     centres_y: np.ndarray,
     centres_x: np.ndarray,
-    image_size: int | tuple[int, int],
+    image_size: tuple[int, int],
     rf_size: float,
     fraction: float,
 ) -> np.ndarray:
@@ -76,8 +75,8 @@ def disk_masks(
     centres_y, centres_x : ndarray
         Input pixel at the centre of each map row (h,) and column (w,) (the layer geometry's
         ``center``).
-    image_size : int or (int, int)
-        Side of the image, or its (height, width), in pixels.
+    image_size : (int, int)
+        The image's (height, width), in pixels.
     rf_size : float
         The layer's empirical receptive-field size in pixels (side of a square of its area);
         each disk has the same area, diameter ``2 * rf_size / sqrt(pi)``.
@@ -97,7 +96,7 @@ def disk_masks(
     peak = maps.max(axis=(-2, -1), keepdims=True)
     strong = (maps >= fraction * peak) & (maps > 0)  # (K, h, w)
     radius2 = rf_size**2 / np.pi
-    height, width = image_hw(image_size)
+    height, width = image_size
     rows_px, columns_px = np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64)
     dy2 = (rows_px[None] - np.asarray(centres_y, dtype=np.float64)[:, None]) ** 2  # (h, H)
     dx2 = (columns_px[None] - np.asarray(centres_x, dtype=np.float64)[:, None]) ** 2  # (w, W)

@@ -145,7 +145,7 @@ def iter_segments(
     if config.rule == "disk":
         if config.rf_size is None:
             config = dataclasses.replace(config, rf_size=layer_rf_size(dissection, layer))
-        disk_masks(np.zeros((0, 1, 1)), [0.0], [0.0], 1, config.rf_size, 1.0)  # validates it
+        disk_masks(np.zeros((0, 1, 1)), [0.0], [0.0], (1, 1), config.rf_size, 1.0)  # validates it
     topk = dissection.topk(layer)
     index = topk["index"][units, :top]
     loaded = load_dissected_model(dissection, model)
