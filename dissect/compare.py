@@ -25,11 +25,11 @@ from typing import Any
 import pandas as pd
 
 from .config import DetectorRule
-from .directory import IOU, IOU_CONCEPTS, RF_LAYERS
+from .directory import IOU, IOU_CONCEPTS, RF_LAYERS, read_table
 from .dissection import Dissection
 from .errors import DissectError
 from .html import e, href, note, page, table
-from .io import read_csv, write_csv, write_text
+from .io import write_csv, write_text
 from .labels import read_labels, segmenters
 from .lock import writes
 from .semantics import detectors, label_types, layer_type_table, object_of
@@ -154,9 +154,8 @@ def network_names(dissections: Sequence[Dissection], names: Sequence[str] | None
 
 def _objects(dissection: Dissection, labels: pd.DataFrame, taxonomy: Taxonomy) -> set[str]:
     """The object classes of the data: from ``iou/concepts.csv``, else the object labels."""
-    path = dissection.path(IOU, IOU_CONCEPTS)
-    if path.is_file():
-        concepts = read_csv(path, keep_default_na=False)
+    concepts = read_table(dissection.directory, f"{IOU}/{IOU_CONCEPTS}")
+    if concepts is not None:
         return set(concepts.loc[concepts["category"] == "object", "name"])
     kinds = label_types(labels, taxonomy)
     return {
@@ -172,9 +171,8 @@ def _rf(dissection: Dissection, layer: str) -> dict:
         "rf_empirical_std": math.nan,
         "rf_units": 0,
     }
-    path = dissection.path(RF_LAYERS)
-    if path.is_file():
-        summary = read_csv(path, dtype={"layer": str, "run_id": str})
+    summary = read_table(dissection.directory, RF_LAYERS)
+    if summary is not None:
         for found in summary.get("run_id", pd.Series(dtype=str)).dropna().unique():
             dissection.check_run(found, RF_LAYERS, f"dissect rf {dissection.directory}")
         summary = summary.set_index("layer")

@@ -21,7 +21,7 @@ import numpy as np
 
 from .ablate.finding import ablation_finding, describe_finding
 from .config import DemoConfig, DetectorRule
-from .directory import IOU, IOU_CONCEPTS
+from .directory import IOU, IOU_CONCEPTS, read_table
 from .dissection import Dissection
 from .io import read_csv
 from .labels import read_labels
@@ -216,7 +216,7 @@ def finding(directory: str | Path, rule: DetectorRule | None = None) -> dict:
     last_found = found[found["layer"] == last]
     object_like = last_found[last_found["type"].isin(["object", "part"])]
     first_found = found[found["layer"] == first]
-    concepts = read_csv(dissection.path(IOU, IOU_CONCEPTS), keep_default_na=False)
+    concepts = read_table(dissection.directory, f"{IOU}/{IOU_CONCEPTS}")
     objects = set(concepts.loc[concepts["category"] == "object", "name"])
     covered = {object_of(label, objects) for label in object_like["label"]} & objects
     share = first_found["type"].isin(["color", "texture"]).mean() if len(first_found) else 0.0

@@ -59,16 +59,59 @@ SEGMENTS = "segments.csv"
 
 # Statistics (``dissect stats``): per layer and type, per layer and detected concept.
 LAYER_TYPES = "layer_types.csv"
+#: Per layer and detected concept, at the top of the directory; not ``iou/concepts.csv``
+#: (:data:`IOU_CONCEPTS`, the concept columns of the IoU arrays), which lives in its own folder.
 CONCEPTS = "concepts.csv"
 AGREEMENT = "layer_agreement.csv"
 
-# Ablation (``dissect ablate``): a folder of per-layer tables, and the pass's checkpoints.
+# Ablation (``dissect ablate``): three summaries, a folder of per-layer tables, the checkpoints.
+ABLATION_UNITS = "ablation.csv"
+ABLATION_CLASSES = "ablation_classes.csv"
+ABLATION_GROUPS = "ablation_groups.csv"
 ABLATION = "ablation"
 #: Folder of the ablation pass's checkpoints (one file per rank).
 ABLATION_CHECKPOINT = f"{ABLATION}/{CHECKPOINT_DIR}"
 
 PLOTS = "plots"
 REPORT = "report"
+
+
+#: How each table is read back: the columns kept as text (a layer named ``0`` stays a name, a
+#: run id of digits stays an id), and whether an empty cell reads as '' (text tables) instead of
+#: NaN (tables with numbers that may be missing).
+_LAYER_RUN = {"layer": str, "run_id": str}
+TABLE_READING: dict[str, tuple[dict[str, type], bool]] = {
+    f"{IOU}/{IOU_CONCEPTS}": ({}, False),
+    RF_UNITS: (_LAYER_RUN, True),
+    RF_LAYERS: ({**_LAYER_RUN, "silent_units": str}, True),
+    AGREEMENT: ({"layer": str}, True),
+    **{name: (_LAYER_RUN, False) for name in (ABLATION_UNITS, ABLATION_CLASSES, ABLATION_GROUPS)},
+}
+
+
+def read_table(directory: str | Path, name: str) -> pd.DataFrame | None:
+    """A table a stage wrote, read the one way it is read everywhere; None when it is absent.
+
+    Parameters
+    ----------
+    directory : path-like
+        The dissection directory.
+    name : str
+        Its path inside the directory, one of :data:`TABLE_READING` (``receptive_fields.csv``,
+        ``iou/concepts.csv``, ``ablation_groups.csv``, ...).
+
+    Returns
+    -------
+    DataFrame or None
+        Text restored as written (:func:`dissect.io.read_csv`).
+    """
+    from .io import read_csv
+
+    path = Path(directory) / name
+    if not path.is_file():
+        return None
+    text, missing_as_nan = TABLE_READING[name]
+    return read_csv(path, dtype=text, keep_default_na=missing_as_nan)
 
 
 def layer_file_name(layer: str) -> str:

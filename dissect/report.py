@@ -25,13 +25,21 @@ import pandas as pd
 from .annotation.agreement import layer_agreement
 from .annotation.store import read_raw
 from .config import DetectorRule, ReportConfig
-from .directory import IOU, IOU_CONCEPTS, RF_LAYERS, RF_UNITS, layer_file_name
+from .directory import (
+    ABLATION_GROUPS,
+    IOU,
+    IOU_CONCEPTS,
+    RF_LAYERS,
+    RF_UNITS,
+    layer_file_name,
+    read_table,
+)
 from .dissection import Dissection
 from .errors import DissectError
 from .html import STYLE, VIEWPORT, e, href
 from .html import note as _note
 from .html import table as _table
-from .io import atomic_path, read_csv, write_text
+from .io import atomic_path, write_text
 from .labels import read_labels
 from .lock import writes
 from .plots.compare import write_reference_plot
@@ -248,7 +256,7 @@ def rf_section(dissection: Dissection, root: Path) -> str:
         "smallest area holding that share of the map; theoretical: every pixel that can reach "
         "the unit. Silent units never changed under occlusion and have no size."
     )
-    table = read_csv(path, dtype={"layer": str, "silent_units": str})
+    table = read_table(dissection.directory, RF_LAYERS)
     table = table.reindex(columns=[c for c in RF_COLUMNS if c in table]).rename(columns=RF_COLUMNS)
     return rules + _table(table) + "".join(images)
 
@@ -256,10 +264,9 @@ def rf_section(dissection: Dissection, root: Path) -> str:
 def ablation_section(dissection: Dissection, root: Path) -> str:
     """Per class the label groups whose ablation hurts it most, and the figures of ``dissect
     ablate``, when it has run on this run."""
-    path = dissection.path("ablation_groups.csv")
-    if not path.is_file():
+    groups = read_table(dissection.directory, ABLATION_GROUPS)
+    if groups is None:
         return _note("Not measured yet: run dissect ablate DIR DATA (held-out labelled data).")
-    groups = pd.read_csv(path, dtype={"layer": str, "run_id": str}, keep_default_na=False)
     groups = groups[(groups["kind"] == "label") & (groups["run_id"] == dissection.run_id)]
     best = groups.sort_values(["accuracy_drop", "logit_drop"], ascending=False, kind="stable")
     columns = [

@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import DetectorRule
-from .directory import RF_UNITS, layer_file_name
+from .directory import RF_UNITS, layer_file_name, read_table
 from .dissection import Dissection
 from .html import e, href
 from .html import number as _number
@@ -51,9 +51,8 @@ def unit_table(dissection: Dissection, rule: DetectorRule) -> pd.DataFrame:
         (layer, unit) in keys for layer, unit in zip(table["layer"], table["unit"], strict=True)
     ]
     table["score"] = np.where(table["source"] == "crowd", table["precision"], table["iou"])
-    rf = dissection.path(RF_UNITS)
-    if rf.is_file():
-        sizes = read_csv(rf, dtype={"layer": str, "run_id": str})
+    sizes = read_table(dissection.directory, RF_UNITS)
+    if sizes is not None:
         check_run_rows(dissection, sizes, RF_UNITS, "dissect rf")
         sizes = sizes.reindex(columns=["layer", "unit", *RF_SIZES])
         table = table.merge(sizes, on=["layer", "unit"], how="left")

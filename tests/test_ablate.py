@@ -21,6 +21,7 @@ from dissect.ablate.sets import random_groups
 from dissect.ablate.sums import BatchScores
 from dissect.cli import main
 from dissect.datasets import open_data
+from dissect.directory import read_table
 from dissect.dissection import Dissection, load_dissected_model
 from dissect.errors import DissectError
 from dissect.labels import write_labels
@@ -379,3 +380,21 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert read_outputs(copy) == read_outputs(directory)
+
+
+def test_rows_kept_from_another_layer_keep_their_text(directory):
+    """Labels that look like spreadsheet formulas survive a second run that keeps the first
+    layer's rows (read back once, not escaped twice)."""
+    labels = pd.DataFrame(
+        {"layer": ["conv2"] * 2, "unit": [0, 1], "label": ["=stripe"] * 2, "iou": [0.2, 0.1]}
+    )
+    write_labels(directory, "iou", labels.assign(category="object"))
+    images = str(directory.parent / "images")
+    first = AblationConfig(units="labelled", draws=2, batch_size=4)
+    ablate(directory, images, ["conv2"], first, device="cpu", progress=False)
+    second = AblationConfig(units=(0,), groups=(), batch_size=4)
+    ablate(directory, images, ["conv1"], second, device="cpu", progress=False)
+    groups = read_table(directory, "ablation_groups.csv")
+    assert set(groups.loc[groups["kind"] == "label", "name"]) == {"=stripe"}
+    units = read_table(directory, "ablation.csv")
+    assert set(units.loc[units["layer"] == "conv2", "label"]) == {"=stripe"}

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
+from ..directory import ABLATION_GROUPS, read_table
 from ..errors import DissectError
 
 
@@ -19,10 +18,9 @@ def ablation_finding(directory: str | Path, layer: str, top: int = 2) -> dict:
         ``classes``: {class: [(label, n_units, accuracy_drop, p_accuracy)]}; ``objects``:
         {class: (n_units, accuracy_drop, null mean, p_accuracy)} for the ``object`` type group.
     """
-    path = Path(directory) / "ablation_groups.csv"
-    if not path.is_file():
-        raise DissectError(f"no ablation_groups.csv in {str(directory)!r}; run dissect ablate.")
-    groups = pd.read_csv(path, dtype={"layer": str}, keep_default_na=False)
+    groups = read_table(directory, ABLATION_GROUPS)
+    if groups is None:
+        raise DissectError(f"no {ABLATION_GROUPS} in {str(directory)!r}; run dissect ablate.")
     groups = groups[groups["layer"] == layer]
     labels = groups[groups["kind"] == "label"].sort_values(
         ["accuracy_drop", "logit_drop"], ascending=False, kind="stable"

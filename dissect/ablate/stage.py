@@ -27,7 +27,14 @@ import torch
 
 from .. import distributed
 from ..datasets import open_data
-from ..directory import layer_file_name
+from ..directory import (
+    ABLATION,
+    ABLATION_CLASSES,
+    ABLATION_GROUPS,
+    ABLATION_UNITS,
+    layer_file_name,
+    read_table,
+)
 from ..dissection import Dissection, load_dissected_model
 from ..images import ImageSource
 from ..io import write_csv, write_npz
@@ -40,7 +47,7 @@ from .sums import AblationSums
 from .tables import class_summary, group_table, measures, set_table, unit_summary
 
 #: Files ``dissect ablate`` writes at the top of the dissection directory.
-OUTPUTS = ("ablation.csv", "ablation_classes.csv", "ablation_groups.csv")
+OUTPUTS = (ABLATION_UNITS, ABLATION_CLASSES, ABLATION_GROUPS)
 
 
 def ablate(
@@ -145,12 +152,12 @@ def write_layer(
 ) -> None:
     """``ablation/<layer>.csv`` and ``ablation/<layer>.npz`` (the single units)."""
     name = layer_file_name(layer)
-    write_csv(dissection.path("ablation", f"{name}.csv"), table)
+    write_csv(dissection.path(ABLATION, f"{name}.csv"), table)
     units = table.loc[table["kind"] == "unit", "name"].drop_duplicates().astype(int).to_numpy()
     # the single units are the first sets of a plan
     arrays = {key: values[key][: len(units)] for key in values if values[key].ndim == 2}
     write_npz(
-        dissection.path("ablation", f"{name}.npz"),
+        dissection.path(ABLATION, f"{name}.npz"),
         units=units.astype(np.int64),
         classes=np.array(table["class"].drop_duplicates().tolist()),
         n_images=values["n_images"],
@@ -166,15 +173,14 @@ def write_summaries(dissection: Dissection, table: pd.DataFrame, layers: Sequenc
     layers, from earlier runs on the same dissection, are kept)."""
     labels = read_labels(dissection.directory)
     fresh = {
-        "ablation.csv": unit_summary(table, labels),
-        "ablation_classes.csv": class_summary(table),
-        "ablation_groups.csv": group_table(table).drop(columns="units"),
+        ABLATION_UNITS: unit_summary(table, labels),
+        ABLATION_CLASSES: class_summary(table),
+        ABLATION_GROUPS: group_table(table).drop(columns="units"),
     }
     for file_name, frame in fresh.items():
         frame = frame.assign(run_id=dissection.run_id)
-        path = dissection.path(file_name)
-        if path.is_file():
-            old = pd.read_csv(path, dtype={"layer": str, "run_id": str}, keep_default_na=False)
+        old = read_table(dissection.directory, file_name)
+        if old is not None:
             keep = ~old["layer"].isin(layers) & (old["run_id"] == dissection.run_id)
             frame = pd.concat([old[keep], frame], ignore_index=True)
-        write_csv(path, frame)
+        write_csv(dissection.path(file_name), frame)

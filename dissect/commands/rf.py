@@ -69,9 +69,8 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .. import distributed
-    from ..directory import layer_file_name
+    from ..directory import layer_file_name, read_table
     from ..dissection import Dissection
-    from ..io import read_csv
     from ..plots import save_figure
     from ..plots.receptive_field import plot_rf_maps, plot_rf_sizes
     from ..rf import (
@@ -107,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             layer=layer,
         )
         save_figure(figure, dissection.path("plots", f"rf_{layer_file_name(layer)}.png"))
-    summary = read_csv(dissection.path(LAYERS_CSV))
+    summary = read_table(dissection.directory, LAYERS_CSV)
     save_figure(plot_rf_sizes(summary), dissection.path("plots", "rf_sizes.png"))
     summary = layer_summary(table[table["layer"].isin(layers)])
     with pd.option_context("display.width", 200):

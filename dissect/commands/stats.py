@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..io import read_csv
+    from ..directory import read_table
     from ..plots.semantics import write_semantic_plots
     from ..semantics import AGREEMENT_FILE, write_statistics
 
@@ -36,10 +36,9 @@ def run(args: argparse.Namespace) -> int:
         f"{int(types['n_units'].sum())} detector units, {len(concepts)} layer-concept pairs -> "
         f"{args.directory}/layer_types.csv, concepts.csv, plots/"
     )
-    agreement = Path(args.directory) / AGREEMENT_FILE
-    if agreement.is_file():
-        table = read_csv(agreement, dtype={"layer": str})
+    table = read_table(args.directory, AGREEMENT_FILE)
+    if table is not None:
         print("agreement between annotators (Fleiss' kappa):")
         print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
-        print(f"-> {agreement}")
+        print(f"-> {Path(args.directory) / AGREEMENT_FILE}")
     return 0

@@ -24,10 +24,11 @@ from ..directory import (
     IOU_SKIPPED,
     keep_run_rows,
     layer_file_name,
+    read_table,
 )
 from ..dissection import Dissection
 from ..errors import DissectError
-from ..io import read_csv, read_npz, write_csv, write_npz
+from ..io import read_npz, write_csv, write_npz
 from ..labels import read_labels, write_labels
 from ..lock import writes
 from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
@@ -223,7 +224,7 @@ def read_iou(directory: str | Path | Dissection, layer: str) -> pd.DataFrame:
         raise DissectError(
             f"layer {layer!r} has no IoU table yet; run dissect autolabel {dissection.directory}."
         )
-    concepts = read_csv(dissection.path(IOU, IOU_CONCEPTS), keep_default_na=False)
+    concepts = read_table(dissection.directory, f"{IOU}/{IOU_CONCEPTS}")
     columns = pd.MultiIndex.from_frame(concepts[["category", "name"]])
     arrays = read_npz(path)
     dissection.check_run(

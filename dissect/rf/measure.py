@@ -24,10 +24,17 @@ from .. import distributed
 from ..checkpoint import StopRequest, deferred_interrupts
 from ..config import OcclusionConfig, ResumeConfig, RfOptions
 from ..device import pick_device
-from ..directory import RF_LAYERS, RF_MAPS, RF_UNITS, keep_run_rows, layer_file_name
+from ..directory import (
+    RF_LAYERS,
+    RF_MAPS,
+    RF_UNITS,
+    keep_run_rows,
+    layer_file_name,
+    read_table,
+)
 from ..dissection import Dissection, load_dissected_model, open_dissected_data
 from ..errors import DissectError
-from ..io import read_csv, read_npz, write_csv, write_npz
+from ..io import read_npz, write_csv, write_npz
 from ..lock import writes
 from ..models import LoadedModel
 from .discrepancy import discrepancy_maps
@@ -153,8 +160,8 @@ class RfTables:
         self.dissection = dissection
         self.path = dissection.path(RF_UNITS)
         self.previous = pd.DataFrame()
-        if self.path.is_file() and distributed.is_main():
-            previous = read_csv(self.path, dtype={"layer": str, "run_id": str})
+        previous = read_table(dissection.directory, RF_UNITS) if distributed.is_main() else None
+        if previous is not None:
             self.previous = keep_run_rows(previous, dissection.run_id)
         self.frames: list[pd.DataFrame] = []
         self.table = pd.DataFrame()
@@ -178,7 +185,7 @@ class RfTables:
 
     def read(self) -> pd.DataFrame:
         """The table rank 0 wrote (on the other ranks)."""
-        return read_csv(self.path, dtype={"layer": str})
+        return read_table(self.dissection.directory, RF_UNITS)
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import SegmentConfig
-from ..directory import RF_LAYERS
+from ..directory import RF_LAYERS, read_table
 from ..dissection import Dissection, load_dissected_model, open_dissected_data
 from ..errors import DissectError
 from ..geometry import LayerGeometry
 from ..images import ImageSource, Preprocess
-from ..io import read_csv
 from ..models import LoadedModel
 from ..upsample import upsample_maps
 from .maps import top_maps
@@ -237,8 +236,7 @@ def layer_rf_size(dissection: Dissection, layer: str) -> float:
     DissectError
         If the layer's receptive fields have not been measured, or none of its units has a size.
     """
-    path = dissection.path(RF_LAYERS)
-    sizes = read_csv(path, dtype={"layer": str}) if path.is_file() else None
+    sizes = read_table(dissection.directory, RF_LAYERS)
     found = sizes[sizes["layer"] == layer]["rf_empirical_mean"] if sizes is not None else []
     if len(found) == 0 or not np.isfinite(float(found.iloc[0])):
         raise DissectError(
