@@ -127,3 +127,28 @@ def test_a_pass_leaves_the_global_random_state_alone(tmp_path, image_folder, tin
             progress=False,
         )
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_job_without_layers_leaves_the_forward_to_its_listeners():
+    class Forwards(Sums):
+        """Runs the whole network itself at the end of each batch (as ablation does)."""
+
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def end(self, batch):
+            self.sums["out"] = self.sums.get("out", 0.0) + float(self.module(batch.images).sum())
+
+    module = network()
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    listener = Forwards(module)
+    made = job(batches=batches())
+    made.module, made.layers = module, ()
+    state = run_pass(made, {"forwards": listener})
+    assert state.done == 10 and listener.images == 9 and len(calls) == 4  # one per batch
+    readable = [i for i in range(10) if i != 6]
+    with torch.no_grad():
+        expected = float(network()(IMAGES[readable]).sum())
+    assert listener.sums["out"] == pytest.approx(expected, rel=1e-5)
