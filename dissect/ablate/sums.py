@@ -5,10 +5,11 @@ the whole run: a node is always its left child plus its right child, so one proc
 shard merged with others, or a resumed run gives bit-identical sums (float addition is not
 associative; a fixed tree makes the order fixed). It keeps O(log batches) vectors.
 
-:class:`AblationSums` is the listener of the pass: per batch, the drops of each class's score and
-correctness when each ablation set is applied, summed by the true class of the image (and their
-squares, for standard errors over images). It has ``add``, ``merge``, ``state_dict`` and
-``from_state_dict``.
+:class:`AblationSums` holds one layer's sums for the pass's listener
+(:class:`~dissect.ablate.listener.AblationListener`): per batch, the drops of each class's score
+and correctness when each ablation set is applied, summed by the true class of the image (and
+their squares, for standard errors over images). It has ``add``, ``merge``, ``state_dict``,
+``load_state_dict`` and ``from_state_dict``.
 """
 
 from __future__ import annotations
