@@ -15,10 +15,11 @@ import warnings
 
 import torch
 
+from dissect.block_outputs import model_default_layers
 from dissect.datasets import open_data
 from dissect.images import make_loader
 from dissect.models import load_model
-from dissect.streaming import default_layers, run_dissection
+from dissect.streaming import run_dissection
 
 
 def bare_loop(module, source, preprocess, batch_size: int) -> float:
@@ -43,14 +44,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="scene-cnn")
     parser.add_argument("--data", default="synthetic:1024")
-    parser.add_argument("--layers", help="comma-separated (default: every conv and pool layer)")
+    parser.add_argument(
+        "--layers", help="comma-separated (default: dissect run's; scene-cnn: every conv and pool)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     loaded = load_model(args.model)
     source = open_data(args.data)
-    layers = args.layers.split(",") if args.layers else default_layers(loaded.module)
+    layers = (
+        args.layers.split(",")
+        if args.layers
+        else model_default_layers(loaded, loaded.preprocess.size).layers
+    )
     bare, full = [], []
     for _ in range(args.repeat):
         bare.append(bare_loop(loaded.module, source, loaded.preprocess, args.batch_size))
