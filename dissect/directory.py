@@ -86,6 +86,8 @@ TABLE_READING: dict[str, tuple[dict[str, type], bool]] = {
     RF_LAYERS: ({**_LAYER_RUN, "silent_units": str}, True),
     AGREEMENT: ({"layer": str}, True),
     **{name: (_LAYER_RUN, False) for name in (ABLATION_UNITS, ABLATION_CLASSES, ABLATION_GROUPS)},
+    #: ``<rule folder>/<layer>/segments.csv``, by its file name.
+    SEGMENTS: (_LAYER_RUN, True),
 }
 
 
@@ -97,8 +99,9 @@ def read_table(directory: str | Path, name: str) -> pd.DataFrame | None:
     directory : path-like
         The dissection directory.
     name : str
-        Its path inside the directory, one of :data:`TABLE_READING` (``receptive_fields.csv``,
-        ``iou/concepts.csv``, ``ablation_groups.csv``, ...).
+        Its path inside the directory: one of :data:`TABLE_READING` (``receptive_fields.csv``,
+        ``iou/concepts.csv``, ``ablation_groups.csv``, ...), or a path ending in
+        ``segments.csv``.
 
     Returns
     -------
@@ -110,7 +113,7 @@ def read_table(directory: str | Path, name: str) -> pd.DataFrame | None:
     path = Path(directory) / name
     if not path.is_file():
         return None
-    text, missing_as_nan = TABLE_READING[name]
+    text, missing_as_nan = TABLE_READING.get(name) or TABLE_READING[Path(name).name]
     return read_csv(path, dtype=text, keep_default_na=missing_as_nan)
 
 

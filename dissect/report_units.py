@@ -18,11 +18,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import DetectorRule
-from .directory import RF_UNITS, layer_file_name, read_table
+from .directory import RF_UNITS, SEGMENTS, layer_file_name, read_table
 from .dissection import Dissection
 from .html import e, href
 from .html import number as _number
-from .io import atomic_path, read_csv, read_npz
+from .io import atomic_path, read_npz
 from .labels import read_labels
 from .semantics import detectors, label_types
 
@@ -95,9 +95,9 @@ def unit_assets(
                 maps[(layer, unit)] = path
     if not dissection.path("segments").is_dir():
         return pictures, maps
-    for listing in sorted(dissection.path("segments").glob("*/segments.csv")):
-        written = read_csv(listing, dtype={"layer": str, "run_id": str})
-        what = f"segments/{listing.parent.name}/segments.csv"
+    for listing in sorted(dissection.path("segments").glob(f"*/{SEGMENTS}")):
+        what = f"segments/{listing.parent.name}/{SEGMENTS}"
+        written = read_table(dissection.directory, what)
         check_run_rows(dissection, written, what, "dissect segment")
     rows = list(zip(table["layer"], table["unit"], strict=True))
     for layer, unit in tqdm(rows, desc="report", unit="unit", disable=not progress):

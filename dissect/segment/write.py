@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import PICTURES, SegmentConfig
-from ..directory import SEGMENT_FOLDERS, SEGMENTS, keep_run_rows, layer_file_name
+from ..directory import SEGMENT_FOLDERS, SEGMENTS, keep_run_rows, layer_file_name, read_table
 from ..dissection import Dissection, load_dissected_model
 from ..errors import DissectError
-from ..io import read_csv, write_csv
+from ..io import write_csv
 from ..lock import writes
 from .pictures import crop_box, write_png
 from .segments import iter_segments
@@ -113,7 +113,9 @@ def write_segments(
         images = dissection.images().set_index("index")["path"]
         table.insert(4, "image", images.reindex(table["image_index"]).to_numpy())
         table["run_id"] = dissection.run_id
-        write_csv(folder / SEGMENTS, _merge_rows(folder / SEGMENTS, table))
+        listing = (folder / SEGMENTS).relative_to(dissection.directory).as_posix()
+        old = read_table(dissection.directory, listing)
+        write_csv(folder / SEGMENTS, _merge_rows(old, table))
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
@@ -127,11 +129,10 @@ def _highest_rank(folder: Path) -> int:
     return max((int(name[1]) for name in names if name), default=0)
 
 
-def _merge_rows(path: Path, table: pd.DataFrame) -> pd.DataFrame:
+def _merge_rows(old: pd.DataFrame | None, table: pd.DataFrame) -> pd.DataFrame:
     """``table`` plus the rows of units it does not have from an earlier ``segments.csv``."""
-    if not path.is_file():
+    if old is None:
         return table
-    old = read_csv(path, dtype={"layer": str, "run_id": str})
     kept = old[~old["unit"].isin(set(table["unit"]))]
     kept = keep_run_rows(kept, table["run_id"].iloc[0] if len(table) else "")
     return pd.concat([kept, table], ignore_index=True).sort_values(["unit", "rank"], kind="stable")
