@@ -35,6 +35,16 @@ def make_image_folder(root: Path, count: int = 12, seed: int = 0) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def geometry_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> Path:
+    """Every test's own, empty geometry cache (never the user's ``~/.cache``); child processes
+    inherit it."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("DISSECT_CACHE_DIR", str(folder))
+    monkeypatch.delenv("DISSECT_NO_CACHE", raising=False)
+    return folder
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")
