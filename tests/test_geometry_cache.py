@@ -4,6 +4,7 @@ and nothing it writes changes."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from zoo_models import ZOO
 
 from dissect.cli import main
 from dissect.geometry import cached_layer_geometry, layer_geometry
-from dissect.geometry.cache import cache_dir
+from dissect.geometry.cache import cache_dir, geometry_key
 from dissect.images import Preprocess
 from dissect.models import load_model
 from dissect.streaming import run_dissection
@@ -239,3 +240,25 @@ def test_an_unwritable_cache_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setenv("DISSECT_CACHE_DIR", str(tmp_path / "file"))
     net = tiny_net().eval()
     assert cached_layer_geometry(net, ["conv1"], 16) == layer_geometry(net, ["conv1"], 16)
+
+
+def test_the_key_does_not_depend_on_the_name_a_model_file_is_imported_under(tmp_path):
+    """A model file is imported under a module name that changes from process to process."""
+    import importlib.util
+
+    file = tmp_path / "model.py"
+    file.write_text(
+        "import torch\nfrom torch import nn\n\nclass Net(nn.Sequential):\n    pass\n\n"
+        "def make():\n    torch.manual_seed(0)\n    return Net(nn.Conv2d(3, 4, 3)).eval()\n"
+    )
+    forms = []
+    for name in ("_model_one", "_model_two"):
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+            forms.append(geometry_key(module.make(), ["0"], 16))
+        finally:
+            del sys.modules[name]
+    assert forms[0] is not None and forms[0] == forms[1]

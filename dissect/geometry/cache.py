@@ -131,20 +131,26 @@ def model_form(module: nn.Module) -> str | None:
     the source of a class defined outside torch cannot be found."""
     digest, sources = hashlib.sha256(repr(module).encode()), {}
     for name, child in module.named_modules():
-        kind = type(child)
-        digest.update(f"{name}:{kind.__module__}.{kind.__qualname__};".encode())
+        kind = type(child)  # a model file's module name changes from one process to the next
+        where = kind.__module__ if _in_torch(kind) else "file"
+        digest.update(f"{name}:{where}.{kind.__qualname__};".encode())
         graph = getattr(child, "graph", None)
         if isinstance(graph, fx.Graph):
             digest.update(str(graph).encode())
         for cls in kind.__mro__:
-            if cls.__module__.split(".")[0] in ("torch", "builtins") or cls in sources:
+            if _in_torch(cls) or cls in sources:
                 continue
             sources[cls] = _source_digest(cls)
             if sources[cls] is None:
                 return None
-    for cls, source in sorted(sources.items(), key=lambda item: item[0].__qualname__):
-        digest.update(f"{cls.__module__}.{cls.__qualname__}:{source};".encode())
+    for text in sorted(f"{cls.__qualname__}:{source};" for cls, source in sources.items()):
+        digest.update(text.encode())
     return digest.hexdigest()
+
+
+def _in_torch(cls: type) -> bool:
+    """A class of torch or of Python itself (their code is named by the torch version)."""
+    return cls.__module__.split(".")[0] in ("torch", "builtins")
 
 
 def _source_digest(cls: type) -> str | None:
