@@ -22,8 +22,10 @@ and, in brackets, the child's CPU seconds (``process_time``; steadier on a share
 
 then ``total`` (the whole child, as the parent sees it: its wall and CPU seconds) and
 ``startup_fraction`` (1 - pass / total: the share of the run that is not the pass); at the end
-``second_vs_first`` (the second run's total over the first's). ``torch_threads`` is printed
-first.
+``second_vs_first`` (the second run's total over the first's), then the CPU seconds of opening a
+folder of ``--folder-files`` empty image files as DATA (``folder_listing_cpu_seconds``) and
+``folder_listing_speedup`` over listing it by ``rglob`` and a ``stat`` per file, as it was done
+before. ``torch_threads`` is printed first.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_startup.py [--images 300] [--model scene-cnn]
 """
@@ -135,6 +137,31 @@ def startup_split(arguments: list[str], out: Path, env: dict[str, str]) -> dict[
     return {**{key: parts[key] for key in PARTS}, "total": (wall, cpu)}
 
 
+def folder_listing(files: int, root: Path) -> tuple[float, float]:
+    """CPU seconds to open a folder of ``files`` empty image files (100 sub-folders, a text file
+    in each) as DATA, and those of listing it as ``rglob("*")`` and a ``stat`` per file do (how
+    it was listed before)."""
+    from dissect.datasets import ImageFolder
+    from dissect.images import IMAGE_EXTENSIONS
+
+    for index in range(files):
+        folder = root / f"class{index % 100:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"image{index:07d}.jpg").touch()
+    for folder in root.iterdir():
+        (folder / "notes.txt").touch()
+    start = time.process_time()
+    ours = ImageFolder(root).paths
+    middle = time.process_time()
+    found = root.rglob("*")
+    before = sorted(
+        p.relative_to(root) for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+    end = time.process_time()
+    assert ours == [path.as_posix() for path in before]
+    return middle - start, end - middle
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300, help="N of synthetic:N")
@@ -142,6 +169,7 @@ def main() -> None:
     parser.add_argument("--model", default="scene-cnn", help="MODEL spec")
     parser.add_argument("--layers", help="--layers of dissect run (default: the model's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--folder-files", type=int, default=20000, help="files of the folder")
     args = parser.parse_args()
     data = args.data or f"synthetic:{args.images}"
     arguments = [args.model, data, "--device", args.device]
@@ -165,6 +193,10 @@ def main() -> None:
         print(f"{name}_startup_fraction: {fraction:.2f} (cpu {fraction_cpu:.2f})")
     first, second = runs["first"]["total"], runs["second"]["total"]
     print(f"second_vs_first: {second[0] / first[0]:.2f} (cpu {second[1] / first[1]:.2f})")
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, before = folder_listing(args.folder_files, Path(tmp))
+    print(f"folder_listing_cpu_seconds: {ours:.3f} ({args.folder_files} files; rglob {before:.3f})")
+    print(f"folder_listing_speedup: {before / ours:.1f}")
 
 
 if __name__ == "__main__":
