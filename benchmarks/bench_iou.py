@@ -25,11 +25,10 @@ ours, baseline ``aligned``), ``label_agreement_resize``, ``memory_ratio`` (peak 
 VmHWM, of ours in a fresh process on 4N vs N images; ``memory_ratio_after_probe`` the same once
 the probe has returned), ``iou_vs_run`` (throughput of the labelling, images / the CPU seconds
 ``--iou`` adds to a run, over that of the plain run; both without their probes, whose cost
-varies by seconds between calls: >= 1 when labelling costs no more than the run itself),
-``torch_threads``, and the split of a whole 300-image ``dissect run`` of scene-cnn in a fresh
-process that imports nothing before its clock starts: interpreter start and exit, the torch
-import, the other imports, loading the model, opening the data, the fingerprint (weights and
-image-list digests), the geometry probe, the pass, writing the directory, and the rest.
+varies by seconds between calls: >= 1 when labelling costs no more than the run itself) and
+``torch_threads``. Every call probes the geometry (the geometry cache is turned off, so that each
+figure holds the probe, as a first run's does). The start-up split of a whole ``dissect run`` is
+``bench_startup.py``'s.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_iou.py [--images 192] [--memory-images 32]
 """
@@ -37,7 +36,7 @@ image-list digests), the geometry probe, the pass, writing the directory, and th
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -279,78 +278,16 @@ def warm_up(layers: list[str]) -> None:
         module(torch.zeros(2, 3, 224, 224))
 
 
-#: A whole ``dissect run`` in a fresh interpreter that imports nothing before it starts timing;
-#: prints the seconds of each part as JSON. argv: images, out.
-CHILD_RUN = """
-import json, sys, time
-start = time.perf_counter()
-import torch
-after_torch = time.perf_counter()
-import dissect.cli, dissect.models, dissect.streaming
-imported = time.perf_counter()
-spent = {"load_model": 0.0, "write": 0.0, "fingerprint": 0.0, "open_data": 0.0}
-
-def timed(module, name, key):
-    inner = getattr(module, name)
-    def wrapper(*args, **kwargs):
-        begin = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            spent[key] += time.perf_counter() - begin
-    setattr(module, name, wrapper)
-
-timed(dissect.models, "load_model", "load_model")
-timed(dissect.streaming, "load_model", "load_model")
-timed(dissect.streaming, "write_dissection", "write")
-timed(dissect.streaming, "run_fingerprint", "fingerprint")
-timed(dissect.streaming, "open_data", "open_data")
-images, out = sys.argv[1:3]
-assert dissect.cli.main(["run", "scene-cnn", f"synthetic:{images}", "--out", out,
-                         "--device", "cpu"]) == 0
-end = time.perf_counter()
-print(json.dumps({"torch_import": after_torch - start, "other_imports": imported - after_torch,
-                  "command": end - imported, **spent}))
-"""
-
-
-def startup_split(images: int) -> dict[str, float]:
-    """A whole ``dissect run`` of scene-cnn on ``synthetic:images`` in a fresh process, split."""
-    with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-c", CHILD_RUN, str(images), out]
-        start = time.perf_counter()
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        inside = json.loads(done.stdout.strip().splitlines()[-1])
-        manifest = json.loads((Path(out) / "manifest.json").read_text())
-    parts = {
-        "torch_import": inside["torch_import"],
-        "other_imports": inside["other_imports"],
-        "load_model": inside["load_model"],
-        "probe": manifest["probe_seconds"],
-        "pass": manifest["seconds"],
-        "write": inside["write"],
-        "fingerprint": inside["fingerprint"],
-        "open_data": inside["open_data"],
-    }
-    steps = ("load_model", "probe", "pass", "write", "fingerprint", "open_data")
-    measured = sum(parts[key] for key in steps)
-    parts["other"] = inside["command"] - measured  # the CLI's own work, merging, the summary
-    parts["interpreter"] = wall - inside["torch_import"] - inside["other_imports"]
-    parts["interpreter"] -= inside["command"]  # start and exit of the interpreter
-    return {"wall": wall, **parts}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=192, help="images of the speed comparison")
     parser.add_argument("--memory-images", type=int, default=32, help="N of memory N vs 4N")
     parser.add_argument("--layers", default=LAYERS)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--startup-images", type=int, default=300)
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    os.environ["DISSECT_NO_CACHE"] = "1"  # every run probes (children too), as a first run does
     if args.child:
         data, out, layers, batch_size = args.child
         child(data, out, layers, int(batch_size))
@@ -394,10 +331,6 @@ def main() -> None:
             print(f"peak_rss_mb{name}_{small}: {memory[small][which] / 2**20:.0f}")
             print(f"peak_rss_mb{name}_{large}: {memory[large][which] / 2**20:.0f}")
             print(f"memory_ratio{name}: {memory[large][which] / memory[small][which]:.3f}")
-    split = startup_split(args.startup_images)
-    for key, value in split.items():
-        print(f"run{args.startup_images}_{key}_seconds: {value:.2f}")
-    print(f"run{args.startup_images}_startup_fraction: {1 - split['pass'] / split['wall']:.2f}")
 
 
 if __name__ == "__main__":

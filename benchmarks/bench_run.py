@@ -1,7 +1,8 @@
 """Overhead of ``dissect run`` over a bare ``model(x)`` loop on the same images and batch size.
 
 Prints ``name: value`` lines; ``overhead`` is the ratio of the two wall times measured in this
-one run (best of ``--repeat`` for each, interleaved, so machine noise hits both alike).
+one run (best of ``--repeat`` for each, interleaved, so machine noise hits both alike). The
+geometry cache is off: every run probes, as a first run does.
 
     python benchmarks/bench_run.py [--model scene-cnn] [--data synthetic:1024] [--batch-size 64]
 """
@@ -9,6 +10,7 @@ one run (best of ``--repeat`` for each, interleaved, so machine noise hits both 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import warnings
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    os.environ["DISSECT_NO_CACHE"] = "1"  # every run probes, as a first run does
     warnings.simplefilter("ignore")
     loaded = load_model(args.model)
     source = open_data(args.data)

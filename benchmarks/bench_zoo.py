@@ -2,7 +2,8 @@
 geometry probe's time and peak memory against one forward pass of a batch.
 
 Prints ``name: value`` lines per family (``family.overhead``: wall time of a whole ``dissect run``
--- probe included -- over a bare ``model(x)`` loop on the same loader; ``family.probe_overhead``:
+-- probe included: the geometry cache is off -- over a bare ``model(x)`` loop on the same
+loader; ``family.probe_overhead``:
 that run's time over the same run without its geometry probe (the manifest's
 ``probe_seconds``); ``family.probe_time`` and ``family.probe_memory``: the probe's CPU seconds
 and peak resident-memory growth divided by those of one forward pass of one batch, each measured
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
@@ -108,6 +110,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--families", default=",".join(FAMILIES))
     args = parser.parse_args()
+    os.environ["DISSECT_NO_CACHE"] = "1"  # every run probes, as a first run does
     warnings.simplefilter("ignore")
     source = open_data(f"synthetic:{args.images}")
     preprocess = Preprocess(args.size)

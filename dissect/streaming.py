@@ -38,7 +38,7 @@ from .directory import (
 )
 from .dissection import Dissection
 from .errors import DissectError
-from .geometry import LayerGeometry, layer_geometry
+from .geometry import LayerGeometry, cached_layer_geometry, layer_geometry
 from .hooks import resolve_layers
 from .images import Batch, ImageSource, Preprocess, make_loader
 from .io import write_csv, write_json, write_npz
@@ -219,10 +219,16 @@ def run_dissection(
         listeners["iou"] = PendingIoU(
             source, out, distributed.rank(), listeners["stats"].lower_bound
         )
-    started = time.perf_counter()
-    geometry = layer_geometry(loaded.module, names, preprocess.size)
-    probe_seconds = time.perf_counter() - started
     fingerprint = run_fingerprint(loaded, source, preprocess, config, torch_device)
+    started = time.perf_counter()  # the probe, or reading what an earlier one found
+    geometry = cached_layer_geometry(
+        loaded.module,
+        names,
+        preprocess.size,
+        fingerprint["model_weights_sha256"],
+        probe=layer_geometry,
+    )
+    probe_seconds = time.perf_counter() - started
     if iou:
         fingerprint["iou_concepts_sha256"] = listeners["iou"].concepts_sha256
     checkpoint = Checkpoint(out, fingerprint, distributed.rank())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,26 @@ def make_image_folder(root: Path, count: int = 12, seed: int = 0) -> Path:
     (root / "broken.jpg").write_bytes(b"this is not a jpeg")
     (root / "notes.txt").write_text("not an image")
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def session_geometry_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A geometry cache for what module- and session-scoped fixtures run (they start before
+    the per-test cache below); never the user's ``~/.cache``."""
+    folder = tmp_path_factory.mktemp("session-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISSECT_CACHE_DIR", str(folder))
+        yield folder
+
+
+@pytest.fixture(autouse=True)
+def geometry_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> Path:
+    """Every test's own, empty geometry cache (never the user's ``~/.cache``); child processes
+    inherit it."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("DISSECT_CACHE_DIR", str(folder))
+    monkeypatch.delenv("DISSECT_NO_CACHE", raising=False)
+    return folder
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
-from dissect.cli import main
+from dissect.cli import entry, main
 
 
 def test_layers_lists_geometry(capsys, tiny_spec):
@@ -56,3 +57,20 @@ def test_python_dash_m():
         [sys.executable, "-m", "dissect", "--help"], capture_output=True, text=True, check=True
     )
     assert "layers" in result.stdout and "run" in result.stdout
+
+
+def test_the_program_exits_with_main_s_status_after_freezing(monkeypatch):
+    frozen = []
+    monkeypatch.setattr("dissect.cli.main", lambda argv=None: 3)
+    monkeypatch.setattr("gc.freeze", lambda: frozen.append(True))
+    with pytest.raises(SystemExit) as stop:
+        entry(["run"])
+    assert stop.value.code == 3 and frozen == [True]
+
+
+def test_python_m_dissect_passes_on_the_status_and_the_message(tmp_path):
+    out, missing = str(tmp_path / "out"), str(tmp_path / "none")
+    command = [sys.executable, "-m", "dissect", "run", "scene-cnn", missing, "--out", out]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert "dissect run: error:" in done.stderr and "none" in done.stderr

@@ -8,7 +8,7 @@ from PIL import Image
 
 from dissect.datasets import ImageFolder, open_data
 from dissect.errors import DissectError
-from dissect.images import ImageReadError, Preprocess
+from dissect.images import IMAGE_EXTENSIONS, ImageReadError, Preprocess
 
 
 def test_folder_is_recursive_sorted_and_any_case(image_folder):
@@ -68,3 +68,35 @@ def test_written_files_are_readable_by_others(tmp_path):
 
     write_text(tmp_path / "a.txt", "x")
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_folder_listing_is_the_one_pathlib_gives(tmp_path):
+    """The listing from directory entries finds and orders what ``rglob("*")`` did."""
+    root = tmp_path / "images"
+    names = [
+        "a/b.jpg",
+        "a.b/c.JPG",
+        "a-b.png",
+        "A/z.webp",
+        ".hidden.png",
+        "..jpg",
+        "x..Tif",
+        "deep/er/still/img.bmp",
+        "notes.txt",
+        "trail.",
+        "d.png/inside.jpeg",
+        "noext",
+    ]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    (root / "link.jpg").symlink_to(root / "a-b.png")  # a link to a file counts
+    (root / "linked").symlink_to(root / "a")  # a link to a folder is not followed
+    (root / "broken.png").symlink_to(root / "missing.png")
+    before = sorted(
+        path.relative_to(root)
+        for path in root.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    )
+    assert ImageFolder(root).paths == [path.as_posix() for path in before]
+    assert len(before) == 10

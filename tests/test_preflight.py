@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,11 @@ def run_cli(argv: list[str], cwd: Path) -> tuple[int, str, list[str]]:
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env={
+            "PYTHONPATH": str(ROOT),
+            "PATH": "/usr/bin:/bin",
+            "DISSECT_CACHE_DIR": os.environ["DISSECT_CACHE_DIR"],
+        },
         timeout=120,
     )
     loaded = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "[]"

@@ -20,9 +20,19 @@ attention) is *global*: every position depends on the whole image. Its ``rf`` is
 ``stride``/``offset`` say where its positions sit (through its local paths where it has any,
 else as a plain resize would put them). A layer the probe cannot measure keeps the plain-resize
 geometry and says why in ``problem``; the other layers are unaffected.
+
+:func:`cached_layer_geometry` keeps what the probe found on disk (:mod:`dissect.geometry.cache`),
+so a second run of the same network, layers and size does not probe again.
 """
 
+from .cache import cached_layer_geometry
 from .layer import LayerGeometry
 from .measure import CANVASES, geometry_table, layer_geometry
 
-__all__ = ["CANVASES", "LayerGeometry", "geometry_table", "layer_geometry"]
+__all__ = [
+    "CANVASES",
+    "LayerGeometry",
+    "cached_layer_geometry",
+    "geometry_table",
+    "layer_geometry",
+]
