@@ -25,7 +25,7 @@ from . import __version__, distributed
 from .checkpoint import Checkpoint, module_digest, source_digest
 from .config import ResumeConfig, RunConfig
 from .datasets import open_data
-from .device import pick_device
+from .device import forward_dtype, pick_device
 from .directory import (
     IMAGES,
     MANIFEST,
@@ -154,6 +154,8 @@ def run_fingerprint(
         "seed": config.seed,
         "device_type": device.type,
         "world_size": distributed.world_size(),
+        # only when set, so that the checkpoints of float32 runs stay valid
+        **({"dtype": config.dtype} if config.dtype != "float32" else {}),
     }
 
 
@@ -221,6 +223,7 @@ def run_dissection(
     names = resolve_layers(loaded.module, layers or default_layers(loaded.module))
     config = dataclasses.replace(config, layers=tuple(names))
     torch_device = pick_device(config.device)
+    dtype = forward_dtype(config.dtype, torch_device)
     distributed.init(torch_device)
     device = distributed.local_device(torch_device)
     listeners: dict[str, Listener] = {
@@ -248,9 +251,7 @@ def run_dissection(
     job = PassJob(
         loaded.module,
         names,
-        lambda start: loader(
-            source, preprocess, shard[start:], config.batch_size, config.workers
-        ),
+        lambda start, size: loader(source, preprocess, shard[start:], size, config.workers, device),
         len(shard),
         device,
         source,
@@ -258,6 +259,8 @@ def run_dissection(
         checkpoint=checkpoint,
         resume=resume,
         progress=progress and distributed.is_main(),
+        dtype=dtype,
+        batch_size=config.batch_size,
     )
     state = run_pass(job, listeners)
     written = Written(out, loaded, source, preprocess, config, geometry, probe_seconds)
