@@ -115,6 +115,11 @@ def forward_dtype(name: str, device: torch.device) -> torch.dtype:
     dtype = getattr(torch, name)
     if dtype == torch.float32:
         return dtype
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DissectError(
+            f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16 arithmetic; "
+            "use --dtype float16 or float32."
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

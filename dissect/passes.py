@@ -321,11 +321,11 @@ class _Driver:
         job = self.job
         free_memory(job.device)
         if size is None or size <= 1:
-            images = "1 image" if size == 1 else "one batch"
+            images = " with 1 image per forward" if size == 1 else ""
             raise DissectError(
-                f"the {job.desc} pass ran out of {job.device.type} memory with {images} per "
-                "forward; trace fewer --layers, use a smaller --image-size or --dtype bfloat16, "
-                "or run on another --device."
+                f"the {job.desc} pass ran out of {job.device.type} memory{images}; trace fewer "
+                "--layers, use a smaller --image-size or --dtype bfloat16, or run on another "
+                "--device."
             )
         if size == job.batch_size:
             warnings.warn(

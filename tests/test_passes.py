@@ -234,7 +234,7 @@ def test_out_of_memory_with_one_image_is_one_clear_error():
     assert module[2].sizes == [4, 2, 1]
     no_back_off = job(batches=lambda start: sized_batches(start, 4))
     no_back_off.module = thrifty_network(limit=2)
-    with pytest.raises(DissectError, match="ran out of cpu memory with one batch"):
+    with pytest.raises(DissectError, match="ran out of cpu memory; trace fewer"):
         run_pass(no_back_off, {"sums": Sums()})
 
 
