@@ -7,6 +7,7 @@ threshold T; then the share over every unit and the ratio of the two passes' CPU
 (measured in this one run).
 
     python benchmarks/bench_dtype.py [--model scene-cnn] [--data synthetic:300] [--dtype bfloat16]
+        [--device auto]
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--model", default="scene-cnn")
     parser.add_argument("--data", default="synthetic:300")
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPES[1:])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="where both runs go (auto)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as root:
@@ -71,6 +72,7 @@ def main() -> None:
         table = compare(reference, other, DetectorRule().min_iou)
     print(f"model: {args.model}")
     print(f"data: {args.data}")
+    print(f"device: {args.device}")
     print(f"torch_threads: {torch.get_num_threads()}")
     for layer, row in table.iterrows():
         same, units = int(row.same), int(row.units)

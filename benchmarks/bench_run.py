@@ -27,13 +27,17 @@ from dissect.models import load_model
 from dissect.streaming import default_layers, run_dissection
 
 
-def bare_loop(module, source, preprocess, batch_size: int) -> float:
-    """Seconds for the same loader feeding ``model(x)`` with nothing else."""
+def bare_loop(module, source, preprocess, batch_size: int, device: torch.device) -> float:
+    """Seconds for the same loader (decoding in this process) feeding ``model(x)`` on
+    ``device`` with nothing else."""
     start = time.perf_counter()
-    loader = make_loader(source, preprocess, range(len(source)), batch_size)
+    loader = make_loader(source, preprocess, range(len(source)), batch_size, 0, device)
+    module.to(device)
     with torch.inference_mode():
         for batch in loader:
-            module(batch.images)
+            module(batch.images.to(device, non_blocking=True))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
@@ -61,7 +65,7 @@ def main() -> None:
     parser.add_argument("--layers", help="comma-separated (default: every conv and pool layer)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--device", default="cpu", help="where dissect run runs (cpu)")
+    parser.add_argument("--device", default="auto", help="where both loops run (auto)")
     parser.add_argument(
         "--workers", type=int, help="decoding processes of the second run (default: auto, >= 1)"
     )
@@ -71,16 +75,17 @@ def main() -> None:
     source = open_data(args.data)
     layers = args.layers.split(",") if args.layers else default_layers(loaded.module)
     batches = -(-len(source) // args.batch_size)
-    auto = auto_workers(pick_device(args.device), batches)
+    device = pick_device(args.device)
+    auto = auto_workers(device, batches)
     workers = args.workers if args.workers is not None else max(1, auto)
     bare, off, on = [], [], []
     for _ in range(args.repeat):
-        bare.append(bare_loop(loaded.module, source, loaded.preprocess, args.batch_size))
+        bare.append(bare_loop(loaded.module, source, loaded.preprocess, args.batch_size, device))
         off.append(dissect_run(loaded, source, layers, args.batch_size, 0, args.device))
         on.append(dissect_run(loaded, source, layers, args.batch_size, workers, args.device))
     print(f"images: {len(source)}")
     print(f"layers: {len(layers)}")
-    print(f"device: {args.device}")
+    print(f"device: {device}")
     print(f"torch_threads: {torch.get_num_threads()}")
     print(f"load_1min: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"free_cores: {free_cores()}")
