@@ -12,8 +12,8 @@ IoU counters of ``dissect autolabel`` and their permutation null, the labels of 
   format where that helps (:mod:`dissect.on_device`);
 - out-of-memory back-off: when a batch does not fit in the device's memory, the listeners go
   back to the last saved state (or the start), the batches are halved and the pass goes on from
-  there; the statistics are those of a run at the smaller batch size (a listener never keeps
-  part of a batch);
+  there (a listener never keeps part of a batch): the statistics of a run at the smaller batch
+  size, but for the images counted before that save, which keep their larger batches;
 - a tqdm bar over this process's shard;
 - one resume policy: the state of every listener is saved to the job's
   :class:`~dissect.checkpoint.Checkpoint` every ``checkpoint_every`` images or
@@ -248,7 +248,11 @@ def resume_state(job: PassJob, listeners: Mapping[str, Listener]) -> PassState:
 
 
 def _feed(
-    trace: LayerTrace, job: PassJob, listeners: Sequence[Listener], batch: Batch, images: Any
+    trace: LayerTrace,
+    job: PassJob,
+    listeners: Sequence[Listener],
+    batch: Batch,
+    images: torch.Tensor,
 ) -> None:
     """One forward of ``batch`` (its ``images`` on the device); every listener sees every
     traced layer, in float32 and outside autocast."""
@@ -276,10 +280,16 @@ def _feed(
 class _Driver:
     """The loop of :func:`run_pass` over the batches of one attempt (one batch size)."""
 
-    def __init__(self, job: PassJob, listeners: Mapping[str, Listener], channels_last: bool):
-        self.job, self.listeners, self.channels_last = job, listeners, channels_last
+    def __init__(
+        self,
+        job: PassJob,
+        listeners: Mapping[str, Listener],
+        trace: LayerTrace,
+        channels_last: bool,
+    ):
+        self.job, self.listeners, self.trace = job, listeners, trace
+        self.channels_last = channels_last
         self.saver = _Saver(job, listeners)
-        self.trace: LayerTrace
 
     def batches(self, start: int, size: int | None) -> Iterable[Batch]:
         job = self.job
@@ -315,7 +325,7 @@ class _Driver:
                 saver.save(state)  # interrupted between batches (e.g. while reading)
             raise
 
-    def back_off(self, size: int | None, state: PassState) -> int:
+    def back_off(self, size: int | None) -> int:
         """After an out-of-memory error: free memory, halve the batches; a clear error when
         there is no smaller batch to try."""
         job = self.job
@@ -327,14 +337,19 @@ class _Driver:
                 "--layers, use a smaller --image-size or --dtype bfloat16, or run on another "
                 "--device."
             )
-        if size == job.batch_size:
-            warnings.warn(
-                f"{job.desc}: out of {job.device} memory with {size} images per forward; going "
-                f"on with {size // 2} (halved again if need be) from image {state.done} of this "
-                "shard, with the statistics of a run at the smaller batch size.",
-                stacklevel=3,
-            )
         return size // 2
+
+    def tell(self, size: int, state: PassState) -> None:
+        """Say once that the batches were halved, and from where the pass goes on."""
+        job = self.job
+        if size * 2 == job.batch_size:
+            warnings.warn(
+                f"{job.desc}: out of {job.device} memory with {job.batch_size} images per "
+                f"forward; going on with {size} (halved again if need be) from image "
+                f"{state.done} of this shard (the last saved state), with the statistics of a "
+                "run at the smaller batch size.",
+                stacklevel=4,
+            )
 
 
 def run_pass(job: PassJob, listeners: Mapping[str, Listener]) -> PassState | None:
@@ -376,7 +391,6 @@ def _attempts(
     """The pass, again from the last saved state with half the batch size after each
     out-of-memory error."""
     state = resume_state(job, listeners)
-    driver = _Driver(job, listeners, channels_last)
     bar = tqdm(
         total=job.total, initial=state.done, unit="img", desc=job.desc, disable=not job.progress
     )
@@ -386,7 +400,7 @@ def _attempts(
         LayerTrace(job.module, job.layers, stop=True, channels_last=job.channels_last) as trace,
         deferred_interrupts() as stop,
     ):
-        driver.trace = trace
+        driver = _Driver(job, listeners, trace, channels_last)
         while True:
             try:
                 driver.run(state, size, bar, stop)
@@ -395,8 +409,9 @@ def _attempts(
                 if not out_of_memory(error):
                     raise
             # out of the handler: the failed batch's tensors went with the traceback
-            size = driver.back_off(size, state)
+            size = driver.back_off(size)
             state = resume_state(job, listeners)  # nothing of the failed batch is kept
+            driver.tell(size, state)
             bar.reset(job.total)
             bar.update(state.done)
     bar.close()

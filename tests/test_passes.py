@@ -195,9 +195,13 @@ def test_out_of_memory_halves_the_batch_and_keeps_nothing_of_the_failed_one(tmp_
 
 
 def test_out_of_memory_after_a_save_goes_on_from_the_saved_state(tmp_path):
+    def as_backed_off(start):  # what the pass should end up with: 0-3 in pairs, then singly
+        yield from (batch for batch in sized_batches(0, 2) if batch.indices[0] < 4)
+        yield from sized_batches(4, 1)
+
     reference = KeptOutputs()
-    run_pass(job(batches=lambda start: sized_batches(start, 2)), {"kept": reference})
-    module = thrifty_network(limit=2, calls=1)  # the second batch fails, after a save
+    run_pass(job(batches=as_backed_off), {"kept": reference})
+    module = thrifty_network(limit=1, calls=3)  # images 6-7 fail; the last save was after 4
     sums, kept = Sums(), KeptOutputs()
     later = PassJob(
         module,
@@ -205,15 +209,15 @@ def test_out_of_memory_after_a_save_goes_on_from_the_saved_state(tmp_path):
         sized_batches,
         len(IMAGES),
         torch.device("cpu"),
-        batch_size=4,
+        batch_size=2,
         checkpoint=Checkpoint(tmp_path, {"pass": "test"}),
         resume=ResumeConfig(checkpoint_every=4),
         progress=False,
     )
-    with pytest.warns(UserWarning, match="from image 4 of this shard"):
+    with pytest.warns(UserWarning, match="with 1 .* from image 4 of this shard"):
         run_pass(later, {"sums": sums, "kept": kept})
-    assert module[2].sizes == [4, 4, 2, 2, 2]  # images 0-3 are not fed again
-    assert sums.images == 10
+    assert module[2].sizes == [2, 2, 2, 2] + [1] * 6  # 0-3 not fed again, 4-5 fed again
+    assert sums.images == 10  # and counted once
     for layer, same in (("0", "0"), ("3", "2")):
         assert torch.equal(kept.output(layer), reference.output(same))
 
