@@ -346,8 +346,8 @@ class _Driver:
             warnings.warn(
                 f"{job.desc}: out of {job.device} memory with {job.batch_size} images per "
                 f"forward; going on with {size} (halved again if need be) from image "
-                f"{state.done} of this shard (the last saved state), with the statistics of a "
-                "run at the smaller batch size.",
+                f"{state.done} of this shard (the last saved state; nothing of the failed batch "
+                "was kept).",
                 stacklevel=4,
             )
 
