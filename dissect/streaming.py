@@ -192,7 +192,7 @@ def run_dissection(
     layers : sequence of str, optional
         Layers to dissect; default every convolution and pooling layer.
     config : RunConfig, optional
-        ``topk``, ``quantile``, ``batch_size``, ``device``, ``seed``, ``workers`` (its
+        ``topk``, ``quantile``, ``batch_size``, ``device``, ``seed``, ``workers``, ``dtype`` (its
         ``layers`` are replaced by ``layers``); default :class:`RunConfig`'s defaults.
     weights : str, optional
         State-dict file for a ``file.py:callable`` MODEL.

@@ -181,11 +181,11 @@ def compute_iou(
     layers : sequence of str, optional
         Layers to label (default: all dissected ones).
     config : IoUConfig, optional
-        ``batch_size``, ``device``, ``workers``, ``permutations`` (P re-pairings of unit masks
-        with the concept masks of other images, counted alongside for the significance of
-        every label, see :mod:`dissect.iou.significance`; each adds one set of counters and one
-        more counting pass per batch). Default: :class:`IoUConfig`'s, with no permutations
-        (:func:`~dissect.iou.labelling.autolabel` asks for 19).
+        ``batch_size``, ``device``, ``workers``, ``dtype`` (None: the run's), ``permutations``
+        (P re-pairings of unit masks with the concept masks of other images, counted alongside
+        for the significance of every label, see :mod:`dissect.iou.significance`; each adds
+        one set of counters and one more counting pass per batch). Default: :class:`IoUConfig`'s,
+        with no permutations (:func:`~dissect.iou.labelling.autolabel` asks for 19).
     resume : ResumeConfig, optional
         The counters are saved to ``iou/.checkpoint/rank<r>.pt`` every ``checkpoint_seconds``,
         on Ctrl-C / SIGTERM (deferred to the end of the batch in flight; then
