@@ -240,6 +240,7 @@ def add_speed_arguments(
             "--workers",
             type=_workers,
             default=workers,
+            metavar="auto|N",
             help="image-decoding processes: auto (as many as the free cores allow beside the "
             "device, 0 where they would not help), or N (0: decode in this process); the "
             f"results are the same either way ({workers})",
