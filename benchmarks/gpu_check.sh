@@ -5,7 +5,8 @@
 #   benchmarks/gpu_check.sh [PYTHON]      # PYTHON defaults to .venv/bin/python, else python3
 #
 # The benchmarks' `dissect run` takes --device auto, so the pass runs on the GPU; their bare
-# reference loops stay where each script puts them (read the ratios with that in mind).
+# reference loops stay where each script puts them (bench_run's on the GPU too; read the ratios
+# with that in mind). bench_dtype gives the bfloat16 label agreement and cost on the GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -22,7 +23,7 @@ PY
 status=0
 echo "== GPU-marked tests"
 "$python" -m pytest -m gpu -q -p no:cacheprovider tests || status=1
-for bench in bench_run.py bench_zoo.py bench_iou.py bench_rf.py; do
+for bench in bench_run.py bench_dtype.py bench_zoo.py bench_iou.py bench_rf.py; do
     echo "== benchmarks/$bench (defaults)"
     start=$(date +%s)
     "$python" "benchmarks/$bench" || status=1

@@ -38,8 +38,10 @@ DISCREPANCIES = ("peak", "map")
 RULES = ("threshold", "disk")
 #: The pictures ``dissect segment`` can draw of a top image.
 PICTURES = ("segmented", "outline", "crop", "grid")
-#: Default device of every command: cuda when available, else cpu.
+#: Default device of every command: cuda, else Apple's mps, else cpu; and ``--workers auto``.
 AUTO = "auto"
+#: Number formats the forward may run in (``--dtype``); statistics stay float32.
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def image_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -58,6 +60,21 @@ def image_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
         return (size, size)
     height, width = size
     return (int(height), int(width))
+
+
+def check_workers(workers: int | str) -> None:
+    """Refuse a ``--workers`` that is neither ``auto`` nor a count of processes."""
+    if workers != AUTO and (not isinstance(workers, int) or workers < 0):
+        raise DissectError(
+            f"--workers {workers}: give the number of image-decoding processes (0: decode in "
+            "the main process) or auto."
+        )
+
+
+def check_dtype(dtype: str | None) -> None:
+    """Refuse a ``--dtype`` not in :data:`DTYPES` (None: the default of the stage)."""
+    if dtype is not None and dtype not in DTYPES:
+        raise DissectError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
 
 
 @dataclass(frozen=True)
@@ -79,8 +96,10 @@ class RunConfig:
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available).
     seed : int
         Keys the threshold sketch's sample (with the image index and position).
-    workers : int
-        DataLoader worker processes.
+    workers : int or "auto"
+        Image-decoding processes (``auto``: see :func:`dissect.device.auto_workers`).
+    dtype : str
+        Number format of the forward (one of :data:`DTYPES`; statistics stay float32).
     """
 
     layers: tuple[str, ...] = ()
@@ -89,9 +108,12 @@ class RunConfig:
     batch_size: int = 64
     device: str = AUTO
     seed: int = 0
-    workers: int = 0
+    workers: int | str = AUTO
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        check_workers(self.workers)
+        check_dtype(self.dtype)
         if self.topk < 1:
             raise DissectError(f"--topk must be at least 1, got {self.topk}.")
         if not 0 < self.quantile < 1:
@@ -142,18 +164,23 @@ class IoUConfig:
         Images per forward.
     device : str
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
-    workers : int
-        Image-loading processes.
+    workers : int or "auto"
+        Image-decoding processes.
     permutations : int
         Random re-pairings of images for each label's p-value (0: none).
+    dtype : str or None
+        Number format of the forward (None: the one ``dissect run`` used).
     """
 
     batch_size: int = 16
     device: str = AUTO
-    workers: int = 0
+    workers: int | str = AUTO
     permutations: int = 19
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
+        check_workers(self.workers)
+        check_dtype(self.dtype)
         if self.batch_size < 1:
             raise DissectError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if self.permutations < 0:
@@ -257,6 +284,10 @@ class SegmentConfig:
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
     pictures : tuple of str
         Which pictures to draw (some of :data:`PICTURES`).
+    workers : int or "auto"
+        Image-decoding processes.
+    dtype : str or None
+        Number format of the forward (None: the one ``dissect run`` used).
     """
 
     top: int | None = 10
@@ -267,8 +298,12 @@ class SegmentConfig:
     batch_size: int = 32
     device: str = AUTO
     pictures: tuple[str, ...] = ("segmented",)
+    workers: int | str = AUTO
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
+        check_workers(self.workers)
+        check_dtype(self.dtype)
         if self.rule not in RULES:
             raise DissectError(f"--rule must be one of {', '.join(RULES)}, got {self.rule!r}.")
         unknown = [name for name in self.pictures if name not in PICTURES]
@@ -326,10 +361,12 @@ class DetectorRule:
 
 @dataclass(frozen=True)
 class ExplainConfig:
-    """``dissect explain``: ``top`` units per layer, on ``device``."""
+    """``dissect explain``: ``top`` units per layer, on ``device``, the forward in ``dtype``
+    (None: the one ``dissect run`` used)."""
 
     top: int = 5
     device: str = AUTO
+    dtype: str | None = None
 
 
 @dataclass(frozen=True)

@@ -142,11 +142,13 @@ def run_digest(manifest: dict, tables: Sequence[bytes]) -> str:
 
     Two passes that computed the same statistics from the same model, data and parameters get
     the same id, so re-running an identical pass keeps the later stages valid; any difference
-    gives another id.
+    gives another id. How the images were decoded (``workers``) is not part of it.
     """
     digest = hashlib.sha256()
     timing = ("created", "seconds", "probe_seconds", "world_size", "run_id")
     kept = {key: value for key, value in manifest.items() if key not in timing}
+    if isinstance(kept.get("config"), dict):
+        kept["config"] = {key: value for key, value in kept["config"].items() if key != "workers"}
     digest.update(json.dumps(kept, sort_keys=True, default=str).encode())
     for table in tables:
         digest.update(hashlib.sha256(table).digest())

@@ -70,6 +70,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
 
 
+def local_world_size() -> int:
+    """Processes of the job on this machine (torchrun's ``LOCAL_WORLD_SIZE``; 1 otherwise)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched() else 1
+
+
 def backend_for(device: torch.device) -> str:
     """``nccl`` for CUDA devices, ``gloo`` for everything else."""
     return "nccl" if device.type == "cuda" else "gloo"

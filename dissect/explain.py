@@ -125,6 +125,7 @@ def explain_image(
     model: LoadedModel | None = None,
     rule: DetectorRule | None = None,
     device: str = ExplainConfig.device,
+    dtype: str | None = ExplainConfig.dtype,
     **loose: Any,
 ) -> Explanation:
     """The units of each layer that respond most strongly to one image, relative to T.
@@ -146,6 +147,8 @@ def explain_image(
         Which labels count as detectors (see :func:`dissect.semantics.detectors`).
     device : str
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    dtype : str, optional
+        The forward's number format (None: the one ``dissect run`` used).
     **loose
         ``min_precision``, ``min_iou``, ``taxonomy``, ``max_p``: replace the rule's value.
 
@@ -155,7 +158,7 @@ def explain_image(
     """
     import torch
 
-    from .device import pick_device
+    from .device import forward_dtype, pick_device
     from .images import Batch
     from .passes import KeptOutputs, PassJob, run_pass
     from .upsample import upsample_maps
@@ -178,15 +181,17 @@ def explain_image(
     loaded = model or load_dissected_model(dissection)
     batch = Batch(torch.zeros(1, dtype=torch.int64), preprocess.tensor(rgb)[None], [])
     kept = KeptOutputs()
+    torch_device = pick_device(device)
     job = PassJob(
         loaded.module,
         layers,
         lambda start: [batch][start:],
         1,
-        pick_device(device),
+        torch_device,
         channels_last=dissection.channels_last(layers),
         stream=False,
         progress=False,
+        dtype=forward_dtype(dtype or dissection.config.dtype, torch_device),
     )
     run_pass(job, {"outputs": kept})
     outputs = {layer: kept.output(layer) for layer in layers}

@@ -8,8 +8,9 @@ world) and ``open_data(spec)`` live in :mod:`dissect.datasets`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import image_hw
+from .config import AUTO, check_workers, image_hw
 from .errors import DissectError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -260,6 +261,10 @@ class Batch:
     images: torch.Tensor
     skipped: list[tuple[int, str]]
 
+    def pin_memory(self) -> Batch:
+        """This batch with its images in page-locked memory (the DataLoader's ``pin_memory``)."""
+        return dataclasses.replace(self, images=self.images.pin_memory())
+
 
 def collate(items: list[tuple[int, torch.Tensor | None, str]]) -> Batch:
     """Stack readable images; keep (index, reason) for unreadable ones."""
@@ -279,21 +284,46 @@ def make_loader(
     preprocess: Preprocess,
     indices: Sequence[int],
     batch_size: int,
-    workers: int = 0,
+    workers: int | str = 0,
+    device: torch.device | None = None,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``indices`` of ``source`` in order, yielding :class:`Batch` objects."""
-    if workers < 0:
-        raise DissectError(
-            f"--workers {workers}: the number of image-loading processes must be 0 (load in "
-            "the main process) or more."
-        )
+    """A DataLoader over ``indices`` of ``source`` in order, yielding :class:`Batch` objects.
+
+    ``workers`` processes decode the images (``auto``: :func:`dissect.device.auto_workers` for
+    ``device``); the batches come in the same order with the same bytes as with 0. For a CUDA
+    ``device`` they come in pinned memory, so their copy to it can overlap the forward.
+    """
+    return data_loader(
+        TensorDataset(source, preprocess, indices), batch_size, collate, workers, device
+    )
+
+
+def data_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    collate_fn: Callable[[list], Batch],
+    workers: int | str = 0,
+    device: torch.device | None = None,
+) -> torch.utils.data.DataLoader:
+    """The DataLoader of every pass: ``dataset`` in order, ``batch_size`` items per batch put
+    together by ``collate_fn``, decoded by ``workers`` processes (``auto``: as many as help on
+    ``device``, see :func:`dissect.device.auto_workers`), pinned for a CUDA ``device``."""
+    from . import distributed
+    from .device import auto_workers
+
+    check_workers(workers)
+    device = device or torch.device("cpu")
+    if workers == AUTO:
+        batches = -(-len(dataset) // batch_size)
+        workers = auto_workers(device, batches, distributed.local_world_size())
     return torch.utils.data.DataLoader(
-        TensorDataset(source, preprocess, indices),
+        dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         generator=torch.Generator(),  # workers' seeds: the caller's global RNG is left alone
-        collate_fn=collate,
+        collate_fn=collate_fn,
+        pin_memory=device.type == "cuda",
     )
 
 

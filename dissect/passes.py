@@ -5,7 +5,15 @@ IoU counters of ``dissect autolabel`` and their permutation null, the labels of 
 --iou``); :func:`run_pass` says *how* to loop, once for all of them:
 
 - the network on the job's device, traced with :class:`~dissect.hooks.LayerTrace` (each layer
-  handed to the listeners as it runs, or all of a batch at once), under ``inference_mode``;
+  handed to the listeners as it runs, or all of a batch at once), under ``inference_mode``; the
+  forward in the job's ``dtype`` (``torch.autocast``), every traced output cast to float32
+  before a listener sees it, the listeners' own work outside autocast; on CUDA the images come
+  pinned, are copied on a side stream while the previous batch runs, in channels-last memory
+  format where that helps (:mod:`dissect.on_device`);
+- out-of-memory back-off: when a batch does not fit in the device's memory, the listeners go
+  back to the last saved state (or the start), the batches are halved and the pass goes on from
+  there (a listener never keeps part of a batch): the statistics of a run at the smaller batch
+  size, but for the images counted before that save, which keep their larger batches;
 - a tqdm bar over this process's shard;
 - one resume policy: the state of every listener is saved to the job's
   :class:`~dissect.checkpoint.Checkpoint` every ``checkpoint_every`` images or
@@ -27,6 +35,7 @@ layer's output, :mod:`dissect.ablate.listener`).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -38,8 +47,10 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import deferred_interrupts
 from .config import ResumeConfig
+from .errors import DissectError
 from .hooks import LayerTrace
 from .images import Batch, ImageSource, warn_skipped
+from .on_device import autocast, free_memory, out_of_memory, staged, wants_channels_last
 
 if TYPE_CHECKING:
     from torch import nn
@@ -121,7 +132,8 @@ class PassJob:
         The layers traced; none: the pass runs no forward, its listeners do in ``end``.
     batches : callable
         ``batches(start)``: the batches of this process's shard from position ``start`` on
-        (a :class:`~dissect.images.Batch` each, perhaps with more fields for the listeners).
+        (a :class:`~dissect.images.Batch` each, perhaps with more fields for the listeners);
+        with ``batch_size`` set, ``batches(start, size)``: of ``size`` images each.
     total : int
         Images of this process's shard.
     device : torch.device
@@ -141,6 +153,15 @@ class PassJob:
         The progress bar's label.
     progress : bool
         Show the progress bar.
+    dtype : torch.dtype
+        The forward's number format (float32, bfloat16, float16: ``torch.autocast``); the
+        listeners always see float32.
+    batch_size : int, optional
+        Images per batch of ``batches``; when the device runs out of memory, the pass goes on
+        with half as many (None: no back-off, the error is raised).
+    memory_format : bool, optional
+        Run the forward in channels-last memory format (None: where it helps,
+        :func:`~dissect.on_device.wants_channels_last`).
     """
 
     module: nn.Module
@@ -155,6 +176,9 @@ class PassJob:
     resume: ResumeConfig = field(default_factory=ResumeConfig)
     desc: str = "dissect"
     progress: bool = True
+    dtype: torch.dtype = torch.float32
+    batch_size: int | None = None
+    memory_format: bool | None = None
 
 
 @dataclass
@@ -227,26 +251,110 @@ def resume_state(job: PassJob, listeners: Mapping[str, Listener]) -> PassState:
     return PassState() if saved is None else PassState.from_state_dict(saved["pass"])
 
 
-def _feed(trace: LayerTrace, job: PassJob, listeners: Sequence[Listener], batch: Batch) -> None:
-    """One forward of ``batch``; every listener sees every traced layer."""
+def _feed(
+    trace: LayerTrace,
+    job: PassJob,
+    listeners: Sequence[Listener],
+    batch: Batch,
+    images: torch.Tensor,
+) -> None:
+    """One forward of ``batch`` (its ``images`` on the device); every listener sees every
+    traced layer, in float32 and outside autocast."""
     for listener in listeners:
         listener.begin(batch)
 
     def consume(layer: str, output: torch.Tensor) -> None:
-        for listener in listeners:
-            listener.add(layer, output, batch)
+        output = output.float()  # statistics, thresholds and counts stay float32
+        with autocast(job.device, job.dtype, enabled=False):
+            for listener in listeners:
+                listener.add(layer, output, batch)
 
-    images = batch.images.to(job.device, non_blocking=True)
-    if not job.layers:
-        pass  # the listeners run the network themselves
-    elif job.stream:
-        trace.stream(consume, images)
-    else:
-        outputs = trace(images)
-        for layer in job.layers:
-            consume(layer, outputs[layer])
+    if job.layers:  # without traced layers the listeners run the network themselves
+        with autocast(job.device, job.dtype):
+            if job.stream:
+                trace.stream(consume, images)
+            else:
+                outputs = trace(images)
+        if not job.stream:
+            for layer in job.layers:
+                consume(layer, outputs[layer])
     for listener in listeners:
         listener.end(batch)
+
+
+class _Driver:
+    """The loop of :func:`run_pass` over the batches of one attempt (one batch size)."""
+
+    def __init__(
+        self,
+        job: PassJob,
+        listeners: Mapping[str, Listener],
+        trace: LayerTrace,
+        channels_last: bool,
+    ):
+        self.job, self.listeners, self.trace = job, listeners, trace
+        self.channels_last = channels_last
+        self.saver = _Saver(job, listeners)
+
+    def batches(self, start: int, size: int | None) -> Iterable[Batch]:
+        job = self.job
+        return job.batches(start) if size is None else job.batches(start, size)
+
+    def run(self, state: PassState, size: int | None, bar: tqdm, stop: Any) -> None:
+        """Feed every batch from ``state.done`` on; save as the resume policy says."""
+        job, saver, live = self.job, self.saver, list(self.listeners.values())
+        start, before, consistent = time.perf_counter(), state.seconds, True
+        try:
+            for batch, images in staged(
+                self.batches(state.done, size), job.device, self.channels_last
+            ):
+                if batch.skipped:
+                    if job.source is not None:
+                        warn_skipped(job.source, batch.skipped)
+                    state.skipped.extend(batch.skipped)
+                consistent = False  # until every listener has this batch
+                if len(batch.indices):
+                    _feed(self.trace, job, live, batch, images)
+                del images
+                count = len(batch.indices) + len(batch.skipped)
+                state.done += count
+                state.seconds = before + time.perf_counter() - start
+                consistent = True
+                bar.update(count)
+                if saver.due(count) or stop.requested:
+                    saver.save(state)
+                if stop.requested:
+                    raise KeyboardInterrupt(stop.signal)
+        except KeyboardInterrupt:
+            if consistent and not stop.requested:
+                saver.save(state)  # interrupted between batches (e.g. while reading)
+            raise
+
+    def back_off(self, size: int | None) -> int:
+        """After an out-of-memory error: free memory, halve the batches; a clear error when
+        there is no smaller batch to try."""
+        job = self.job
+        free_memory(job.device)
+        if size is None or size <= 1:
+            images = " with 1 image per forward" if size == 1 else ""
+            raise DissectError(
+                f"the {job.desc} pass ran out of {job.device.type} memory{images}; trace fewer "
+                "--layers, use a smaller --image-size or --dtype bfloat16, or run on another "
+                "--device."
+            )
+        return size // 2
+
+    def tell(self, size: int, state: PassState) -> None:
+        """Say once that the batches were halved, and from where the pass goes on."""
+        job = self.job
+        if size * 2 == job.batch_size:
+            warnings.warn(
+                f"{job.desc}: out of {job.device} memory with {job.batch_size} images per "
+                f"forward; going on with {size} (halved again if need be) from image "
+                f"{state.done} of this shard (the last saved state; nothing of the failed batch "
+                "was kept).",
+                stacklevel=4,
+            )
 
 
 def run_pass(job: PassJob, listeners: Mapping[str, Listener]) -> PassState | None:
@@ -265,14 +373,33 @@ def run_pass(job: PassJob, listeners: Mapping[str, Listener]) -> PassState | Non
         On rank 0 the state of the whole pass, its listeners (but ``per_rank`` ones) holding
         every rank's statistics; None on the other ranks.
     """
-    job.module.to(job.device)
+    channels_last = job.memory_format
+    if channels_last is None:
+        channels_last = wants_channels_last(job.module, job.device)
+    job.module.to(job.device, memory_format=_memory_format(channels_last))
+    try:
+        state, driver = _attempts(job, listeners, channels_last)
+    finally:
+        if channels_last:
+            job.module.to(memory_format=torch.contiguous_format)
+    driver.saver.save(state)  # the finished shard survives a failed merge or write
+    return merge_ranks(state, listeners)
+
+
+def _memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.preserve_format
+
+
+def _attempts(
+    job: PassJob, listeners: Mapping[str, Listener], channels_last: bool
+) -> tuple[PassState, _Driver]:
+    """The pass, again from the last saved state with half the batch size after each
+    out-of-memory error."""
     state = resume_state(job, listeners)
-    saver = _Saver(job, listeners)
     bar = tqdm(
         total=job.total, initial=state.done, unit="img", desc=job.desc, disable=not job.progress
     )
-    start, before, consistent = time.perf_counter(), state.seconds, True
-    live = list(listeners.values())
+    size = job.batch_size
     with (
         torch.inference_mode(),
         (
@@ -282,31 +409,22 @@ def run_pass(job: PassJob, listeners: Mapping[str, Listener]) -> PassState | Non
         ) as trace,
         deferred_interrupts() as stop,
     ):
-        try:
-            for batch in job.batches(state.done):
-                if batch.skipped:
-                    if job.source is not None:
-                        warn_skipped(job.source, batch.skipped)
-                    state.skipped.extend(batch.skipped)
-                consistent = False  # until every listener has this batch
-                if len(batch.indices):
-                    _feed(trace, job, live, batch)
-                count = len(batch.indices) + len(batch.skipped)
-                state.done += count
-                state.seconds = before + time.perf_counter() - start
-                consistent = True
-                bar.update(count)
-                if saver.due(count) or stop.requested:
-                    saver.save(state)
-                if stop.requested:
-                    raise KeyboardInterrupt(stop.signal)
-        except KeyboardInterrupt:
-            if consistent and not stop.requested:
-                saver.save(state)  # interrupted between batches (e.g. while reading)
-            raise
+        driver = _Driver(job, listeners, trace, channels_last)
+        while True:
+            try:
+                driver.run(state, size, bar, stop)
+                break
+            except RuntimeError as error:  # torch.OutOfMemoryError is one
+                if not out_of_memory(error):
+                    raise
+            # out of the handler: the failed batch's tensors went with the traceback
+            size = driver.back_off(size)
+            state = resume_state(job, listeners)  # nothing of the failed batch is kept
+            driver.tell(size, state)
+            bar.reset(job.total)
+            bar.update(state.done)
     bar.close()
-    saver.save(state)  # the finished shard survives a failed merge or write
-    return merge_ranks(state, listeners)
+    return state, driver
 
 
 def merge_ranks(state: PassState, listeners: Mapping[str, Listener]) -> PassState | None:

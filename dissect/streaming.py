@@ -26,7 +26,7 @@ from .block_outputs import model_default_layers
 from .checkpoint import Checkpoint, module_digest, source_digest
 from .config import ResumeConfig, RunConfig
 from .datasets import open_data
-from .device import pick_device
+from .device import forward_dtype, pick_device
 from .directory import (
     IMAGES,
     MANIFEST,
@@ -138,6 +138,8 @@ def run_fingerprint(
         "seed": config.seed,
         "device_type": device.type,
         "world_size": distributed.world_size(),
+        # only when set, so that the checkpoints of float32 runs stay valid
+        **({"dtype": config.dtype} if config.dtype != "float32" else {}),
     }
 
 
@@ -177,7 +179,7 @@ def run_dissection(
         convolution and pooling layer, for ``scene-cnn`` and ``object-cnn``; see
         :func:`dissect.block_outputs.model_default_layers`).
     config : RunConfig, optional
-        ``topk``, ``quantile``, ``batch_size``, ``device``, ``seed``, ``workers`` (its
+        ``topk``, ``quantile``, ``batch_size``, ``device``, ``seed``, ``workers``, ``dtype`` (its
         ``layers`` are replaced by ``layers``); default :class:`RunConfig`'s defaults.
     weights : str, optional
         State-dict file for a ``file.py:callable`` MODEL.
@@ -210,6 +212,7 @@ def run_dissection(
     )
     config = dataclasses.replace(config, layers=tuple(names))
     torch_device = pick_device(config.device)
+    dtype = forward_dtype(config.dtype, torch_device)
     distributed.init(torch_device)
     device = distributed.local_device(torch_device)
     listeners: dict[str, Listener] = {"stats": UnitStatsListener(config, len(source), device)}
@@ -241,7 +244,7 @@ def run_dissection(
     job = PassJob(
         loaded.module,
         names,
-        lambda start: loader(source, preprocess, shard[start:], config.batch_size, config.workers),
+        lambda start, size: loader(source, preprocess, shard[start:], size, config.workers, device),
         len(shard),
         device,
         source,
@@ -249,6 +252,8 @@ def run_dissection(
         checkpoint=checkpoint,
         resume=resume,
         progress=progress and distributed.is_main(),
+        dtype=dtype,
+        batch_size=config.batch_size,
     )
     state = run_pass(job, listeners)
     written = Written(out, loaded, source, preprocess, config, geometry, probe_seconds)

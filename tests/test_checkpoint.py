@@ -65,12 +65,16 @@ def cli(spec: str, images: Path, out: Path, *extra: str) -> int:
     return main(["run", spec, str(images), "--out", str(out), *OPTIONS, *extra])
 
 
-def interrupted_run(spec: str, images: Path, out: Path, sig: signal.Signals) -> int:
+def interrupted_run(spec: str, images: Path, out: Path, sig: signal.Signals, *extra: str) -> int:
     """Start a slow run in a subprocess, send ``sig`` after its first checkpoint; return done."""
     command = [sys.executable, "-m", "dissect", "run", spec, str(images), "--out", str(out)]
     env = {**os.environ, "SLOW_SECONDS": "0.1"}
     process = subprocess.Popen(
-        command + OPTIONS, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command + OPTIONS + list(extra),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     checkpoint = out / CHECKPOINT_DIR / "rank0.pt"
     deadline = time.monotonic() + 60
@@ -119,6 +123,17 @@ def test_resume_equals_uninterrupted_run(tmp_path, setup, sig):
     assert not (out / CHECKPOINT_DIR).exists()
     units = pd.read_csv(out / "units.csv")
     assert units["threshold"].nunique() > 1  # the sampled sketch took part
+
+
+def test_resume_with_image_decoding_workers_is_exact(tmp_path, setup):
+    spec, images = setup
+    assert cli(spec, images, tmp_path / "reference", "--workers", "0") == 0
+    out = tmp_path / "out"
+    done = interrupted_run(spec, images, out, signal.SIGTERM, "--workers", "2")
+    assert 0 < done < 21
+    corrupt_first(images, done)
+    assert cli(spec, images, out, "--workers", "2") == 0
+    assert_same_directory(out, tmp_path / "reference")
 
 
 def test_changed_parameter_is_refused_and_restart_starts_over(tmp_path, setup, capsys):

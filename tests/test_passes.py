@@ -8,6 +8,7 @@ from torch import nn
 
 from dissect.checkpoint import Checkpoint
 from dissect.config import ResumeConfig
+from dissect.errors import DissectError
 from dissect.images import Batch
 from dissect.passes import BaseListener, KeptOutputs, PassJob, run_pass
 
@@ -152,3 +153,177 @@ def test_a_job_without_layers_leaves_the_forward_to_its_listeners():
     with torch.no_grad():
         expected = float(network()(IMAGES[readable]).sum())
     assert listener.sums["out"] == pytest.approx(expected, rel=1e-5)
+
+
+class OutOfMemoryAbove(nn.Module):
+    """Raises torch's out-of-memory error for a batch of more than ``limit`` images, as a GPU
+    does; otherwise passes its input on."""
+
+    def __init__(self, limit: int, calls: int = 0):
+        super().__init__()
+        self.limit, self.calls = limit, calls  # only after the first ``calls`` forwards
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        if len(x) > self.limit and len(self.sizes) > self.calls:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return x
+
+
+def thrifty_network(limit: int, calls: int = 0) -> nn.Module:
+    """``network()`` with the error raised after layer "0" ran: in a streamed pass the
+    listeners have already been handed the first layer of the batch that fails."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), OutOfMemoryAbove(limit, calls), nn.Conv2d(4, 2, 3)
+    ).eval()
+
+
+def sized_batches(start: int, size: int):
+    for first in range(start, len(IMAGES), size):
+        keep = list(range(first, min(first + size, len(IMAGES))))
+        yield Batch(torch.tensor(keep), IMAGES[keep], [])
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_out_of_memory_halves_the_batch_and_keeps_nothing_of_the_failed_one(tmp_path, stream):
+    small, kept_small = Sums(), KeptOutputs()
+    options = {"stream": stream, "batches": sized_batches}
+    run_pass(job(batch_size=2, **options), {"sums": small, "kept": kept_small})
+    module = thrifty_network(limit=2)
+    backed, kept = Sums(), KeptOutputs()
+    checkpoint = Checkpoint(tmp_path, {"pass": "test"})
+    with pytest.warns(UserWarning, match="out of cpu memory with 8 images") as caught:
+        state = run_pass(
+            PassJob(
+                module,
+                ["0", "3"],
+                sized_batches,
+                len(IMAGES),
+                torch.device("cpu"),
+                batch_size=8,
+                checkpoint=checkpoint,
+                progress=False,
+                **{"stream": stream},
+            ),
+            {"sums": backed, "kept": kept},
+        )
+    assert len([w for w in caught if "memory" in str(w.message)]) == 1  # said once
+    assert module[2].sizes == [8, 4, 2, 2, 2, 2, 2]  # 8, then 4 fail; batches of 2 go on
+    assert state.done == 10 and backed.images == 10
+    # exactly as at batch size 2: no layer of a failed batch was kept
+    assert backed.sums == {"0": small.sums["0"], "3": small.sums["2"]}
+    for layer, same in (("0", "0"), ("3", "2")):
+        assert torch.equal(kept.output(layer), kept_small.output(same))
+    assert checkpoint.load()["pass"]["done"] == 10
+
+
+def test_out_of_memory_after_a_save_goes_on_from_the_saved_state(tmp_path):
+    def as_backed_off(start):  # what the pass should end up with: 0-3 in pairs, then singly
+        yield from (batch for batch in sized_batches(0, 2) if batch.indices[0] < 4)
+        yield from sized_batches(4, 1)
+
+    reference = KeptOutputs()
+    run_pass(job(batches=as_backed_off), {"kept": reference})
+    module = thrifty_network(limit=1, calls=3)  # images 6-7 fail; the last save was after 4
+    sums, kept = Sums(), KeptOutputs()
+    later = PassJob(
+        module,
+        ["0", "3"],
+        sized_batches,
+        len(IMAGES),
+        torch.device("cpu"),
+        batch_size=2,
+        checkpoint=Checkpoint(tmp_path, {"pass": "test"}),
+        resume=ResumeConfig(checkpoint_every=4),
+        progress=False,
+    )
+    with pytest.warns(UserWarning, match="with 1 .* from image 4 of this shard"):
+        run_pass(later, {"sums": sums, "kept": kept})
+    assert module[2].sizes == [2, 2, 2, 2] + [1] * 6  # 0-3 not fed again, 4-5 fed again
+    assert sums.images == 10  # and counted once
+    for layer, same in (("0", "0"), ("3", "2")):
+        assert torch.equal(kept.output(layer), reference.output(same))
+
+
+def test_out_of_memory_with_one_image_is_one_clear_error():
+    module = thrifty_network(limit=0)
+    one = PassJob(
+        module,
+        ["0", "3"],
+        sized_batches,
+        len(IMAGES),
+        torch.device("cpu"),
+        batch_size=4,
+        progress=False,
+    )
+    with pytest.warns(UserWarning), pytest.raises(DissectError, match="with 1 image per forward"):
+        run_pass(one, {"sums": Sums()})
+    assert module[2].sizes == [4, 2, 1]
+    no_back_off = job(batches=lambda start: sized_batches(start, 4))
+    no_back_off.module = thrifty_network(limit=2)
+    with pytest.raises(DissectError, match="ran out of cpu memory; trace fewer"):
+        run_pass(no_back_off, {"sums": Sums()})
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory():
+    broken = job(batches=lambda start: sized_batches(start, 4))
+    broken.module = nn.Sequential(nn.Conv2d(5, 4, 3)).eval()  # 3 channels come in
+    with pytest.raises(RuntimeError, match="channels"):
+        run_pass(
+            PassJob(
+                broken.module,
+                ["0"],
+                sized_batches,
+                10,
+                torch.device("cpu"),
+                batch_size=4,
+                progress=False,
+            ),
+            {"sums": Sums()},
+        )
+
+
+class Float32Work(BaseListener):
+    """Records the dtype of what it is handed and of its own arithmetic."""
+
+    def __init__(self):
+        self.seen: set[torch.dtype] = set()
+
+    def add(self, layer, output, batch):
+        flat = output.flatten(1)
+        self.seen.update({output.dtype, (flat @ flat.T).dtype})
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def merge(self, state):
+        pass
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_bfloat16_forward_feeds_float32_listeners(stream):
+    reference, half = KeptOutputs(), KeptOutputs()
+    run_pass(job(stream=stream), {"kept": reference})
+    work = Float32Work()
+    run_pass(job(stream=stream, dtype=torch.bfloat16), {"kept": half, "work": work})
+    assert work.seen == {torch.float32}  # cast before the listeners, their work not autocast
+    for layer in ("0", "2"):
+        assert not torch.equal(half.output(layer), reference.output(layer))  # it did run bf16
+        torch.testing.assert_close(
+            half.output(layer), reference.output(layer), rtol=0.05, atol=0.05
+        )
+
+
+def test_channels_last_memory_format_changes_nothing_but_rounding():
+    reference, kept = KeptOutputs(), KeptOutputs()
+    run_pass(job(), {"kept": reference})
+    forced = job(memory_format=True)
+    run_pass(forced, {"kept": kept})
+    for layer in ("0", "2"):
+        torch.testing.assert_close(kept.output(layer), reference.output(layer))
+    assert forced.module[0].weight.is_contiguous()  # the network is given back as it came

@@ -40,3 +40,21 @@ def tiny_sequential() -> nn.Sequential:
     """A seeded nn.Sequential: its layers are named "0", "1", ... (numbers, read back as text)."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, stride=2))
+
+
+class GreedyNet(TinyNet):
+    """A TinyNet that runs out of (pretend) device memory after conv1 for a batch of more than
+    4 images, raising torch's own error as a GPU does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        if len(x) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        x = self.pool2(self.relu2(self.conv2(x)))
+        return self.fc(x.flatten(1))
+
+
+def greedy_net() -> GreedyNet:
+    """A seeded GreedyNet (TinyNet's weights)."""
+    torch.manual_seed(0)
+    return GreedyNet()

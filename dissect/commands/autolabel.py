@@ -12,6 +12,7 @@ from .common import (
     add_detector_arguments,
     add_device_argument,
     add_resume_arguments,
+    add_speed_arguments,
     rule_from_args,
     split_names,
 )
@@ -34,12 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"images per forward ({config.batch_size})",
     )
     add_device_argument(parser, config.device)
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=config.workers,
-        help=f"image-loading processes ({config.workers})",
-    )
+    add_speed_arguments(parser, config.workers, config.dtype)
     parser.add_argument(
         "--permutations",
         type=int,
@@ -79,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from ..semantics import detectors
 
     rule = rule_from_args(args)
-    config = IoUConfig(args.batch_size, args.device, args.workers, args.permutations)
+    config = IoUConfig(
+        args.batch_size, args.device, args.workers, args.permutations, dtype=args.dtype
+    )
     if args.fdr and not config.permutations:
         raise DissectError(
             "--fdr needs p-values, which --permutations 0 turns off; drop one of the two."

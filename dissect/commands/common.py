@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ..config import AUTO, RULES, DetectorRule, ResumeConfig, SegmentConfig, image_hw
+from ..config import AUTO, DTYPES, RULES, DetectorRule, ResumeConfig, SegmentConfig, image_hw
 from ..errors import DissectError
 from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
@@ -215,6 +215,51 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = AUTO) ->
     parser.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto (default)")
 
 
+def add_speed_arguments(
+    parser: argparse.ArgumentParser, workers: int | str | None, dtype: str | None
+) -> None:
+    """--workers (unless ``workers`` is None) and --dtype, with the stage's defaults.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The subcommand's parser.
+    workers : int, "auto" or None
+        The default of --workers (None: no such flag).
+    dtype : str or None
+        The default of --dtype (None: the one ``dissect run`` used).
+    """
+    if workers is not None:
+        parser.add_argument(
+            "--workers",
+            type=_workers,
+            default=workers,
+            metavar="auto|N",
+            help="image-decoding processes: auto (as many as the free cores allow beside the "
+            "device, 0 where they would not help), or N (0: decode in this process); the "
+            f"results are the same either way ({workers})",
+        )
+    default = "the one dissect run used" if dtype is None else dtype
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=dtype,
+        help="number format of the forward (torch.autocast; statistics, thresholds and IoU "
+        f"counts stay float32): bfloat16/float16 are faster on GPUs ({default})",
+    )
+
+
+def _workers(text: str) -> int | str:
+    if text == AUTO:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto or a number of processes, got {text!r}"
+        ) from None
+
+
 def add_resume_arguments(parser: argparse.ArgumentParser, saved: str) -> None:
     """--restart and --checkpoint-seconds of a pass that saves ``saved`` (partial counts, ...)."""
     seconds = ResumeConfig().checkpoint_seconds
@@ -272,3 +317,4 @@ def add_segment_arguments(parser: argparse.ArgumentParser, defaults: SegmentConf
         help=f"images per forward ({defaults.batch_size})",
     )
     add_device_argument(parser, defaults.device)
+    add_speed_arguments(parser, defaults.workers, defaults.dtype)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ..config import ExplainConfig
-from .common import add_detector_arguments, add_device_argument, rule_from_args, split_names
+from .common import (
+    add_detector_arguments,
+    add_device_argument,
+    add_speed_arguments,
+    rule_from_args,
+    split_names,
+)
 
 HELP = (
     "the units of each layer that respond most to one image (relative to their threshold), "
@@ -25,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", help="output folder (default DIR/explain/<image name>)")
     add_device_argument(parser, config.device)
+    add_speed_arguments(parser, None, config.dtype)
     add_detector_arguments(parser)
 
 
@@ -39,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         top=args.top,
         rule=rule_from_args(args),
         device=args.device,
+        dtype=args.dtype,
     )
     shown = explanation.table[["layer", "rank", "unit", "score", "label", "detector"]]
     print(shown.to_string(index=False))

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         rf_size=args.rf_size,
         batch_size=args.batch_size,
         device=args.device,
+        workers=args.workers,
+        dtype=args.dtype,
     )
     n_sentinels = int(tasks["sentinel"].sum())
     if args.format == "html":

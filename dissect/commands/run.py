@@ -19,6 +19,7 @@ from ..errors import interrupted_status
 from .common import (
     add_device_argument,
     add_model_arguments,
+    add_speed_arguments,
     layers_from_args,
     load_model_from_args,
     preprocess_from_args,
@@ -63,12 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=config.seed, help=f"random seed ({config.seed})"
     )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=config.workers,
-        help=f"image-loading processes ({config.workers})",
-    )
+    add_speed_arguments(parser, config.workers, config.dtype)
     parser.add_argument(
         "--checkpoint-every",
         type=int,
@@ -118,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
                 device=args.device,
                 seed=args.seed,
                 workers=args.workers,
+                dtype=args.dtype,
             ),
             preprocess=preprocess,
             iou=args.iou,

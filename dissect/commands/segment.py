@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         rf_size=args.rf_size,
         batch_size=args.batch_size,
         device=args.device,
+        workers=args.workers,
+        dtype=args.dtype,
     )
     units = table.groupby(["layer", "unit"]).ngroups
     folder = dissection.path(FOLDERS[args.rule])

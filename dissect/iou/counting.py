@@ -19,12 +19,12 @@ import torch
 from .. import distributed
 from ..checkpoint import Checkpoint
 from ..config import IoUConfig, ResumeConfig
-from ..device import pick_device
+from ..device import forward_dtype, pick_device
 from ..directory import IOU_CHECKPOINT
 from ..dissection import Dissection, load_dissected_model, open_dissected_data
 from ..errors import DissectError
 from ..geometry import LayerGeometry
-from ..images import ImageSource
+from ..images import ImageSource, data_loader
 from ..models import LoadedModel
 from ..passes import BaseListener, PassJob, run_pass
 from .concepts import ConceptCollate, ConceptDataset, ConceptImages, ConceptIndex, segmented_source
@@ -181,11 +181,11 @@ def compute_iou(
     layers : sequence of str, optional
         Layers to label (default: all dissected ones).
     config : IoUConfig, optional
-        ``batch_size``, ``device``, ``workers``, ``permutations`` (P re-pairings of unit masks
-        with the concept masks of other images, counted alongside for the significance of
-        every label, see :mod:`dissect.iou.significance`; each adds one set of counters and one
-        more counting pass per batch). Default: :class:`IoUConfig`'s, with no permutations
-        (:func:`~dissect.iou.labelling.autolabel` asks for 19).
+        ``batch_size``, ``device``, ``workers``, ``dtype`` (None: the run's), ``permutations``
+        (P re-pairings of unit masks with the concept masks of other images, counted alongside
+        for the significance of every label, see :mod:`dissect.iou.significance`; each adds
+        one set of counters and one more counting pass per batch). Default: :class:`IoUConfig`'s,
+        with no permutations (:func:`~dissect.iou.labelling.autolabel` asks for 19).
     resume : ResumeConfig, optional
         The counters are saved to ``iou/.checkpoint/rank<r>.pt`` every ``checkpoint_seconds``,
         on Ctrl-C / SIGTERM (deferred to the end of the batch in flight; then
@@ -226,6 +226,8 @@ def compute_iou(
     source = segmented_source(source or open_dissected_data(dissection))
     loaded = load_dissected_model(dissection, model)
     device = pick_device(config.device)
+    dtype_name = config.dtype or dissection.config.dtype
+    dtype = forward_dtype(dtype_name, device)
     distributed.init(device)
     device = distributed.local_device(device)
     setup = IoUSetup(
@@ -238,7 +240,10 @@ def compute_iou(
     )
     checkpoint = Checkpoint(
         dissection.directory,
-        fingerprint(dissection, setup, config.batch_size),
+        {
+            **fingerprint(dissection, setup, config.batch_size),
+            **({"dtype": dtype_name} if dtype_name != "float32" else {}),
+        },
         distributed.rank(),
         IOU_CHECKPOINT,
     )
@@ -250,7 +255,7 @@ def compute_iou(
         PassJob(
             loaded.module,
             layers,
-            _batches(source, dissection, setup, shard, config),
+            _batches(source, dissection, setup, shard, config.workers, device),
             len(shard),
             device,
             source,
@@ -260,6 +265,8 @@ def compute_iou(
             resume=resume,
             desc="iou",
             progress=progress and distributed.is_main(),
+            dtype=dtype,
+            batch_size=config.batch_size,
         ),
         {"iou": listener},
     )
@@ -288,18 +295,14 @@ def _configs(
     )
 
 
-def _batches(source, dissection: Dissection, setup: IoUSetup, shard: list[int], config):
-    """``batches(start)`` of the IoU pass: images with their stacked concept masks."""
+def _batches(source, dissection: Dissection, setup: IoUSetup, shard: list[int], workers, device):
+    """``batches(start, size)`` of the IoU pass: images with their stacked concept masks."""
     height, width = setup.size
+    collate = ConceptCollate(height * width, len(setup.index))
 
-    def batches(start: int) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            ConceptDataset(source, dissection.preprocess, setup.index, shard[start:]),
-            batch_size=config.batch_size,
-            num_workers=config.workers,
-            generator=torch.Generator(),  # the caller's global RNG is left alone
-            collate_fn=ConceptCollate(height * width, len(setup.index)),
-        )
+    def batches(start: int, size: int) -> torch.utils.data.DataLoader:
+        dataset = ConceptDataset(source, dissection.preprocess, setup.index, shard[start:])
+        return data_loader(dataset, size, collate, workers, device)
 
     return batches
 

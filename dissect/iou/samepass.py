@@ -30,7 +30,15 @@ import torch
 from .. import distributed
 from ..directory import CHECKPOINT_DIR
 from ..dissection import Dissection
-from ..images import Batch, ImageReadError, ImageSource, Preprocess, TensorDataset, collate
+from ..images import (
+    Batch,
+    ImageReadError,
+    ImageSource,
+    Preprocess,
+    TensorDataset,
+    collate,
+    data_loader,
+)
 from ..io import write_torch
 from ..passes import BaseListener
 from ..taxonomy import DEFAULT_TAXONOMY
@@ -147,16 +155,12 @@ class PendingIoU(BaseListener):
         preprocess: Preprocess,
         indices: Sequence[int],
         batch_size: int,
-        workers: int = 0,
+        workers: int | str = 0,
+        device: torch.device | None = None,
     ) -> torch.utils.data.DataLoader:
         """Like :func:`~dissect.images.make_loader`, yielding :class:`LabelledBatch` objects."""
-        return torch.utils.data.DataLoader(
-            _LabelledDataset(source, preprocess, indices, self.index),
-            batch_size=batch_size,
-            num_workers=workers,
-            generator=torch.Generator(),  # the caller's global RNG is left alone
-            collate_fn=_collate,
-        )
+        dataset = _LabelledDataset(source, preprocess, indices, self.index)
+        return data_loader(dataset, batch_size, _collate, workers, device)
 
     def begin(self, batch: LabelledBatch) -> None:
         """Count the concept areas of a batch's labelled images; keep their masks for now."""

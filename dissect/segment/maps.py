@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..config import SegmentConfig
-from ..device import pick_device
+from ..device import forward_dtype, pick_device
 from ..dissection import Dissection
 from ..errors import DissectError
 from ..images import Batch, ImageSource, make_loader
@@ -63,9 +63,11 @@ def top_maps(
     config = config or SegmentConfig()
     preprocess = dissection.preprocess
     wanted = np.unique(index[index >= 0]).tolist()
+    device = pick_device(config.device)
 
-    def batches(start: int) -> Iterator[Batch]:
-        for batch in make_loader(source, preprocess, wanted[start:], config.batch_size):
+    def batches(start: int, size: int) -> Iterator[Batch]:
+        loader = make_loader(source, preprocess, wanted[start:], size, config.workers, device)
+        for batch in loader:
             if batch.skipped:
                 image, reason = batch.skipped[0]
                 raise DissectError(
@@ -80,12 +82,14 @@ def top_maps(
         [layer],
         batches,
         len(wanted),
-        pick_device(config.device),
+        device,
         source,
         channels_last=dissection.channels_last([layer]),
         stream=False,
         desc=f"maps {layer}",
         progress=progress,
+        dtype=forward_dtype(config.dtype or dissection.config.dtype, device),
+        batch_size=config.batch_size,
     )
     run_pass(job, {"maps": listener})
     if listener.maps is None:

@@ -121,7 +121,7 @@ def iter_segments(
         Show progress bars.
     **loose
         Fields of ``config`` given one by one (``rule=``, ``peak_fraction=``, ``rf_size=``,
-        ``batch_size=``, ``device=``).
+        ``batch_size=``, ``device=``, ``workers=``, ``dtype=``).
 
     Yields
     ------

@@ -58,7 +58,7 @@ def write_segments(
         Which of ``segmented``, ``outline``, ``crop``, ``grid`` to write (default: segmented).
     **options
         ``peak_fraction``, ``rule``, ``rf_size``, ``model``, ``batch_size``, ``device``,
-        ``progress``: see :func:`iter_segments`.
+        ``workers``, ``dtype``, ``progress``: see :func:`iter_segments`.
 
     Returns
     -------
