@@ -36,10 +36,24 @@ METHODS = ("fast", "incremental", "crop", "naive")
 DISCREPANCIES = ("peak", "map")
 #: Segmentation rules, see :mod:`dissect.segment.rules`.
 RULES = ("threshold", "disk")
+#: Placements of upsampled unit maps (``--align``), see :mod:`dissect.alignment`.
+ALIGNMENTS = ("theoretical", "empirical", "resize")
+#: The default placement (why: README, "Where unit maps are placed").
+ALIGN = "theoretical"
+#: The false discovery rate at which the report and ``dissect compare`` count detectors where the
+#: labels have q-values (the significance rule; ``--fdr`` changes it).
+FDR = 0.05
 #: The pictures ``dissect segment`` can draw of a top image.
 PICTURES = ("segmented", "outline", "crop", "grid")
 #: Default device of every command: cuda when available, else cpu.
 AUTO = "auto"
+
+
+def check_align(align: str) -> str:
+    """``align`` when it is one of :data:`ALIGNMENTS`, else a :class:`DissectError`."""
+    if align not in ALIGNMENTS:
+        raise DissectError(f"--align must be one of {', '.join(ALIGNMENTS)}, got {align!r}.")
+    return align
 
 
 def image_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -145,18 +159,22 @@ class IoUConfig:
         Image-loading processes.
     permutations : int
         Random re-pairings of images for each label's p-value (0: none).
+    align : str
+        Where upsampled unit maps are placed (one of :data:`ALIGNMENTS`).
     """
 
     batch_size: int = 16
     device: str = AUTO
     workers: int = 0
     permutations: int = 19
+    align: str = ALIGN
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise DissectError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if self.permutations < 0:
             raise DissectError(f"--permutations must be 0 or more, got {self.permutations}.")
+        check_align(self.align)
 
 
 @dataclass(frozen=True)
@@ -256,6 +274,8 @@ class SegmentConfig:
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
     pictures : tuple of str
         Which pictures to draw (some of :data:`PICTURES`).
+    align : str
+        Where upsampled unit maps are placed (one of :data:`ALIGNMENTS`).
     """
 
     top: int | None = 10
@@ -266,8 +286,10 @@ class SegmentConfig:
     batch_size: int = 32
     device: str = AUTO
     pictures: tuple[str, ...] = ("segmented",)
+    align: str = ALIGN
 
     def __post_init__(self) -> None:
+        check_align(self.align)
         if self.rule not in RULES:
             raise DissectError(f"--rule must be one of {', '.join(RULES)}, got {self.rule!r}.")
         unknown = [name for name in self.pictures if name not in PICTURES]

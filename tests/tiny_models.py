@@ -40,3 +40,12 @@ def tiny_sequential() -> nn.Sequential:
     """A seeded nn.Sequential: its layers are named "0", "1", ... (numbers, read back as text)."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, stride=2))
+
+
+def tiny_strided() -> nn.Sequential:
+    """Two unpadded stride-2 convolutions: their cell centres are not where a plain resize of
+    the map puts them (layer "2" at 32 px: 7 cells, stride 4, offset 3; a resize: 4.57, 1.79)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Conv2d(4, 3, 3, stride=2), nn.ReLU()
+    )
