@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     reference = zhou2015_types() if args.reference == "zhou2015" else None
     index = write_comparison(comparison, args.out, reference=reference, share=args.share)
     shown = comparison.layers.pivot(index="row", columns="network", values="detectors")
-    print(f"detector units per layer ({comparison.counted.text}):")
+    print(f"detector units per layer; {comparison.counted.text}")
     print(shown.reindex(index=comparison.rows, columns=comparison.networks).to_string())
     print(f"-> {args.out}/types.csv, layers.csv, objects.csv, plots/; open {index}")
     return 0
