@@ -178,7 +178,8 @@ def alignment_record(
 def record_alignment(
     dissection: Dissection, stage: str, align: str, placed: dict[str, LayerGeometry]
 ) -> None:
-    """Record in ``manifest.json`` how ``stage`` (``iou``, ``segment``) placed each layer's maps.
+    """Record in ``manifest.json`` how ``stage`` placed each layer's maps (``iou``; ``segments``
+    or ``segments_disk``, the pictures' folder).
 
     ``manifest["alignment"][stage][layer]`` is :func:`alignment_record`'s entry; layers placed
     earlier by the stage and not now keep theirs. The run id is not changed (the placement is a
