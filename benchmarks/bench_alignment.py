@@ -1,21 +1,26 @@
 """Where do units really look? IoU labels as a function of the placement of the unit masks.
 
-``python benchmarks/bench_alignment.py [--models scene-cnn,object-cnn] [--images 200]``
+``python benchmarks/bench_alignment.py [--models scene-cnn,object-cnn] [--layers conv1,...]``
 
-For each model and layer, dissects ``synthetic:N:SEED``, then labels every unit by IoU (the
-same counting as ``dissect autolabel --permutations 0``) with every upsampled unit map shifted
-by (dy, dx) pixels, on a grid of ``--steps`` x ``--steps`` shifts spanning -1..+1 stride. The
-shift is applied to the layer's geometry (``offset + (dy, dx)``), so only the placement changes:
-thresholds, maps and concept masks stay the same. Prints per layer:
+For each model, dissects ``synthetic:N:SEED``, measures the receptive fields of ``--rf-units``
+units per layer (``dissect rf``, top ``--rf-top`` images), then labels every unit by IoU (the
+counting of ``dissect autolabel --permutations 0``) at each placement ``--align`` offers, and with
+the theoretical placement shifted by (dy, dx) on a grid of ``--steps`` x ``--steps`` shifts
+spanning -1..+1 stride (only the placement changes: thresholds, maps and concept masks stay).
+Prints per layer:
 
-- ``theoretical``: the probed offset (cell i centred at ``offset + stride * i``);
-- ``resize``: the shift that a plain resize of the map onto the image implies (NetDissect-Lite);
-- ``empirical``: the mean centroid (dy, dx) of the units' averaged occlusion maps
-  (``dissect rf``, ``--rf-units`` units, top ``--rf-top`` images), relative to the theoretical
-  centre of each unit's peak cell: measured without IoU, so not tuned to the labels;
-- ``best``: the IoU-optimal shift on the grid;
-- for each placement (theoretical, resize, empirical to 0.5 px, best on the grid): the mean best
-  IoU of the units with IoU >= 0.04 and how many there are; then the whole grid.
+- the theoretical offset (cell i centred at ``offset + stride * i``);
+- the IoU-optimal shift on the grid;
+- the empirical centroid offset: the mean centroid (dy, dx) of the units' averaged occlusion
+  maps, from the theoretical centre of each unit's peak cell (what ``--align empirical`` shifts
+  by; measured without IoU, so not tuned to the labels);
+- the shift (and stride) of a plain resize of the map (``--align resize``, NetDissect-Lite's);
+- for ``--align theoretical``, ``resize``, ``empirical`` and the best shift on the grid: the mean
+  best IoU of the units with IoU >= 0.04 and how many there are; then the whole grid.
+
+``--image-size 113`` makes scene-cnn's grid of cell centres symmetric about the image (is the
+lean the grid's?); ``--random-weights`` re-initialises the network (is it the architecture's or
+the measurement's, or learned?).
 
 CPU seconds and torch's thread count are printed; the defaults take a few minutes on one core.
 """
@@ -32,11 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dissect.alignment import placements
+from dissect.config import ALIGNMENTS
 from dissect.dissection import Dissection
 from dissect.geometry import LayerGeometry
 from dissect.iou import compute_iou
 from dissect.models import load_model
-from dissect.rf import load_maps, receptive_fields
+from dissect.rf import receptive_fields
 from dissect.rf.occlusion import OcclusionConfig
 from dissect.streaming import run_dissection
 
@@ -53,11 +60,11 @@ class ShiftedDissection(Dissection):
         return replace(g, offset=(g.offset[0] + self.shift[0], g.offset[1] + self.shift[1]))
 
 
-def labels_at(directory: Path, layers: list[str], shift, batch_size: int) -> dict:
-    """Per layer: (mean best IoU of units with IoU >= 0.04, how many) at ``shift``."""
+def labels_at(dissection: Dissection, layers: list[str], align: str, args, model) -> dict:
+    """Per layer: (mean best IoU of units with IoU >= 0.04, how many), placed by ``align``."""
     stats, _ = compute_iou(
-        ShiftedDissection(directory, shift), layers, batch_size=batch_size, progress=False,
-        checkpoint=False, permutations=0,
+        dissection, layers, batch_size=args.batch_size, progress=False, checkpoint=False,
+        permutations=0, align=align, model=model,
     )
     result = {}
     for layer in layers:
@@ -68,81 +75,71 @@ def labels_at(directory: Path, layers: list[str], shift, batch_size: int) -> dic
     return result
 
 
-def empirical_offsets(directory: Path, layers: list[str], args) -> dict:
-    """Mean centroid (dy, dx) of the units' averaged occlusion maps, from their centres."""
-    units = list(range(args.rf_units))
-    config = OcclusionConfig(top=args.rf_top)
-    receptive_fields(directory, layers, units, config, device="cpu", progress=False)
-    offsets = {}
-    for layer in layers:
-        maps = load_maps(directory, layer)["maps"]  # (units, 2R+1, 2R+1), centred
-        radius = (maps.shape[1] - 1) // 2
-        mass = np.clip(np.nan_to_num(maps), 0, None)
-        grid = np.arange(-radius, radius + 1)
-        total = mass.sum((1, 2))
-        keep = total > 0
-        dy = (mass.sum(2) * grid).sum(1)[keep] / total[keep]
-        dx = (mass.sum(1) * grid).sum(1)[keep] / total[keep]
-        offsets[layer] = (float(dy.mean()), float(dx.mean()))
-    return offsets
+def grid_table(out: Path, layers: list[str], grids: dict, args, model) -> dict:
+    """Per layer and shift (dy, dx) of its grid: labels_at the theoretical placement + shift
+    (one IoU pass per shift for every layer whose grid has it)."""
+    wants = {layer: {(dy, dx) for dy in grids[layer] for dx in grids[layer]} for layer in layers}
+    table = {layer: {} for layer in layers}
+    for shift in sorted(set().union(*wants.values())):
+        wanted = [layer for layer in layers if shift in wants[layer]]
+        shifted = ShiftedDissection(out, shift)
+        for layer, value in labels_at(shifted, wanted, "theoretical", args, model).items():
+            table[layer][shift] = value
+    return table
 
 
 def study(model: str, args, folder: Path) -> None:
     layers = args.layers.split(",")
     out = folder / model
-    preprocess = load_model(model).preprocess
+    loaded = load_model(model)
+    preprocess = loaded.preprocess
     if args.image_size:
         preprocess = replace(preprocess, image_size=args.image_size)
+    if args.random_weights:
+        torch.manual_seed(args.seed)
+        for module in loaded.module.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        print(f"{model}: weights re-initialised (PyTorch's default initialisation, seeded)")
     run_dissection(
-        model, f"synthetic:{args.images}:{args.seed}", out, layers, topk=args.rf_top,
+        loaded, f"synthetic:{args.images}:{args.seed}", out, layers, topk=args.rf_top,
         batch_size=args.batch_size, progress=False, seed=args.seed, preprocess=preprocess,
     )
+    receptive_fields(
+        out, layers, list(range(args.rf_units)), OcclusionConfig(top=args.rf_top),
+        model=loaded, device="cpu", progress=False,
+    )
     dissection = Dissection(out)
-    geometry = {layer: dissection.geometry(layer) for layer in layers}
-    size = dissection.preprocess.size
-    size = size if isinstance(size, int) else size[0]
-    empirical = empirical_offsets(out, layers, args)
+    placed = {align: placements(dissection, layers, align) for align in ALIGNMENTS}
+    offered = {
+        align: labels_at(dissection, layers, align, args, loaded) for align in ALIGNMENTS
+    }
     grids = {}
     for layer in layers:
-        stride = geometry[layer].stride[0]
+        stride = dissection.geometry(layer).stride[0]
         grids[layer] = np.linspace(-stride, stride, args.steps)
-    # The placements the tool could offer, per layer: a plain resize's (NetDissect-Lite: cell i
-    # at (S / n) i + (S / n - 1) / 2; a shift where the strides agree) and the empirical
-    # centroid's (to 0.5 px).
-    offered = {}
+    table = grid_table(out, layers, grids, args, loaded)
     for layer in layers:
-        g = geometry[layer]
-        resize = (size / g.output_shape[1] - 1) / 2 - g.offset[0]
-        centroid = tuple(round(2 * value) / 2 for value in empirical[layer])
-        offered[layer] = {"resize": (resize, resize), "empirical": centroid}
-    # One IoU pass per shift for every layer that wants it (the same shifts when strides agree).
-    wants = {
-        layer: {(dy, dx) for dy in grids[layer] for dx in grids[layer]}
-        | set(offered[layer].values())
-        for layer in layers
-    }
-    table = {layer: {} for layer in layers}
-    for shift in sorted(set().union(*wants.values())):
-        wanted = [layer for layer in layers if shift in wants[layer]]
-        for layer, value in labels_at(out, wanted, shift, args.batch_size).items():
-            table[layer][shift] = value
-    for layer in layers:
-        g = geometry[layer]
-        on_grid = {(dy, dx): table[layer][(dy, dx)] for dy in grids[layer] for dx in grids[layer]}
-        best = max(on_grid, key=lambda s: on_grid[s])
-        resize = offered[layer]["resize"][0]
-        plain = size / g.output_shape[1]
+        g = dissection.geometry(layer)
+        best = max(table[layer], key=lambda s: table[layer][s])
+        shift = {
+            align: tuple(a - b for a, b in zip(placed[align][layer].offset, g.offset, strict=True))
+            for align in ALIGNMENTS
+        }
         print(
             f"{model} {layer}: stride {g.stride[0]:g}, theoretical offset {g.offset[0]:g}, "
-            f"resize shift {resize:+.1f} (stride {plain:g}), empirical centroid "
-            f"({empirical[layer][0]:+.1f}, {empirical[layer][1]:+.1f}), IoU-optimal shift "
-            f"({best[0]:+.1f}, {best[1]:+.1f})"
+            f"IoU-optimal shift ({best[0]:+.1f}, {best[1]:+.1f}), empirical centroid offset "
+            f"({shift['empirical'][0]:+.1f}, {shift['empirical'][1]:+.1f}), resize shift "
+            f"{shift['resize'][0]:+.1f} (stride {placed['resize'][layer].stride[0]:.3g})"
         )
-        for name, shift in (("theoretical", (0.0, 0.0)), ("resize", offered[layer]["resize"]),
-                            ("empirical", offered[layer]["empirical"]), ("best on grid", best)):
-            mean, detectors = table[layer][shift]
-            print(f"  {name:12s} shift ({shift[0]:+5.1f}, {shift[1]:+5.1f}): mean best IoU "
+        for align in ALIGNMENTS:
+            mean, detectors = offered[align][layer]
+            dy, dx = shift[align]
+            print(f"  --align {align:11s} shift ({dy:+5.1f}, {dx:+5.1f}): mean best IoU "
                   f"{mean:.4f}, {detectors} units >= 0.04")
+        mean, detectors = table[layer][best]
+        print(f"  best on the grid    shift ({best[0]:+5.1f}, {best[1]:+5.1f}): mean best IoU "
+              f"{mean:.4f}, {detectors} units >= 0.04")
         print("  grid (rows dy, columns dx): mean best IoU / units")
         for dy in grids[layer]:
             print("  " + " ".join(f"{table[layer][(dy, dx)][0]:.3f}/{table[layer][(dy, dx)][1]:2d}"
@@ -153,7 +150,7 @@ def study(model: str, args, folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="scene-cnn,object-cnn")
-    parser.add_argument("--layers", default="conv3,conv5")
+    parser.add_argument("--layers", default="conv1,conv2,conv3,conv4,conv5")
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5, help="shifts per axis (5)")
@@ -165,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="dissect at this input size instead of the model's (113 for scene-cnn makes every "
         "layer's grid of centres symmetric about the image: conv5 cells at 0, 16, ..., 112)",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="re-initialise the weights first: a lean the architecture (padding, strides) or "
+        "the occlusion measurement imposes stays without training, a learned one goes",
     )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

@@ -9,7 +9,9 @@ explicit match (``conv5`` of one network against ``layer4`` of another); it retu
 figures of :mod:`dissect.plots.compare` and an HTML page in the report's style.
 
 A unit counts as a detector by the rules of :func:`dissect.semantics.detectors` (the same
-``min_precision`` / ``min_iou`` as ``dissect stats``). An object class is *covered* in a layer when
+``min_precision`` / ``min_iou`` as ``dissect stats``), with the significance rule (q-value at most
+the FDR level) where every network's automatic labels have q-values
+(:mod:`dissect.significance_rule`). An object class is *covered* in a layer when
 some object or object-part detector of that layer names it (a part counts for its object).
 """
 
@@ -33,6 +35,7 @@ from .io import write_csv, write_text
 from .labels import read_labels, segmenters
 from .lock import writes
 from .semantics import detectors, label_types, layer_type_table, object_of
+from .significance_rule import CountingRule, counting_rule
 from .taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 #: Files the rf stage writes that the comparison reads.
@@ -55,14 +58,17 @@ class Comparison:
         semantic type, ``fraction`` of the layer's units, ``share`` of the layer's detectors.
     layers : DataFrame
         ``network,row,layer,n_units,detectors,detector_fraction,unique_concepts,objects_covered,
-        objects_total,rf_theoretical,rf_empirical_mean,rf_empirical_std,rf_units``: one row per
-        network and row (receptive fields empirical only where ``dissect rf`` has run).
+        objects_total,rule,rf_theoretical,rf_empirical_mean,rf_empirical_std,rf_units``: one row
+        per network and row (``rule``: what counted a detector, e.g. ``IoU >= 0.04, q <= 0.05
+        (FDR)``; receptive fields empirical only where ``dissect rf`` has run).
     objects : DataFrame
         ``network,row,layer,object,n_units``: object and part detectors per object class.
     sources : DataFrame
         ``network,model,data,images,run_id,directory``: what each dissection ran on.
     taxonomy : Taxonomy
         The semantic types used.
+    counted : CountingRule or None
+        The rule every network's detectors were counted by, and the sentence saying it.
     """
 
     networks: list[str]
@@ -72,6 +78,7 @@ class Comparison:
     objects: pd.DataFrame
     sources: pd.DataFrame
     taxonomy: Taxonomy = DEFAULT_TAXONOMY
+    counted: CountingRule | None = None
 
     @property
     def rows(self) -> list[str]:
@@ -190,6 +197,7 @@ def compare_dissections(
     names: Sequence[str] | None = None,
     match: Sequence[Sequence[str]] | None = None,
     rule: DetectorRule | None = None,
+    significance: bool = True,
     **loose: Any,
 ) -> Comparison:
     """Compare labelled dissections of several networks, layer by layer.
@@ -205,8 +213,15 @@ def compare_dissections(
         Rows of layers to compare, one layer name per network (default: layers by name).
     rule : DetectorRule, optional
         Which units count as detectors, and their types (see :func:`dissect.semantics.detectors`).
+        Where every network's automatic labels have q-values and the rule sets no ``fdr``, the
+        significance rule at :data:`~dissect.config.FDR` is added for all of them, else none
+        gets it (:mod:`dissect.significance_rule`); ``layers``'s ``rule`` column and the page
+        say which.
+    significance : bool
+        False: never add the significance rule (the IoU rule, as asked).
     **loose
-        ``min_precision``, ``min_iou``, ``taxonomy``, ``max_p``: replace the rule's value.
+        ``min_precision``, ``min_iou``, ``taxonomy``, ``max_p``, ``fdr``: replace the rule's
+        value.
 
     Returns
     -------
@@ -222,14 +237,12 @@ def compare_dissections(
         raise DissectError("--match lists the same row of layers twice; list each pair once.")
     rule = (rule or DetectorRule()).replace(**loose)
     taxonomy = rule.types()
+    tables = labels_tables(dissections)
+    counted = counting_rule(tables, rule, significance)
+    rule = counted.rule
     matches, types, layers, objects = [], [], [], []
     for position, (network, dissection) in enumerate(zip(networks, dissections, strict=True)):
-        labels = read_labels(dissection.directory)
-        if labels.empty:
-            raise DissectError(
-                f"{str(dissection.directory)!r} has no unit labels; run dissect autolabel on it "
-                "(or import crowd annotations) before comparing."
-            )
+        labels = tables[position]
         wanted = [row[position] for row in rows]
         counts = {layer: dissection.n_units(layer) for layer in wanted}
         typed = layer_type_table(labels, wanted, counts, rule=rule)
@@ -269,6 +282,7 @@ def compare_dissections(
                     "unique_concepts": in_layer["label"].nunique(),
                     "objects_covered": len(covered),
                     "objects_total": len(known),
+                    "rule": rule.describe(),
                     **_rf(dissection, layer),
                 }
             )
@@ -280,7 +294,20 @@ def compare_dissections(
         objects=pd.DataFrame(objects, columns=["network", "row", "layer", "object", "n_units"]),
         sources=sources_table(networks, dissections),
         taxonomy=taxonomy,
+        counted=counted,
     )
+
+
+def labels_tables(dissections: Sequence[Dissection]) -> list[pd.DataFrame]:
+    """Every dissection's ``labels.csv``; one without labels is refused, naming the fix."""
+    tables = [read_labels(dissection.directory) for dissection in dissections]
+    for labels, dissection in zip(tables, dissections, strict=True):
+        if labels.empty:
+            raise DissectError(
+                f"{str(dissection.directory)!r} has no unit labels; run dissect autolabel on it "
+                "(or import crowd annotations) before comparing."
+            )
+    return tables
 
 
 #: Columns of :attr:`Comparison.types`.
@@ -414,6 +441,7 @@ def comparison_page(
         else note("The networks were dissected on different data: counts are not comparable."),
         "<h2>Semantic types per layer</h2>",
         note("Detector units of each type (and their share of the layer's units)."),
+        note(comparison.counted.text) if comparison.counted is not None else "",
         table(pd.DataFrame(types_rows).fillna("")),
         images,
         "<h2>Object classes covered by object and part detectors</h2>",

@@ -36,12 +36,26 @@ METHODS = ("fast", "incremental", "crop", "naive")
 DISCREPANCIES = ("peak", "map")
 #: Segmentation rules, see :mod:`dissect.segment.rules`.
 RULES = ("threshold", "disk")
+#: Placements of upsampled unit maps (``--align``), see :mod:`dissect.alignment`.
+ALIGNMENTS = ("theoretical", "empirical", "resize")
+#: The default placement (why: README, "Where unit maps are placed").
+ALIGN = "theoretical"
+#: The false discovery rate at which the report and ``dissect compare`` count detectors where the
+#: labels have q-values (the significance rule; ``--fdr`` changes it).
+FDR = 0.05
 #: The pictures ``dissect segment`` can draw of a top image.
 PICTURES = ("segmented", "outline", "crop", "grid")
 #: Default device of every command: cuda, else Apple's mps, else cpu; and ``--workers auto``.
 AUTO = "auto"
 #: Number formats the forward may run in (``--dtype``); statistics stay float32.
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_align(align: str) -> str:
+    """``align`` when it is one of :data:`ALIGNMENTS`, else a :class:`DissectError`."""
+    if align not in ALIGNMENTS:
+        raise DissectError(f"--align must be one of {', '.join(ALIGNMENTS)}, got {align!r}.")
+    return align
 
 
 def image_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -170,6 +184,8 @@ class IoUConfig:
         Random re-pairings of images for each label's p-value (0: none).
     dtype : str or None
         Number format of the forward (None: the one ``dissect run`` used).
+    align : str
+        Where upsampled unit maps are placed (one of :data:`ALIGNMENTS`).
     """
 
     batch_size: int = 16
@@ -177,6 +193,7 @@ class IoUConfig:
     workers: int | str = AUTO
     permutations: int = 19
     dtype: str | None = None
+    align: str = ALIGN
 
     def __post_init__(self) -> None:
         check_workers(self.workers)
@@ -185,6 +202,7 @@ class IoUConfig:
             raise DissectError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if self.permutations < 0:
             raise DissectError(f"--permutations must be 0 or more, got {self.permutations}.")
+        check_align(self.align)
 
 
 @dataclass(frozen=True)
@@ -288,6 +306,8 @@ class SegmentConfig:
         Image-decoding processes.
     dtype : str or None
         Number format of the forward (None: the one ``dissect run`` used).
+    align : str
+        Where upsampled unit maps are placed (one of :data:`ALIGNMENTS`).
     """
 
     top: int | None = 10
@@ -300,10 +320,12 @@ class SegmentConfig:
     pictures: tuple[str, ...] = ("segmented",)
     workers: int | str = AUTO
     dtype: str | None = None
+    align: str = ALIGN
 
     def __post_init__(self) -> None:
         check_workers(self.workers)
         check_dtype(self.dtype)
+        check_align(self.align)
         if self.rule not in RULES:
             raise DissectError(f"--rule must be one of {', '.join(RULES)}, got {self.rule!r}.")
         unknown = [name for name in self.pictures if name not in PICTURES]

@@ -8,6 +8,8 @@ with one row per unit, where a crowd label wins over an automatic one.
 category the concept has in its dataset (Broden's ``material``, say), where known. ``segmenter``
 names the segmentation network whose predicted masks gave an ``iou`` label (``dissect run --iou
 --segmenter``); it is empty for labels from a dataset's own masks and for crowd labels.
+``align`` says where the unit maps of an ``iou`` label were placed (``theoretical``, ``resize``
+or ``empirical``, see :mod:`dissect.alignment`); empty for crowd labels.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ LABEL_COLUMNS = [
     "agreement",
     "source",
     "segmenter",
+    "align",
     "run_id",
 ]
 #: Sources in order of precedence (first wins).

@@ -46,6 +46,7 @@ from .plots.compare import write_reference_plot
 from .plots.semantics import write_semantic_plots
 from .report_units import unit_assets, unit_table, units_section
 from .semantics import concept_table, layer_type_table
+from .significance_rule import CountingRule, counting_rule
 from .taxonomy import Taxonomy
 
 #: Its columns as the page names them (run_id is checked, not shown).
@@ -145,9 +146,14 @@ applyFilter();
 )
 
 
-def howto_section(min_iou: float, min_precision: float, max_p: float | None) -> str:
+def howto_section(counted: CountingRule) -> str:
     """The "how to read this page" box: what a unit, a detector, IoU, T and the RF numbers are."""
-    p_rule = f" and its permutation p-value at most {max_p}" if max_p is not None else ""
+    rule = counted.rule
+    p_rule = f" and its permutation p-value at most {rule.max_p}" if rule.max_p is not None else ""
+    q_rule = (
+        f" and its q-value at most {rule.fdr} (the significance rule)" if counted.significance
+        else ""
+    )
     items = {
         "unit": "one channel of a layer (one feature map); its activation at every position of "
         "an image is what the page dissects.",
@@ -157,11 +163,14 @@ def howto_section(min_iou: float, min_precision: float, max_p: float | None) -> 
         "IoU": "intersection over union, between the unit's region above T and a concept's "
         "pixels, summed over all images: 0 is no overlap, 1 the same pixels. The concept with "
         "the highest IoU is the unit's label (its best guess).",
-        "detector": f"a unit whose label's IoU is at least {min_iou}{p_rule} (a crowd label: "
-        f"precision at least {min_precision}). Detectors are marked \u2713; every other unit "
-        "shows its best guess greyed, marked not a detector.",
+        "detector": f"a unit whose label's IoU is at least {rule.min_iou}{p_rule}{q_rule} (a "
+        f"crowd label: precision at least {rule.min_precision}). Detectors are marked \u2713; "
+        "every other unit shows its best guess greyed, marked not a detector.",
         "score, p": "the label's IoU (automatic labels) or precision (crowd labels); p: the "
         "chance of an IoU this high with images and masks paired at random.",
+        "q-value": "the label's p-value corrected for testing every unit of the layer "
+        "(Benjamini-Hochberg): counting the units with q at most 0.05 as detectors expects at "
+        "most 5% of them to be chance.",
         "receptive field": "three sizes in pixels of the input image: half-max (the area where "
         "the unit's averaged occlusion map reaches half its maximum, the paper's rule) / 50% "
         "mass (the smallest area holding half of it) / theoretical (every pixel that can reach "
@@ -196,9 +205,14 @@ def summary_section(dissection: Dissection, stages: dict[str, bool]) -> str:
 
 
 def types_section(
-    types: pd.DataFrame | None, figures: list[Path], root: Path, taxonomy: Taxonomy
+    types: pd.DataFrame | None,
+    figures: list[Path],
+    root: Path,
+    taxonomy: Taxonomy,
+    counted: CountingRule | None = None,
 ) -> str:
-    """Per-layer type counts (detectors, % of the layer's units) and the semantic figures."""
+    """Per-layer type counts (detectors, % of the layer's units), the rule they were counted by
+    and the semantic figures."""
     if types is None:
         return _note(
             "No unit labels yet: run dissect autolabel DIR (data with concept masks) or import "
@@ -219,7 +233,8 @@ def types_section(
         f'<p><img class="figure" src="{href(path, root)}" alt="{e(path.stem)}"></p>'
         for path in figures
     )
-    return _table(table) + images
+    rule = _note(counted.text) if counted is not None else ""
+    return _table(table) + rule + images
 
 
 def agreement_section(dissection: Dissection) -> str:
@@ -323,6 +338,7 @@ def write_report(
     top: int = ReportConfig.top,
     thumbnail: int = 112,
     progress: bool = True,
+    significance: bool = True,
     **loose: Any,
 ) -> Path:
     """Write ``report/index.html`` and its assets for a dissection directory.
@@ -334,7 +350,9 @@ def write_report(
         their files exist.
     rule : DetectorRule, optional
         Which labels count as detectors, and the semantic types (default: the defaults of
-        :class:`~dissect.config.DetectorRule`).
+        :class:`~dissect.config.DetectorRule`). Where every automatic label has a q-value and
+        the rule sets no ``fdr``, the significance rule at :data:`~dissect.config.FDR` is added
+        (see :mod:`dissect.significance_rule`); the page says which rule counted.
     top : int
         Segmented top images shown per unit.
     thumbnail : int
@@ -342,6 +360,8 @@ def write_report(
         picture at full size).
     progress : bool
         Show a progress bar while the pictures are copied.
+    significance : bool
+        False: never add the significance rule (the IoU rule, as asked).
     **loose
         ``min_precision``, ``min_iou``, ``taxonomy``, ``max_p``, ``fdr``: replace the rule's
         value.
@@ -360,6 +380,8 @@ def write_report(
     if (root / "assets").is_dir():
         shutil.rmtree(root / "assets")  # thumbnails of units no longer labelled or segmented
     labels = read_labels(dissection.directory)
+    counted = counting_rule([labels], rule, significance)
+    rule = counted.rule
     stages = {
         "labels": not labels.empty,
         "IoU labels": dissection.path(IOU, IOU_CONCEPTS).is_file(),
@@ -388,9 +410,9 @@ def write_report(
         title=e(f"Dissection of {dissection.manifest.get('model') or 'a model'}"),
         thumb=int(thumbnail),
         viewport=VIEWPORT,
-        howto=howto_section(rule.min_iou, rule.min_precision, rule.max_p),
+        howto=howto_section(counted),
         summary=summary_section(dissection, stages),
-        types=types_section(types, figures, root, taxonomy),
+        types=types_section(types, figures, root, taxonomy, counted),
         agreement=agreement_section(dissection),
         receptive_fields=rf_section(dissection, root),
         ablation=ablation_section(dissection, root),

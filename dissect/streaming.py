@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__, distributed
 from .block_outputs import model_default_layers
 from .checkpoint import Checkpoint, module_digest, source_digest
-from .config import ResumeConfig, RunConfig
+from .config import ALIGN, ResumeConfig, RunConfig
 from .datasets import open_data
 from .device import forward_dtype, pick_device
 from .directory import (
@@ -192,9 +192,10 @@ def run_dissection(
     **options
         ``progress`` (bool, default True: a progress bar on rank 0); ``restart`` (bool: discard
         any checkpoint in ``out`` instead of resuming from it, or refusing it when it belongs to
-        a run with other arguments); ``resume`` (a :class:`ResumeConfig`: when the pass saves
-        its state); fields of ``config`` (``topk=``, ``batch_size=``, ...) or of ``resume``
-        (``checkpoint_every=``) given one by one.
+        a run with other arguments); ``align`` (with ``iou``: ``theoretical`` or ``resize``,
+        where the unit maps are placed, see :mod:`dissect.alignment`); ``resume`` (a
+        :class:`ResumeConfig`: when the pass saves its state); fields of ``config`` (``topk=``,
+        ``batch_size=``, ...) or of ``resume`` (``checkpoint_every=``) given one by one.
 
     Returns
     -------
@@ -202,6 +203,7 @@ def run_dissection(
         The directory just written, opened.
     """
     progress, restart = options.pop("progress", True), options.pop("restart", False)
+    align = options.pop("align", ALIGN)  # placement of the --iou labels' maps
     resume = options.pop("resume", None) or ResumeConfig()
     config, resume = split_loose(config or RunConfig(), resume, options)
     loaded = load_model(model, weights)
@@ -220,7 +222,7 @@ def run_dissection(
         from .iou.samepass import PendingIoU
 
         listeners["iou"] = PendingIoU(
-            source, out, distributed.rank(), listeners["stats"].lower_bound
+            source, out, distributed.rank(), listeners["stats"].lower_bound, align
         )
     fingerprint = run_fingerprint(loaded, source, preprocess, config, torch_device)
     started = time.perf_counter()  # the probe, or reading what an earlier one found

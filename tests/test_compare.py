@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -15,7 +16,7 @@ from dissect.compare import compare_dissections, match_layers, parse_match, writ
 from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.images import Preprocess
-from dissect.labels import write_labels
+from dissect.labels import read_labels, write_labels
 from dissect.plots.compare import plot_type_comparison
 from dissect.reference import ZHOU2015_POOL5_OBJECT_DETECTORS, zhou2015_types
 from dissect.streaming import run_dissection
@@ -229,3 +230,43 @@ def test_receptive_fields_of_another_run_are_refused(two, tmp_path):
     table.assign(run_id="0123456789abcdef").to_csv(a / "receptive_fields_layers.csv", index=False)
     with pytest.raises(DissectError, match="receptive_fields_layers.csv .* comes from run"):
         compare_dissections([a, b])
+
+
+def test_detectors_are_counted_by_q_values_where_every_network_has_them(two, tmp_path, capsys):
+    """With q-values in both networks the significance rule counts, and the page says so;
+    without them in one, both are counted by IoU alone, and the page says why."""
+    root = tmp_path / "q"
+    copies = []
+    for source in two:
+        target = root / source.name
+        shutil.copytree(source, target)
+        copies.append(target)
+    a, b = copies
+    labels_a = read_labels(a)
+    # conv2 unit 0 (car, IoU 0.20) and unit 2 (house roof) fail q <= 0.05; the rest pass
+    labels_a["q_value"] = np.where(labels_a["unit"].isin([0, 2]) & (labels_a["layer"] == "conv2"),
+                                   0.2, 0.01)
+    write_labels(a, "iou", labels_a)
+    labels_b = read_labels(b)
+    write_labels(b, "iou", labels_b.assign(q_value=0.01))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out), "--reference", "none"]) == 0
+    printed = capsys.readouterr().out
+    assert "q-value \u2264 0.05 (the significance rule" in printed
+    layers = pd.read_csv(out / "layers.csv")
+    assert layers["detectors"].tolist() == [1, 2, 1, 1]  # conv2 of a: 4 by IoU, 2 by q too
+    assert set(layers["rule"]) == {"IoU >= 0.04, q <= 0.05 (FDR)"}
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "Detectors counted by: IoU \u2265 0.04 and q-value \u2264 0.05" in text
+    # --fdr none: the IoU rule, as asked
+    assert main(["compare", str(a), str(b), "--out", str(out), "--fdr", "none"]) == 0
+    assert pd.read_csv(out / "layers.csv")["detectors"].tolist() == [1, 4, 1, 1]
+    assert "the IoU rule, as asked" in (out / "index.html").read_text(encoding="utf-8")
+    # one network without q-values: the IoU rule for both, and why
+    write_labels(b, "iou", labels_b)
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    layers = pd.read_csv(out / "layers.csv")
+    assert layers["detectors"].tolist() == [1, 4, 1, 1]
+    assert set(layers["rule"]) == {"IoU >= 0.04"}
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "the IoU rule: some automatic labels have no q-value" in text

@@ -183,3 +183,44 @@ def test_report_refuses_segments_and_receptive_fields_of_another_run(dissected, 
     table.assign(run_id="0123456789abcdef").to_csv(rf, index=False)
     receptive_fields(dissected, ["conv1"], [0], config, progress=False)
     assert pd.read_csv(rf)["layer"].tolist() == ["conv1"]  # another run's rows are dropped
+
+
+@pytest.mark.filterwarnings("ignore:skipped image")
+def test_report_counts_detectors_by_q_values_and_says_which_rule(dissected, capsys):
+    labels = pd.DataFrame(
+        {
+            "layer": ["conv1", "conv1", "conv2"],
+            "unit": [0, 1, 0],
+            "label": ["red", "dog", "cat"],
+            "category": ["color", "object", "object"],
+            "iou": [0.2, 0.3, 0.1],
+            "q_value": [0.01, 0.2, 0.04],  # dog: a high IoU that is not significant
+        }
+    )
+    write_labels(dissected.directory, "iou", labels)
+    text, page = parse(write_report(dissected, progress=False))
+    rows = {(row["data-layer"], row["data-label"]): row for row in page.rows}
+    assert rows[("conv1", "red")]["data-detector"] == "1"
+    assert rows[("conv1", "dog")]["data-detector"] == "0"  # q 0.2 > 0.05
+    assert rows[("conv2", "cat")]["data-detector"] == "1"
+    rule = "Detectors counted by: IoU \u2265 0.04 and q-value \u2264 0.05 (the significance rule"
+    assert rule in text
+    pattern = r'Semantic types per layer</h2>\s*<div class="scroll"><table>(.*?)</table>'
+    types = re.search(pattern, text, re.S).group(1)
+    conv1 = re.search(r"<tr><td>conv1</td>(.*?)</tr>", types, re.S).group(1)
+    assert "0 (0.0%)" in conv1 and "1 (25.0%)" in conv1  # the dog does not count as an object
+    assert "q-value at most 0.05 (the significance rule)" in text  # how to read this page
+    # asked for the IoU rule alone, the dog counts and the page says so
+    assert main(["report", str(dissected.directory), "--fdr", "none"]) == 0
+    text, page = parse(dissected.directory / "report" / "index.html")
+    rows = {(row["data-layer"], row["data-label"]): row for row in page.rows}
+    assert rows[("conv1", "dog")]["data-detector"] == "1"
+    assert "(the IoU rule, as asked: q-values not used)" in text
+    # labels without q-values (dissect run --iou): the IoU rule, and why
+    write_labels(dissected.directory, "iou", labels.drop(columns="q_value"))
+    text, _ = parse(write_report(dissected, progress=False))
+    assert "the IoU rule: some automatic labels have no q-value" in text
+    assert main(["report", str(dissected.directory), "--fdr", "0.25"]) == 0
+    text, page = parse(dissected.directory / "report" / "index.html")
+    assert all(row["data-detector"] == "0" for row in page.rows)  # no q-value: none counts
+    assert "q-value \u2264 0.25" in text and "labels without a q-value never count" in text

@@ -58,3 +58,12 @@ def greedy_net() -> GreedyNet:
     """A seeded GreedyNet (TinyNet's weights)."""
     torch.manual_seed(0)
     return GreedyNet()
+
+
+def tiny_strided() -> nn.Sequential:
+    """Two unpadded stride-2 convolutions: their cell centres are not where a plain resize of
+    the map puts them (layer "2" at 32 px: 7 cells, stride 4, offset 3; a resize: 4.57, 1.79)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Conv2d(4, 3, 3, stride=2), nn.ReLU()
+    )

@@ -9,6 +9,7 @@ from ..config import IoUConfig, ResumeConfig
 from ..directory import IOU_CHECKPOINT
 from ..errors import interrupted_status
 from .common import (
+    add_align_argument,
     add_detector_arguments,
     add_device_argument,
     add_resume_arguments,
@@ -44,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"smallest p {1 / (config.permutations + 1):.2g}; each adds one counting pass per "
         "batch; 0 for none)",
     )
+    add_align_argument(parser, config.align)
     add_detector_arguments(parser, crowd=False)
     parser.add_argument(
         "--fdr",
@@ -76,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
 
     rule = rule_from_args(args)
     config = IoUConfig(
-        args.batch_size, args.device, args.workers, args.permutations, dtype=args.dtype
+        args.batch_size,
+        args.device,
+        args.workers,
+        args.permutations,
+        dtype=args.dtype,
+        align=args.align,
     )
     if args.fdr and not config.permutations:
         raise DissectError(
@@ -114,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             f"{layer}: {len(mine)} of {len(rows)} units detect a concept ({rule.describe()}), "
             f"{mine['label'].nunique()} distinct"
         )
-    print(f"-> {args.directory}/labels.csv, {args.directory}/iou/")
+    print(f"maps placed by --align {config.align} -> {args.directory}/labels.csv, "
+          f"{args.directory}/iou/")
     finish(args, args.directory, source, list(labels["layer"].unique()))
     return 0

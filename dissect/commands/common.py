@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ..config import AUTO, DTYPES, RULES, DetectorRule, ResumeConfig, SegmentConfig, image_hw
+from ..config import (
+    ALIGNMENTS,
+    AUTO,
+    DTYPES,
+    FDR,
+    RULES,
+    DetectorRule,
+    ResumeConfig,
+    SegmentConfig,
+    image_hw,
+)
 from ..errors import DissectError
 from ..taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
@@ -183,6 +193,36 @@ def add_detector_arguments(parser: argparse.ArgumentParser, crowd: bool = True) 
     )
 
 
+def add_counting_fdr_argument(parser: argparse.ArgumentParser) -> None:
+    """``--fdr Q|none`` of the report and compare: the significance rule's level."""
+    parser.add_argument(
+        "--fdr",
+        type=_fdr_or_none,
+        metavar="Q|none",
+        help="count as detectors only labels with a Benjamini-Hochberg q-value at most Q (default:"
+        f" {FDR} where every automatic label has a q-value, else the IoU rule alone; none: the "
+        "IoU rule alone); the page says which rule counted",
+    )
+
+
+def _fdr_or_none(text: str) -> float | str:
+    if text == "none":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        message = f"expected a rate like 0.05 or none, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a false discovery rate in (0, 1), got {text!r}")
+    return value
+
+
+def significance_from_args(args: argparse.Namespace) -> bool:
+    """False where ``--fdr none`` asked for the IoU rule alone."""
+    return getattr(args, "fdr", None) != "none"
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -205,7 +245,7 @@ def rule_from_args(args: argparse.Namespace) -> DetectorRule:
         min_precision=getattr(args, "min_precision", DetectorRule.min_precision),
         min_iou=args.min_iou,
         max_p=args.max_p,
-        fdr=getattr(args, "fdr", None),
+        fdr=None if getattr(args, "fdr", None) == "none" else getattr(args, "fdr", None),
         taxonomy=taxonomy_from_args(args),
     )
 
@@ -316,5 +356,19 @@ def add_segment_arguments(parser: argparse.ArgumentParser, defaults: SegmentConf
         default=defaults.batch_size,
         help=f"images per forward ({defaults.batch_size})",
     )
+    add_align_argument(parser, defaults.align)
     add_device_argument(parser, defaults.device)
     add_speed_arguments(parser, defaults.workers, defaults.dtype)
+
+
+def add_align_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """``--align``: where upsampled unit maps are placed (see :mod:`dissect.alignment`)."""
+    parser.add_argument(
+        "--align",
+        choices=list(ALIGNMENTS),
+        default=default,
+        help="where each feature cell of an upsampled unit map sits: theoretical (the centre of "
+        "its theoretical receptive field), resize (a plain resize of the map, NetDissect-Lite's)"
+        ", empirical (theoretical shifted by the mean centroid of the layer's occlusion maps; "
+        f"needs dissect rf first) (default: {default or 'theoretical'})",
+    )

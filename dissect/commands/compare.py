@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ..config import CompareConfig
-from .common import add_detector_arguments, rule_from_args, split_names
+from .common import (
+    add_counting_fdr_argument,
+    add_detector_arguments,
+    rule_from_args,
+    significance_from_args,
+    split_names,
+)
 
 HELP = (
     "compare labelled dissections of several networks per layer: semantic types, detectors, "
@@ -43,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {config.share})",
     )
     add_detector_arguments(parser)
+    add_counting_fdr_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,11 +61,12 @@ def run(args: argparse.Namespace) -> int:
         names=split_names(args.names),
         match=parse_match(args.match, len(args.directories)) if args.match else None,
         rule=rule_from_args(args),
+        significance=significance_from_args(args),
     )
     reference = zhou2015_types() if args.reference == "zhou2015" else None
     index = write_comparison(comparison, args.out, reference=reference, share=args.share)
     shown = comparison.layers.pivot(index="row", columns="network", values="detectors")
-    print("detector units per layer:")
+    print(f"detector units per layer; {comparison.counted.text}")
     print(shown.reindex(index=comparison.rows, columns=comparison.networks).to_string())
     print(f"-> {args.out}/types.csv, layers.csv, objects.csv, plots/; open {index}")
     return 0

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 
 from ..config import ReportConfig
-from .common import add_detector_arguments, rule_from_args
+from .common import (
+    add_counting_fdr_argument,
+    add_detector_arguments,
+    rule_from_args,
+    significance_from_args,
+)
 
 HELP = "write DIR/report/index.html: run summary, semantic types per layer, every unit"
 
@@ -13,6 +18,7 @@ HELP = "write DIR/report/index.html: run summary, semantic types per layer, ever
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="the dissection directory")
     add_detector_arguments(parser)
+    add_counting_fdr_argument(parser)
     top = ReportConfig().top
     parser.add_argument(
         "--top", type=int, default=top, help=f"segmented top images per unit ({top})"
@@ -22,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..report import write_report
 
-    index = write_report(args.directory, rule=rule_from_args(args), top=args.top)
+    index = write_report(
+        args.directory,
+        rule=rule_from_args(args),
+        top=args.top,
+        significance=significance_from_args(args),
+    )
     print(f"report -> {index} (open it in a browser; zip the report folder to share it)")
     return 0

@@ -13,10 +13,11 @@ import argparse
 import sys
 import time
 
-from ..config import ResumeConfig, RunConfig
+from ..config import ALIGN, ResumeConfig, RunConfig
 from ..directory import CHECKPOINT_DIR
 from ..errors import interrupted_status
 from .common import (
+    add_align_argument,
     add_device_argument,
     add_model_arguments,
     add_speed_arguments,
@@ -80,6 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "synthetic:N) in the same pass: writes iou/ and the iou labels of labels.csv, as "
         "dissect autolabel --permutations 0 does (no p-values)",
     )
+    add_align_argument(parser, None)
     parser.add_argument(
         "--restart",
         action="store_true",
@@ -97,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.segmenter and not args.iou:
         raise DissectError("--segmenter predicts masks for --iou labels: add --iou.")
+    if args.align and not args.iou:
+        raise DissectError("--align places the unit maps of --iou labels: add --iou.")
     loaded = load_model_from_args(args)
     preprocess = preprocess_from_args(args, loaded)
     layers, _ = layers_from_args(split_names(args.layers), loaded, preprocess)
@@ -118,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             ),
             preprocess=preprocess,
             iou=args.iou,
+            align=args.align or ALIGN,
             resume=ResumeConfig(checkpoint_every=args.checkpoint_every),
             restart=args.restart,
         )

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         peak_fraction=args.peak_fraction,
         rule=args.rule,
         rf_size=args.rf_size,
+        align=args.align,
         batch_size=args.batch_size,
         device=args.device,
         workers=args.workers,

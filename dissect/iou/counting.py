@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .. import distributed
+from ..alignment import placements
 from ..checkpoint import Checkpoint
 from ..config import IoUConfig, ResumeConfig
 from ..device import forward_dtype, pick_device
@@ -157,6 +158,7 @@ def fingerprint(dissection: Dissection, setup: IoUSetup, batch_size: int) -> dic
             b"".join(setup.thresholds[layer].cpu().numpy().tobytes() for layer in layers)
         ),
         "null": null,
+        "placement": {layer: [*g.stride, *g.offset] for layer, g in setup.geometry.items()},
     }
 
 
@@ -232,7 +234,7 @@ def compute_iou(
     device = distributed.local_device(device)
     setup = IoUSetup(
         {layer: torch.from_numpy(dissection.thresholds(layer)).to(device) for layer in layers},
-        {layer: dissection.geometry(layer) for layer in layers},
+        placements(dissection, layers, config.align),
         dissection.preprocess.size,
         ConceptIndex(source.concepts),
         config.permutations,

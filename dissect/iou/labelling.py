@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from .. import distributed
+from ..alignment import placements, record_alignment
 from ..checkpoint import Checkpoint
-from ..config import IoUConfig
+from ..config import ALIGN, IoUConfig
 from ..directory import (
     IOU,
     IOU_CHECKPOINT,
@@ -122,11 +123,13 @@ def autolabel(
     dissection = directory if isinstance(directory, Dissection) else Dissection(directory)
     nulls: dict[str, PermutationNull] = {}
     skipped: list[tuple[int, str]] = []
+    config = config or IoUConfig()
+    align = options.get("align") or config.align
     stats, index = compute_iou(
-        dissection, layers, config=config or IoUConfig(), nulls=nulls, skipped=skipped, **options
+        dissection, layers, config=config, nulls=nulls, skipped=skipped, **options
     )
     if distributed.is_main():
-        labels = write_outputs(dissection, stats, index, taxonomy, nulls, skipped)
+        labels = write_outputs(dissection, stats, index, taxonomy, nulls, skipped, align=align)
     distributed.barrier()  # rank 0 has written
     Checkpoint(dissection.directory, {}, distributed.rank(), IOU_CHECKPOINT).remove(
         distributed.world_size()
@@ -144,6 +147,7 @@ def write_outputs(
     taxonomy: Taxonomy,
     nulls: dict[str, PermutationNull],
     skipped: Sequence[tuple[int, str]],
+    align: str = ALIGN,
 ) -> pd.DataFrame:
     """Write ``iou/`` (tables, concepts, skipped images) and the ``iou`` label source.
 
@@ -161,6 +165,8 @@ def write_outputs(
         The permutation null of each layer (empty: no p-values).
     skipped : sequence of (int, str)
         Images left out (index, reason), by index.
+    align : str
+        How the maps were placed (the labels' ``align`` column; recorded in the manifest).
 
     Returns
     -------
@@ -199,13 +205,14 @@ def write_outputs(
             run_id=np.array(dissection.run_id),
             **arrays,
         )
-        tables.append(labels.assign(layer=layer))
+        tables.append(labels.assign(layer=layer, align=align))
     labels = pd.concat(tables, ignore_index=True)
     labels = labels[["layer", *[c for c in labels.columns if c != "layer"]]]
     earlier = read_labels(dissection.directory, "iou", check=False)
     earlier = earlier[~earlier["layer"].isin(list(stats))]  # layers labelled in an earlier run
     earlier = keep_run_rows(earlier, dissection.run_id)  # another pass's labels are dropped
     write_labels(dissection.directory, "iou", pd.concat([earlier, labels], ignore_index=True))
+    record_alignment(dissection, "iou", align, placements(dissection, list(stats), align))
     return labels
 
 

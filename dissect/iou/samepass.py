@@ -28,8 +28,11 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..alignment import placements
+from ..config import ALIGN, check_align
 from ..directory import CHECKPOINT_DIR
 from ..dissection import Dissection
+from ..errors import DissectError
 from ..images import (
     Batch,
     ImageReadError,
@@ -112,6 +115,9 @@ class PendingIoU(BaseListener):
     bounds : callable
         ``bounds(layer)``: a lower bound of every unit's threshold T of ``layer`` at this point
         of the pass (the statistics listener's, which must see each layer first).
+    align : str
+        Where the maps are placed (``theoretical`` or ``resize``; ``empirical`` needs ``dissect
+        rf``'s results of the finished run, so it is refused here).
     """
 
     #: Kept in each process: the kept pairs are counted by :func:`label_run` once T is known.
@@ -123,8 +129,15 @@ class PendingIoU(BaseListener):
         out: str | Path,
         rank: int,
         bounds: Callable[[str], torch.Tensor],
+        align: str = ALIGN,
     ):
-        self.source, self.bounds = source, bounds
+        if check_align(align) == "empirical":
+            raise DissectError(
+                "--align empirical places maps by the receptive fields dissect rf measures on a "
+                "finished run, so dissect run --iou cannot use it: run dissect run, then dissect "
+                "rf DIR, then dissect autolabel DIR --align empirical."
+            )
+        self.source, self.bounds, self.align = source, bounds, align
         self.index = ConceptIndex(segmented_source(source).concepts)
         #: SHA-256 of the concept table (in the run's checkpoint fingerprint with ``--iou``).
         self.concepts_sha256 = hashlib.sha256(
@@ -315,7 +328,7 @@ class PendingIoU(BaseListener):
             stats[layer].concept_area += self.concept_area.to(device)
             stats[layer].images = self.images
         thresholds = {layer: torch.from_numpy(thresholds[layer]) for layer in stats}
-        geometry = {layer: dissection.geometry(layer) for layer in stats}
+        geometry = placements(dissection, list(stats), self.align)
         for number in range(self.parts):
             part = torch.load(self.folder / f"part{number:06d}.pt", weights_only=True)
             self._count(part, stats, thresholds, geometry, size, device)
@@ -412,7 +425,13 @@ def label_run(
         }
         unlabelled = [(int(image), str(reason)) for image, reason in merged["skipped"]]
         write_outputs(
-            dissection, counts, pending.index, DEFAULT_TAXONOMY, {}, sorted([*skipped, *unlabelled])
+            dissection,
+            counts,
+            pending.index,
+            DEFAULT_TAXONOMY,
+            {},
+            sorted([*skipped, *unlabelled]),
+            align=pending.align,
         )
     distributed.barrier()  # rank 0 has written
 

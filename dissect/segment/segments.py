@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..alignment import placed_geometry
 from ..config import SegmentConfig
 from ..directory import RF_LAYERS, read_table
 from ..dissection import Dissection, load_dissected_model, open_dissected_data
@@ -112,8 +113,9 @@ def iter_segments(
         fraction of its own peak instead of the unit's threshold T, ``disk`` rule: draw the
         cells at least this fraction of the map's maximum (default ``disk_fraction``, 0.5);
         ``rf_size``: ``disk`` rule, the receptive-field size in pixels (default: the layer's
-        mean empirical size from ``receptive_fields_layers.csv``); ``batch_size`` images per
-        forward when recomputing the maps, on ``device``. Its ``top`` is not used.
+        mean empirical size from ``receptive_fields_layers.csv``); ``align``: where the maps
+        (and the disk rule's cells) are placed, see :mod:`dissect.alignment`; ``batch_size``
+        images per forward when recomputing the maps, on ``device``. Its ``top`` is not used.
     model : str, nn.Module or LoadedModel, optional
         The dissected model (default: loaded again from the manifest's MODEL spec); required
         when the dissection was run on an in-memory module.
@@ -121,7 +123,7 @@ def iter_segments(
         Show progress bars.
     **loose
         Fields of ``config`` given one by one (``rule=``, ``peak_fraction=``, ``rf_size=``,
-        ``batch_size=``, ``device=``, ``workers=``, ``dtype=``).
+        ``align=``, ``batch_size=``, ``device=``, ``workers=``, ``dtype=``).
 
     Yields
     ------
@@ -130,7 +132,7 @@ def iter_segments(
         K in the data) are left out.
     """
     config = dataclasses.replace(config or SegmentConfig(), **loose)
-    geometry = dissection.geometry(layer)
+    geometry = placed_geometry(dissection, layer, config.align)
     if not geometry.is_spatial:
         raise DissectError(
             f"layer {layer!r} has no spatial map (output {geometry.output_shape})"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..alignment import placements, record_alignment
 from ..config import PICTURES, SegmentConfig
 from ..directory import SEGMENT_FOLDERS, SEGMENTS, keep_run_rows, layer_file_name, read_table
 from ..dissection import Dissection, load_dissected_model
@@ -57,14 +58,16 @@ def write_segments(
     pictures : sequence of str
         Which of ``segmented``, ``outline``, ``crop``, ``grid`` to write (default: segmented).
     **options
-        ``peak_fraction``, ``rule``, ``rf_size``, ``model``, ``batch_size``, ``device``,
-        ``workers``, ``dtype``, ``progress``: see :func:`iter_segments`.
+        ``peak_fraction``, ``rule``, ``rf_size``, ``align``, ``model``, ``batch_size``,
+        ``device``, ``workers``, ``dtype``, ``progress``: see :func:`iter_segments`. The placement
+        of every layer is recorded in ``manifest.json`` (``alignment``, under the pictures'
+        folder name).
 
     Returns
     -------
     DataFrame
         ``layer, unit, rank, image_index, image, score, threshold, coverage, crop_top,
-        crop_left, crop_bottom, crop_right, rule``: one row per top image segmented.
+        crop_left, crop_bottom, crop_right, rule, align``: one row per top image segmented.
     """
     pictures = (pictures,) if isinstance(pictures, str) else tuple(pictures)
     unknown = sorted(set(pictures) - set(PICTURES))
@@ -74,8 +77,11 @@ def write_segments(
         )
     kinds = [kind for kind in KINDS if kind in pictures]
     layers = dissection.check_layers(layers)
-    options["model"] = load_dissected_model(dissection, options.get("model"))
     rule = options.get("rule", "threshold")
+    align = options.get("align") or SegmentConfig.align
+    spatial = [layer for layer in layers if dissection.geometry(layer).is_spatial]
+    placed = placements(dissection, spatial, align)  # refuses a missing rf before any work
+    options["model"] = load_dissected_model(dissection, options.get("model"))
     tables = []
     for layer in layers:
         folder = dissection.path(FOLDERS.get(rule, "segments"), layer_file_name(layer))
@@ -102,6 +108,7 @@ def write_segments(
                         "coverage": float(mask.mean()),
                         **dict(zip(_BOX, crop_box(mask), strict=True)),
                         "rule": rule,
+                        "align": align,
                     }
                 )
             for rank in range(len(segments.indices) + 1, _highest_rank(unit_folder) + 1):
@@ -116,6 +123,7 @@ def write_segments(
         listing = (folder / SEGMENTS).relative_to(dissection.directory).as_posix()
         old = read_table(dissection.directory, listing)
         write_csv(folder / SEGMENTS, _merge_rows(old, table))
+        record_alignment(dissection, FOLDERS.get(rule, "segments"), align, {layer: placed[layer]})
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
