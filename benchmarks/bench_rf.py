@@ -58,7 +58,7 @@ from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.hooks import LayerTrace
 from dissect.images import Preprocess
-from dissect.models import LoadedModel, builtin_models, load_model
+from dissect.models import LoadedModel, load_model
 from dissect.rf import (
     Measurements,
     OcclusionConfig,
@@ -67,6 +67,7 @@ from dissect.rf import (
     occluder_corners,
 )
 from dissect.streaming import run_dissection
+from dissect.zoo import builtin_models
 
 METHODS = ("per_target", "naive", "fast")
 
@@ -307,8 +308,8 @@ def main() -> None:
                 "speedup_vs_naive": figures["naive"]["cpu_seconds"] / first["cpu_seconds"],
                 "memory_vs_naive": first["peak_mib"] / max(figures["naive"]["peak_mib"], 1e-9),
             }
-            fast = np.load(Path(out) / f"{layer}fast.npy")
-            naive = np.load(Path(out) / f"{layer}naive.npy")
+            fast = np.load(Path(out) / f"{layer}_fast.npy")
+            naive = np.load(Path(out) / f"{layer}_naive.npy")
             width = min(fast.shape[1], naive.shape[1])
             print(f"{layer}_max_abs_diff: {np.abs(fast[:, :width] - naive[:, :width]).max():.3g}")
             for name, value in ratios.items():
