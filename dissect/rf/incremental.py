@@ -1,10 +1,12 @@
 """The incremental method: recompute, step by step, only the windows an occluder changes.
 
 For networks that reach the measured layer through a plain chain of convolutions, max pooling and
-point-wise modules (:func:`chain_steps` checks), the unoccluded activations of every step are
-kept and each occluded pass recomputes only a window per step (:class:`Incremental`), gathered
-from and pasted into the kept activations in one indexing operation (:func:`_gather_paste`), in a
-buffer reused from batch to batch (:class:`_Workspace`).
+point-wise modules (:func:`~dissect.rf.steps.chain_steps` checks), the unoccluded activations of
+every step are kept and each occluded pass recomputes only a window per step
+(:class:`Incremental`), gathered from and pasted into the kept activations in one indexing
+operation (:func:`_gather_paste`), in a buffer reused from batch to batch (:class:`_Workspace`);
+the last convolution computes the measured units alone where that is exact
+(:func:`~dissect.rf.steps.sliced_step`).
 """
 
 from __future__ import annotations
