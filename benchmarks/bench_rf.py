@@ -20,7 +20,10 @@ Each child runs ``--threads`` torch threads (1). Prints ``name: value`` lines pe
 seconds (the ratios use them: on a shared machine they move far less than wall time, also
 printed), peak memory (MiB) and passes of each method, ``speedup_vs_per_target`` (per_target /
 fast), ``speedup_vs_naive``, ``memory_vs_naive`` (peak of fast / peak of naive), ``max_abs_diff``
-of fast against naive; the worst of each ratio over the layers last.
+of fast against naive, ``flops_vs_naive`` (the naive method's floating-point operations over the
+fast method's, counted by torch's ``FlopCounterMode`` after the timed runs: the work the fast
+method saves, a figure the load of the machine does not move); the worst of each ratio over the
+layers last.
 
     python benchmarks/bench_rf.py [--model scene-cnn] [--data synthetic:60] [--layers conv2,conv5]
                                   [--units 4] [--top 3]
@@ -58,7 +61,7 @@ from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.hooks import LayerTrace
 from dissect.images import Preprocess
-from dissect.models import LoadedModel, builtin_models, load_model
+from dissect.models import LoadedModel, load_model
 from dissect.rf import (
     Measurements,
     OcclusionConfig,
@@ -67,6 +70,7 @@ from dissect.rf import (
     occluder_corners,
 )
 from dissect.streaming import run_dissection
+from dissect.zoo import builtin_models
 
 METHODS = ("per_target", "naive", "fast")
 
@@ -189,6 +193,7 @@ def child(args) -> None:
     run = len(measurements) * (limit or positions)
     if limit is not None:
         seconds, cpu = seconds * positions / limit, cpu * positions / limit
+    figures_flops = count_flops(args, loaded.module, common, positions)
     flat = np.asarray(grids).reshape(len(grids), -1)
     np.save(Path(args.directory) / f"{layer}_{method}.npy", flat)
     figures = {
@@ -201,8 +206,30 @@ def child(args) -> None:
         "unit_images": len(measurements),
         "distinct_images": len(images),
         "units": len(units),
+        "flops": figures_flops,
     }
     print("RESULT " + json.dumps(figures), flush=True)
+
+
+def count_flops(args, module, common, positions: int) -> float:
+    """Floating-point operations of the measurement (torch's ``FlopCounterMode``, counted
+    after the timed run): the fast method run again under the counter; the naive and per-target
+    loops as their passes (and one unoccluded pass per measurement) times those of one forward
+    (whole model for naive, stopped at the layer for per-target)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer, load_image, measurements = common[1], common[3], common[4]
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        if args.child_method == "fast":
+            discrepancy_maps(*common, method="fast", progress=False)
+        else:
+            image = load_image(int(measurements.image[0]))[None]
+            with LayerTrace(module, [layer], stop=args.child_method == "per_target") as trace:
+                trace(image)
+    flops = counter.get_total_flops()
+    if args.child_method != "fast":
+        flops *= len(measurements) * (positions + 1)
+    return float(flops)
 
 
 def naive_sample(module, layer, geometry, load_image, measurements, patch, config, corners, limit):
@@ -307,10 +334,12 @@ def main() -> None:
                 "speedup_vs_naive": figures["naive"]["cpu_seconds"] / first["cpu_seconds"],
                 "memory_vs_naive": first["peak_mib"] / max(figures["naive"]["peak_mib"], 1e-9),
             }
-            fast = np.load(Path(out) / f"{layer}fast.npy")
-            naive = np.load(Path(out) / f"{layer}naive.npy")
+            fast = np.load(Path(out) / f"{layer}_fast.npy")
+            naive = np.load(Path(out) / f"{layer}_naive.npy")
             width = min(fast.shape[1], naive.shape[1])
             print(f"{layer}_max_abs_diff: {np.abs(fast[:, :width] - naive[:, :width]).max():.3g}")
+            flops = figures["naive"]["flops"] / max(first["flops"], 1.0)
+            print(f"{layer}_flops_vs_naive: {flops:.2f}")
             for name, value in ratios.items():
                 print(f"{layer}_{name}: {value:.2f}", flush=True)
                 worst[name].append(value)

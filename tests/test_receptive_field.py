@@ -21,7 +21,6 @@ from dissect.rf import (
     OcclusionConfig,
     average_maps,
     discrepancy_maps,
-    incremental,
     load_maps,
     map_radius,
     noise_patch,
@@ -30,6 +29,7 @@ from dissect.rf import (
     rf_mass_size,
     rf_size,
     schedule,
+    steps,
 )
 from dissect.streaming import run_dissection
 
@@ -431,14 +431,14 @@ def test_incremental_batches_hold_no_more_than_whole_image_batches(monkeypatch):
         y = module(x)
         whole, x = max(whole, x.numel() + y.numel()), y
     held = []
-    apply = incremental._Step.apply
+    apply = steps.Step.apply
 
-    def record(step, window):
-        out = apply(step, window)
+    def record(step, window, channels=None):
+        out = apply(step, window, channels)
         held.append(window.numel() + out.numel())
         return out
 
-    monkeypatch.setattr(incremental._Step, "apply", record)
+    monkeypatch.setattr(steps.Step, "apply", record)
     patch = noise_patch(PREPROCESS, 5, 0)
     run = (net, layer, geometry, images.__getitem__, measurements, patch, config)
     fast = discrepancy_maps(*run, method="incremental", progress=False)

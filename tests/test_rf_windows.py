@@ -23,7 +23,9 @@ from dissect.rf import (
     receptive_fields,
 )
 from dissect.rf import incremental as inc
+from dissect.rf import steps as steps_module
 from dissect.rf.measure import measurement_params
+from dissect.rf.steps import chain_steps
 
 PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -40,7 +42,7 @@ def deep_net() -> nn.Module:
 def test_windows_are_cut_to_what_the_measured_positions_read():
     net, size = deep_net(), 32
     image = torch.randn(3, size, size, generator=torch.Generator().manual_seed(0))
-    steps = inc.chain_steps(net, "7", image)
+    steps = chain_steps(net, "7", image)
     corners = occluder_corners(size, 5, 1)
     incremental = inc.Incremental(steps, image, 5, (corners, corners))
     one = incremental.windows((3, 3, 4, 4))  # one measured position
@@ -104,3 +106,62 @@ def test_partial_file_of_another_pass_order_is_measured_again(tmp_path, image_fo
               params=np.str_(params))  # fmt: skip
     again = receptive_fields(out, ["1"], config=config, model=loaded, progress=False)
     pd.testing.assert_frame_equal(again, reference)
+
+
+def test_a_wide_box_does_not_widen_the_windows_of_one_position():
+    """Passes for one measured position run at that position's windows even where another
+    image's peaks span a wide box (the windows of a batch kind are the largest of the kind)."""
+    net, size = deep_net(), 32
+    image = torch.randn(3, size, size, generator=torch.Generator().manual_seed(0))
+    corners = occluder_corners(size, 5, 1)
+    incremental = inc.Incremental(chain_steps(net, "7", image), image, 5, (corners, corners))
+    one = incremental.windows((3, 3, 4, 4))
+    incremental.windows((0, 7, 0, 7))
+    for row, column in np.argwhere(np.ones((len(corners), len(corners)))):
+        kind = (one.kind[0][row], one.kind[1][column])
+        np.testing.assert_array_equal(incremental.sizes(kind)[-1], (1, 1))
+
+
+def _last_conv_channels(monkeypatch, net, layer, units):
+    """The output channels the last convolution of incremental passes computes, and the
+    incremental maps against the naive ones (units ``units`` at peaks over two images)."""
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    geometry = layer_geometry(net, [layer], 32)[layer]
+    order = np.arange(len(units))
+    measurements = Measurements(order % 2, np.array(units), order % 3 + 1, order[::-1] % 3)
+    config = OcclusionConfig(occluder=5, stride=2, batch_size=8)
+    seen = []
+    apply = steps_module.Step.apply
+
+    def record(step, window, channels=None):
+        out = apply(step, window, channels)
+        if isinstance(step.module, nn.Conv2d):
+            seen.append(out.shape[1])
+        return out
+
+    monkeypatch.setattr(steps_module.Step, "apply", record)
+    run = (net, layer, geometry, images.__getitem__, measurements, noise_patch(PREPROCESS, 5, 0))
+    for discrepancy in ("peak", "map"):
+        config = dataclasses.replace(config, discrepancy=discrepancy)
+        fast = discrepancy_maps(*run, config, method="incremental", progress=False)
+        naive = discrepancy_maps(*run, config, method="naive", progress=False)
+        assert (naive > 0).mean() > 0.3
+        np.testing.assert_allclose(fast, naive, rtol=1e-5, atol=1e-5)
+    return seen[-1]
+
+
+def test_last_convolution_computes_the_measured_units_alone(monkeypatch):
+    net = deep_net()
+    assert _last_conv_channels(monkeypatch, net, "7", [4, 1, 4]) == 2
+    pooled = nn.Sequential(*deep_net(), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    assert _last_conv_channels(monkeypatch, pooled, "9", [0, 3, 3]) == 2
+
+
+def test_all_channels_where_the_units_cannot_be_computed_apart(monkeypatch):
+    """Batch norm after the last convolution (per-channel statistics), a grouped convolution."""
+    torch.manual_seed(1)
+    norm = nn.Sequential(*deep_net(), nn.BatchNorm2d(5)).eval()
+    norm[-1].running_mean.uniform_(-1, 1)
+    assert _last_conv_channels(monkeypatch, norm, "8", [1, 2]) == 5
+    grouped = nn.Sequential(*list(deep_net())[:-1], nn.Conv2d(8, 4, 3, padding=1, groups=2))
+    assert _last_conv_channels(monkeypatch, grouped.eval(), "7", [1, 2]) == 4

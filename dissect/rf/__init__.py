@@ -50,10 +50,12 @@ per occluder position, per image, per unit. The fast method computes the same nu
     activations around it with the step's own padding: the outputs whose inputs the occluder
     changed *and* that the measured peak positions depend on (for each image, one window around
     all its peaks or one per peak, whichever costs fewer multiply-adds). Passes are batched by
-    the side of their window at the costliest step and run at the largest window of their batch
-    kind at every step, so each step handles all passes of a batch at once: one gather of the
-    kept activations, one paste of the recomputed window, one convolution or pooling, in
-    buffers reused from batch to batch;
+    the side of their window at the costliest step and the extent of their peaks' box, and run
+    at the largest window of their batch kind at every step, so each step handles all passes of
+    a batch at once: one gather of the kept activations, one paste of the recomputed window,
+    one convolution or pooling, in buffers reused from batch to batch. The last convolution
+    computes the measured units' channels alone where nothing after it mixes channels (max
+    pooling and point-wise modules other than batch norm; ungrouped);
 
   ``fast`` picks ``incremental`` when it applies and the crops would cover more than a quarter
   of the image on average, else ``crop``;
@@ -75,7 +77,8 @@ version of dissect whose passes ran in another order is measured again.
 
 Layout: :mod:`~dissect.rf.occlusion` (parameters, noise occluder, grid),
 :mod:`~dissect.rf.discrepancy` (the entry point of every method), :mod:`~dissect.rf.naive`,
-:mod:`~dissect.rf.crop` and :mod:`~dissect.rf.incremental` (one method each),
+:mod:`~dissect.rf.crop` and :mod:`~dissect.rf.incremental` (one method each; the chain of steps
+the latter runs in :mod:`~dissect.rf.steps`),
 :mod:`~dissect.rf.schedule` (batching the fast methods' passes), :mod:`~dissect.rf.maps`
 (re-centring, averaging, sizes), :mod:`~dissect.rf.measure` (the measurement per layer,
 resumed, written as each layer finishes); this module only re-exports.

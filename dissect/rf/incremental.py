@@ -1,10 +1,12 @@
 """The incremental method: recompute, step by step, only the windows an occluder changes.
 
 For networks that reach the measured layer through a plain chain of convolutions, max pooling and
-point-wise modules (:func:`chain_steps` checks), the unoccluded activations of every step are
-kept and each occluded pass recomputes only a window per step (:class:`Incremental`), gathered
-from and pasted into the kept activations in one indexing operation (:func:`_gather_paste`), in a
-buffer reused from batch to batch (:class:`_Workspace`).
+point-wise modules (:func:`~dissect.rf.steps.chain_steps` checks), the unoccluded activations of
+every step are kept and each occluded pass recomputes only a window per step
+(:class:`Incremental`), gathered from and pasted into the kept activations in one indexing
+operation (:func:`_gather_paste`), in a buffer reused from batch to batch (:class:`_Workspace`);
+the last convolution computes the measured units alone where that is exact
+(:func:`~dissect.rf.steps.sliced_step`).
 """
 
 from __future__ import annotations
@@ -18,132 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..hooks import LayerTrace
+from .steps import Step, changed_span, sliced_step
 
-#: Modules that act on every position separately (in eval mode): windows pass through them.
-_POINTWISE = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.BatchNorm2d,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.Identity,
-)
-
-
-@dataclass(frozen=True)
-class _Step:
-    """One module of a plain chain, with its window arithmetic (per axis) if it is spatial."""
-
-    module: nn.Module
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    fill: float = 0.0  # value of its padding: 0 for convolutions, -inf for max pooling
-
-    @property
-    def spatial(self) -> bool:
-        return not isinstance(self.module, _POINTWISE)
-
-    def reach(self, axis: int) -> int:
-        return self.dilation[axis] * (self.kernel[axis] - 1)
-
-    def apply(self, window: torch.Tensor) -> torch.Tensor:
-        """The module on a window that already holds its padding.
-
-        Convolutions and max pooling run channels last, the layout windows are gathered in,
-        where such small windows run fastest on CPU (a convolution's round-off then differs from
-        a whole-image NCHW forward's at the float32 level).
-        """
-        if isinstance(self.module, nn.Conv2d):
-            conv = self.module
-            window = window.contiguous(memory_format=torch.channels_last)
-            return F.conv2d(
-                window, conv.weight, conv.bias, self.stride, 0, self.dilation, conv.groups
-            )
-        if isinstance(self.module, nn.MaxPool2d):
-            window = window.contiguous(memory_format=torch.channels_last)
-            return F.max_pool2d(window, self.kernel, self.stride, 0, self.dilation)
-        return self.module.forward(window)
-
-
-def _two(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def _as_step(module: nn.Module) -> _Step | None:
-    """The step of a supported module, else None."""
-    if isinstance(module, _POINTWISE):
-        return _Step(module)
-    if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
-        if module.padding == "same":
-            return None
-        padding = (0, 0) if module.padding == "valid" else _two(module.padding)
-        return _Step(
-            module, _two(module.kernel_size), _two(module.stride), padding, _two(module.dilation)
-        )
-    if isinstance(module, nn.MaxPool2d) and not module.return_indices:
-        return _Step(
-            module,
-            _two(module.kernel_size),
-            _two(module.stride or module.kernel_size),
-            _two(module.padding),
-            _two(module.dilation),
-            -math.inf,
-        )
-    return None
-
-
-def chain_steps(module: nn.Module, layer: str, image: torch.Tensor) -> list[_Step] | None:
-    """The modules from the input to ``layer``, if they form a plain chain of supported modules.
-
-    Each module must take exactly the previous one's output (checked by identity during a
-    forward) and recomputing ``layer`` module by module on ``image`` must give the traced value;
-    otherwise (branches, functional calls in ``forward``, unsupported modules) None.
-    """
-    target = dict(module.named_modules())[layer]
-    watched = {id(c): c for _, c in module.named_modules() if not list(c.children())}
-    watched[id(target)] = target
-    calls = []
-    handles = [
-        child.register_forward_hook(lambda c, i, o: calls.append((c, i, o)))
-        for child in watched.values()
-    ]
-    start = image[None]
-    try:
-        with LayerTrace(module, [layer], stop=True) as trace:
-            expected = trace(start)[layer]
-    finally:
-        for handle in handles:
-            handle.remove()
-    steps, previous = [], start
-    for child, inputs, output in calls:
-        if child is target and list(child.children()):
-            if output is not previous:
-                return None
-            break
-        step = _as_step(child)
-        if step is None or len(inputs) != 1 or inputs[0] is not previous:
-            return None
-        steps.append(step)
-        previous = output
-        if child is target:
-            break
-    else:
-        return None
-    result = start
-    for step in steps:
-        result = step.module.forward(result)
-    same = result.shape == expected.shape and torch.allclose(result, expected, 1e-4, 1e-5)
-    return steps if same else None
+#: Window sizes and box extents are encoded in one batch kind as ``size * _KIND + extent``.
+_KIND = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -170,12 +50,18 @@ class Incremental:
 
     def __init__(
         self,
-        steps: list[_Step],
+        steps: list[Step],
         image: torch.Tensor,
         occluder: int,
         corners: tuple[np.ndarray, ...],
+        units: np.ndarray | None = None,
     ):
         self.steps = steps
+        # The measured units alone at the last convolution, where that is exact.
+        self.sliced = None if units is None else sliced_step(steps)
+        self.channels = None
+        if self.sliced is not None:
+            self.channels = torch.as_tensor(np.unique(units), device=image.device)
         self.spatial = [index for index, step in enumerate(steps) if step.spatial]
         self.lengths: list[tuple[int, int] | None] = []  # output (height, width) per step
         self.inputs: list[tuple[int, int, int]] = []  # (channels, height, width) per step
@@ -189,7 +75,7 @@ class Incremental:
         # images would.
         self.full = 0
         x = image[None]
-        for step in steps:
+        for index, step in enumerate(steps):
             self.inputs.append(tuple(x.shape[1:]))
             if not step.spatial:
                 self.lengths.append(None)
@@ -203,12 +89,13 @@ class Incremental:
             taps = step.kernel[0] * step.kernel[1]
             if isinstance(step.module, nn.Conv2d):
                 conv = step.module
-                taps *= conv.in_channels * conv.out_channels // conv.groups
+                out = conv.out_channels if index != self.sliced else len(self.channels)
+                taps *= conv.in_channels * out // conv.groups
             else:
                 taps *= channels
             self.macs[len(forward[0])] = taps
             for a in range(2):
-                lo[a], hi[a] = _changed_span(step, a, lo[a], hi[a], lengths[a])
+                lo[a], hi[a] = changed_span(step, a, lo[a], hi[a], lengths[a])
                 forward[a].append((lo[a], hi[a]))
         self.forward = [
             (np.stack([s[0] for s in spans], 1), np.stack([s[1] for s in spans], 1))
@@ -245,7 +132,9 @@ class Incremental:
             empty = stop < start
             start = np.where(empty, np.minimum(start, back[a, 1]), start)
             size = np.where(empty, 1, stop - start + 1)
-            kind = size[:, self.key]
+            # Passes of one kind: the same window at the costliest step, for boxes of the same
+            # extent (whose windows at the last steps are alike).
+            kind = size[:, self.key] * _KIND + (back[a, 1, -1] - back[a, 0, -1] + 1)
             for value in np.unique(kind):
                 rows = size[kind == value].max(0)
                 self.largest[a][value] = np.maximum(self.largest[a].get(value, rows), rows)
@@ -317,7 +206,8 @@ class Incremental:
         starts: np.ndarray,
         sizes: np.ndarray,
     ) -> tuple[torch.Tensor, np.ndarray]:
-        """Layer output windows (B, C, h, w) of occluded images and their starts (B, 2).
+        """Layer output windows (B, C, h, w) of occluded images and their starts (B, 2); C is
+        ``len(self.channels)`` (the measured units, in order) where those alone are computed.
 
         ``bases[s]`` holds the padded base inputs of spatial step ``s`` for every image of the
         chunk, channels last (I, H, W, C), see :meth:`stack`; ``images[b]`` is item ``b``'s image
@@ -345,17 +235,25 @@ class Incremental:
             gathered = _gather_paste(
                 bases[index], images, need, needed, window, offset, bounds, self.work
             )
-            window, low = step.apply(gathered), start
+            channels = self.channels if index == self.sliced else None
+            window, low = step.apply(gathered, channels), start
             column += 1
         return window, low
 
     def stack(self, prepared: list[tuple]) -> list[torch.Tensor | None]:
         """Per spatial step, the padded base inputs of several images (:meth:`base`), stacked
-        channels last as (I, H, W, C) for :func:`_gather_paste`."""
-        return [
-            None if padded[0] is None else torch.stack(padded).permute(0, 2, 3, 1).contiguous()
-            for padded in zip(*(base for base, _ in prepared), strict=True)
-        ]
+        channels last as (I, H, W, C) for :func:`_gather_paste`; after the step that computes
+        the measured units alone, those channels alone."""
+        stacked = []
+        for index, padded in enumerate(zip(*(base for base, _ in prepared), strict=True)):
+            if padded[0] is None:
+                stacked.append(None)
+                continue
+            inputs = torch.stack(padded)
+            if self.sliced is not None and index > self.sliced:
+                inputs = inputs[:, self.channels]
+            stacked.append(inputs.permute(0, 2, 3, 1).contiguous())
+        return stacked
 
 
 class _Workspace:
@@ -380,14 +278,6 @@ class _Workspace:
             buffer[start : start + size].view(*shape)
             for start, size, shape in zip(starts, sizes, shapes, strict=False)
         ]
-
-
-def _changed_span(step: _Step, axis: int, lo: np.ndarray, hi: np.ndarray, length: int):
-    """The outputs ``[lo', hi']`` of ``step`` (along ``axis``, ``length`` of them) that read an
-    input in ``[lo, hi]``: output ``i`` reads inputs ``i * stride - padding + 0..reach``."""
-    stride, padding, reach = step.stride[axis], step.padding[axis], step.reach(axis)
-    first = np.maximum(-((reach - lo - padding) // stride), 0)
-    return first, np.minimum((hi + padding) // stride, length - 1)
 
 
 def _gather_paste(

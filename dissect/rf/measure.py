@@ -55,8 +55,8 @@ VERSION = 2
 FORMAT = 2
 #: Order of the fast methods' occluded passes, which a partial file's count of finished passes
 #: refers to; a partial file of another order is measured again. Order 2: incremental passes
-#: batched by their window at the costliest step.
-PASS_ORDER = 2
+#: batched by their window at the costliest step; order 3: and by the extent of their box.
+PASS_ORDER = 3
 #: Arrays of a layer's maps file with one entry per unit.
 PER_UNIT = (
     "maps",

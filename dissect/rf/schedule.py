@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 from ..errors import DissectError
 from ..hooks import LayerTrace
 from .crop import CropGroup, CropSetting, crop_axes, crop_pass, groups_for_image
-from .incremental import Incremental, Windows, chain_steps
+from .incremental import Incremental, Windows
 from .occlusion import Cost, OcclusionJob, layout_of
+from .steps import chain_steps
 
 
 def fast(job: OcclusionJob) -> None:
@@ -92,7 +93,7 @@ def _plan(job: OcclusionJob) -> _Plan:
             steps = None
     incremental, windows = None, {}
     if steps is not None:
-        incremental = Incremental(steps, first, patch.shape[-1], corners)
+        incremental = Incremental(steps, first, patch.shape[-1], corners, measurements.unit)
 
         def windows_of(group: CropGroup) -> Windows:
             if group.box not in windows:
@@ -166,8 +167,11 @@ def _run_chunk(job: OcclusionJob, plan: _Plan, groups, trace, position: int, met
         prepared = [incremental.base(tensor) for tensor in tensors]
         bases = incremental.stack(prepared)
         outputs = torch.stack([output for _, output in prepared])
+    channels = None if incremental is None else incremental.channels
+    if channels is not None:  # the passes compute the measured units alone
+        outputs = outputs[:, channels]
     targets = _Targets(
-        groups, [slots[g.image] for g in groups], job.measurements, outputs, plan.peak
+        groups, [slots[g.image] for g in groups], job.measurements, outputs, plan.peak, channels
     )
     index = max(job.done - position, 0)
     while index < len(jobs):
@@ -206,12 +210,14 @@ class _Targets:
     measurements : Measurements
         All measurements.
     outputs : Tensor, shape (I, C, H, W)
-        Unoccluded layer output of each image of the chunk.
+        Unoccluded layer output of each image of the chunk (at ``channels`` only, if given).
     peak : bool
         ``peak`` discrepancy (else ``map``).
+    channels : Tensor, optional
+        The sorted units that ``outputs`` and the passes' maps hold, if not all of them.
     """
 
-    def __init__(self, groups, slots, measurements, outputs, peak):
+    def __init__(self, groups, slots, measurements, outputs, peak, channels=None):
         self.slot = np.asarray(slots, dtype=np.int64)
         self.first_y = np.stack([g.plan_y.first for g in groups])  # (G, corners)
         self.last_y = np.stack([g.plan_y.last for g in groups])
@@ -220,7 +226,9 @@ class _Targets:
         self.counts = np.array([len(g.members) for g in groups])
         self.offsets = np.cumsum(self.counts) - self.counts  # of each group in ``members``
         self.members = np.concatenate([g.members for g in groups])
-        self.unit = measurements.unit[self.members]
+        self.unit = measurements.unit[self.members]  # its channel in ``outputs`` and maps
+        if channels is not None:
+            self.unit = np.searchsorted(channels.cpu().numpy(), self.unit)
         self.y, self.x = measurements.y[self.members], measurements.x[self.members]
         self.outputs, self.peak = outputs, peak
         if peak:  # unoccluded activation of each member at its peak
