@@ -198,14 +198,17 @@ def run_dissection(
         Input size and normalisation; default the model's own (ImageNet statistics, 224 px).
     iou : bool
         Also label every unit by IoU with the data's concept masks, in the same pass (see
-        :mod:`dissect.iou.samepass`): writes ``iou/`` and the ``iou`` labels as ``dissect
-        autolabel --permutations 0`` with the same batch size would.
+        :mod:`dissect.iou.samepass`): writes ``iou/`` and the ``iou`` labels, with the
+        permutation null's ``p_value``, ``z_score`` and ``q_value``, as ``dissect autolabel``
+        with the same batch size and ``permutations`` would.
     **options
         ``progress`` (bool, default True: a progress bar on rank 0); ``restart`` (bool: discard
         any checkpoint in ``out`` instead of resuming from it, or refusing it when it belongs to
-        a run with other arguments); ``resume`` (a :class:`ResumeConfig`: when the pass saves
-        its state); fields of ``config`` (``topk=``, ``batch_size=``, ...) or of ``resume``
-        (``checkpoint_every=``) given one by one.
+        a run with other arguments); ``permutations`` (int: P of the permutation null counted
+        with ``iou``, default :class:`~dissect.config.IoUConfig`'s; 0: no p-values);
+        ``resume`` (a :class:`ResumeConfig`: when the pass saves its state); fields of
+        ``config`` (``topk=``, ``batch_size=``, ...) or of ``resume`` (``checkpoint_every=``)
+        given one by one.
 
     Returns
     -------
@@ -213,6 +216,7 @@ def run_dissection(
         The directory just written, opened.
     """
     progress, restart = options.pop("progress", True), options.pop("restart", False)
+    permutations = options.pop("permutations", None)
     resume = options.pop("resume", None) or ResumeConfig()
     config, resume = split_loose(config or RunConfig(), resume, options)
     loaded = load_model(model, weights)
@@ -227,10 +231,11 @@ def run_dissection(
         "stats": UnitStatsListener(config, len(source), device)
     }
     if iou:  # refuses data without concept masks before the probe's seconds are spent
-        from .iou.samepass import PendingIoU
+        from .iou.samepass import PendingIoU, null_config
 
+        null = null_config(permutations, config)
         listeners["iou"] = PendingIoU(
-            source, out, distributed.rank(), listeners["stats"].lower_bound
+            source, out, distributed.rank(), listeners["stats"].lower_bound, null
         )
     started = time.perf_counter()
     geometry = layer_geometry(loaded.module, names, preprocess.image_size)
@@ -238,6 +243,7 @@ def run_dissection(
     fingerprint = run_fingerprint(loaded, source, preprocess, config, torch_device)
     if iou:
         fingerprint["iou_concepts_sha256"] = listeners["iou"].concepts_sha256
+        fingerprint["iou_null"] = list(null)
     checkpoint = Checkpoint(out, fingerprint, distributed.rank())
     if restart:
         checkpoint.remove(distributed.world_size())

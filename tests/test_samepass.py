@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import TINY_SPEC, make_image_folder
@@ -51,36 +52,48 @@ def assert_same_labels(got: Path, expected: Path) -> None:
     assert not (got / ".checkpoint").exists()
 
 
-def autolabelled(tmp_path: Path, source, preprocess, batch_size: int) -> Path:
-    """``dissect run`` then ``dissect autolabel --permutations 0``, the two-pass way."""
+def autolabelled(
+    tmp_path: Path, source, preprocess, batch_size: int, permutations: int = 19
+) -> Path:
+    """``dissect run`` then ``dissect autolabel``, the two-pass way."""
     out = tmp_path / "two-pass"
     run(out, source, preprocess, batch_size)
-    autolabel(out, source=source, batch_size=batch_size, progress=False, permutations=0)
+    options = {"batch_size": batch_size, "permutations": permutations}
+    autolabel(out, source=source, progress=False, **options)
     return out
 
 
 @pytest.mark.filterwarnings("ignore:skipped image")
 @pytest.mark.parametrize(
-    ("source", "preprocess", "batch_size", "budget"),
+    ("source", "preprocess", "batch_size", "budget", "permutations"),
     [
-        (TinyWorld(), PREPROCESS, 3, 2**26),  # everything held in memory
-        (TinyWorld(), PREPROCESS, 3, 1),  # every batch spilled to disk
-        (Maskless(), PREPROCESS, 2, 2**26),  # a label map that cannot be read
-        (TinyWorld(), BIG, 4, 5000),  # the threshold sketch samples; some batches spilled
-        (TinyWorld(), WIDE, 3, 1),  # a non-square input, spilled
+        (TinyWorld(), PREPROCESS, 3, 2**26, 19),  # everything held in memory
+        (TinyWorld(), PREPROCESS, 3, 2**26, 0),  # no null
+        (TinyWorld(), PREPROCESS, 3, 1, 19),  # every batch spilled to disk
+        (TinyWorld(), PREPROCESS, 3, 1, 0),
+        (Maskless(), PREPROCESS, 2, 2**26, 19),  # a label map that cannot be read
+        (TinyWorld(), BIG, 4, 5000, 19),  # the threshold sketch samples; some batches spilled
+        (TinyWorld(), BIG, 4, 5000, 0),
+        (TinyWorld(), WIDE, 3, 1, 5),  # a non-square input, spilled
     ],
 )
 def test_same_pass_labels_equal_autolabel(tmp_path, monkeypatch, source, preprocess,
-                                          batch_size, budget):  # fmt: skip
+                                          batch_size, budget, permutations):  # fmt: skip
+    """Labels, IoU tables and the permutation null's p-, z- and q-values (``null_best``) equal
+    those of ``dissect run`` then ``dissect autolabel`` with the same permutations."""
     monkeypatch.setattr(samepass, "PENDING_BYTES", budget)
     spills = []
     original = samepass.PendingIoU.spill
     monkeypatch.setattr(samepass.PendingIoU, "spill",
                         lambda self: spills.append(1) or original(self))  # fmt: skip
     out = tmp_path / "same-pass"
-    run(out, source, preprocess, batch_size, iou=True)
-    expected = autolabelled(tmp_path, source, preprocess, batch_size)
+    run(out, source, preprocess, batch_size, iou=True, permutations=permutations)
+    expected = autolabelled(tmp_path, source, preprocess, batch_size, permutations)
     assert_same_labels(out, expected)
+    assert ("null_best" in np.load(out / "iou" / "conv2.npz").files) == bool(permutations)
+    labels = pd.read_csv(out / "labels.csv")
+    for column in ("p_value", "q_value"):  # every layer's, without a second pass
+        assert labels[column].notna().any() == bool(permutations), column
     if budget < 2**20:
         assert spills, "the test must exercise the files on disk"
     labels = (out / "labels.csv").read_text()
