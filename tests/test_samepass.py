@@ -16,6 +16,10 @@ from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.images import ImageReadError, Preprocess
 from dissect.iou import autolabel, samepass
+from dissect.iou.concepts import ConceptBatch, ImageConcepts
+from dissect.iou.regions import PairedCounts, RegionGroup, region_concepts
+from dissect.iou.significance import PermutationNull
+from dissect.iou.tally import IoUStats
 from dissect.running_stats import TailQuantile
 from dissect.streaming import run_dissection
 
@@ -148,3 +152,53 @@ def test_iou_needs_concept_masks_and_says_so_before_probing(tmp_path, capsys, mo
             "--image-size", "16", "--device", "cpu"]  # fmt: skip
     assert main(argv) != 0
     assert "has no concept masks" in capsys.readouterr().err
+
+
+def random_concepts(generator, maps: int, pixels: int, concepts: int) -> ImageConcepts:
+    """One image's concept masks: ``maps`` label maps, an image-level concept, 3 categories."""
+    pixel = torch.randint(-1, concepts - 1, (maps, pixels), generator=generator)
+    for later in range(1, maps):  # a concept at most once per pixel, as ImageConcepts holds
+        for earlier in range(later):
+            pixel[later][pixel[later] == pixel[earlier]] = -1
+    pixel[pixel == concepts - 1] = -1
+    present = torch.rand(3, generator=generator) > 0.3
+    return ImageConcepts(pixel, torch.tensor([concepts - 1]), present)
+
+
+@pytest.mark.parametrize(("maps", "concepts"), [(4, 68), (12, 300)])  # 300**12: no int64 key
+def test_region_counts_equal_pixel_counts_and_the_null(maps, concepts):
+    """Counting through regions (all pairings at once) gives IoUStats' and PermutationNull's
+    numbers, however many label maps an image has."""
+    generator = torch.Generator().manual_seed(3)
+    pixels, units, indices = 60, 5, [11, 4, 9, 30]
+    images = [random_concepts(generator, maps, pixels, concepts) for _ in indices]
+    category_of = torch.randint(0, 3, (concepts,), generator=generator)
+    stats, null = IoUStats(units, category_of, 3), PermutationNull(units, category_of, 3, 4, 7)
+    batch = ConceptBatch.stack(images, pixels, concepts)
+    stats.add_concepts(batch)
+    null.add_concepts(batch, indices)
+    image = torch.tensor([0, 0, 1, 2, 3, 3])
+    unit = torch.tensor([0, 4, 2, 2, 1, 4])
+    masks = torch.rand(len(image), pixels, generator=generator) > 0.6
+    pair, position = masks.nonzero(as_tuple=True)
+    stats.add_pixels(pair, position, image, unit, batch)
+    null.add_pixels(pair, position, image, unit, batch)
+    regions = [region_concepts(concepts_of, concepts) for concepts_of in images]
+    counts = PairedCounts(units, category_of.numpy(), 3, 5)
+    counts.add_pixels(pair, position, image, unit, RegionGroup.stack(regions, indices, 4, 7))
+    area = sum(r.area(concepts) for r in regions)
+    np.testing.assert_array_equal(area.numpy(), batch.area.numpy())
+    real, paired_null = counts.results(area, len(indices), 7)
+    for mine, theirs in zip([real, *paired_null.counts], [stats, *null.counts], strict=True):
+        for key, value in theirs.state_dict().items():
+            np.testing.assert_array_equal(np.asarray(mine.state_dict()[key]), np.asarray(value))
+
+
+def test_the_null_needs_two_images_a_batch_and_says_so(tmp_path, capsys):
+    argv = ["run", TINY_SPEC, "synthetic:4", "--out", str(tmp_path / "out"), "--iou",
+            "--image-size", "16", "--device", "cpu", "--batch-size", "1"]  # fmt: skip
+    assert main(argv) != 0
+    assert "--batch-size of at least 2" in capsys.readouterr().err
+    assert main([*argv, "--permutations", "0"]) == 0
+    labels = pd.read_csv(tmp_path / "out" / "labels.csv")
+    assert len(labels) and labels["p_value"].isna().all()

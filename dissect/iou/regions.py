@@ -82,37 +82,43 @@ def region_concepts(image: ImageConcepts, concepts: int) -> RegionConcepts:
 
 @dataclass
 class RegionGroup:
-    """The regions of the labelled images of one batch, stacked, and their pairings.
+    """The regions of the labelled images of one batch, as each image's pairings see them.
 
     Attributes
     ----------
-    region : Tensor
-        (B * P,) int64 local region of every pixel of every image, image after image.
+    met : Tensor
+        (B * P, 1 + permutations) int16 (int32 beyond 32767 regions): at every pixel of every
+        image (image after image), the region there of the image its unit masks meet under
+        each pairing (column 0: its own), so a mask pixel's regions under every pairing are
+        one contiguous row.
+    rows : Tensor
+        (1 + permutations, B) int64: the image each image's unit masks meet under each pairing.
     offset : Tensor
-        (B,) int64 first row of each image's regions in ``table``.
+        (B,) int64: the first row of each image's regions in ``table``.
     table : Tensor
         (sum of R, C + K) float64: every image's ``hits``.
     pixels : int
         P, pixels of an image.
-    rows : Tensor
-        (1 + permutations, B) int64: the image whose concept masks each image's unit masks meet
-        under each pairing (row 0: itself).
+    width : int
+        The most regions of an image.
     """
 
-    region: torch.Tensor
+    met: torch.Tensor
+    rows: torch.Tensor
     offset: torch.Tensor
     table: torch.Tensor
     pixels: int
-    rows: torch.Tensor
+    width: int
 
     def to(self, device: torch.device | str) -> RegionGroup:
         """The same group on ``device``."""
         return RegionGroup(
-            self.region.to(device),
+            self.met.to(device),
+            self.rows.to(device),
             self.offset.to(device),
             self.table.to(device),
             self.pixels,
-            self.rows.to(device),
+            self.width,
         )
 
     @classmethod
@@ -123,12 +129,18 @@ class RegionGroup:
         sizes = torch.tensor([len(image.hits) for image in images], dtype=torch.int64)
         pairings = [np.arange(len(images))]
         pairings += [partners(indices, seed, p) for p in range(permutations)]
+        rows = torch.from_numpy(np.stack(pairings))
+        kind = torch.int16 if int(sizes.max()) < 2**15 else torch.int32
+        met = torch.stack(
+            [torch.stack([images[row].region.to(kind) for row in column], 1) for column in rows.T]
+        )
         return cls(
-            torch.cat([image.region.long() for image in images]),
+            met.reshape(-1, len(rows)),
+            rows,
             sizes.cumsum(0) - sizes,
             torch.cat([image.hits for image in images]).double(),
             len(images[0].region),
-            torch.from_numpy(np.stack(pairings)),
+            int(sizes.max()),
         )
 
 
@@ -175,23 +187,21 @@ class PairedCounts:
         group: RegionGroup,
     ) -> None:
         """Count mask pixels given as (pair, position) lists (see ``IoUStats.add_pixels``)."""
-        device = self.hits.device
-        pairing = torch.arange(self.pairings, device=device)[:, None]
-        rows = group.rows[:, images]  # (Q, n): the image met by each pair under each pairing
-        target = (pairing * self.units + units[None, :]).reshape(-1)
-        step = max(1, CHUNK // self.pairings)
+        device, count = self.hits.device, self.pairings
+        first = torch.arange(count, device=device) * group.width  # (Q,): a pairing's first bin
+        bins = len(images) * count * group.width  # (pair, pairing, region)
+        step = max(1, CHUNK // count)
         for start in range(0, len(pair), step):
             some, where = pair[start : start + step], position[start : start + step]
-            met = rows[:, some]  # (Q, m)
-            local = group.region[met * group.pixels + where[None, :]]
-            width = int(local.max()) + 1 if local.numel() else 1
-            keys = (pairing * len(images) + some[None, :]) * width + local
-            bins = self.pairings * len(images) * width
+            regions = group.met.index_select(0, images[some] * group.pixels + where)  # (m, Q)
+            keys = (some * (count * group.width))[:, None] + first[None, :] + regions
             found = torch.bincount(keys.reshape(-1), minlength=bins)
             key = found.nonzero().squeeze(1)
-            slot, region = key // width, key % width  # slot: pairing * n + pair
-            table_row = group.offset[rows.reshape(-1)[slot]] + region
-            self.hits.index_add_(0, target[slot], group.table[table_row] * found[key, None])
+            slot, region = key // group.width, key % group.width  # slot: pair * Q + pairing
+            which, pairing = slot // count, slot % count
+            table_row = group.offset[group.rows[pairing, images[which]]] + region
+            target = pairing * self.units + units[which]
+            self.hits.index_add_(0, target, group.table[table_row] * found[key, None])
 
     def results(
         self, concept_area: torch.Tensor, images: int, seed: int
