@@ -188,13 +188,15 @@ class PairedCounts:
     ) -> None:
         """Count mask pixels given as (pair, position) lists (see ``IoUStats.add_pixels``)."""
         device, count = self.hits.device, self.pairings
-        first = torch.arange(count, device=device) * group.width  # (Q,): a pairing's first bin
         bins = len(images) * count * group.width  # (pair, pairing, region)
+        kind = torch.int32 if bins < 2**31 else torch.int64  # half the memory traffic
+        first = torch.arange(count, device=device, dtype=kind) * group.width  # a pairing's bins
         step = max(1, CHUNK // count)
         for start in range(0, len(pair), step):
             some, where = pair[start : start + step], position[start : start + step]
             regions = group.met.index_select(0, images[some] * group.pixels + where)  # (m, Q)
-            keys = (some * (count * group.width))[:, None] + first[None, :] + regions
+            keys = (some.to(kind) * (count * group.width))[:, None] + first[None, :]
+            keys += regions
             found = torch.bincount(keys.reshape(-1), minlength=bins)
             key = found.nonzero().squeeze(1)
             slot, region = key // group.width, key % group.width  # slot: pair * Q + pairing
