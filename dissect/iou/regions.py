@@ -131,9 +131,8 @@ class RegionGroup:
         pairings += [partners(indices, seed, p) for p in range(permutations)]
         rows = torch.from_numpy(np.stack(pairings))
         kind = torch.int16 if int(sizes.max()) < 2**15 else torch.int32
-        met = torch.stack(
-            [torch.stack([images[row].region.to(kind) for row in column], 1) for column in rows.T]
-        )
+        regions = torch.stack([image.region.to(kind) for image in images])  # (B, P)
+        met = regions[rows.T].transpose(1, 2)  # (B, P, Q): image, pixel, pairing
         return cls(
             met.reshape(-1, len(rows)),
             rows,
