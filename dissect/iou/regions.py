@@ -87,10 +87,10 @@ class RegionGroup:
     Attributes
     ----------
     met : Tensor
-        (B * P, 1 + permutations) int16 (int32 beyond 32767 regions): at every pixel of every
-        image (image after image), the region there of the image its unit masks meet under
-        each pairing (column 0: its own), so a mask pixel's regions under every pairing are
-        one contiguous row.
+        (B * P, 1 + permutations) int16 (int32 where it would not fit): at every pixel of every
+        image (image after image), ``pairing * width + region``, the region there of the image
+        its unit masks meet under each pairing (column 0: its own), so a mask pixel's bins
+        under every pairing are one contiguous row.
     rows : Tensor
         (1 + permutations, B) int64: the image each image's unit masks meet under each pairing.
     offset : Tensor
@@ -130,16 +130,18 @@ class RegionGroup:
         pairings = [np.arange(len(images))]
         pairings += [partners(indices, seed, p) for p in range(permutations)]
         rows = torch.from_numpy(np.stack(pairings))
-        kind = torch.int16 if int(sizes.max()) < 2**15 else torch.int32
+        width = int(sizes.max())
+        kind = torch.int16 if len(rows) * width < 2**15 else torch.int32
         regions = torch.stack([image.region.to(kind) for image in images])  # (B, P)
-        met = regions[rows.T].transpose(1, 2)  # (B, P, Q): image, pixel, pairing
+        first = (torch.arange(len(rows), dtype=kind) * width)[None, :, None]
+        met = (regions[rows.T] + first).transpose(1, 2)  # (B, P, Q): image, pixel, pairing
         return cls(
             met.reshape(-1, len(rows)),
             rows,
             sizes.cumsum(0) - sizes,
             torch.cat([image.hits for image in images]).double(),
             len(images[0].region),
-            int(sizes.max()),
+            width,
         )
 
 
@@ -186,16 +188,14 @@ class PairedCounts:
         group: RegionGroup,
     ) -> None:
         """Count mask pixels given as (pair, position) lists (see ``IoUStats.add_pixels``)."""
-        device, count = self.hits.device, self.pairings
+        count = self.pairings
         bins = len(images) * count * group.width  # (pair, pairing, region)
         kind = torch.int32 if bins < 2**31 else torch.int64  # half the memory traffic
-        first = torch.arange(count, device=device, dtype=kind) * group.width  # a pairing's bins
         step = max(1, CHUNK // count)
         for start in range(0, len(pair), step):
             some, where = pair[start : start + step], position[start : start + step]
-            regions = group.met.index_select(0, images[some] * group.pixels + where)  # (m, Q)
-            keys = (some.to(kind) * (count * group.width))[:, None] + first[None, :]
-            keys += regions
+            met = group.met.index_select(0, images[some] * group.pixels + where)  # (m, Q)
+            keys = (some.to(kind) * (count * group.width))[:, None] + met
             found = torch.bincount(keys.reshape(-1), minlength=bins)
             key = found.nonzero().squeeze(1)
             slot, region = key // group.width, key % group.width  # slot: pair * Q + pairing
