@@ -5,10 +5,14 @@ The data is a Broden-format export of the synthetic world (``dissect data export
 torchvision). Both sides label the same layers (default ``layer2,layer3,layer4``, the last block
 included) on the same images.
 
-- ours: the single pass ``run_dissection(..., iou=True)`` (``dissect run --iou``: top-K,
-  threshold sketch and IoU labels in one pass over the data, without the permutation null,
-  which the baseline lacks too), timed as a whole (loading, probing, writing included); a plain
-  ``run_dissection`` (no labels) is timed too, before it, for ``iou_vs_run``;
+- ours: the single pass ``run_dissection(..., iou=True, permutations=0)`` (``dissect run --iou
+  --permutations 0``: top-K, threshold sketch and IoU labels in one pass over the data, without
+  the permutation null, which the baseline lacks too), timed as a whole (loading, probing,
+  writing included); a plain ``run_dissection`` (no labels) is timed too, before it, for
+  ``iou_vs_run``, and ``dissect run --iou`` with its default null (p-, z- and q-values of every
+  label counted in the same pass) after it;
+- the floor: a bare forward loop (``model(x)`` under ``inference_mode``) over the same images,
+  with the same loader and batch size, timed before and after ours (the smaller is used);
 - baseline, as NetDissect-Lite does it: one pass keeping the features of every image (float64,
   as its memmaps), the exact per-unit quantile over all of them, then a second pass reading the
   concept masks, upsampling every unit's map of every image with a plain bilinear resize
@@ -17,8 +21,10 @@ included) on the same images.
   labels must equal ours.
 
 Prints ``name: value`` lines, ratios of CPU seconds of this one process (the machine may be
-shared; wall seconds are printed beside them; first-call costs are paid before any clock
-starts): ``speedup_vs_baseline`` (baseline ``resize`` / ours, whole calls),
+shared; wall seconds are printed beside them, and the load average; first-call costs are paid
+before any clock starts): ``labelled_run_vs_forward`` (ours, the whole call, over the bare
+loop), ``labelled_run_with_pvalues_vs_forward`` (the same with the null), each also
+``_without_probe``, ``speedup_vs_baseline`` (baseline ``resize`` / ours, whole calls),
 ``speedup_vs_baseline_without_probe`` (ours less its geometry probe, a fixed cost every run
 pays, timed inside the call), ``label_agreement`` (units whose best concept is the same as
 ours, baseline ``aligned``), ``label_agreement_resize``, ``memory_ratio`` (peak resident memory,
@@ -127,10 +133,12 @@ class Clock:
         return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def ours(data: str, out: Path, layers: list[str], batch_size: int, iou: bool = True):
-    """``run_dissection``, with IoU labels in the same pass or not: (wall, CPU) seconds of the
-    whole call and CPU seconds of its geometry probe (a fixed cost, which varies by seconds
-    from one call to the next)."""
+def ours(
+    data: str, out: Path, layers: list[str], batch_size: int, iou: bool = True, permutations=0
+):
+    """``run_dissection``, with IoU labels (and ``permutations`` of the null) in the same pass
+    or not: (wall, CPU) seconds of the whole call and CPU seconds of its geometry probe (a fixed
+    cost, which varies by seconds from one call to the next)."""
     import dissect.streaming
 
     probe, spent = dissect.streaming.layer_geometry, []
@@ -147,10 +155,25 @@ def ours(data: str, out: Path, layers: list[str], batch_size: int, iou: bool = T
     try:
         clock = Clock()
         dissect.streaming.run_dissection(loaded, data, out, layers, batch_size=batch_size,
-                                         device="cpu", progress=False, iou=iou)  # fmt: skip
+                                         device="cpu", progress=False, iou=iou,
+                                         permutations=permutations)  # fmt: skip
         return (*clock.read(), sum(spent))
     finally:
         dissect.streaming.layer_geometry = probe
+
+
+def bare_loop(data: str, batch_size: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the same loader feeding ``model(x)`` with nothing else."""
+    from dissect.datasets import open_data
+    from dissect.images import make_loader
+
+    clock = Clock()
+    loaded, source = loaded_model(), open_data(data)
+    loader = make_loader(source, loaded.preprocess, range(len(source)), batch_size)
+    with torch.inference_mode():
+        for batch in loader:
+            loaded.module(batch.images)
+    return clock.read()
 
 
 def baseline(data: str, layers: list[str], batch_size: int, quantile: float, aligned: bool,
@@ -284,6 +307,7 @@ def main() -> None:
     parser.add_argument("--memory-images", type=int, default=32, help="N of memory N vs 4N")
     parser.add_argument("--layers", default=LAYERS)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--permutations", type=int, default=19, help="P of the null run")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -300,8 +324,12 @@ def main() -> None:
         tmp = Path(tmp)
         data = str(export_broden(open_data(f"synthetic:{args.images}"), tmp / "data", False))
         warm_up(layers)
+        bare = [bare_loop(data, args.batch_size)]
         run_wall, run_cpu, run_probe = ours(data, tmp / "plain", layers, args.batch_size, False)
         wall, cpu, probe_cpu = ours(data, tmp / "ours", layers, args.batch_size, iou=True)
+        null = ours(data, tmp / "null", layers, args.batch_size, True, args.permutations)
+        bare.append(bare_loop(data, args.batch_size))
+        bare_wall, bare_cpu = min(bare, key=lambda seconds: seconds[1])
         (plain_wall, plain_cpu), plain_iou, features = baseline(
             data, layers, args.batch_size, 0.005, False
         )
@@ -310,6 +338,15 @@ def main() -> None:
         print(f"images: {args.images}")
         print(f"layers: {args.layers}")
         print(f"torch_threads: {torch.get_num_threads()}")
+        print("load_average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        print(f"bare_forward_seconds: wall {bare_wall:.2f} cpu {bare_cpu:.2f}")
+        seconds = f"wall {null[0]:.2f} cpu {null[1]:.2f} (probe cpu {null[2]:.2f})"
+        print(f"ours_run_iou_pvalues_seconds: {seconds}, permutations {args.permutations}")
+        print(f"labelled_run_vs_forward: {cpu / bare_cpu:.2f}")
+        print(f"labelled_run_with_pvalues_vs_forward: {null[1] / bare_cpu:.2f}")
+        print(f"labelled_run_vs_forward_without_probe: {(cpu - probe_cpu) / bare_cpu:.2f}")
+        without = (null[1] - null[2]) / bare_cpu
+        print(f"labelled_run_with_pvalues_vs_forward_without_probe: {without:.2f}")
         print(
             f"ours_run_seconds: wall {run_wall:.2f} cpu {run_cpu:.2f} (probe cpu {run_probe:.2f})"
         )

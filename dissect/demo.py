@@ -80,10 +80,11 @@ def demo_commands(
     data = f"synthetic:{plan.images}:{seed}"
 
     def measure(model: str, directory: str, null: bool = True) -> list[list[str]]:
-        # Every layer is labelled by IoU in the pass itself (--iou); the labels of the main
-        # network's last layers get p-values from dissect autolabel's permutation null. The
-        # second network's labels only feed the comparison's detector counts: no p-values.
-        run = ["run", model, data, "--out", directory, "--topk", "20", "--iou", "--device", device]
+        # Every layer is labelled by IoU in the pass itself (--iou, without its null); the labels
+        # of the main network's last layers get p-values from dissect autolabel's permutation
+        # null. The second network's labels only feed the comparison's detector counts.
+        run = ["run", model, data, "--out", directory, "--topk", "20", "--iou"]
+        run += ["--permutations", "0", "--device", device]
         layers = ",".join(plan.null_layers)
         p_values = ["autolabel", directory, "--layers", layers, "--device", device]
         return [

@@ -187,15 +187,18 @@ def run_dissection(
         Input size and normalisation; default the model's own (ImageNet statistics, 224 px).
     iou : bool
         Also label every unit by IoU with the data's concept masks, in the same pass (see
-        :mod:`dissect.iou.samepass`): writes ``iou/`` and the ``iou`` labels as ``dissect
-        autolabel --permutations 0`` with the same batch size would.
+        :mod:`dissect.iou.samepass`): writes ``iou/`` and the ``iou`` labels, with the
+        permutation null's ``p_value``, ``z_score`` and ``q_value``, as ``dissect autolabel``
+        with the same batch size and ``permutations`` would.
     **options
         ``progress`` (bool, default True: a progress bar on rank 0); ``restart`` (bool: discard
         any checkpoint in ``out`` instead of resuming from it, or refusing it when it belongs to
-        a run with other arguments); ``align`` (with ``iou``: ``theoretical`` or ``resize``,
-        where the unit maps are placed, see :mod:`dissect.alignment`); ``resume`` (a
-        :class:`ResumeConfig`: when the pass saves its state); fields of ``config`` (``topk=``,
-        ``batch_size=``, ...) or of ``resume`` (``checkpoint_every=``) given one by one.
+        a run with other arguments); ``permutations`` (int: P of the permutation null counted
+        with ``iou``, default :class:`~dissect.config.IoUConfig`'s; 0: no p-values);
+        ``align`` (with ``iou``: ``theoretical`` or ``resize``, where the unit maps are placed,
+        see :mod:`dissect.alignment`); ``resume`` (a :class:`ResumeConfig`: when the pass saves
+        its state); fields of ``config`` (``topk=``, ``batch_size=``, ...) or of ``resume``
+        (``checkpoint_every=``) given one by one.
 
     Returns
     -------
@@ -204,6 +207,7 @@ def run_dissection(
     """
     progress, restart = options.pop("progress", True), options.pop("restart", False)
     align = options.pop("align", ALIGN)  # placement of the --iou labels' maps
+    permutations = options.pop("permutations", None)
     resume = options.pop("resume", None) or ResumeConfig()
     config, resume = split_loose(config or RunConfig(), resume, options)
     loaded = load_model(model, weights)
@@ -219,10 +223,11 @@ def run_dissection(
     device = distributed.local_device(torch_device)
     listeners: dict[str, Listener] = {"stats": UnitStatsListener(config, len(source), device)}
     if iou:  # refuses data without concept masks before the probe's seconds are spent
-        from .iou.samepass import PendingIoU
+        from .iou.samepass import PendingIoU, null_config
 
+        null = null_config(permutations, config)
         listeners["iou"] = PendingIoU(
-            source, out, distributed.rank(), listeners["stats"].lower_bound, align
+            source, out, distributed.rank(), listeners["stats"].lower_bound, null, align
         )
     fingerprint = run_fingerprint(loaded, source, preprocess, config, torch_device)
     started = time.perf_counter()  # the probe, or reading what an earlier one found
@@ -236,6 +241,7 @@ def run_dissection(
     probe_seconds = time.perf_counter() - started
     if iou:
         fingerprint["iou_concepts_sha256"] = listeners["iou"].concepts_sha256
+        fingerprint["iou_null"] = list(null)
     checkpoint = Checkpoint(out, fingerprint, distributed.rank())
     if restart:
         checkpoint.remove(distributed.world_size())

@@ -60,8 +60,10 @@ def test_demo_without_comparison_lists_no_second_network():
     both = demo_commands("out", plan, 1, "cpu", "object-cnn")
     assert [c[0] for c in both].count("run") == 2
     assert ["compare", "out", "out/object-cnn", "--out", "out/compare"] in both
-    # Both networks are labelled in the pass; only the main one's last layers get p-values.
-    assert all("--iou" in command for command in both if command[0] == "run")
+    # Both networks are labelled in the pass (without its null); only the main one's last
+    # layers get p-values, from autolabel.
+    runs = [command for command in both if command[0] == "run"]
+    assert all("--iou" in command and "--permutations" in command for command in runs)
     autolabels = [command for command in both if command[0] == "autolabel"]
     assert autolabels == [["autolabel", "out", "--layers", "conv5", "--device", "cpu"]]
 

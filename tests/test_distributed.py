@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import TINY_SPEC, make_image_folder
@@ -239,8 +240,9 @@ def test_torchrun_same_pass_iou_labels_equal_one_process(tmp_path):
                 np.load(dist / "iou" / f"{layer}.npz"),
                 np.load(single / "iou" / f"{layer}.npz"),
             )
-            for key in ("intersection", "union", "iou"):
+            for key in ("intersection", "union", "iou", "null_best"):  # the null too
                 np.testing.assert_array_equal(got[key], expected[key])
+        assert pd.read_csv(dist / "labels.csv")["q_value"].notna().any()  # in the same pass
         for table in ("units.csv", "labels.csv", "iou/skipped.csv"):
             assert (dist / table).read_text() == (single / table).read_text(), table
         assert not (dist / ".checkpoint").exists()

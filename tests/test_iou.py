@@ -169,7 +169,9 @@ def saved_state(dissection: Dissection) -> dict:
 @pytest.mark.filterwarnings("ignore:skipped image")
 def test_interrupted_pass_resumes_from_checkpoint_with_the_same_batch_size(dissected, expected):
     with pytest.raises(KeyboardInterrupt):
-        compute_iou(dissected, source=TinyWorld(fail_at=7), batch_size=3, progress=False)
+        compute_iou(
+            dissected, source=TinyWorld(fail_at=7), batch_size=3, progress=False, workers=0
+        )  # read in this process: the interruption is raised here
     state = saved_state(dissected)
     assert state["pass"]["done"] == 6  # two whole batches kept; the batch in flight lost
     assert state["listeners"]["iou"]["layers"]["conv1"]["images"] == 5  # image 4 was skipped
@@ -190,7 +192,9 @@ def test_sigterm_saves_the_batch_in_flight_and_checkpoints_go_by_time(
     dissected, expected, monkeypatch
 ):
     with pytest.raises(KeyboardInterrupt):
-        compute_iou(dissected, source=TinyWorld(term_at=7), batch_size=3, progress=False)
+        compute_iou(
+            dissected, source=TinyWorld(term_at=7), batch_size=3, progress=False, workers=0
+        )  # read in this process: the signal is sent to it
     assert saved_state(dissected)["pass"]["done"] == 9  # the batch in flight finished and was saved
     saves = []
     original = Checkpoint.save

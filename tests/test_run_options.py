@@ -69,7 +69,7 @@ def test_workers_give_the_same_dissection_as_the_main_process(tmp_path):
 
 
 def test_out_of_memory_back_off_matches_a_run_at_the_smaller_batch(tmp_path):
-    run(TINY, tmp_path / "small", "--batch-size", "4")
+    run(TINY, tmp_path / "small", "--batch-size", "3")  # 12 -> 6 -> 3 images per forward
     with pytest.warns(UserWarning, match="out of cpu memory with 12 images per forward") as seen:
         run(GREEDY, tmp_path / "greedy", "--batch-size", "12")
     assert sum("memory" in str(warning.message) for warning in seen) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import TINY_SPEC, make_image_folder
@@ -15,6 +16,10 @@ from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.images import ImageReadError, Preprocess
 from dissect.iou import autolabel, samepass
+from dissect.iou.concepts import ConceptBatch, ImageConcepts
+from dissect.iou.regions import PairedCounts, RegionGroup, region_concepts
+from dissect.iou.significance import PermutationNull
+from dissect.iou.tally import IoUStats
 from dissect.running_stats import TailQuantile
 from dissect.streaming import run_dissection
 
@@ -51,36 +56,48 @@ def assert_same_labels(got: Path, expected: Path) -> None:
     assert not (got / ".checkpoint").exists()
 
 
-def autolabelled(tmp_path: Path, source, preprocess, batch_size: int) -> Path:
-    """``dissect run`` then ``dissect autolabel --permutations 0``, the two-pass way."""
+def autolabelled(
+    tmp_path: Path, source, preprocess, batch_size: int, permutations: int = 19
+) -> Path:
+    """``dissect run`` then ``dissect autolabel``, the two-pass way."""
     out = tmp_path / "two-pass"
     run(out, source, preprocess, batch_size)
-    autolabel(out, source=source, batch_size=batch_size, progress=False, permutations=0)
+    options = {"batch_size": batch_size, "permutations": permutations}
+    autolabel(out, source=source, progress=False, **options)
     return out
 
 
 @pytest.mark.filterwarnings("ignore:skipped image")
 @pytest.mark.parametrize(
-    ("source", "preprocess", "batch_size", "budget"),
+    ("source", "preprocess", "batch_size", "budget", "permutations"),
     [
-        (TinyWorld(), PREPROCESS, 3, 2**26),  # everything held in memory
-        (TinyWorld(), PREPROCESS, 3, 1),  # every batch spilled to disk
-        (Maskless(), PREPROCESS, 2, 2**26),  # a label map that cannot be read
-        (TinyWorld(), BIG, 4, 5000),  # the threshold sketch samples; some batches spilled
-        (TinyWorld(), WIDE, 3, 1),  # a non-square input, spilled
+        (TinyWorld(), PREPROCESS, 3, 2**26, 19),  # everything held in memory
+        (TinyWorld(), PREPROCESS, 3, 2**26, 0),  # no null
+        (TinyWorld(), PREPROCESS, 3, 1, 19),  # every batch spilled to disk
+        (TinyWorld(), PREPROCESS, 3, 1, 0),
+        (Maskless(), PREPROCESS, 2, 2**26, 19),  # a label map that cannot be read
+        (TinyWorld(), BIG, 4, 5000, 19),  # the threshold sketch samples; some batches spilled
+        (TinyWorld(), BIG, 4, 5000, 0),
+        (TinyWorld(), WIDE, 3, 1, 5),  # a non-square input, spilled
     ],
 )
 def test_same_pass_labels_equal_autolabel(tmp_path, monkeypatch, source, preprocess,
-                                          batch_size, budget):  # fmt: skip
+                                          batch_size, budget, permutations):  # fmt: skip
+    """Labels, IoU tables and the permutation null's p-, z- and q-values (``null_best``) equal
+    those of ``dissect run`` then ``dissect autolabel`` with the same permutations."""
     monkeypatch.setattr(samepass, "PENDING_BYTES", budget)
     spills = []
     original = samepass.PendingIoU.spill
     monkeypatch.setattr(samepass.PendingIoU, "spill",
                         lambda self: spills.append(1) or original(self))  # fmt: skip
     out = tmp_path / "same-pass"
-    run(out, source, preprocess, batch_size, iou=True)
-    expected = autolabelled(tmp_path, source, preprocess, batch_size)
+    run(out, source, preprocess, batch_size, iou=True, permutations=permutations)
+    expected = autolabelled(tmp_path, source, preprocess, batch_size, permutations)
     assert_same_labels(out, expected)
+    assert ("null_best" in np.load(out / "iou" / "conv2.npz").files) == bool(permutations)
+    labels = pd.read_csv(out / "labels.csv")
+    for column in ("p_value", "q_value"):  # every layer's, without a second pass
+        assert labels[column].notna().any() == bool(permutations), column
     if budget < 2**20:
         assert spills, "the test must exercise the files on disk"
     labels = (out / "labels.csv").read_text()
@@ -101,7 +118,7 @@ def test_resumed_same_pass_writes_identical_files(tmp_path, monkeypatch):
     # Checkpoints after 4 and 8 images; image 7 interrupts batch [6, 7], after batch [4, 5]
     # was written to disk but not checkpointed: the resumed run must not count it twice.
     with pytest.raises(KeyboardInterrupt):
-        run(out, TinyWorld(fail_at=7), PREPROCESS, 2, iou=True, checkpoint_every=4)
+        run(out, TinyWorld(fail_at=7), PREPROCESS, 2, iou=True, checkpoint_every=4, workers=0)
     parts = sorted(path.name for path in (out / ".checkpoint" / "iou-rank0").iterdir())
     assert parts == ["part000000.pt", "part000001.pt", "part000002.pt"]
     with pytest.raises(DissectError, match="iou concepts changed.*--restart"):
@@ -135,3 +152,53 @@ def test_iou_needs_concept_masks_and_says_so_before_probing(tmp_path, capsys, mo
             "--image-size", "16", "--device", "cpu"]  # fmt: skip
     assert main(argv) != 0
     assert "has no concept masks" in capsys.readouterr().err
+
+
+def random_concepts(generator, maps: int, pixels: int, concepts: int) -> ImageConcepts:
+    """One image's concept masks: ``maps`` label maps, an image-level concept, 3 categories."""
+    pixel = torch.randint(-1, concepts - 1, (maps, pixels), generator=generator)
+    for later in range(1, maps):  # a concept at most once per pixel, as ImageConcepts holds
+        for earlier in range(later):
+            pixel[later][pixel[later] == pixel[earlier]] = -1
+    pixel[pixel == concepts - 1] = -1
+    present = torch.rand(3, generator=generator) > 0.3
+    return ImageConcepts(pixel, torch.tensor([concepts - 1]), present)
+
+
+@pytest.mark.parametrize(("maps", "concepts"), [(4, 68), (12, 300)])  # 300**12: no int64 key
+def test_region_counts_equal_pixel_counts_and_the_null(maps, concepts):
+    """Counting through regions (all pairings at once) gives IoUStats' and PermutationNull's
+    numbers, however many label maps an image has."""
+    generator = torch.Generator().manual_seed(3)
+    pixels, units, indices = 60, 5, [11, 4, 9, 30]
+    images = [random_concepts(generator, maps, pixels, concepts) for _ in indices]
+    category_of = torch.randint(0, 3, (concepts,), generator=generator)
+    stats, null = IoUStats(units, category_of, 3), PermutationNull(units, category_of, 3, 4, 7)
+    batch = ConceptBatch.stack(images, pixels, concepts)
+    stats.add_concepts(batch)
+    null.add_concepts(batch, indices)
+    image = torch.tensor([0, 0, 1, 2, 3, 3])
+    unit = torch.tensor([0, 4, 2, 2, 1, 4])
+    masks = torch.rand(len(image), pixels, generator=generator) > 0.6
+    pair, position = masks.nonzero(as_tuple=True)
+    stats.add_pixels(pair, position, image, unit, batch)
+    null.add_pixels(pair, position, image, unit, batch)
+    regions = [region_concepts(concepts_of, concepts) for concepts_of in images]
+    counts = PairedCounts(units, category_of.numpy(), 3, 5)
+    counts.add_pixels(pair, position, image, unit, RegionGroup.stack(regions, indices, 4, 7))
+    area = sum(r.area(concepts) for r in regions)
+    np.testing.assert_array_equal(area.numpy(), batch.area.numpy())
+    real, paired_null = counts.results(area, len(indices), 7)
+    for mine, theirs in zip([real, *paired_null.counts], [stats, *null.counts], strict=True):
+        for key, value in theirs.state_dict().items():
+            np.testing.assert_array_equal(np.asarray(mine.state_dict()[key]), np.asarray(value))
+
+
+def test_the_null_needs_two_images_a_batch_and_says_so(tmp_path, capsys):
+    argv = ["run", TINY_SPEC, "synthetic:4", "--out", str(tmp_path / "out"), "--iou",
+            "--image-size", "16", "--device", "cpu", "--batch-size", "1"]  # fmt: skip
+    assert main(argv) != 0
+    assert "--batch-size of at least 2" in capsys.readouterr().err
+    assert main([*argv, "--permutations", "0"]) == 0
+    labels = pd.read_csv(tmp_path / "out" / "labels.csv")
+    assert len(labels) and labels["p_value"].isna().all()

@@ -334,7 +334,7 @@ def test_labels_written_before_run_ids_are_read_and_relabelled(dissected):
 def test_resumed_autolabel_gives_the_same_null_p_and_q_values(dissected):
     """The null's counts are saved with the real ones: an interrupted labelling resumed from its
     checkpoint writes the same null, p-values and q-values as one uninterrupted pass."""
-    options = {"batch_size": 3, "progress": False, "permutations": 5}
+    options = {"batch_size": 3, "progress": False, "permutations": 5, "workers": 0}
     whole = autolabel(dissected, source=TinyWorld(), restart=True, **options)
     null = np.load(dissected.path("iou", "conv2.npz"))["null_best"]
     with pytest.raises(KeyboardInterrupt):

@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from ..config import ALIGN, ResumeConfig, RunConfig
+from ..config import ALIGN, IoUConfig, ResumeConfig, RunConfig
 from ..directory import CHECKPOINT_DIR
 from ..errors import interrupted_status
 from .common import (
@@ -78,8 +78,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--iou",
         action="store_true",
         help="also label every unit by IoU with the concept masks of DATA (Broden, "
-        "synthetic:N) in the same pass: writes iou/ and the iou labels of labels.csv, as "
-        "dissect autolabel --permutations 0 does (no p-values)",
+        "synthetic:N) in the same pass: writes iou/ and the iou labels of labels.csv, with "
+        "p-, z- and q-values of the permutation null, as dissect autolabel does",
+    )
+    permutations = IoUConfig.permutations
+    parser.add_argument(
+        "--permutations",
+        type=int,
+        default=permutations,
+        help=f"with --iou: P, random re-pairings of images for each label's p-value "
+        f"({permutations}: smallest p {1 / (permutations + 1):.2g}; counted in the same pass; "
+        "0 for none)",
     )
     add_align_argument(parser, None)
     parser.add_argument(
@@ -123,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             preprocess=preprocess,
             iou=args.iou,
             align=args.align or ALIGN,
+            permutations=args.permutations,
             resume=ResumeConfig(checkpoint_every=args.checkpoint_every),
             restart=args.restart,
         )

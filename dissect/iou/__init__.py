@@ -17,7 +17,9 @@ that carry no part labels, say: ``union = A_k,cat(c) + |L_c| - I_k,c``.
 - ``counting.py``: the IoU pass (:func:`compute_iou`, a listener of :mod:`dissect.passes`);
 - ``labelling.py``: :func:`autolabel` writes ``iou/<layer>.npz``, ``iou/concepts.csv`` and the
   ``iou`` label source (``dissect autolabel``); :func:`read_iou`;
-- ``samepass.py``: the labels in the ``dissect run --iou`` pass.
+- ``regions.py``: concept masks as regions, decoded once per image; the real pairing and the
+  permutation null counted from them at once (for ``samepass.py``);
+- ``samepass.py``: the labels, and their null, in the ``dissect run --iou`` pass.
 """
 
 from .counting import IoUListener, compute_iou

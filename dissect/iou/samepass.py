@@ -17,7 +17,6 @@ so the counters, ``iou/`` and the ``iou`` labels equal those of ``dissect autola
 from __future__ import annotations
 
 import hashlib
-import math
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ import torch
 
 from .. import distributed
 from ..alignment import placements
-from ..config import ALIGN, check_align
+from ..config import ALIGN, IoUConfig, RunConfig, check_align
 from ..directory import CHECKPOINT_DIR
 from ..dissection import Dissection
 from ..errors import DissectError
@@ -45,14 +44,14 @@ from ..images import (
 from ..io import write_torch
 from ..passes import BaseListener
 from ..taxonomy import DEFAULT_TAXONOMY
-from .concepts import ConceptBatch, ConceptIndex, ImageConcepts, segmented_source
+from .concepts import ConceptIndex, segmented_source
 from .labelling import write_outputs
+from .regions import PairedCounts, RegionConcepts, RegionGroup, region_concepts
+from .significance import PermutationNull
 from .tally import IoUStats, count_maps
 
 #: Bytes of pending maps and masks a process holds in memory before it writes them to disk.
 PENDING_BYTES = 2**24
-#: Images whose concept masks are stacked at once when the kept pairs are counted.
-GROUP = 16
 
 
 @dataclass
@@ -61,13 +60,14 @@ class LabelledBatch(Batch):
 
     Attributes
     ----------
-    concepts : list of ImageConcepts or None
-        One per readable image (row of ``images``); None where a label map could not be read.
+    concepts : list of RegionConcepts or None
+        One per readable image (row of ``images``), decoded by the loader (in its workers);
+        None where a label map could not be read.
     unlabelled : list of (int, str)
         (index, reason) of the readable images whose label maps could not be read.
     """
 
-    concepts: list[ImageConcepts | None] = field(default_factory=list)
+    concepts: list[RegionConcepts | None] = field(default_factory=list)
     unlabelled: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -86,7 +86,8 @@ class _LabelledDataset(TensorDataset):
             segmentation = self.source.segmentation(image)
         except ImageReadError as error:
             return image, tensor, reason, None, str(error)
-        return image, tensor, reason, self.index.image_concepts(segmentation, self.preprocess), ""
+        concepts = self.index.image_concepts(segmentation, self.preprocess)
+        return image, tensor, reason, region_concepts(concepts, len(self.index)), ""
 
 
 def _collate(items) -> LabelledBatch:
@@ -115,6 +116,10 @@ class PendingIoU(BaseListener):
     bounds : callable
         ``bounds(layer)``: a lower bound of every unit's threshold T of ``layer`` at this point
         of the pass (the statistics listener's, which must see each layer first).
+    null : (int, int)
+        (P, seed) of the permutation null counted with the labels (P = 0: none); it pairs the
+        labelled images of each batch as ``dissect autolabel`` does, so the concept masks of a
+        batch are kept whole while any of its pairs is.
     align : str
         Where the maps are placed (``theoretical`` or ``resize``; ``empirical`` needs ``dissect
         rf``'s results of the finished run, so it is refused here).
@@ -129,6 +134,7 @@ class PendingIoU(BaseListener):
         out: str | Path,
         rank: int,
         bounds: Callable[[str], torch.Tensor],
+        null: tuple[int, int] = (0, 0),
         align: str = ALIGN,
     ):
         if check_align(align) == "empirical":
@@ -138,6 +144,7 @@ class PendingIoU(BaseListener):
                 "rf DIR, then dissect autolabel DIR --align empirical."
             )
         self.source, self.bounds, self.align = source, bounds, align
+        self.permutations, self.seed = int(null[0]), int(null[1])
         self.index = ConceptIndex(segmented_source(source).concepts)
         #: SHA-256 of the concept table (in the run's checkpoint fingerprint with ``--iou``).
         self.concepts_sha256 = hashlib.sha256(
@@ -150,16 +157,17 @@ class PendingIoU(BaseListener):
         self.skipped: list[tuple[int, str]] = []  # readable images whose masks were not
         self.parts = 0  # files written to self.folder
         self._clear()
+        self._batch: set[int] = set()  # labelled images of the batch in flight
         self._rows = torch.zeros(0, dtype=torch.bool)
         self._indices = torch.zeros(0, dtype=torch.int64)
         self._lower: dict[str, torch.Tensor] = {}
         self._added: set[int] = set()  # images of the batch in flight with a pair kept
-        self._dtype = torch.int16 if len(self.index) < 2**15 else torch.int32
 
     def _clear(self) -> None:
         #: layer: chunks of (maps, image, unit, peak) of the pairs kept
         self._maps: dict[str, list[tuple[torch.Tensor, ...]]] = {}
-        self._concepts: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        #: image: its regions and its batch (the batch's smallest labelled image index)
+        self._concepts: dict[int, tuple[RegionConcepts, int]] = {}
         self.held = 0  # bytes
 
     def loader(
@@ -180,18 +188,20 @@ class PendingIoU(BaseListener):
         for image, reason in batch.unlabelled:
             warnings.warn(f"skipped image {self.source.image_id(image)!r}: {reason}", stacklevel=2)
         self.skipped.extend(batch.unlabelled)
-        labelled = [(row, c) for row, c in enumerate(batch.concepts) if c is not None]
         self._rows = torch.tensor([c is not None for c in batch.concepts], dtype=torch.bool)
         self._indices = batch.indices.cpu()
         self._added = set()
+        rows = enumerate(batch.concepts)
+        labelled = {int(self._indices[row]): c for row, c in rows if c is not None}
+        self._batch = set(labelled)
         if not labelled:
             return
-        self.concept_area += _areas([c for _, c in labelled], len(self.index))
+        first = min(labelled)
+        for image, regions in labelled.items():
+            self.concept_area += regions.area(len(self.index))
+            self._concepts[image] = (regions, first)
+            self.held += regions.nbytes
         self.images += len(labelled)
-        for row, concepts in labelled:
-            pixel = concepts.pixel.to(self._dtype)
-            self._concepts[int(self._indices[row])] = (pixel, concepts.image, concepts.present)
-            self.held += pixel.nbytes
 
     def add(self, layer: str, output: torch.Tensor, batch: Batch) -> None:
         """Keep the maps of this batch's pairs of ``layer`` whose peak exceeds the lower bound
@@ -211,14 +221,20 @@ class PendingIoU(BaseListener):
         self.held += maps.nbytes
 
     def end(self, batch: Batch) -> None:
-        """Forget the masks of this batch's images with no pair kept; prune or spill if full."""
-        batch = {int(i) for i, row in zip(self._indices, self._rows, strict=True) if row}
-        for image in batch - self._added:
+        """Forget the masks this batch's kept pairs do not need; prune or spill if full."""
+        for image in self._batch - self._needed(self._added):
             self.held -= self._concepts.pop(image)[0].nbytes
         if self.held > PENDING_BYTES:
             self._prune()
         if self.held > PENDING_BYTES // 2:
             self.spill()
+
+    def _needed(self, images: set[int]) -> set[int]:
+        """The images whose masks the pairs of ``images`` meet: with the null, their batches."""
+        if not self.permutations:
+            return images
+        batches = {self._concepts[image][1] for image in images}
+        return {image for image, (_, first) in self._concepts.items() if first in batches}
 
     def _prune(self) -> None:
         """Drop the pairs whose peak no longer exceeds their unit's lower bound."""
@@ -229,17 +245,17 @@ class PendingIoU(BaseListener):
             kept = tuple(part[key][keep] for key in ("maps", "image", "unit", "peak"))
             self._maps[layer] = [kept]
             self.held += kept[0].nbytes
-        self._restore_concepts(packed["concepts"], self._referenced())
+        self._restore_concepts(packed["concepts"])
+        chunks = [chunk[1] for chunks in self._maps.values() for chunk in chunks]
+        referenced = set(torch.cat([*chunks, torch.zeros(0).long()]).unique().tolist())
+        for image in set(self._concepts) - self._needed(referenced):
+            self.held -= self._concepts.pop(image)[0].nbytes
 
-    def _referenced(self) -> set[int]:
-        return {int(i) for chunks in self._maps.values() for c in chunks for i in c[1].unique()}
-
-    def _restore_concepts(self, concepts: dict, keep: set[int] | None = None) -> None:
+    def _restore_concepts(self, concepts: dict) -> None:
         for n, image in enumerate(concepts["index"].tolist()):
-            if keep is None or image in keep:
-                pixel = concepts["pixel"][n]
-                self._concepts[image] = (pixel, concepts["whole"][n], concepts["present"][n])
-                self.held += pixel.nbytes
+            regions = RegionConcepts(concepts["region"][n], concepts["hits"][n])
+            self._concepts[image] = (regions, int(concepts["batch"][n]))
+            self.held += regions.nbytes
 
     def _pack(self) -> dict:
         """What is held, as tensors (for a file or a checkpoint)."""
@@ -252,9 +268,9 @@ class PendingIoU(BaseListener):
             "layers": layers,
             "concepts": {
                 "index": torch.tensor(order, dtype=torch.int64),
-                "pixel": [self._concepts[i][0] for i in order],
-                "whole": [self._concepts[i][1] for i in order],
-                "present": [self._concepts[i][2] for i in order],
+                "region": [self._concepts[i][0].region for i in order],
+                "hits": [self._concepts[i][0].hits for i in order],
+                "batch": torch.tensor([self._concepts[i][1] for i in order], dtype=torch.int64),
             },
         }
 
@@ -317,76 +333,86 @@ class PendingIoU(BaseListener):
         dissection: Dissection,
         thresholds: dict[str, np.ndarray],
         device: torch.device | str = "cpu",
-    ) -> dict[str, IoUStats]:
-        """Count every kept pair against the thresholds T of the finished pass."""
+    ) -> tuple[dict[str, IoUStats], dict[str, PermutationNull]]:
+        """Count every kept pair against the thresholds T of the finished pass: the counters of
+        every layer, and its permutation null (none without one)."""
         size = dissection.preprocess.size
-        stats = {}
-        for layer in dissection.layers:
-            stats[layer] = IoUStats(
-                len(thresholds[layer]), self.index.category_of, len(self.index.categories), device
+        index, pairings = self.index, 1 + self.permutations
+        counts = {
+            layer: PairedCounts(
+                len(thresholds[layer]), index.category_of, len(index.categories), pairings, device
             )
-            stats[layer].concept_area += self.concept_area.to(device)
-            stats[layer].images = self.images
-        thresholds = {layer: torch.from_numpy(thresholds[layer]) for layer in stats}
-        geometry = placements(dissection, list(stats), self.align)
+            for layer in dissection.layers
+        }
+        limits = {layer: torch.from_numpy(thresholds[layer]).to(device) for layer in counts}
+        geometry = placements(dissection, list(counts), self.align)
         for number in range(self.parts):
             part = torch.load(self.folder / f"part{number:06d}.pt", weights_only=True)
-            self._count(part, stats, thresholds, geometry, size, device)
-        self._count(self._pack(), stats, thresholds, geometry, size, device)
-        return stats
+            self._count(part, counts, limits, (geometry, size), device)
+        self._count(self._pack(), counts, limits, (geometry, size), device)
+        stats, nulls = {}, {}
+        for layer, paired in counts.items():
+            stats[layer], null = paired.results(self.concept_area, self.images, self.seed)
+            if null is not None:
+                nulls[layer] = null
+        return stats, nulls
 
-    def _count(self, part: dict, stats, thresholds, geometry, size, device) -> None:
+    def _count(self, part: dict, counts, thresholds, grid, device) -> None:
+        """Count the pairs of one file (or of what is held) above T, a batch at a time."""
+        (geometry, size), concepts = grid, part["concepts"]
         kept = {}
         for layer, maps in part["layers"].items():
-            above = maps["peak"] > thresholds[layer][maps["unit"]]
+            above = maps["peak"] > thresholds[layer].cpu()[maps["unit"]]
             kept[layer] = {key: value[above] for key, value in maps.items()}
-        concepts = part["concepts"]
         needed = torch.cat([maps["image"] for maps in kept.values()] + [torch.zeros(0).long()])
-        needed = needed.unique()
-        for first in range(0, len(needed), GROUP):
-            group = needed[first : first + GROUP]
-            rows = torch.searchsorted(concepts["index"], group).tolist()
-            batch = _stack(
-                [concepts[key] for key in ("pixel", "whole", "present")],
-                rows,
-                math.prod(size),
-                len(self.index),
-            )
+        rows = torch.searchsorted(concepts["index"], needed.unique())
+        for first in concepts["batch"][rows].unique().tolist():
+            members = (concepts["batch"] == first).nonzero().squeeze(1).tolist()
+            indices = concepts["index"][members]
+            group = RegionGroup.stack(
+                [RegionConcepts(concepts["region"][n], concepts["hits"][n]) for n in members],
+                indices.tolist(),
+                self.permutations,
+                self.seed,
+            ).to(device)
             for layer, maps in kept.items():
-                inside = torch.isin(maps["image"], group)
-                if not inside.any():
-                    continue
-                row = torch.searchsorted(group, maps["image"][inside])
-                count_maps(
-                    stats[layer],
-                    maps["maps"][inside].to(device),
-                    (row.to(device), maps["unit"][inside].to(device)),
-                    thresholds[layer].to(device),
-                    geometry[layer],
-                    size,
-                    batch,
-                )
+                inside = torch.isin(maps["image"], indices)
+                if inside.any():
+                    count_maps(
+                        counts[layer],
+                        maps["maps"][inside].to(device),
+                        (
+                            torch.searchsorted(indices, maps["image"][inside]).to(device),
+                            maps["unit"][inside].to(device),
+                        ),
+                        thresholds[layer],
+                        geometry[layer],
+                        size,
+                        group,
+                    )
 
 
-def _stack(concepts: list[list[torch.Tensor]], rows: list[int], pixels: int, count: int):
-    """The :class:`ConceptBatch` of some kept images (without the areas, counted already)."""
-    masks, whole, present = ([column[row] for row in rows] for column in concepts)
-    most = max([len(mask) for mask in masks] + [1])
-    pixel = torch.full((len(rows), pixels, most), -1, dtype=torch.int64)
-    covered = torch.zeros((len(rows), count), dtype=torch.bool)
-    for row, mask in enumerate(masks):
-        pixel[row, :, : len(mask)] = mask.T
-        covered[row, whole[row]] = True
-    return ConceptBatch(pixel, covered, torch.stack(present), torch.zeros(count))
+def null_config(permutations: int | None, config: RunConfig) -> tuple[int, int]:
+    """(P, seed) of the permutation null of ``dissect run --iou``; a clear error where it cannot
+    be counted.
 
-
-def _areas(images: Sequence[ImageConcepts], concepts: int) -> torch.Tensor:
-    """(C,) float64 pixels of each concept over some images, as :class:`ConceptBatch` counts."""
-    pixel = torch.cat([image.pixel.reshape(-1) for image in images])
-    area = torch.bincount(pixel + 1, minlength=concepts + 1)[1:].double()  # -1: no concept
-    for image in images:
-        area[image.image.unique()] += image.pixel.shape[1]  # whole-image concepts
-    return area
+    Parameters
+    ----------
+    permutations : int or None
+        P (None: :class:`~dissect.config.IoUConfig`'s default, as ``dissect autolabel``; 0: no
+        null).
+    config : RunConfig
+        The run's batch size (partners are drawn within a batch) and seed.
+    """
+    permutations = IoUConfig.permutations if permutations is None else int(permutations)
+    if permutations < 0:
+        raise DissectError(f"--permutations must be 0 or more, got {permutations}.")
+    if permutations and config.batch_size < 2:
+        raise DissectError(
+            "the significance of labels pairs images within a batch, so it needs --batch-size "
+            "of at least 2; raise --batch-size or pass --permutations 0 to skip p-values."
+        )
+    return permutations, int(config.seed)
 
 
 def label_run(
@@ -412,9 +438,10 @@ def label_run(
     device : torch.device or str
         Where to count.
     """
-    stats = pending.tally(dissection, thresholds, device)
+    stats, nulls = pending.tally(dissection, thresholds, device)
     mine = {
         "layers": {layer: counts.state_dict() for layer, counts in stats.items()},
+        "null": {layer: null.state_dict() for layer, null in nulls.items()},
         "skipped": [[image, reason] for image, reason in pending.skipped],
     }
     merged = distributed.gather_and_merge(mine, _merge)
@@ -423,15 +450,14 @@ def label_run(
             layer: IoUStats.from_state_dict(state, device)
             for layer, state in merged["layers"].items()
         }
+        nulls = {
+            layer: PermutationNull.from_state_dict(state, device)
+            for layer, state in merged["null"].items()
+        }
         unlabelled = [(int(image), str(reason)) for image, reason in merged["skipped"]]
+        skipped = sorted([*skipped, *unlabelled])
         write_outputs(
-            dissection,
-            counts,
-            pending.index,
-            DEFAULT_TAXONOMY,
-            {},
-            sorted([*skipped, *unlabelled]),
-            align=pending.align,
+            dissection, counts, pending.index, DEFAULT_TAXONOMY, nulls, skipped, align=pending.align
         )
     distributed.barrier()  # rank 0 has written
 
@@ -443,6 +469,12 @@ def _merge(first: dict, second: dict) -> dict:
             .merge(IoUStats.from_state_dict(second["layers"][layer]))
             .state_dict()
             for layer, state in first["layers"].items()
+        },
+        "null": {
+            layer: PermutationNull.from_state_dict(state)
+            .merge(PermutationNull.from_state_dict(second["null"][layer]))
+            .state_dict()
+            for layer, state in first["null"].items()
         },
         "skipped": first["skipped"] + second["skipped"],
     }
