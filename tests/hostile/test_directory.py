@@ -109,7 +109,8 @@ def test_negative_workers_is_one_line(tmp_path, image_folder, capsys):
 
 
 def test_full_disk_is_one_line_and_leaves_no_truncated_file(tmp_path):
-    """The checkpoint cannot be written whole (a file-size limit stands in for a full disk)."""
+    """The checkpoint cannot be written whole (a file-size limit stands in for a full disk; it
+    would also stop decoding workers from passing images through shared memory, so none)."""
     folder = make_image_folder(tmp_path / "images")
     script = textwrap.dedent(
         f"""
@@ -118,7 +119,8 @@ def test_full_disk_is_one_line_and_leaves_no_truncated_file(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (8000, 8000))
         from dissect.cli import main
         sys.exit(main(["run", {TINY_SPEC!r}, {str(folder)!r}, "--out", "out",
-                       "--image-size", "32", "--checkpoint-every", "4", "--batch-size", "4"]))
+                       "--image-size", "32", "--checkpoint-every", "4", "--batch-size", "4",
+                       "--workers", "0"]))
         """
     )
     done = subprocess.run(
