@@ -18,7 +18,7 @@ SOURCES = {
     "layers": [],
     "data": [],
     "evaluate": [config.EvaluateConfig()],
-    "run": [config.RunConfig(), config.ResumeConfig()],
+    "run": [config.RunConfig(), config.ResumeConfig(), config.IoUConfig()],  # --permutations
     "stats": [config.DetectorRule()],
     "autolabel": [config.IoUConfig(), config.ResumeConfig(), config.DetectorRule()],
     "report": [config.ReportConfig(), config.DetectorRule()],
