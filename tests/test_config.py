@@ -11,6 +11,15 @@ from dissect.ablate.config import AblationConfig
 from dissect.cli import COMMANDS, build_parser
 from dissect.errors import DissectError
 
+
+@dataclasses.dataclass(frozen=True)
+class RunIoU:
+    """The one IoUConfig default ``dissect run --iou`` takes (its --align has none: it is refused
+    without --iou)."""
+
+    permutations: int = config.IoUConfig().permutations
+
+
 #: Which config classes hold each subcommand's defaults (the fields named like the flags).
 SOURCES = {
     "ablate": [AblationConfig(), config.ResumeConfig(), config.EvaluateConfig()],
@@ -18,7 +27,7 @@ SOURCES = {
     "layers": [],
     "data": [],
     "evaluate": [config.EvaluateConfig()],
-    "run": [config.RunConfig(), config.ResumeConfig(), config.IoUConfig()],  # --permutations
+    "run": [config.RunConfig(), config.ResumeConfig(), RunIoU()],
     "stats": [config.DetectorRule()],
     "autolabel": [config.IoUConfig(), config.ResumeConfig(), config.DetectorRule()],
     "report": [config.ReportConfig(), config.DetectorRule()],
