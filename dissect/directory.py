@@ -50,7 +50,7 @@ RF_UNITS = "receptive_fields.csv"
 RF_LAYERS = "receptive_fields_layers.csv"
 #: Folder of the per-layer map files.
 RF_MAPS = "receptive_fields"
-#: Folder of rf's partial measurements, one file per layer and rank.
+#: Folder of rf's checkpoints (the finished passes of the layer in flight), one file per rank.
 RF_CHECKPOINT = f"{RF_MAPS}/{CHECKPOINT_DIR}"
 
 # Segmented top images (``dissect segment``): a folder per rule, a table per layer.

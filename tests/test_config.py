@@ -34,7 +34,7 @@ SOURCES = {
     "segment": [config.SegmentConfig()],
     "export": [config.ExportConfig(), config.ExportConfig().segment],
     "import": [config.ImportConfig()],
-    "rf": [config.OcclusionConfig(), config.RfOptions()],
+    "rf": [config.OcclusionConfig(), config.RfOptions(), config.ResumeConfig()],
     "compare": [config.CompareConfig(), config.DetectorRule()],
     "explain": [config.ExplainConfig(), config.DetectorRule()],
 }

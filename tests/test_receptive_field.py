@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from dissect.checkpoint import CHECKPOINT_FORMAT
 from dissect.cli import main
 from dissect.dissection import Dissection
 from dissect.errors import DissectError
@@ -31,6 +32,7 @@ from dissect.rf import (
     schedule,
     steps,
 )
+from dissect.rf.measure import PASS_ORDER
 from dissect.streaming import run_dissection
 
 PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -236,11 +238,19 @@ def test_interrupted_run_resumes_and_finished_layers_are_skipped(
     with pytest.raises(KeyboardInterrupt):
         receptive_fields(tmp_path / "out", ["1"], config=config, model=loaded, progress=False)
     monkeypatch.undo()
-    partial = tmp_path / "out" / "receptive_fields" / "1.partial.npz"
-    assert int(np.load(partial)["done"]) == sum(recorded) > 0
+    partial = tmp_path / "out" / "receptive_fields" / ".checkpoint" / "rank0.pt"
+    saved = torch.load(partial, weights_only=True)  # a Checkpoint: tensors and numbers only
+    assert saved["fingerprint"]["format"] == CHECKPOINT_FORMAT
+    assert saved["fingerprint"]["pass_order"] == PASS_ORDER
+    assert saved["state"]["layer"] == "1" and saved["state"]["done"] == sum(recorded) > 0
+    # Other settings are refused with one line, and the saved passes are kept.
+    other = dataclasses.replace(config, seed=1)
+    with pytest.raises(DissectError, match=r"different run \(seed 0 -> 1\).*add --restart"):
+        receptive_fields(tmp_path / "out", ["1"], config=other, model=loaded, progress=False)
+    assert torch.load(partial, weights_only=True)["state"]["done"] == sum(recorded)
     resumed = receptive_fields(tmp_path / "out", ["1"], config=config, model=loaded, progress=False)
     pd.testing.assert_frame_equal(resumed, reference)
-    assert not partial.exists()
+    assert not partial.parent.exists()
     net.calls_left = 0  # a finished layer runs no forward at all
     again = receptive_fields(tmp_path / "out", ["1"], config=config, model=loaded, progress=False)
     pd.testing.assert_frame_equal(again, reference)

@@ -10,7 +10,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from dissect.cli import main
 from dissect.images import Preprocess
 from dissect.report import write_report
 from dissect.rf import OcclusionConfig, receptive_fields
@@ -54,7 +56,9 @@ def dissected(tmp_path, image_folder, tiny_spec):
         )
 
 
-def test_sigterm_keeps_finished_layers_in_the_table_and_saves_the_layer_in_flight(dissected):
+def test_sigterm_keeps_finished_layers_in_the_table_and_saves_the_layer_in_flight(
+    dissected, capsys
+):
     out = dissected.directory
     reference = shutil.copytree(out, out.parent / "reference")
     child = subprocess.run(
@@ -68,16 +72,27 @@ def test_sigterm_keeps_finished_layers_in_the_table_and_saves_the_layer_in_fligh
     assert set(table["layer"]) == {"conv1"}  # written as soon as conv1 was done
     summary = pd.read_csv(out / "receptive_fields_layers.csv", dtype={"layer": str})
     assert summary["layer"].tolist() == ["conv1"]
-    partial = out / "receptive_fields" / "conv2.partial.npz"
-    assert int(np.load(partial)["done"]) > 0  # the batch in flight was saved on SIGTERM
+    partial = out / "receptive_fields" / ".checkpoint" / "rank0.pt"
+    saved = torch.load(partial, weights_only=True)["state"]
+    assert saved["layer"] == "conv2" and saved["done"] > 0  # the batch in flight, on SIGTERM
     page = write_report(out, progress=False).read_text(encoding="utf-8")
     assert "Receptive fields not measured yet" not in page
+    # Started with other settings, it is refused with one line that names --restart.
+    assert main(["rf", str(out), "--layers", "conv1,conv2", *RF_ARGS, "--stride", "4"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "(stride 3 -> 4)" in line and "add --restart to discard it" in line
     # Started again, it goes on from there and ends with the uninterrupted run's table.
     config = OcclusionConfig(top=3, occluder=3, stride=3, batch_size=2)
     resumed = receptive_fields(out, ["conv1", "conv2"], config=config, progress=False)
     expected = receptive_fields(reference, ["conv1", "conv2"], config=config, progress=False)
     pd.testing.assert_frame_equal(resumed.drop(columns="run_id"), expected.drop(columns="run_id"))
-    assert not partial.exists()
+    for name in ("receptive_fields.csv", "receptive_fields_layers.csv"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes()
+    got, want = (np.load(d / "receptive_fields" / "conv2.npz") for d in (out, reference))
+    assert sorted(got.files) == sorted(want.files)
+    for key in want.files:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert not partial.parent.exists()
 
 
 def test_rows_of_layers_not_measured_again_are_kept(dissected):

@@ -6,11 +6,13 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from test_receptive_field import dissect_known
 from torch import nn
 
 from dissect.dissection import Dissection
+from dissect.errors import DissectError
 from dissect.geometry import layer_geometry
 from dissect.images import Preprocess
 from dissect.io import write_npz
@@ -24,7 +26,7 @@ from dissect.rf import (
 )
 from dissect.rf import incremental as inc
 from dissect.rf import steps as steps_module
-from dissect.rf.measure import measurement_params
+from dissect.rf.measure import PASS_ORDER, measurement_params, rf_checkpoint
 from dissect.rf.steps import chain_steps
 
 PREPROCESS = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -91,21 +93,38 @@ def test_workspace_reuses_one_buffer():
     assert double.dtype == torch.float64
 
 
-def test_partial_file_of_another_pass_order_is_measured_again(tmp_path, image_folder):
-    """A partial file counts finished passes in its writer's order: one written before the
-    pass order changed (no ``pass_order``) is not resumed, its grids not reused."""
+def test_checkpoint_of_another_pass_order_or_version_is_refused_and_restart_discards_it(
+    tmp_path, image_folder
+):
+    """A checkpoint counts finished passes in its writer's order: one of another pass order, or
+    a partial file of a version before rf's checkpoints, is refused with one line naming
+    --restart (never resumed, never silently measured again); ``restart`` discards it."""
     loaded = dissect_known(tmp_path, image_folder)
     config = OcclusionConfig(top=4, occluder=3, stride=3, batch_size=4)
     out = tmp_path / "out"
     reference = receptive_fields(out, ["1"], config=config, model=loaded, progress=False)
     (out / "receptive_fields" / "1.npz").unlink()
-    params = measurement_params(config, [0], Dissection(out).run_id)
     side = len(occluder_corners(32, 3, 3))
     grids = np.full((4, side, side), 1e6, dtype=np.float32)
-    write_npz(out / "receptive_fields" / "1.partial.npz", grids=grids, done=np.int64(10**6),
-              params=np.str_(params))  # fmt: skip
-    again = receptive_fields(out, ["1"], config=config, model=loaded, progress=False)
+    checkpoint = rf_checkpoint(Dissection(out), ["1"], None, config, restart=False)
+    checkpoint.fingerprint["pass_order"] = PASS_ORDER - 1
+    checkpoint.save({"layer": "1", "grids": torch.from_numpy(grids), "done": 10**6})
+    order = f"pass_order {PASS_ORDER - 1} -> {PASS_ORDER}"
+    with pytest.raises(DissectError, match=f"different run \\({order}\\).*add --restart"):
+        receptive_fields(out, ["1"], config=config, model=loaded, progress=False)
+    assert checkpoint.path.is_file()  # refused, not discarded
+    again = receptive_fields(out, ["1"], config=config, model=loaded, progress=False, restart=True)
     pd.testing.assert_frame_equal(again, reference)
+    assert not checkpoint.folder.exists()
+    (out / "receptive_fields" / "1.npz").unlink()
+    earlier = out / "receptive_fields" / "1.partial.npz"
+    params = measurement_params(config, [0], Dissection(out).run_id)
+    write_npz(earlier, grids=grids, done=np.int64(10**6), params=np.str_(params))
+    with pytest.raises(DissectError, match="another version of dissect.*add --restart"):
+        receptive_fields(out, ["1"], config=config, model=loaded, progress=False)
+    again = receptive_fields(out, ["1"], config=config, model=loaded, progress=False, restart=True)
+    pd.testing.assert_frame_equal(again, reference)
+    assert not earlier.exists()
 
 
 def test_a_wide_box_does_not_widen_the_windows_of_one_position():

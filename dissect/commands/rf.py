@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import DISCREPANCIES, OcclusionConfig, RfOptions
-from .common import add_device_argument, split_ints, split_names
+from .common import add_device_argument, add_resume_arguments, split_ints, split_names
 
 HELP = (
     "measure each unit's empirical receptive field by sliding a noise occluder over its top "
@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=config.seed, help=f"seed of the noise occluder ({config.seed})"
     )
     add_device_argument(parser, options.device)
+    add_resume_arguments(parser, "the finished occluded passes of the layer in flight")
     parser.add_argument(
         "--plot-units",
         type=int,
@@ -92,7 +93,15 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     layers = dissection.check_layers(split_names(args.layers))
-    table = receptive_fields(dissection, layers, split_ints(args.units), config, device=args.device)
+    table = receptive_fields(
+        dissection,
+        layers,
+        split_ints(args.units),
+        config,
+        device=args.device,
+        restart=args.restart,
+        checkpoint_seconds=args.checkpoint_seconds,
+    )
     if not distributed.is_main():
         return 0
     for layer in layers:

@@ -68,12 +68,14 @@ All methods use the same seeded noise patch, so their maps agree to float32 roun
 
 Resume. Results are written per layer, atomically (``receptive_fields/<layer>.npz``). While a layer
 runs, its occluded passes follow a fixed order; every ``checkpoint_seconds`` and on interruption
-the finished passes are saved to ``receptive_fields/<layer>.partial.npz``; Ctrl-C and SIGTERM
-are deferred to the end of the batch in flight, which is saved before the run stops. Each finished
-layer's rows go to ``receptive_fields.csv`` (and its summary) as soon as the layer is done. A
-rerun with the same parameters skips finished layers and restarts a partial one after its last
-saved pass, so an interruption loses at most the batch in flight; a partial file written by a
-version of dissect whose passes ran in another order is measured again.
+the finished passes are saved to the process's :class:`~dissect.checkpoint.Checkpoint`
+(``receptive_fields/.checkpoint/rank<r>.pt``); Ctrl-C and SIGTERM are deferred to the end of the
+batch in flight, which is saved before the run stops. Each finished layer's rows go to
+``receptive_fields.csv`` (and its summary) as soon as the layer is done. A rerun with the same
+parameters skips finished layers and restarts a partial one after its last saved pass, so an
+interruption loses at most the batch in flight; a checkpoint of other settings (layers, units,
+occlusion parameters, processes, or a pass order of another version) is refused with one line
+until ``restart`` discards it.
 
 Layout: :mod:`~dissect.rf.occlusion` (parameters, noise occluder, grid),
 :mod:`~dissect.rf.discrepancy` (the entry point of every method), :mod:`~dissect.rf.naive`,

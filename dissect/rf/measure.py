@@ -4,8 +4,10 @@
 torchrun launch, measures them with :func:`~dissect.rf.discrepancy.discrepancy_maps` (one
 :class:`LayerJob` per layer and process), writes ``receptive_fields/<layer>.npz`` and adds the
 layer's rows to ``receptive_fields.csv`` and ``receptive_fields_layers.csv`` at once, so an
-interruption never loses a finished layer. Ctrl-C and SIGTERM are deferred to the end of the batch
-in flight, which is saved to the layer's partial file before the run stops.
+interruption never loses a finished layer. The finished passes of the layer in flight are saved to
+this process's :class:`~dissect.checkpoint.Checkpoint` (``receptive_fields/.checkpoint/``) every
+``checkpoint_seconds`` and on Ctrl-C / SIGTERM, which are deferred to the end of the batch in
+flight; a checkpoint of other settings is refused (``restart`` discards it).
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .. import distributed
-from ..checkpoint import StopRequest, deferred_interrupts
+from ..checkpoint import Checkpoint, StopRequest, deferred_interrupts, format_refusal
 from ..config import OcclusionConfig, ResumeConfig, RfOptions
 from ..device import pick_device
 from ..directory import (
+    RF_CHECKPOINT,
     RF_LAYERS,
     RF_MAPS,
     RF_UNITS,
@@ -51,11 +55,13 @@ from .occlusion import Measurements, noise_patch, occluder_corners
 
 #: Version 2: clipped last occluder window, per-offset averaging, mass-rule sizes.
 VERSION = 2
-#: Format of rf's partial files; a partial file of another format is measured again.
+#: Recorded in every maps file's parameters: the format of the partial files of version 2 (which
+#: are now checkpoints); kept so that maps files measured since then are still reused.
 FORMAT = 2
-#: Order of the fast methods' occluded passes, which a partial file's count of finished passes
-#: refers to; a partial file of another order is measured again. Order 2: incremental passes
-#: batched by their window at the costliest step; order 3: and by the extent of their box.
+#: Order of the fast methods' occluded passes, which a checkpoint's count of finished passes
+#: refers to; part of its fingerprint, so a checkpoint of another order is refused. Order 2:
+#: incremental passes batched by their window at the costliest step; order 3: and by the extent
+#: of their box.
 PASS_ORDER = 3
 #: Arrays of a layer's maps file with one entry per unit.
 PER_UNIT = (
@@ -78,7 +84,7 @@ def receptive_fields(
     model: LoadedModel | None = None,
     device: str = RfOptions.device,
     progress: bool = True,
-    checkpoint_seconds: float = ResumeConfig.checkpoint_seconds,
+    **resume: Any,
 ) -> pd.DataFrame:
     """Measure empirical receptive fields of units of a dissection and write them to it.
 
@@ -98,9 +104,11 @@ def receptive_fields(
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
     progress : bool
         Show progress bars.
-    checkpoint_seconds : float
-        How often unfinished work of a layer is saved (see :class:`ResumeConfig`); it is also
-        saved on Ctrl-C / SIGTERM.
+    **resume
+        ``checkpoint_seconds`` (float, 60 by default, :class:`ResumeConfig`): how often the
+        finished passes of the layer in flight are saved; they are also saved on Ctrl-C /
+        SIGTERM. ``restart`` (bool): discard the checkpoint of an interrupted run instead of
+        resuming it (finished layers measured with the same parameters are still reused).
 
     Returns
     -------
@@ -110,7 +118,14 @@ def receptive_fields(
         rows (plus those of layers measured earlier) are written to ``receptive_fields.csv`` as
         each layer finishes; the per-layer summary to ``receptive_fields_layers.csv``, the maps
         to ``receptive_fields/<layer>.npz``.
+
+    Raises
+    ------
+    DissectError
+        If the checkpoint was left by a run with other settings (and ``restart`` is not set).
     """
+    restart = bool(resume.pop("restart", False))
+    seconds = ResumeConfig(**resume).checkpoint_seconds
     config = config or OcclusionConfig()
     dissection = dissection if isinstance(dissection, Dissection) else Dissection(dissection)
     layers = dissection.check_layers(layers)
@@ -124,6 +139,8 @@ def receptive_fields(
     torch_device = pick_device(device)
     distributed.init(torch_device)
     torch_device = distributed.local_device(torch_device)
+    checkpoint = rf_checkpoint(dissection, layers, units, config, restart)
+    saved = checkpoint.load()
     tables = RfTables(dissection)
     with deferred_interrupts() as stop:
         for layer in layers:
@@ -137,8 +154,10 @@ def receptive_fields(
                 noise_patch(preprocess, config.occluder, config.seed),
                 torch_device,
                 progress and distributed.is_main(),
-                checkpoint_seconds,
+                seconds,
                 stop,
+                checkpoint,
+                saved if saved is not None and saved["layer"] == layer else None,
             )
             arrays = measure_shards(job, chosen[layer])
             if distributed.is_main():
@@ -146,7 +165,43 @@ def receptive_fields(
             distributed.barrier()  # rank 0 has written the layer's rows
             if stop.requested:  # honoured between layers by the naive method
                 raise KeyboardInterrupt(stop.signal)
+    checkpoint.remove(distributed.world_size())
     return tables.table if distributed.is_main() else tables.read()
+
+
+def rf_checkpoint(
+    dissection: Dissection,
+    layers: Sequence[str],
+    units: Sequence[int] | None,
+    config: OcclusionConfig,
+    restart: bool,
+) -> Checkpoint:
+    """This process's checkpoint of a ``dissect rf`` run (the finished passes of the layer in
+    flight), discarded first when ``restart``; a partial file of an earlier version is refused.
+
+    The fingerprint holds everything the saved passes depend on: the run of the top images, the
+    layers and units, the occlusion parameters, the pass order and the number of processes.
+    """
+    fingerprint = {
+        "pass": "rf",
+        "run_id": str(dissection.run_id),
+        "world_size": distributed.world_size(),
+        "layers": list(layers),
+        "units": "all" if units is None else [int(unit) for unit in units],
+        **config.to_dict(),
+        "version": VERSION,
+        "pass_order": PASS_ORDER,
+    }
+    checkpoint = Checkpoint(dissection.directory, fingerprint, distributed.rank(), RF_CHECKPOINT)
+    # ``<layer>.partial.npz``: what versions before rf's checkpoints saved.
+    earlier = sorted(dissection.path(RF_MAPS).glob("*.partial.npz"))
+    if restart:
+        checkpoint.remove(distributed.world_size())
+        for path in earlier:
+            path.unlink(missing_ok=True)
+    elif earlier:
+        raise DissectError(format_refusal(earlier[0], None))
+    return checkpoint
 
 
 class RfTables:
@@ -213,9 +268,13 @@ class LayerJob:
     progress : bool
         Show a progress bar.
     checkpoint_seconds : float
-        Seconds between two saves of the partial file.
+        Seconds between two saves of the finished passes.
     stop : StopRequest
         Set on Ctrl-C / SIGTERM: the batch in flight is saved and the run stops.
+    checkpoint : Checkpoint
+        This process's checkpoint of the run (:func:`rf_checkpoint`).
+    resumed : dict or None
+        The saved state of this layer (``grids``, ``done``) when the run resumes it.
     """
 
     dissection: Dissection
@@ -229,6 +288,8 @@ class LayerJob:
     progress: bool
     checkpoint_seconds: float
     stop: StopRequest
+    checkpoint: Checkpoint
+    resumed: dict | None
 
 
 def measure_shards(job: LayerJob, every: Sequence[int]) -> dict[str, np.ndarray] | None:
@@ -291,21 +352,19 @@ def load_maps(dissection: str | Path | Dissection, layer: str) -> dict[str, np.n
 
 
 class _Partial:
-    """A layer's partial file: the finished passes, saved by time and when a stop is asked."""
+    """A layer's finished passes (resumed from the job's checkpoint when it holds them), saved
+    to the checkpoint by time and when a stop is asked."""
 
-    def __init__(self, job: LayerJob, final: Path, params: str, shape: tuple[int, ...]):
-        self.job, self.path = job, final.with_name(final.stem + ".partial.npz")
-        # A partial file holds passes in the order of the code that wrote it.
-        self.key = json.dumps({"params": params, "pass_order": PASS_ORDER}, sort_keys=True)
+    def __init__(self, job: LayerJob, shape: tuple[int, ...]):
+        self.job = job
         self.grids, self.done = np.zeros(shape, "f4"), 0
-        if self.path.is_file():
-            stored = read_npz(self.path)
-            if str(stored["params"]) == self.key:
-                self.grids, self.done = stored["grids"], int(stored["done"])
+        if job.resumed is not None:
+            self.grids, self.done = job.resumed["grids"].numpy(), int(job.resumed["done"])
         self.saved = time.monotonic()
 
     def save(self) -> None:
-        write_npz(self.path, grids=self.grids, done=np.int64(self.done), params=np.str_(self.key))
+        grids = torch.from_numpy(self.grids)
+        self.job.checkpoint.save({"layer": self.job.layer, "grids": grids, "done": self.done})
         self.saved = time.monotonic()
 
     def checkpoint(self, finished: int) -> None:
@@ -330,7 +389,7 @@ def measure_layer(job: LayerJob, final: Path) -> dict[str, np.ndarray]:
     measurements = Measurements.from_topk(dissection.topk(layer), job.units, config.top)
     image_size = dissection.preprocess.size
     corners = [len(occluder_corners(side, config.occluder, config.stride)) for side in image_size]
-    partial = _Partial(job, final, params, (len(measurements), *corners))
+    partial = _Partial(job, (len(measurements), *corners))
     if job.progress:
         print(
             f"dissect rf: layer {layer}, {len(job.units)} unit(s), {len(measurements)} top images"
@@ -357,7 +416,6 @@ def measure_layer(job: LayerJob, final: Path) -> dict[str, np.ndarray]:
         raise
     arrays = layer_arrays(job, partial.grids, measurements, params)
     write_npz(final, **arrays)
-    partial.path.unlink(missing_ok=True)
     return arrays
 
 
