@@ -20,21 +20,20 @@ included) on the same images.
   and unions per image. Run a second time with our stride/offset alignment (``aligned``) its
   labels must equal ours.
 
-Prints ``name: value`` lines, ratios of CPU seconds of this one process (the machine may be
-shared; wall seconds are printed beside them, and the load average; first-call costs are paid
-before any clock starts): ``labelled_run_vs_forward`` (ours, the whole call, over the bare
-loop), ``labelled_run_with_pvalues_vs_forward`` (the same with the null), each also
-``_without_probe``, ``speedup_vs_baseline`` (baseline ``resize`` / ours, whole calls),
-``speedup_vs_baseline_without_probe`` (ours less its geometry probe, a fixed cost every run
-pays, timed inside the call), ``label_agreement`` (units whose best concept is the same as
-ours, baseline ``aligned``), ``label_agreement_resize``, ``memory_ratio`` (peak resident memory,
-VmHWM, of ours in a fresh process on 4N vs N images; ``memory_ratio_after_probe`` the same once
-the probe has returned), ``iou_vs_run`` (throughput of the labelling, images / the CPU seconds
-``--iou`` adds to a run, over that of the plain run; both without their probes, whose cost
-varies by seconds between calls: >= 1 when labelling costs no more than the run itself) and
-``torch_threads``. Every call probes the geometry (the geometry cache is turned off, so that each
-figure holds the probe, as a first run's does). The start-up split of a whole ``dissect run`` is
-``bench_startup.py``'s.
+Prints ``name: value`` lines, ratios of CPU seconds of this one process, which decodes the images
+itself (``workers=0``; the machine may be shared; wall seconds are printed beside them, and the
+load average; first-call costs are paid before any clock starts): ``labelled_run_vs_forward``
+(ours, the whole call, over the bare loop), ``labelled_run_with_pvalues_vs_forward`` (the same with
+the null), each also ``_without_probe``, ``speedup_vs_baseline`` (baseline ``resize`` / ours, whole
+calls), ``speedup_vs_baseline_without_probe`` (ours less its geometry probe, a fixed cost every run
+pays, timed inside the call), ``label_agreement`` (units whose best concept is the same as ours,
+baseline ``aligned``), ``label_agreement_resize``, ``memory_ratio`` (peak resident memory, VmHWM,
+of ours in a fresh process on 4N vs N images; ``memory_ratio_after_probe`` the same once the probe
+has returned), ``iou_vs_run`` (throughput of the labelling, images / the CPU seconds ``--iou`` adds
+to a run, over that of the plain run; both without their probes, whose cost varies by seconds
+between calls: >= 1 when labelling costs no more than the run itself) and ``torch_threads``. Every
+call probes the geometry (the geometry cache is turned off, so that each figure holds the probe, as
+a first run's does). The start-up split of a whole ``dissect run`` is ``bench_startup.py``'s.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_iou.py [--images 192] [--memory-images 32]
 """
@@ -155,7 +154,7 @@ def ours(
     try:
         clock = Clock()
         dissect.streaming.run_dissection(loaded, data, out, layers, batch_size=batch_size,
-                                         device="cpu", progress=False, iou=iou,
+                                         device="cpu", progress=False, iou=iou, workers=0,
                                          permutations=permutations)  # fmt: skip
         return (*clock.read(), sum(spent))
     finally:
