@@ -119,6 +119,7 @@ def startup_split(arguments: list[str], out: Path, env: dict[str, str]) -> dict[
     """``dissect run`` with ``arguments`` and ``--out out`` in a fresh process: (wall, CPU)
     seconds of each part, of the whole (``total``)."""
     command = [sys.executable, "-c", CHILD_RUN, "run", *arguments, "--out", str(out)]
+    command += ["--workers", "0"]  # decoded in the child, whose CPU seconds are split
     cpu, start = child_cpu(), time.perf_counter()
     done = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
     wall, cpu = time.perf_counter() - start, child_cpu() - cpu
