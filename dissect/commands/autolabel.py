@@ -12,6 +12,7 @@ from .common import (
     add_align_argument,
     add_detector_arguments,
     add_device_argument,
+    add_permutations_argument,
     add_resume_arguments,
     add_speed_arguments,
     rule_from_args,
@@ -37,14 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_device_argument(parser, config.device)
     add_speed_arguments(parser, config.workers, config.dtype)
-    parser.add_argument(
-        "--permutations",
-        type=int,
-        default=config.permutations,
-        help=f"P, random re-pairings of images for each label's p-value ({config.permutations}: "
-        f"smallest p {1 / (config.permutations + 1):.2g}; each adds one counting pass per "
-        "batch; 0 for none)",
-    )
+    add_permutations_argument(parser, config.permutations, "each adds one counting pass per batch")
     add_align_argument(parser, config.align)
     add_detector_arguments(parser, crowd=False)
     parser.add_argument(
@@ -121,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
             f"{layer}: {len(mine)} of {len(rows)} units detect a concept ({rule.describe()}), "
             f"{mine['label'].nunique()} distinct"
         )
-    print(f"maps placed by --align {config.align} -> {args.directory}/labels.csv, "
-          f"{args.directory}/iou/")
+    print(
+        f"maps placed by --align {config.align} -> {args.directory}/labels.csv, "
+        f"{args.directory}/iou/"
+    )
     finish(args, args.directory, source, list(labels["layer"].unique()))
     return 0

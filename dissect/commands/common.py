@@ -372,3 +372,14 @@ def add_align_argument(parser: argparse.ArgumentParser, default: str | None) -> 
         ", empirical (theoretical shifted by the mean centroid of the layer's occlusion maps; "
         f"needs dissect rf first) (default: {default or 'theoretical'})",
     )
+
+
+def add_permutations_argument(parser: argparse.ArgumentParser, default: int, when: str) -> None:
+    """``--permutations``: P re-pairings of the permutation null; ``when`` ends the help."""
+    parser.add_argument(
+        "--permutations",
+        type=int,
+        default=default,
+        help=f"P, random re-pairings of images for each label's p-value ({default}: smallest p "
+        f"{1 / (default + 1):.2g}; {when}; 0 for none)",
+    )

@@ -20,6 +20,7 @@ from .common import (
     add_align_argument,
     add_device_argument,
     add_model_arguments,
+    add_permutations_argument,
     add_speed_arguments,
     layers_from_args,
     load_model_from_args,
@@ -81,15 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "synthetic:N) in the same pass: writes iou/ and the iou labels of labels.csv, with "
         "p-, z- and q-values of the permutation null, as dissect autolabel does",
     )
-    permutations = IoUConfig.permutations
-    parser.add_argument(
-        "--permutations",
-        type=int,
-        default=permutations,
-        help=f"with --iou: P, random re-pairings of images for each label's p-value "
-        f"({permutations}: smallest p {1 / (permutations + 1):.2g}; counted in the same pass; "
-        "0 for none)",
-    )
+    add_permutations_argument(parser, IoUConfig.permutations, "with --iou, in the same pass")
     add_align_argument(parser, None)
     parser.add_argument(
         "--restart",

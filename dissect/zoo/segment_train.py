@@ -27,14 +27,8 @@ from ..datasets.synthetic import SyntheticWorld
 from ..datasets.synthetic.textures import color_names
 from ..io import atomic_path
 from ..segmenter.metrics import confusion, mean_iou
-from .scene_cnn import MEAN, STD
+from .training import add_recipe_arguments, to_input
 from .world_fcn import HEADS, WorldFCN
-
-
-def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(N, S, S, 3) uint8 -> normalised (N, 3, S, S) float32, as world-fcn's Preprocess does."""
-    batch = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0
-    return (batch - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
 def render_masks(world: SyntheticWorld, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -208,17 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--task", choices=["segment"], default="segment", help="segment")
     parser.add_argument("--out", required=True, help="state-dict file to write")
-    for flag, kind, text in (
-        ("seed", int, "random seed"),
-        ("images", int, "training images"),
-        ("epochs", int, "passes over them"),
-        ("batch-size", int, "images per step"),
-        ("lr", float, "peak learning rate"),
-        ("val-images", int, "validation images"),
-        ("threads", int, "torch CPU threads"),
-    ):
-        value = getattr(default, flag.replace("-", "_"))
-        parser.add_argument(f"--{flag}", type=kind, default=value, help=f"{text} ({value})")
+    add_recipe_arguments(parser, default)
     parser.add_argument(
         "--keep-epochs", action="store_true", help="also keep OUT's stem .epochN.pt per epoch"
     )

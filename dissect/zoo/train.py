@@ -27,7 +27,8 @@ from ..datasets.synthetic import SyntheticWorld
 from ..datasets.synthetic.scenes import OBJECTS, SCENES
 from ..evaluate import average_precision
 from ..io import atomic_path
-from .scene_cnn import MEAN, STD, SceneCNN, fold_batch_norm
+from .scene_cnn import SceneCNN, fold_batch_norm
+from .training import add_recipe_arguments, to_input
 
 #: Training task -> number of network outputs.
 TASKS = {"scenes": len(SCENES), "objects": len(OBJECTS)}
@@ -76,14 +77,6 @@ def render_world(
 def _check_task(task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-
-
-def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(N, S, S, 3) uint8 -> normalised (N, 3, S, S) float32, as the model's Preprocess does."""
-    batch = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (batch - mean) / std
 
 
 @torch.inference_mode()
@@ -254,18 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Train a built-in CNN (scene-cnn, or object-cnn with --task objects).",
     )
     parser.add_argument("--out", required=True, help="state-dict file to write")
-    for flag, kind, text in (
-        ("seed", int, "random seed"),
-        ("images", int, "training images"),
-        ("epochs", int, "passes over them"),
-        ("batch-size", int, "images per step"),
-        ("lr", float, "peak learning rate"),
-        ("translate", int, "largest random shift of a training image, px"),
-        ("val-images", int, "validation images"),
-        ("threads", int, "torch CPU threads"),
-    ):
-        value = getattr(default, flag.replace("-", "_"))
-        parser.add_argument(f"--{flag}", type=kind, default=value, help=f"{text} ({value})")
+    add_recipe_arguments(parser, default)
     parser.add_argument(
         "--task",
         choices=[*TASKS, "segment"],
