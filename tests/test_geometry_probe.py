@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from dissect.geometry import geometry_table, layer_geometry
+from dissect.geometry.surrogates import DERIVED, ConnectivityMode
 from dissect.models import load_model
 
 
@@ -235,3 +241,82 @@ def test_cli_run_reports_the_probe_time(tmp_path, image_folder, tiny_spec, capsy
     with pytest.warns(UserWarning, match="broken"):
         assert main([*args, "--image-size", "32", "--topk", "2"]) == 0
     assert "geometry probe" in capsys.readouterr().out
+
+
+def _full_average(name, x, weight_shape, **options):
+    """The surrogate as first written: the same call with every weight ``1 / fan_in``."""
+    transposed = name == "conv_transpose2d"
+    fan_in = weight_shape[0 if transposed else 1] * math.prod(weight_shape[2:])
+    weight = torch.full(weight_shape, 1.0 / fan_in, dtype=torch.float64)
+    if name == "linear":
+        return F.linear(x, weight)
+    return getattr(F, name)(x, weight, None, **options)
+
+
+@pytest.mark.parametrize(
+    "name, input_shape, weight_shape, options",
+    [
+        ("conv2d", (2, 5, 9, 11), (7, 5, 3, 3), {"stride": 2, "padding": 1}),
+        ("conv2d", (5, 9, 11), (7, 5, 3, 2), {"padding": "same", "dilation": 2}),
+        ("conv1d", (2, 5, 13), (3, 5, 4), {"stride": 3}),
+        ("conv_transpose2d", (2, 5, 6, 7), (5, 4, 3, 3), {"stride": 2, "output_padding": 1}),
+        ("linear", (2, 6, 5), (8, 5), {}),
+    ],
+)
+def test_one_channel_surrogate_has_the_full_maps_values_and_gradients(
+    name, input_shape, weight_shape, options
+):
+    """Each output channel of an averaging map is the average of the input channels' mean, so
+    the probe computes one channel: the values and the gradient are those of the full map."""
+    torch.manual_seed(0)
+    x = torch.rand(input_shape, dtype=torch.float64, requires_grad=True)
+    expected = _full_average(name, x, weight_shape, **options)
+    (expected_grad,) = torch.autograd.grad((expected * torch.arange(expected.numel()).view(
+        expected.shape)).sum(), x)  # fmt: skip
+    weight = torch.randn(weight_shape, dtype=torch.float64)  # the network's own weights
+    probe_input = x.detach().clone().requires_grad_(True)
+    setattr(probe_input, DERIVED, True)
+    with ConnectivityMode():
+        if name == "linear":
+            out = F.linear(probe_input, weight, torch.randn(weight_shape[0]).double())
+        else:
+            out = getattr(F, name)(probe_input, weight, torch.randn(weight.shape[0]), **options)
+    (grad,) = torch.autograd.grad((out * torch.arange(out.numel()).view(out.shape)).sum(),
+                                  probe_input)  # fmt: skip
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+class _Flops(TorchDispatchMode):
+    """Floating-point operations of every operator torch knows a formula for, backward passes
+    included (torch's ``FlopCounterMode`` tracks modules with hooks that autograd.grad refuses)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def test_the_probe_costs_less_than_one_forward_of_the_network():
+    """Wide convolutions are probed on one channel: the probe's floating-point operations (its
+    forwards and backward passes) stay below those of one real forward of one image."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 128, 3, stride=2, padding=1),
+        nn.BatchNorm2d(128), nn.ReLU(), nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 256, 3, stride=2, padding=1),
+    ).eval()  # fmt: skip
+    with _Flops() as forward:
+        net(torch.zeros(1, 3, 64, 64))
+    with _Flops() as probe:
+        geometry = layer_geometry(net, ["2", "7"], 64)
+    assert geometry["7"].rf == (17, 17) and geometry["7"].stride == (8.0, 8.0)
+    assert probe.total < forward.total

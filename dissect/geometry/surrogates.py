@@ -7,7 +7,9 @@ operation on the probe image's activations by a *monotone surrogate* with the sa
 so that no path can cancel or saturate:
 
 - convolutions, linear maps and products with a constant matrix get positive averaging weights
-  and no bias; max pooling becomes average pooling over the same windows;
+  and no bias (an ungrouped one runs on one channel, the mean of its input channels, repeated
+  over its output channels: the same values and gradient at a fraction of the cost); max pooling
+  becomes average pooling over the same windows;
 - point-wise functions (ReLU, ReLU6, hard-swish, sigmoid, clamp, ...), dropout, softmax and
   normalisations become the identity; sums, differences, maxima of two activations become sums,
   quotients become products; an activation combined with a constant (a learned scale or shift)
@@ -230,6 +232,8 @@ def _positive_conv(name: str, func, args: tuple, kwargs: dict):
     transposed = name in _TRANSPOSED or (
         name in ("convolution", "_convolution") and bool(args[6] if len(args) > 6 else False)
     )
+    if _groups(name, args, kwargs) == 1:
+        return _one_channel(func, args, kwargs, x, weight, transposed)
     fan_in = weight.shape[0 if transposed else 1] * math.prod(weight.shape[2:])
     ones = torch.full_like(weight, 1.0 / max(fan_in, 1), dtype=x.dtype)
     if len(args) > 1:
@@ -240,6 +244,37 @@ def _positive_conv(name: str, func, args: tuple, kwargs: dict):
         args[2] = None
     kwargs.pop("bias", None)
     return func(*args, **kwargs)
+
+
+def _groups(name: str, args: list, kwargs: dict) -> int:
+    """The ``groups`` argument of a convolution call (1 for a linear map)."""
+    if name == "linear":
+        return 1
+    index = 8 if name in ("convolution", "_convolution") else 6
+    return int(args[index] if len(args) > index else kwargs.get("groups", 1))
+
+
+def _one_channel(func, args: list, kwargs: dict, x: torch.Tensor, weight, transposed: bool):
+    """An ungrouped positive averaging map, computed on one channel: with every weight
+    ``1 / fan_in`` each output channel is the spatial average of the mean of the input
+    channels, so the mean is averaged once and repeated over the output channels. The same
+    values and gradients as the full map, at the cost of one channel."""
+    if weight.dim() == 2:  # linear: (..., in) -> (..., out)
+        mean = x.mean(-1, keepdim=True)
+        return mean.expand(*mean.shape[:-1], weight.shape[0]).contiguous()
+    axis = 1 if x.dim() == weight.dim() else 0  # a batch, or one unbatched input
+    mean = x.mean(axis, keepdim=True)
+    kernel = weight.shape[2:]
+    ones = x.new_full((1, 1, *kernel), 1.0 / max(math.prod(kernel), 1))
+    for position, key, value in ((0, "input", mean), (1, "weight", ones), (2, "bias", None)):
+        if len(args) > position:
+            args[position] = value
+        elif key in kwargs:
+            kwargs[key] = value
+    out = func(*args, **kwargs)
+    shape = list(out.shape)
+    shape[axis] = weight.shape[1 if transposed else 0]
+    return out.expand(*shape).contiguous()
 
 
 def _product(name: str, func, args: tuple, kwargs: dict) -> tuple:
