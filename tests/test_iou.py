@@ -341,3 +341,48 @@ def test_sparse_tally_equals_dense_upsampled_masks(stride, offset, side):
     assert masks.any() and not masks.all()
     np.testing.assert_array_equal(sparse.intersection.numpy(), dense.intersection.numpy())
     np.testing.assert_array_equal(sparse.unit_area.numpy(), dense.unit_area.numpy())
+
+
+@pytest.mark.parametrize("nudge", [0.0, -1e-7, 1e-7])
+def test_sparse_tally_at_the_threshold_equals_dense_upsampled_masks(nudge):
+    """Plateaus exactly at, just below and just above the threshold, and thresholds equal to
+    upsampled values: the pixel rows counted whole or skipped by their end pixels give the
+    counts of every upsampled map."""
+    from dissect.geometry import LayerGeometry
+    from dissect.iou.concepts import ConceptBatch
+    from dissect.iou.tally import count_layer
+
+    rng = np.random.default_rng(11)
+    size, units, images, side = 48, 4, 3, 6
+    geometry = LayerGeometry("l", "Conv2d", (units, side, side), (9, 9), (8.0, 8.0), (3.5, 3.5))
+    levels = torch.tensor([0.25, 0.5, 0.75, 1.0])
+    acts = levels[torch.from_numpy(rng.integers(0, 4, (images, units, side, side)))]
+    upsampled = upsample_maps(acts, geometry, (size, size))
+    thresholds = torch.tensor(
+        [0.5 * (1 + nudge), 0.75 * (1 + nudge), float(upsampled[1, 2, 20, 13]), 0.3]
+    )
+    concepts = ConceptBatch.stack(
+        [
+            ImageConcepts(
+                torch.from_numpy(rng.integers(-1, 6, (2, size * size))),
+                torch.zeros(0, dtype=torch.int64),
+                torch.tensor([True, True]),
+            )
+            for _ in range(images)
+        ],
+        size * size,
+        7,
+    )
+    category_of = np.array([0, 0, 0, 1, 1, 1, 1])
+    sparse, dense = IoUStats(units, category_of, 2), IoUStats(units, category_of, 2)
+    count_layer(sparse, acts, thresholds, geometry, (size, size), concepts)
+    masks = upsampled > thresholds[None, :, None, None]
+    dense.add_masks(
+        masks.reshape(images * units, -1),
+        torch.arange(images).repeat_interleave(units),
+        torch.arange(units).repeat(images),
+        concepts,
+    )
+    assert (upsampled == thresholds[None, :, None, None]).any()
+    np.testing.assert_array_equal(sparse.intersection.numpy(), dense.intersection.numpy())
+    np.testing.assert_array_equal(sparse.unit_area.numpy(), dense.unit_area.numpy())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ from .concepts import ConceptBatch, ImageConcepts
 
 #: Bytes of upsampled unit maps handled at once (images are split to stay under it).
 CHUNK_BYTES = 2**28
+#: Relative round-off of an upsampled float32 value, with room to spare (it is a few 2**-24).
+ROUND_OFF = 2**-16
 
 
 class IoUStats:
@@ -250,6 +253,7 @@ def count_maps(
     """
     height, width = maps.shape[1:]
     ys, xs = (a.to(maps.device) for a in _weights(geometry, size, height, width))
+    cells_y, cells_x = _Cells.of(ys), _Cells.of(xs)
     limit = thresholds[pairs[1]]
     # Each cell's largest corner: the most any pixel of the cell can reach.
     below = (torch.arange(height, device=maps.device) + 1).clamp(max=height - 1)
@@ -265,37 +269,89 @@ def count_maps(
             maps,
             limit,
             (pair[part], row[part], column[part]),
-            (ys, xs, size[1]),
+            (cells_y, cells_x, size[1]),
             pairs,
             concepts,
             null,
         )
 
 
+@dataclass(frozen=True)
+class _Cells:
+    """The pixels of every cell along one axis (rows: cells; columns: pixels, -1 padded) with
+    their interpolation weights, and the position of each cell's last pixel."""
+
+    pixel: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    rest: torch.Tensor
+    weight: torch.Tensor
+    last: torch.Tensor
+
+    @classmethod
+    def of(cls, axis) -> _Cells:
+        """From an :class:`~dissect.upsample.AxisWeights`."""
+        pixel = axis.cells
+        at = pixel.clamp(min=0)
+        last = ((pixel >= 0).sum(1) - 1).clamp(min=0)
+        return cls(pixel, axis.low[at], axis.high[at], axis.rest[at], axis.weight[at], last)
+
+    def pick(self, cells: torch.Tensor) -> list[torch.Tensor]:
+        """Pixels, low, high, rest and weight of ``cells``, one row each."""
+        return [
+            getattr(self, name).index_select(0, cells)
+            for name in ("pixel", "low", "high", "rest", "weight")
+        ]
+
+
 def _count_cells(stats, maps, limit, cells, grid, pairs, concepts, null) -> None:
     """Evaluate the pixels of some ``cells`` (map, row, column) of some maps and count those
-    above the threshold (``grid``: the pixel weights along y and x, and the input's width;
-    ``pairs``: the image row and unit of each map)."""
+    above the threshold (``grid``: the :class:`_Cells` along y and x, and the input's width;
+    ``pairs``: the image row and unit of each map).
+
+    Along a pixel row of a cell the upsampled value is monotone (linear between two feature
+    centres, constant past the outer ones), so the row's two end pixels bound it: a row whose
+    ends are both above the threshold by more than the round-off (``ROUND_OFF`` of the largest
+    feature value the cell reads) is counted whole, one whose ends are both below it by as much
+    is skipped, and only the rows between are evaluated pixel by pixel; every evaluated value is
+    computed as :func:`~dissect.upsample.upsample_maps` computes it.
+    """
     (pair, row, column), (ys, xs, width), (image, unit) = cells, grid, pairs
-    pixel_y, pixel_x = ys.cells[row], xs.cells[column]  # (m, most) each, -1 padded
-    y, x = pixel_y.clamp(min=0), pixel_x.clamp(min=0)
+    pixel_y, _, _, rest_y, weight_y = ys.pick(row)  # (m, most) each
+    pixel_x, low_x, high_x, rest_x, weight_x = xs.pick(column)
+    rows = maps.reshape(-1, maps.shape[2])
     below = (row + 1).clamp(max=maps.shape[1] - 1)
-    low_row, high_row = maps[pair, row], maps[pair, below]  # (m, w): the cell's feature rows
+    low_row = rows.index_select(0, pair * maps.shape[1] + row)  # (m, w): the cell's feature rows
+    high_row = rows.index_select(0, pair * maps.shape[1] + below)
     # Along x within the two feature rows, then along y: as upsample_maps does.
-    top = low_row.gather(1, xs.low[x]) * xs.rest[x] + low_row.gather(1, xs.high[x]) * xs.weight[x]
-    bottom = (
-        high_row.gather(1, xs.low[x]) * xs.rest[x] + high_row.gather(1, xs.high[x]) * xs.weight[x]
-    )
-    values = (
-        top[:, None, :] * ys.rest[y][:, :, None] + bottom[:, None, :] * ys.weight[y][:, :, None]
-    )
-    inside = values > limit[pair][:, None, None]
-    inside &= (pixel_y >= 0)[:, :, None] & (pixel_x >= 0)[:, None, :]
-    cell, sy, sx = inside.nonzero(as_tuple=True)
-    position = pixel_y[cell, sy] * width + pixel_x[cell, sx]
-    stats.add_pixels(pair[cell], position, image, unit, concepts)
+    top = low_row.gather(1, low_x) * rest_x + low_row.gather(1, high_x) * weight_x
+    bottom = high_row.gather(1, low_x) * rest_x + high_row.gather(1, high_x) * weight_x
+    threshold = limit[pair]
+    last = xs.last.index_select(0, column)[:, None]
+    ends = [torch.cat([part[:, :1], part.gather(1, last)], 1) for part in (top, bottom)]
+    ends = ends[0][:, None, :] * rest_y[:, :, None] + ends[1][:, None, :] * weight_y[:, :, None]
+    margin = ROUND_OFF * torch.maximum(low_row.abs().amax(1), high_row.abs().amax(1))
+    real = pixel_y >= 0
+    whole = real & (ends.amin(2) > (threshold + margin)[:, None])
+    mixed = real & ~whole & (ends.amax(2) > (threshold - margin)[:, None])
+    found = []
+    for kind in (whole, mixed):
+        cell, at = kind.nonzero(as_tuple=True)
+        columns = pixel_x.index_select(0, cell)
+        inside = columns >= 0
+        flat = cell * pixel_y.shape[1] + at  # the row in (m * most) order
+        if kind is mixed:
+            values = top.index_select(0, cell) * rest_y.reshape(-1)[flat][:, None]
+            values = values + bottom.index_select(0, cell) * weight_y.reshape(-1)[flat][:, None]
+            inside &= values > threshold.index_select(0, cell)[:, None]
+        position = pixel_y.reshape(-1)[flat][:, None] * width + columns
+        found.append((cell[:, None].expand_as(columns).masked_select(inside),
+                      position.masked_select(inside)))  # fmt: skip
+    which = pair[torch.cat([found[0][0], found[1][0]])]
+    position = torch.cat([found[0][1], found[1][1]])
+    stats.add_pixels(which, position, image, unit, concepts)
     if null is not None:
-        null.add_pixels(pair[cell], position, image, unit, concepts)
+        null.add_pixels(which, position, image, unit, concepts)
 
 
 @functools.lru_cache(maxsize=64)
