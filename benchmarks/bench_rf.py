@@ -16,6 +16,14 @@ resident memory above what it held before the measurement: ``VmHWM`` reset throu
 - ``fast``: :func:`dissect.rf.discrepancy_maps` (shared per image, stopped at the layer,
   skipping occluders outside the receptive fields, cropped or incremental, batched).
 
+The defaults measure what ``dissect rf`` measures by default: every unit of the layer, each on
+its top 20 images (``--units all --top 20``), here over 60 images, so that an image is the top
+image of many units (``*_measurements_per_image``), as in a real dissection, and the fast method
+occludes each image once for all of them. ``--units 4 --top 3`` measures the other extreme, about
+one measurement per image. The per-target and naive loops cost the same per pass whatever they
+measure, so they run on the first ``--timed`` measurements (6) and their time is extrapolated to
+all (``*_extrapolated: yes`` says so; ``max_abs_diff`` compares those measurements).
+
 Each child runs ``--threads`` torch threads (1). Prints ``name: value`` lines per layer: CPU
 seconds (the ratios use them: on a shared machine they move far less than wall time, also
 printed), peak memory (MiB) and passes of each method, ``speedup_vs_per_target`` (per_target /
@@ -26,7 +34,7 @@ method saves, a figure the load of the machine does not move); the worst of each
 layers last.
 
     python benchmarks/bench_rf.py [--model scene-cnn] [--data synthetic:60] [--layers conv2,conv5]
-                                  [--units 4] [--top 3]
+                                  [--units all] [--top 20] [--timed 6]
 
 ``--paper`` measures the paper's setting instead: 224 px images, an AlexNet-sized network (the
 five convolutions of AlexNet, random seeded weights), layer conv5, 11 px occluder, stride 3, top
@@ -154,8 +162,14 @@ def child(args) -> None:
     source = open_data(args.data)
     layer = args.child_layer
     geometry = dissection.geometry(layer)
-    units = list(range(min(args.units, geometry.output_shape[0])))
+    count = geometry.output_shape[0]
+    units = list(range(count if args.units == "all" else min(int(args.units), count)))
     measurements = Measurements.from_topk(dissection.topk(layer), units, args.top)
+    total = len(measurements)
+    if args.child_method != "fast" and total > args.timed:  # timed on a few, extrapolated
+        measurements = Measurements(
+            *(getattr(measurements, f)[: args.timed] for f in ("image", "unit", "y", "x"))
+        )
     config = OcclusionConfig(
         top=args.top, occluder=args.occluder, stride=args.stride, batch_size=args.batch_size
     )
@@ -191,19 +205,19 @@ def child(args) -> None:
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = _status("VmHWM") - before
     run = len(measurements) * (limit or positions)
-    if limit is not None:
-        seconds, cpu = seconds * positions / limit, cpu * positions / limit
-    figures_flops = count_flops(args, loaded.module, common, positions)
+    scale = total * positions / run  # 1 unless extrapolated
+    seconds, cpu = seconds * scale, cpu * scale
+    figures_flops = count_flops(args, loaded.module, common, positions, total)
     flat = np.asarray(grids).reshape(len(grids), -1)
     np.save(Path(args.directory) / f"{layer}_{method}.npy", flat)
     figures = {
         "seconds": seconds,
         "cpu_seconds": cpu,
         "peak_mib": peak,
-        "passes": passes[-1] if method == "fast" else len(measurements) * positions,
-        "extrapolated": limit is not None,
+        "passes": passes[-1] if method == "fast" else total * positions,
+        "extrapolated": scale != 1,
         "ran_passes": passes[-1] if method == "fast" else run,
-        "unit_images": len(measurements),
+        "unit_images": total,
         "distinct_images": len(images),
         "units": len(units),
         "flops": figures_flops,
@@ -211,11 +225,11 @@ def child(args) -> None:
     print("RESULT " + json.dumps(figures), flush=True)
 
 
-def count_flops(args, module, common, positions: int) -> float:
+def count_flops(args, module, common, positions: int, total: int) -> float:
     """Floating-point operations of the measurement (torch's ``FlopCounterMode``, counted
     after the timed run): the fast method run again under the counter; the naive and per-target
-    loops as their passes (and one unoccluded pass per measurement) times those of one forward
-    (whole model for naive, stopped at the layer for per-target)."""
+    loops as their passes (and one unoccluded pass per measurement, ``total`` measurements) times
+    those of one forward (whole model for naive, stopped at the layer for per-target)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     layer, load_image, measurements = common[1], common[3], common[4]
@@ -228,7 +242,7 @@ def count_flops(args, module, common, positions: int) -> float:
                 trace(image)
     flops = counter.get_total_flops()
     if args.child_method != "fast":
-        flops *= len(measurements) * (positions + 1)
+        flops *= total * (positions + 1)
     return float(flops)
 
 
@@ -268,8 +282,11 @@ def main() -> None:
     parser.add_argument("--model", default="scene-cnn")
     parser.add_argument("--data", default="synthetic:60")
     parser.add_argument("--layers", default="conv2,conv5", help="comma-separated layers")
-    parser.add_argument("--units", type=int, default=4, help="units measured per layer (4)")
-    parser.add_argument("--top", type=int, default=3)
+    parser.add_argument("--units", default="all", help="units measured per layer: all, or N")
+    parser.add_argument("--top", type=int, default=20, help="top images per unit (20)")
+    parser.add_argument(
+        "--timed", type=int, default=6, help="measurements the slow loops run on (6)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per child (1)")
     parser.add_argument("--occluder", type=int, default=11)
     parser.add_argument("--stride", type=int, default=3)
@@ -282,9 +299,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.paper:
         defaults = {"model": "scene-cnn", "data": "synthetic:60", "layers": "conv2,conv5",
-                    "units": 4, "top": 3}  # fmt: skip
+                    "units": "all", "top": 20}  # fmt: skip
         paper = {"model": "alexnet-conv", "data": "synthetic:60", "layers": "conv5",
-                 "units": 4, "top": 10}  # fmt: skip
+                 "units": "4", "top": 10}  # fmt: skip
         for name, value in paper.items():
             if getattr(args, name) == defaults[name]:
                 setattr(args, name, value)
@@ -293,7 +310,8 @@ def main() -> None:
         return
     args.passthrough = [
         "--model", args.model, "--data", args.data, "--units", str(args.units), "--top",
-        str(args.top), "--occluder", str(args.occluder), "--stride", str(args.stride),
+        str(args.top), "--timed", str(args.timed), "--occluder", str(args.occluder), "--stride",
+        str(args.stride),
         "--batch-size", str(args.batch_size), "--sample", str(args.sample),
         "--threads", str(args.threads),
     ] + (["--paper"] if args.paper else [])  # fmt: skip
@@ -320,6 +338,8 @@ def main() -> None:
             print(f"{layer}_units: {first['units']}")
             print(f"{layer}_unit_images: {first['unit_images']}")
             print(f"{layer}_distinct_images: {first['distinct_images']}")
+            per_image = first["unit_images"] / first["distinct_images"]
+            print(f"{layer}_measurements_per_image: {per_image:.1f}")
             for method in METHODS:
                 f = figures[method]
                 print(f"{layer}_{method}_passes: {f['passes']}")
@@ -336,8 +356,9 @@ def main() -> None:
             }
             fast = np.load(Path(out) / f"{layer}_fast.npy")
             naive = np.load(Path(out) / f"{layer}_naive.npy")
-            width = min(fast.shape[1], naive.shape[1])
-            print(f"{layer}_max_abs_diff: {np.abs(fast[:, :width] - naive[:, :width]).max():.3g}")
+            rows, width = len(naive), min(fast.shape[1], naive.shape[1])
+            difference = np.abs(fast[:rows, :width] - naive[:, :width]).max()
+            print(f"{layer}_max_abs_diff: {difference:.3g}")
             flops = figures["naive"]["flops"] / max(first["flops"], 1.0)
             print(f"{layer}_flops_vs_naive: {flops:.2f}")
             for name, value in ratios.items():

@@ -184,3 +184,27 @@ def test_all_channels_where_the_units_cannot_be_computed_apart(monkeypatch):
     assert _last_conv_channels(monkeypatch, norm, "8", [1, 2]) == 5
     grouped = nn.Sequential(*list(deep_net())[:-1], nn.Conv2d(8, 4, 3, padding=1, groups=2))
     assert _last_conv_channels(monkeypatch, grouped.eval(), "7", [1, 2]) == 4
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_incremental_passes_run_without_onednn_and_restore_the_setting(monkeypatch, onednn):
+    """oneDNN caches a compiled kernel per input shape, and windows come in many shapes: the
+    incremental passes run without it, and leave the caller's setting as it was."""
+    net, size, layer = deep_net(), 32, "7"
+    images = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(3))
+    geometry = layer_geometry(net, [layer], size)[layer]
+    measurements = Measurements(np.array([0]), np.array([1]), np.array([3]), np.array([4]))
+    seen = []
+    apply = steps_module.Step.apply
+
+    def recorded(self, window, channels=None):
+        seen.append(torch.backends.mkldnn.enabled)
+        return apply(self, window, channels)
+
+    monkeypatch.setattr(steps_module.Step, "apply", recorded)
+    run = (net, layer, geometry, images.__getitem__, measurements, noise_patch(PREPROCESS, 5, 0))
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        discrepancy_maps(*run, OcclusionConfig(occluder=5, stride=2), method="incremental",
+                         progress=False)  # fmt: skip
+        assert torch.backends.mkldnn.enabled is onednn
+    assert seen and not any(seen)

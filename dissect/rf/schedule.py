@@ -35,7 +35,12 @@ def fast(job: OcclusionJob) -> None:
     chunk_images = max(1, job.config.batch_size // (1 if plan.incremental is None else 8))
     position = 0
     channels_last = layout_of(job.geometry)
-    with LayerTrace(job.module, [job.layer], stop=True, channels_last=channels_last) as trace:
+    # oneDNN compiles and caches a kernel per input shape, and incremental passes come in
+    # hundreds of window shapes: its cache then holds more than the passes themselves (1.6x the
+    # naive loop's peak memory with 32 measurements per image, 0.8x without it, for 1.2x the CPU).
+    onednn = torch.backends.mkldnn.flags(torch.backends.mkldnn.enabled and plan.incremental is None)
+    trace = LayerTrace(job.module, [job.layer], stop=True, channels_last=channels_last)
+    with onednn, trace:
         for chunk_start in range(0, len(plan.images), chunk_images):
             chunk = plan.per_image[chunk_start : chunk_start + chunk_images]
             groups = [group for image_groups in chunk for group in image_groups]
