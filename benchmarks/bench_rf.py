@@ -40,8 +40,9 @@ layers last.
 five convolutions of AlexNet, random seeded weights), layer conv5, 11 px occluder, stride 3, top
 10 images, ``--units`` units (default 4). There one naive (and per-target) measurement runs
 about 5,000 forwards of AlexNet, too slow for this machine: they are timed on their first
-``--sample`` batches of every measurement and extrapolated to all positions (their cost per pass
-is constant; ``*_extrapolated: yes`` says so); the fast method runs in full.
+``--sample`` batches of each of their ``--timed`` measurements and extrapolated to all positions
+and measurements (their cost per pass is constant; ``*_extrapolated: yes`` says so); the fast
+method runs in full.
 
 The model defaults to the built-in ``scene-cnn``; without its weights file, the same architecture
 with seeded random weights is used (``model:`` says which).

@@ -95,7 +95,8 @@ def dissect_run(loaded, source, layers, batch_size: int) -> tuple[float, float]:
     """Seconds of a whole ``dissect run``, and of its geometry probe."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        d = run_dissection(loaded, source, out, layers, batch_size=batch_size, progress=False)
+        d = run_dissection(loaded, source, out, layers, batch_size=batch_size, progress=False,
+                           workers=0)  # decoding in this process, as the bare loop  # fmt: skip
         return time.perf_counter() - start, float(d.manifest["probe_seconds"])
 
 
@@ -121,7 +122,7 @@ def main() -> None:
         module = build(family, args.width, args.size)
         loaded = LoadedModel(module, f"zoo:{family}", preprocess=preprocess)
         layers = list(FAMILIES[family][1])
-        bare = bare_loop(module, source, preprocess, args.batch_size)
+        bare = bare_loop(module, source, preprocess, args.batch_size, torch.device("cpu"))
         full, probe = dissect_run(loaded, source, layers, args.batch_size)
         forward_s, forward_kib = measure("forward", family, args)
         probe_s, probe_kib = measure("probe", family, args)
