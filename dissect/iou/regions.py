@@ -86,11 +86,9 @@ class RegionGroup:
 
     Attributes
     ----------
-    met : Tensor
-        (B * P, 1 + permutations) int16 (int32 where it would not fit): at every pixel of every
-        image (image after image), ``pairing * width + region``, the region there of the image
-        its unit masks meet under each pairing (column 0: its own), so a mask pixel's bins
-        under every pairing are one contiguous row.
+    regions : Tensor
+        (B, P) int16 (int32 where ``pairing * width + region`` would not fit): the region at
+        every pixel of every image (see :meth:`met`).
     rows : Tensor
         (1 + permutations, B) int64: the image each image's unit masks meet under each pairing.
     offset : Tensor
@@ -103,7 +101,7 @@ class RegionGroup:
         The most regions of an image.
     """
 
-    met: torch.Tensor
+    regions: torch.Tensor
     rows: torch.Tensor
     offset: torch.Tensor
     table: torch.Tensor
@@ -113,13 +111,24 @@ class RegionGroup:
     def to(self, device: torch.device | str) -> RegionGroup:
         """The same group on ``device``."""
         return RegionGroup(
-            self.met.to(device),
+            self.regions.to(device),
             self.rows.to(device),
             self.offset.to(device),
             self.table.to(device),
             self.pixels,
             self.width,
         )
+
+    def met(self, image: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """(m, 1 + permutations): at pixel ``where[i]`` of image ``image[i]`` (rows of the
+        batch), ``pairing * width + region``, the region there of the image its unit masks meet
+        under each pairing (column 0: its own), so that a mask pixel's bins under every pairing
+        are one row. Built for the pixels asked only: the whole table would hold 1 +
+        permutations values per pixel of the batch."""
+        partners = self.rows.T.index_select(0, image)  # (m, Q)
+        met = self.regions.reshape(-1)[partners * self.pixels + where[:, None]]
+        first = torch.arange(len(self.rows), dtype=met.dtype, device=met.device) * self.width
+        return met + first
 
     @classmethod
     def stack(
@@ -133,10 +142,8 @@ class RegionGroup:
         width = int(sizes.max())
         kind = torch.int16 if len(rows) * width < 2**15 else torch.int32
         regions = torch.stack([image.region.to(kind) for image in images])  # (B, P)
-        first = (torch.arange(len(rows), dtype=kind) * width)[None, :, None]
-        met = (regions[rows.T] + first).transpose(1, 2)  # (B, P, Q): image, pixel, pairing
         return cls(
-            met.reshape(-1, len(rows)),
+            regions,
             rows,
             sizes.cumsum(0) - sizes,
             torch.cat([image.hits for image in images]).double(),
@@ -194,7 +201,7 @@ class PairedCounts:
         step = max(1, CHUNK // count)
         for start in range(0, len(pair), step):
             some, where = pair[start : start + step], position[start : start + step]
-            met = group.met.index_select(0, images[some] * group.pixels + where)  # (m, Q)
+            met = group.met(images[some], where)  # (m, Q)
             keys = (some.to(kind) * (count * group.width))[:, None] + met
             found = torch.bincount(keys.reshape(-1), minlength=bins)
             key = found.nonzero().squeeze(1)
