@@ -16,6 +16,7 @@ from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.images import ImageReadError, Preprocess
 from dissect.iou import autolabel, samepass
+from dissect.iou import regions as regions_module
 from dissect.iou.concepts import ConceptBatch, ImageConcepts
 from dissect.iou.regions import PairedCounts, RegionGroup, region_concepts
 from dissect.iou.significance import PermutationNull
@@ -165,10 +166,12 @@ def random_concepts(generator, maps: int, pixels: int, concepts: int) -> ImageCo
     return ImageConcepts(pixel, torch.tensor([concepts - 1]), present)
 
 
+@pytest.mark.parametrize("table_bytes", [2**28, 0])  # the pairing table whole, or looked up
 @pytest.mark.parametrize(("maps", "concepts"), [(4, 68), (12, 300)])  # 300**12: no int64 key
-def test_region_counts_equal_pixel_counts_and_the_null(maps, concepts):
+def test_region_counts_equal_pixel_counts_and_the_null(maps, concepts, table_bytes, monkeypatch):
     """Counting through regions (all pairings at once) gives IoUStats' and PermutationNull's
     numbers, however many label maps an image has."""
+    monkeypatch.setattr(regions_module, "PAIRING_TABLE_BYTES", table_bytes)
     generator = torch.Generator().manual_seed(3)
     pixels, units, indices = 60, 5, [11, 4, 9, 30]
     images = [random_concepts(generator, maps, pixels, concepts) for _ in indices]
@@ -194,22 +197,27 @@ def test_region_counts_equal_pixel_counts_and_the_null(maps, concepts):
             np.testing.assert_array_equal(np.asarray(mine.state_dict()[key]), np.asarray(value))
 
 
-def test_the_pairing_table_holds_one_region_per_pixel_not_one_per_pairing():
-    """A batch's regions under 1 + P pairings are looked up for the mask pixels counted: the
-    group holds each pixel's region once (at batch 64, 224 px and 19 permutations the whole
-    table took 128 MB)."""
+def test_a_large_pairing_table_is_looked_up_not_held(monkeypatch):
+    """Past PAIRING_TABLE_BYTES a batch's regions under 1 + P pairings are looked up for the
+    mask pixels counted: the group holds each pixel's region once (at batch 64, 224 px and 19
+    permutations the whole table takes 128 MB), and reads what the whole table holds."""
     generator = torch.Generator().manual_seed(5)
     pixels, concepts, permutations, indices = 400, 20, 19, [3, 8, 1, 6, 2]
     images = [random_concepts(generator, 3, pixels, concepts) for _ in indices]
     regions = [region_concepts(concepts_of, concepts) for concepts_of in images]
+
     def held(group: RegionGroup) -> int:
         return sum(t.numel() for t in (group.regions, group.rows, group.offset, group.table))
 
+    whole = RegionGroup.stack(regions, indices, permutations, 7)
+    monkeypatch.setattr(regions_module, "PAIRING_TABLE_BYTES", 0)
     group = RegionGroup.stack(regions, indices, permutations, 7)
     alone = RegionGroup.stack(regions, indices, 0, 7)
+    assert whole.whole is not None and group.whole is None
     assert held(group) - held(alone) == permutations * len(indices)  # the partners alone
     image, where = torch.tensor([0, 4, 2, 2]), torch.tensor([0, 399, 17, 250])
     met = group.met(image, where)
+    assert torch.equal(met, whole.met(image, where))
     for i, (b, p) in enumerate(zip(image.tolist(), where.tolist(), strict=True)):
         for pairing in range(1 + permutations):
             partner = int(group.rows[pairing, b])

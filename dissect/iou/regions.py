@@ -29,6 +29,8 @@ from .tally import IoUStats
 
 #: Mask pixels x pairings gathered at once when counting.
 CHUNK = 2**22
+#: Bytes up to which a batch's pairing table is built whole (see RegionGroup.met).
+PAIRING_TABLE_BYTES = 2**28
 
 
 @dataclass
@@ -99,6 +101,9 @@ class RegionGroup:
         P, pixels of an image.
     width : int
         The most regions of an image.
+    whole : Tensor or None
+        (B * P, 1 + permutations): :meth:`met` of every pixel, where it takes at most
+        ``PAIRING_TABLE_BYTES``; None past that.
     """
 
     regions: torch.Tensor
@@ -107,6 +112,7 @@ class RegionGroup:
     table: torch.Tensor
     pixels: int
     width: int
+    whole: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> RegionGroup:
         """The same group on ``device``."""
@@ -117,14 +123,17 @@ class RegionGroup:
             self.table.to(device),
             self.pixels,
             self.width,
+            None if self.whole is None else self.whole.to(device),
         )
 
     def met(self, image: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         """(m, 1 + permutations): at pixel ``where[i]`` of image ``image[i]`` (rows of the
         batch), ``pairing * width + region``, the region there of the image its unit masks meet
         under each pairing (column 0: its own), so that a mask pixel's bins under every pairing
-        are one row. Built for the pixels asked only: the whole table would hold 1 +
-        permutations values per pixel of the batch."""
+        are one row. Read from ``whole`` where it was built (the faster), else looked up for
+        the pixels asked only."""
+        if self.whole is not None:
+            return self.whole.index_select(0, image * self.pixels + where)
         partners = self.rows.T.index_select(0, image)  # (m, Q)
         met = self.regions.reshape(-1)[partners * self.pixels + where[:, None]]
         first = torch.arange(len(self.rows), dtype=met.dtype, device=met.device) * self.width
@@ -142,7 +151,7 @@ class RegionGroup:
         width = int(sizes.max())
         kind = torch.int16 if len(rows) * width < 2**15 else torch.int32
         regions = torch.stack([image.region.to(kind) for image in images])  # (B, P)
-        return cls(
+        group = cls(
             regions,
             rows,
             sizes.cumsum(0) - sizes,
@@ -150,6 +159,11 @@ class RegionGroup:
             len(images[0].region),
             width,
         )
+        if regions.numel() * len(rows) * regions.element_size() <= PAIRING_TABLE_BYTES:
+            first = (torch.arange(len(rows), dtype=kind) * width)[None, :, None]
+            whole = (regions[rows.T] + first).transpose(1, 2)  # (B, P, Q): image, pixel, pairing
+            group.whole = whole.reshape(-1, len(rows))
+        return group
 
 
 class PairedCounts:
