@@ -296,12 +296,9 @@ class _Cells:
         last = ((pixel >= 0).sum(1) - 1).clamp(min=0)
         return cls(pixel, axis.low[at], axis.high[at], axis.rest[at], axis.weight[at], last)
 
-    def pick(self, cells: torch.Tensor) -> list[torch.Tensor]:
-        """Pixels, low, high, rest and weight of ``cells``, one row each."""
-        return [
-            getattr(self, name).index_select(0, cells)
-            for name in ("pixel", "low", "high", "rest", "weight")
-        ]
+    def pick(self, cells: torch.Tensor, *names: str) -> list[torch.Tensor]:
+        """The fields ``names`` (``pixel``, ``low``, ...) of ``cells``, one row each."""
+        return [getattr(self, name).index_select(0, cells) for name in names]
 
 
 def _count_cells(stats, maps, limit, cells, grid, pairs, concepts, null) -> None:
@@ -317,8 +314,10 @@ def _count_cells(stats, maps, limit, cells, grid, pairs, concepts, null) -> None
     computed as :func:`~dissect.upsample.upsample_maps` computes it.
     """
     (pair, row, column), (ys, xs, width), (image, unit) = cells, grid, pairs
-    pixel_y, _, _, rest_y, weight_y = ys.pick(row)  # (m, most) each
-    pixel_x, low_x, high_x, rest_x, weight_x = xs.pick(column)
+    pixel_y, rest_y, weight_y = ys.pick(row, "pixel", "rest", "weight")  # (m, most) each
+    pixel_x, low_x, high_x, rest_x, weight_x = xs.pick(
+        column, "pixel", "low", "high", "rest", "weight"
+    )
     rows = maps.reshape(-1, maps.shape[2])
     below = (row + 1).clamp(max=maps.shape[1] - 1)
     low_row = rows.index_select(0, pair * maps.shape[1] + row)  # (m, w): the cell's feature rows
