@@ -207,9 +207,7 @@ def explain_image(
         alive = np.flatnonzero(thresholds > 0)
         scores = peaks[alive] / thresholds[alive]
         chosen = alive[np.argsort(-scores, kind="stable")[:top]]
-        maps = upsample_maps(
-            acts[chosen][:, None], dissection.geometry(layer), preprocess.size
-        )
+        maps = upsample_maps(acts[chosen][:, None], dissection.geometry(layer), preprocess.size)
         maps = maps[:, 0].numpy()
         unit_masks = threshold_masks(maps, thresholds[chosen])
         for rank, (unit, mask) in enumerate(zip(chosen.tolist(), unit_masks, strict=True), 1):

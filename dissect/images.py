@@ -229,8 +229,7 @@ class Preprocess:
         spread = ",".join(f"{value:g}" for value in self.std)
         order = ", BGR" if self.bgr else ""
         return (
-            f"{resize}centre crop {crop}, {self.interpolation}, mean {numbers}, std {spread}"
-            f"{order}"
+            f"{resize}centre crop {crop}, {self.interpolation}, mean {numbers}, std {spread}{order}"
         )
 
 

@@ -151,7 +151,8 @@ def howto_section(counted: CountingRule) -> str:
     rule = counted.rule
     p_rule = f" and its permutation p-value at most {rule.max_p}" if rule.max_p is not None else ""
     q_rule = (
-        f" and its q-value at most {rule.fdr} (the significance rule)" if counted.significance
+        f" and its q-value at most {rule.fdr} (the significance rule)"
+        if counted.significance
         else ""
     )
     items = {
@@ -326,8 +327,10 @@ def units_note(dissection: Dissection, segmented: set[str]) -> str:
         return ""
     command = f"dissect segment {dissection.directory} --layers {','.join(missing)}"
     shown = f"Top images are shown for {', '.join(sorted(segmented))}. " if segmented else ""
-    return _note(f"{shown}Layer(s) {', '.join(missing)} have no segmented top images yet: run "
-                 f"{command}, then dissect report again.")
+    return _note(
+        f"{shown}Layer(s) {', '.join(missing)} have no segmented top images yet: run "
+        f"{command}, then dissect report again."
+    )
 
 
 @writes("directory")

@@ -52,9 +52,7 @@ def _numbers(labels: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_numeric(labels[column], errors="coerce")
 
 
-def detectors(
-    labels: pd.DataFrame, rule: DetectorRule | None = None, **loose: Any
-) -> pd.DataFrame:
+def detectors(labels: pd.DataFrame, rule: DetectorRule | None = None, **loose: Any) -> pd.DataFrame:
     """The rows of a labels table that count as detectors, with their semantic type.
 
     Parameters

@@ -38,6 +38,7 @@ BRODEN_MAPPING: dict[str, str] = {
     "scene": "scene",
 }
 
+
 @dataclass(frozen=True)
 class Taxonomy:
     """Semantic types and the mapping from label categories onto them.

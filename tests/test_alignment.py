@@ -33,7 +33,13 @@ DATA = "synthetic:6"
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("align") / "run"
     run_dissection(
-        SPEC, DATA, out, ["0", "2"], topk=3, quantile=0.05, progress=False,
+        SPEC,
+        DATA,
+        out,
+        ["0", "2"],
+        topk=3,
+        quantile=0.05,
+        progress=False,
         preprocess=_preprocess(),
     )
     return out

@@ -244,8 +244,9 @@ def test_detectors_are_counted_by_q_values_where_every_network_has_them(two, tmp
     a, b = copies
     labels_a = read_labels(a)
     # conv2 unit 0 (car, IoU 0.20) and unit 2 (house roof) fail q <= 0.05; the rest pass
-    labels_a["q_value"] = np.where(labels_a["unit"].isin([0, 2]) & (labels_a["layer"] == "conv2"),
-                                   0.2, 0.01)
+    labels_a["q_value"] = np.where(
+        labels_a["unit"].isin([0, 2]) & (labels_a["layer"] == "conv2"), 0.2, 0.01
+    )
     write_labels(a, "iou", labels_a)
     labels_b = read_labels(b)
     write_labels(b, "iou", labels_b.assign(q_value=0.01))

@@ -175,8 +175,12 @@ def test_import_writes_the_same_masks_in_the_broden_layout(tmp_path, kind, capsy
 def test_missing_annotations_are_one_line(tmp_path, kind, capsys):
     src = tmp_path / "src"
     {"ade20k": _ade, "voc": _voc, "coco-panoptic": _coco, "cityscapes": _cityscapes}[kind](src)
-    folder = {"ade20k": "annotations", "voc": "SegmentationClass", "coco-panoptic": "annotations",
-              "cityscapes": "gtFine"}[kind]
+    folder = {
+        "ade20k": "annotations",
+        "voc": "SegmentationClass",
+        "coco-panoptic": "annotations",
+        "cityscapes": "gtFine",
+    }[kind]
     for path in sorted((src / folder).rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     (src / folder).rmdir()

@@ -78,8 +78,9 @@ def test_rf_names_the_plot_folder(tmp_path, capsys):
     from dissect.streaming import run_dissection
 
     out = tmp_path / "run"
-    run_dissection(TINY_SPEC, "synthetic:4:3", out, ["conv1"], topk=1, preprocess=PREPROCESS,
-                   progress=False)
+    run_dissection(
+        TINY_SPEC, "synthetic:4:3", out, ["conv1"], topk=1, preprocess=PREPROCESS, progress=False
+    )
     argv = ["rf", str(out), "--units", "0", "--top", "1", "--occluder", "5", "--stride", "6"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -88,8 +89,20 @@ def test_rf_names_the_plot_folder(tmp_path, capsys):
 
 def test_run_time_includes_the_labelling(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["run", TINY_SPEC, "synthetic:6:3", "--out", str(out), "--iou", "--layers", "conv1",
-            "--image-size", "24", "--topk", "2"]
+    argv = [
+        "run",
+        TINY_SPEC,
+        "synthetic:6:3",
+        "--out",
+        str(out),
+        "--iou",
+        "--layers",
+        "conv1",
+        "--image-size",
+        "24",
+        "--topk",
+        "2",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "the rest labelling by IoU" in printed
@@ -106,7 +119,11 @@ for _ in range(2):
     assert main(["layers", "s.pt2", "--image-size", "32"]) == 0
 """
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr

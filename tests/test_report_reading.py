@@ -35,7 +35,12 @@ def report(tmp_path_factory) -> Path:
     """A report with labels (one detector, one best guess), segments and receptive fields."""
     out = tmp_path_factory.mktemp("reading") / "run"
     dissection = run_dissection(
-        TINY_SPEC, "synthetic:8:3", out, ["conv1", "conv2"], topk=3, preprocess=PREPROCESS,
+        TINY_SPEC,
+        "synthetic:8:3",
+        out,
+        ["conv1", "conv2"],
+        topk=3,
+        preprocess=PREPROCESS,
         progress=False,
     )
     labels = pd.DataFrame(
@@ -71,8 +76,9 @@ def test_detectors_and_best_guesses_look_different(report):
     rows = {label: kind for kind, label in re.findall(pattern, text)}
     assert rows["&lt;b&gt;car&lt;/b&gt;"] == "detector"
     assert rows["sky &amp; sea"] == "other"
-    guess = re.search(r'<td class="guess">sky &amp; sea <span class="tag">not a detector</span>',
-                      text)
+    guess = re.search(
+        r'<td class="guess">sky &amp; sea <span class="tag">not a detector</span>', text
+    )
     assert guess, "a non-detector's label is shown as a best guess"
     assert "<b>car</b>" not in text
     assert re.search(r"tr\.other td \{ color: #[0-9a-f]{6}; \}", text)  # greyed
@@ -102,11 +108,21 @@ def test_receptive_field_table_has_human_names(report):
 def test_rf_plots_follow_the_network_not_the_alphabet(tmp_path):
     out = tmp_path / "run"
     dissection = run_dissection(
-        TINY_SPEC, "synthetic:4:3", out, ["conv2", "conv1"], topk=2, preprocess=PREPROCESS,
+        TINY_SPEC,
+        "synthetic:4:3",
+        out,
+        ["conv2", "conv1"],
+        topk=2,
+        preprocess=PREPROCESS,
         progress=False,
     )
-    receptive_fields(dissection, dissection.layers, [0], OcclusionConfig(top=1, occluder=5,
-                     stride=6, batch_size=16), progress=False)
+    receptive_fields(
+        dissection,
+        dissection.layers,
+        [0],
+        OcclusionConfig(top=1, occluder=5, stride=6, batch_size=16),
+        progress=False,
+    )
     for name in ("rf_sizes.png", "rf_conv1.png", "rf_conv2.png"):
         (out / "plots").mkdir(exist_ok=True)
         (out / "plots" / name).write_bytes(b"\x89PNG stand-in")
@@ -118,8 +134,12 @@ def test_rf_plots_follow_the_network_not_the_alphabet(tmp_path):
 
 def test_type_bars_keep_clear_of_the_frame():
     types = pd.DataFrame(
-        {"layer": ["a", "b"], "category": ["object", "object"], "n_units": [3, 4],
-         "fraction": [0.5, 1.0]}
+        {
+            "layer": ["a", "b"],
+            "category": ["object", "object"],
+            "n_units": [3, 4],
+            "fraction": [0.5, 1.0],
+        }
     )
     axes = plot_type_distribution(types).axes[0]
     assert axes.get_ylim()[1] > 100 * 1.02
@@ -127,14 +147,21 @@ def test_type_bars_keep_clear_of_the_frame():
 
 def test_paper_comparison_axis_says_what_each_bar_measures(tmp_path):
     labels = pd.DataFrame(
-        {"layer": ["conv3", "pool5"], "unit": [0, 1], "label": ["car", "sky"],
-         "category": ["object", "material"], "iou": [0.2, 0.3], "source": ["iou", "iou"]}
+        {
+            "layer": ["conv3", "pool5"],
+            "unit": [0, 1],
+            "label": ["car", "sky"],
+            "category": ["object", "material"],
+            "iou": [0.2, 0.3],
+            "source": ["iou", "iou"],
+        }
     )
     types = layer_type_table(labels, ["conv3", "pool5"], {"conv3": 4, "pool5": 4})
     from dissect.plots.compare import plot_type_bars
 
-    figure = plot_type_bars(types.assign(network="ours", row=types["layer"]),
-                            ["conv3", "pool5"], zhou2015_types())
+    figure = plot_type_bars(
+        types.assign(network="ours", row=types["layer"]), ["conv3", "pool5"], zhou2015_types()
+    )
     label = figure.axes[0].get_ylabel()
     assert "units" in label and "annotations" in label
 
@@ -181,11 +208,25 @@ def browser_layout(page: Path, width: int) -> dict:
     probe.write_text(page.read_text(encoding="utf-8") + PROBE, encoding="utf-8")
     with tempfile.TemporaryDirectory() as profile:
         dom = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", f"--window-size={width},1600",
-             "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-            capture_output=True, text=True, timeout=120, check=False,
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},1600",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                probe.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         ).stdout
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert found, "the browser did not run the page"

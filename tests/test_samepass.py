@@ -12,13 +12,14 @@ from conftest import TINY_SPEC, make_image_folder
 from test_iou import PREPROCESS, TinyWorld
 
 from dissect.cli import main
+from dissect.datasets.masks import Segmentation
 from dissect.dissection import Dissection
 from dissect.errors import DissectError
 from dissect.images import ImageReadError, Preprocess
 from dissect.iou import autolabel, samepass
 from dissect.iou import regions as regions_module
-from dissect.iou.concepts import ConceptBatch, ImageConcepts
-from dissect.iou.regions import PairedCounts, RegionGroup, region_concepts
+from dissect.iou.concepts import ConceptBatch, ConceptIndex, ImageConcepts
+from dissect.iou.regions import PairedCounts, RegionGroup, region_concepts, segmentation_regions
 from dissect.iou.significance import PermutationNull
 from dissect.iou.tally import IoUStats
 from dissect.running_stats import TailQuantile
@@ -195,6 +196,40 @@ def test_region_counts_equal_pixel_counts_and_the_null(maps, concepts, table_byt
     for mine, theirs in zip([real, *paired_null.counts], [stats, *null.counts], strict=True):
         for key, value in theirs.state_dict().items():
             np.testing.assert_array_equal(np.asarray(mine.state_dict()[key]), np.asarray(value))
+
+
+@pytest.mark.parametrize(
+    ("shape", "preprocess"),
+    [
+        ((30, 50), Preprocess(16)),  # shrunk, the sides cropped
+        ((7, 9), Preprocess((20, 12))),  # enlarged, non-square
+        ((16, 16), Preprocess(16)),  # the input's size: kept as it is
+        ((12, 20), Preprocess(16, resize=24)),  # resized past the input, then cropped
+        ((3, 400), Preprocess(8)),  # a long strip: only the part the crop keeps is resampled
+    ],
+)
+def test_regions_of_the_label_maps_equal_regions_of_the_resized_maps(shape, preprocess):
+    """``dissect run --iou``'s loader finds the regions at the label maps' size and resizes the
+    region map: the same regions, numbered the same, as resizing every label map first."""
+    rng = np.random.default_rng(5)
+    categories = ["object", "object", "part", "part", "color", "scene"]
+    concepts = pd.DataFrame({"number": [1, 2, 3, 5, 8, 9], "name": list("abcdef"),
+                             "category": categories})  # fmt: skip
+    index = ConceptIndex(concepts)
+    segmentation = Segmentation(
+        pixel={  # numbers 4 and 7 are not in the table; 2 is also image-level; 3 is in two maps
+            "object": [rng.choice([0, 1, 2, 4], shape), rng.choice([0, 1, 3], shape)],
+            "part": [rng.choice([0, 3, 5, 7], shape)],
+            "color": [rng.choice([8, 0], shape)],
+        },
+        image={"object": [2], "scene": [9]},
+    )
+    mine = segmentation_regions(segmentation, index, preprocess)
+    expected = region_concepts(index.image_concepts(segmentation, preprocess), len(index))
+    assert mine.region.dtype == expected.region.dtype
+    np.testing.assert_array_equal(mine.region.numpy(), expected.region.numpy())
+    np.testing.assert_array_equal(mine.hits.numpy(), expected.hits.numpy())
+    assert len(mine.hits) > 4  # a real test: many regions
 
 
 def test_a_large_pairing_table_is_looked_up_not_held(monkeypatch):

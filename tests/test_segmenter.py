@@ -87,8 +87,11 @@ def _folder(tmp_path, sizes):
 def test_masks_come_back_at_each_image_size_one_forward_per_batch(tmp_path):
     segmenter = Fixed(_scores())
     source = PredictedSource(
-        _folder(tmp_path, [(4, 6), (8, 12), (2, 3), (6, 6), (4, 6)]), segmenter, TABLE,
-        batch_size=2, device="cpu",
+        _folder(tmp_path, [(4, 6), (8, 12), (2, 3), (6, 6), (4, 6)]),
+        segmenter,
+        TABLE,
+        batch_size=2,
+        device="cpu",
     )
     for index in range(len(source)):
         rgb = source.read_rgb(index)
@@ -101,8 +104,11 @@ def test_masks_come_back_at_each_image_size_one_forward_per_batch(tmp_path):
 
 def test_segmenter_output_with_the_wrong_batch_is_refused(tmp_path):
     source = PredictedSource(
-        _folder(tmp_path, [(4, 6)] * 3), Fixed(torch.zeros(1, 5, 2, 3)[:, :, :, :]).eval(),
-        TABLE, batch_size=3, device="cpu",
+        _folder(tmp_path, [(4, 6)] * 3),
+        Fixed(torch.zeros(1, 5, 2, 3)[:, :, :, :]).eval(),
+        TABLE,
+        batch_size=3,
+        device="cpu",
     )
     source.model.module.forward = lambda x: torch.zeros(1, 5, 2, 3)
     with pytest.raises(DissectError, match="score maps for a batch of 3"):
@@ -134,14 +140,46 @@ def test_labels_from_an_exact_segmenter_equal_those_from_true_masks(tmp_path, ca
     (tmp_path / "oracle.py").write_text(textwrap.dedent(ORACLE))
     table = pd.DataFrame({"index": range(len(COLORS)), "name": COLORS, "category": "color"})
     table.to_csv(tmp_path / "colours.csv", index=False)
-    common = ["scene-cnn", "synthetic:48:3", "--layers", "conv1", "--topk", "5", "--iou",
-              "--batch-size", "16", "--device", "cpu"]
+    common = [
+        "scene-cnn",
+        "synthetic:48:3",
+        "--layers",
+        "conv1",
+        "--topk",
+        "5",
+        "--iou",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+    ]
     assert main(["run", *common, "--out", str(tmp_path / "true")]) == 0
-    segmenter = ["--segmenter", f"{tmp_path / 'oracle.py'}:oracle",
-                 "--concepts", str(tmp_path / "colours.csv"), "--segmenter-size", "112",
-                 "--segmenter-mean", "0.5,0.5,0.5", "--segmenter-std", "0.25,0.25,0.25"]
-    assert main(["run", *common, "--out", str(tmp_path / "pred"), *segmenter,
-                 "--save-masks", str(tmp_path / "masks")]) == 0
+    segmenter = [
+        "--segmenter",
+        f"{tmp_path / 'oracle.py'}:oracle",
+        "--concepts",
+        str(tmp_path / "colours.csv"),
+        "--segmenter-size",
+        "112",
+        "--segmenter-mean",
+        "0.5,0.5,0.5",
+        "--segmenter-std",
+        "0.25,0.25,0.25",
+    ]
+    assert (
+        main(
+            [
+                "run",
+                *common,
+                "--out",
+                str(tmp_path / "pred"),
+                *segmenter,
+                "--save-masks",
+                str(tmp_path / "masks"),
+            ]
+        )
+        == 0
+    )
     assert "masks predicted by" in capsys.readouterr().out
 
     def colour_iou(directory):
@@ -152,8 +190,22 @@ def test_labels_from_an_exact_segmenter_equal_those_from_true_masks(tmp_path, ca
 
     true, pred = colour_iou(tmp_path / "true"), colour_iou(tmp_path / "pred")
     np.testing.assert_allclose(pred.to_numpy(), true.to_numpy(), atol=1e-6)
-    assert main(["autolabel", str(tmp_path / "pred"), "--permutations", "0", "--batch-size", "16",
-                 "--device", "cpu", *segmenter]) == 0
+    assert (
+        main(
+            [
+                "autolabel",
+                str(tmp_path / "pred"),
+                "--permutations",
+                "0",
+                "--batch-size",
+                "16",
+                "--device",
+                "cpu",
+                *segmenter,
+            ]
+        )
+        == 0
+    )
     np.testing.assert_allclose(colour_iou(tmp_path / "pred").to_numpy(), true.to_numpy(), atol=1e-6)
     assert true.to_numpy().max() > 0.04  # the units do detect colours
     labels = read_labels(tmp_path / "pred")
@@ -162,8 +214,18 @@ def test_labels_from_an_exact_segmenter_equal_those_from_true_masks(tmp_path, ca
     assert main(["report", str(tmp_path / "pred")]) == 0
     page = (tmp_path / "pred" / "report" / "index.html").read_text()
     assert f"iou (masks predicted by {tmp_path / 'oracle.py'}:oracle)" in page
-    assert main(["compare", str(tmp_path / "true"), str(tmp_path / "pred"),
-                 "--out", str(tmp_path / "cmp")]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp_path / "true"),
+                str(tmp_path / "pred"),
+                "--out",
+                str(tmp_path / "cmp"),
+            ]
+        )
+        == 0
+    )
     networks = pd.read_csv(tmp_path / "cmp" / "networks.csv", keep_default_na=False)
     assert list(networks["segmenter"]) == ["", f"{tmp_path / 'oracle.py'}:oracle"]
     saved = open_data(str(tmp_path / "masks"))
@@ -207,8 +269,23 @@ def test_segment_recipe_keeps_every_epoch(tmp_path, capsys):
     from dissect.zoo.train import main as train
 
     out = tmp_path / "fcn.pt"
-    args = ["--task", "segment", "--out", str(out), "--images", "8", "--val-images", "4",
-            "--epochs", "2", "--batch-size", "4", "--threads", "1", "--keep-epochs"]
+    args = [
+        "--task",
+        "segment",
+        "--out",
+        str(out),
+        "--images",
+        "8",
+        "--val-images",
+        "4",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--keep-epochs",
+    ]
     assert train(args) == 0
     assert "mIoU: object" in capsys.readouterr().out
     first, last = (torch.load(tmp_path / f"fcn.epoch{n}.pt", weights_only=True) for n in (1, 2))

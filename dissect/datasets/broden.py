@@ -16,6 +16,7 @@ A Broden directory holds:
 from __future__ import annotations
 
 import csv
+import functools
 import posixpath
 import re
 import warnings
@@ -57,6 +58,28 @@ def _safe_relative(text: str, where: str) -> str:
             "relative paths inside images/. Fix or remove that row."
         )
     return normal
+
+
+class _NumberSet:
+    """A set of non-negative integers asked about whole arrays at once: a lookup table up to
+    ``TABLE`` (concept numbers are small), ``np.isin`` past it."""
+
+    TABLE = 2**20
+
+    def __init__(self, numbers: np.ndarray):
+        self.numbers = np.unique(np.asarray(numbers, dtype=np.int64))
+        top = int(self.numbers.max(initial=-1))
+        self.table = None
+        if top < self.TABLE:
+            self.table = np.zeros(top + 2, dtype=bool)  # the last entry: past the top, False
+            self.table[self.numbers[self.numbers >= 0]] = True
+
+    def holds(self, values: np.ndarray) -> np.ndarray:
+        """Elementwise: whether each value is in the set."""
+        if self.table is None:
+            return np.isin(values, self.numbers)
+        inside = np.clip(values, 0, len(self.table) - 1)
+        return self.table[inside] & (values >= 0)
 
 
 def decode_label_png(rgb: np.ndarray) -> np.ndarray:
@@ -121,7 +144,7 @@ class BrodenDataset(SegmentedSource):
         for row, cell in enumerate(self.index["image"]):
             _safe_relative(cell, f"index.csv row {row + 1}")
         self.spec = str(self.root)
-        self._known = set(self.concepts["number"].tolist())
+        self._known = _NumberSet(self.concepts["number"].to_numpy())
         #: Pixels (of the label images) of each concept number that label.csv does not list.
         self.unknown_codes: dict[int, int] = {}
         scenes = self.concepts[self.concepts["category"] == "scene"].sort_values("number")
@@ -139,10 +162,14 @@ class BrodenDataset(SegmentedSource):
     def __len__(self) -> int:
         return len(self.index)
 
+    @functools.cached_property
+    def _images_root(self) -> Path:
+        return self.images_dir.resolve()
+
     def _path(self, text: str, row: int) -> Path:
         relative = _safe_relative(text, f"index.csv row {row + 1}")
         path = (self.images_dir / relative).resolve()
-        if self.images_dir.resolve() not in path.parents:
+        if self._images_root not in path.parents:
             raise DissectError(
                 f"index.csv row {row + 1}: {text!r} resolves outside {str(self.images_dir)!r} "
                 "(a link?); dissect reads only files inside the dataset."
@@ -180,18 +207,22 @@ class BrodenDataset(SegmentedSource):
         if image.mode in ("L", "I", "I;16", "I;16B", "I;16L"):
             labels = np.asarray(image).astype(np.int32)
         else:
-            labels = decode_label_png(np.asarray(image.convert("RGB")))
-        codes, counts = np.unique(labels, return_counts=True)
+            labels = decode_label_png(
+                np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+            )
+        unknown = (labels != 0) & ~self._known.holds(labels)
+        if not unknown.any():
+            return labels
+        codes, counts = np.unique(labels[unknown], return_counts=True)
         for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
-            if code and code not in self._known:
-                if code not in self.unknown_codes:
-                    warnings.warn(
-                        f"label image {token!r} holds concept number {code}, which label.csv "
-                        "does not list: its pixels count as unlabelled (counted in "
-                        "unknown_codes).",
-                        stacklevel=3,
-                    )
-                self.unknown_codes[code] = self.unknown_codes.get(code, 0) + count
+            if code not in self.unknown_codes:
+                warnings.warn(
+                    f"label image {token!r} holds concept number {code}, which label.csv "
+                    "does not list: its pixels count as unlabelled (counted in "
+                    "unknown_codes).",
+                    stacklevel=3,
+                )
+            self.unknown_codes[code] = self.unknown_codes.get(code, 0) + count
         return labels
 
     def segmentation(self, index: int) -> Segmentation:

@@ -70,15 +70,22 @@ class ConceptIndex:
         inside = (numbers >= 0) & (numbers < len(self._column))
         return np.where(inside, self._column[np.clip(numbers, 0, len(self._column) - 1)], -1)
 
-    def image_concepts(self, segmentation, preprocess: Preprocess) -> ImageConcepts:
-        """Bring one image's :class:`~dissect.datasets.Segmentation` to the network input."""
-        pixels = preprocess.size[0] * preprocess.size[1]
+    def image_concepts(self, segmentation, preprocess: Preprocess | None) -> ImageConcepts:
+        """Bring one image's :class:`~dissect.datasets.Segmentation` to the network input
+        (``preprocess`` None: keep its label maps at their own size, which they must share and
+        there must be one)."""
+        fit = np.asarray if preprocess is None else preprocess.display_labels
         maps = [
-            self.columns(preprocess.display_labels(label_map)).reshape(-1)
+            self.columns(fit(label_map)).reshape(-1)
             for category in segmentation.pixel
             for label_map in segmentation.pixel[category]
         ]
-        pixel = np.stack(maps) if maps else np.full((0, pixels), -1, dtype=np.int64)
+        if maps:
+            pixel = np.stack(maps)
+        elif preprocess is None:
+            raise ValueError("image_concepts without preprocess needs a pixel-level label map")
+        else:
+            pixel = np.full((0, preprocess.size[0] * preprocess.size[1]), -1, dtype=np.int64)
         image = self.columns(
             [number for numbers in segmentation.image.values() for number in numbers]
         )

@@ -307,4 +307,3 @@ def _batches(source, dissection: Dissection, setup: IoUSetup, shard: list[int], 
         return data_loader(dataset, size, collate, workers, device)
 
     return batches
-

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .concepts import ImageConcepts
+from ..datasets.masks import Segmentation
+from ..images import Preprocess
+from .concepts import ConceptIndex, ImageConcepts
 from .significance import PermutationNull, partners
 from .tally import IoUStats
 
@@ -78,8 +80,34 @@ def region_concepts(image: ImageConcepts, concepts: int) -> RegionConcepts:
     hits[rows, combinations[rows, maps]] = True
     hits[:, image.image.numpy()] = True
     hits[:, concepts:] = present
+    return _regions(region.reshape(-1), hits)
+
+
+def _regions(region: np.ndarray, hits: np.ndarray) -> RegionConcepts:
     kind = torch.int16 if len(hits) < 2**15 else torch.int32
-    return RegionConcepts(torch.from_numpy(region.reshape(-1)).to(kind), torch.from_numpy(hits))
+    return RegionConcepts(torch.from_numpy(region).to(kind), torch.from_numpy(hits))
+
+
+def segmentation_regions(
+    segmentation: Segmentation, index: ConceptIndex, preprocess: Preprocess
+) -> RegionConcepts:
+    """The :class:`RegionConcepts` of one image's label maps at the network input.
+
+    The same as ``region_concepts(index.image_concepts(segmentation, preprocess), len(index))``,
+    found at the label maps' own size: every step before the regions is pixel by pixel and the
+    resize to the input is nearest-neighbour (each input pixel takes one label-map pixel, the
+    same one in every map), so the region map is resized instead of every label map, and the
+    regions it no longer holds (cropped away, or between the pixels taken) are dropped, the
+    others keeping their order.
+    """
+    shapes = {np.shape(label_map) for maps in segmentation.pixel.values() for label_map in maps}
+    if len(shapes) != 1:  # no pixel-level map, or maps of several sizes: resize each
+        return region_concepts(index.image_concepts(segmentation, preprocess), len(index))
+    found = region_concepts(index.image_concepts(segmentation, None), len(index))
+    region = preprocess.display_labels(found.region.numpy().reshape(shapes.pop()))
+    kept = np.bincount(region.reshape(-1), minlength=len(found.hits)) > 0
+    number = np.cumsum(kept) - 1
+    return _regions(number[region.reshape(-1)], found.hits.numpy()[kept])
 
 
 @dataclass

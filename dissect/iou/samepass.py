@@ -46,7 +46,7 @@ from ..passes import BaseListener
 from ..taxonomy import DEFAULT_TAXONOMY
 from .concepts import ConceptIndex, segmented_source
 from .labelling import write_outputs
-from .regions import PairedCounts, RegionConcepts, RegionGroup, region_concepts
+from .regions import PairedCounts, RegionConcepts, RegionGroup, segmentation_regions
 from .significance import PermutationNull
 from .tally import IoUStats, count_maps
 
@@ -86,8 +86,8 @@ class _LabelledDataset(TensorDataset):
             segmentation = self.source.segmentation(image)
         except ImageReadError as error:
             return image, tensor, reason, None, str(error)
-        concepts = self.index.image_concepts(segmentation, self.preprocess)
-        return image, tensor, reason, region_concepts(concepts, len(self.index)), ""
+        regions = segmentation_regions(segmentation, self.index, self.preprocess)
+        return image, tensor, reason, regions, ""
 
 
 def _collate(items) -> LabelledBatch:

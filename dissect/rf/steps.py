@@ -146,8 +146,6 @@ def chain_steps(module: nn.Module, layer: str, image: torch.Tensor) -> list[Step
     return steps if same else None
 
 
-
-
 def changed_span(step: Step, axis: int, lo: np.ndarray, hi: np.ndarray, length: int):
     """The outputs ``[lo', hi']`` of ``step`` (along ``axis``, ``length`` of them) that read an
     input in ``[lo, hi]``: output ``i`` reads inputs ``i * stride - padding + 0..reach``."""

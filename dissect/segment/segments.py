@@ -209,9 +209,7 @@ class LayerMaps:
         if config.rule == "disk":
             fraction = config.disk_fraction if fraction is None else fraction
             thresholds = peak_thresholds(maps, fraction).astype(np.float32)
-            masks = disk_masks(
-                maps, self.centres_y, self.centres_x, size, config.rf_size, fraction
-            )
+            masks = disk_masks(maps, self.centres_y, self.centres_x, size, config.rf_size, fraction)
         else:
             if fraction is None:
                 thresholds = np.full(len(upsampled), self.thresholds[row], dtype=np.float32)

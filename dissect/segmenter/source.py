@@ -115,9 +115,9 @@ class PredictedSource(SegmentedSource):
             return rgbs, result
         preprocess = self.preprocess
         size = preprocess.size
-        batch = torch.stack(
-            [preprocess.tensor(_stretch(rgb, size)) for rgb in rgbs.values()]
-        ).to(self.device)
+        batch = torch.stack([preprocess.tensor(_stretch(rgb, size)) for rgb in rgbs.values()]).to(
+            self.device
+        )
         module = self.model.module.to(self.device).eval()
         with torch.inference_mode():
             scores = module(batch)

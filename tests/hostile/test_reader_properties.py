@@ -130,9 +130,7 @@ def test_label_studio_json(packaged, data):
             "from_name": st.sampled_from(["concept", "category", "mismatch", "x"]),
             "value": st.one_of(
                 _JSON,
-                st.fixed_dictionaries(
-                    {"text": st.lists(st.text(max_size=6), max_size=2)}
-                ),
+                st.fixed_dictionaries({"text": st.lists(st.text(max_size=6), max_size=2)}),
                 st.fixed_dictionaries({"choices": st.lists(st.sampled_from(TYPES), max_size=2)}),
             ),
         }

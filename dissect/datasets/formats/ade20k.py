@@ -21,8 +21,12 @@ import pandas as pd
 from ...errors import DissectError
 from .common import AnnotatedFolder, concept_frame, paired, read_index_png, require
 
-SPLITS = {"train": "training", "val": "validation", "training": "training",
-          "validation": "validation"}
+SPLITS = {
+    "train": "training",
+    "val": "validation",
+    "training": "training",
+    "validation": "validation",
+}
 
 
 class ADE20K(AnnotatedFolder):

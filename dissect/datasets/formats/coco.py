@@ -29,8 +29,9 @@ class CocoPanoptic(AnnotatedFolder):
     def __init__(self, root: str | Path, split: str = "val"):
         self.root = Path(root)
         get = "download COCO's panoptic_annotations_trainval2017.zip and <split>2017.zip"
-        path = require(self.root / "annotations" / f"panoptic_{split}2017.json",
-                       "COCO panoptic JSON", get)
+        path = require(
+            self.root / "annotations" / f"panoptic_{split}2017.json", "COCO panoptic JSON", get
+        )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             categories = data["categories"]
@@ -44,8 +45,9 @@ class CocoPanoptic(AnnotatedFolder):
         ]
         self.concepts = concept_frame(rows, f"{path.name} categories")
         images = require(self.root / f"{split}2017", "COCO image folder", get)
-        masks = require(self.root / "annotations" / f"panoptic_{split}2017",
-                        "COCO panoptic PNG folder", get)
+        masks = require(
+            self.root / "annotations" / f"panoptic_{split}2017", "COCO panoptic PNG folder", get
+        )
         self.items, self._segments = [], {}
         for entry in sorted(annotations, key=lambda a: str(a["file_name"])):
             image = files.get(int(entry["image_id"]))

@@ -113,9 +113,7 @@ def paired(
     ``annotations`` (the same sub-folders); none found at all is an error."""
     from ...images import IMAGE_EXTENSIONS
 
-    found = sorted(
-        path for path in images.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    found = sorted(path for path in images.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
     items = []
     for path in found:
         relative = path.relative_to(images)

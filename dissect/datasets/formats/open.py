@@ -28,8 +28,12 @@ def open_format(kind: str, root: str | Path, split: str = "val", **options) -> S
     from .coco import CocoPanoptic
     from .voc import PascalVOC
 
-    readers = {"ade20k": ADE20K, "voc": PascalVOC, "coco-panoptic": CocoPanoptic,
-               "cityscapes": Cityscapes}
+    readers = {
+        "ade20k": ADE20K,
+        "voc": PascalVOC,
+        "coco-panoptic": CocoPanoptic,
+        "cityscapes": Cityscapes,
+    }
     if kind not in readers:
         raise DissectError(f"unknown dataset format {kind!r}; one of {', '.join(FORMATS)}.")
     if not Path(root).is_dir():

@@ -23,9 +23,26 @@ from .common import AnnotatedFolder, concept_frame, inside, read_index_png, requ
 
 #: VOC's classes in index order (0 is background).
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 
@@ -65,8 +82,11 @@ class PascalVOC(AnnotatedFolder):
         if not ids:
             raise DissectError(f"VOC: no annotation PNG in {str(labels)!r} and no {listing.name}.")
         self.items = [
-            (name, inside(images, f"{name}.jpg", listing.name),
-             inside(labels, f"{name}.png", listing.name))
+            (
+                name,
+                inside(images, f"{name}.jpg", listing.name),
+                inside(labels, f"{name}.png", listing.name),
+            )
             for name in ids
         ]
         rows = read_classes(Path(classes)) if classes else list(enumerate(VOC_CLASSES, start=1))
