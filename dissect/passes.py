@@ -344,6 +344,18 @@ class _Driver:
             )
         return size // 2
 
+    def leave_channels_last(self, reason: str, state: PassState) -> None:
+        """After an error in channels-last memory format: the network and its batches in the
+        default format from now on; say so once."""
+        self.channels_last = False
+        self.job.module.to(memory_format=torch.contiguous_format)
+        warnings.warn(
+            f"{self.job.desc}: the network raised an error in channels-last memory format "
+            f"({reason}); running it in the default format from image {state.done} of this "
+            "shard (the last saved state).",
+            stacklevel=4,
+        )
+
     def tell(self, size: int, state: PassState) -> None:
         """Say once that the batches were halved, and from where the pass goes on."""
         job = self.job
@@ -394,7 +406,8 @@ def _attempts(
     job: PassJob, listeners: Mapping[str, Listener], channels_last: bool
 ) -> tuple[PassState, _Driver]:
     """The pass, again from the last saved state with half the batch size after each
-    out-of-memory error."""
+    out-of-memory error, and in the default memory format after any other error in
+    channels-last format (a network whose code assumes contiguous tensors, as ``x.view``)."""
     state = resume_state(job, listeners)
     bar = tqdm(
         total=job.total, initial=state.done, unit="img", desc=job.desc, disable=not job.progress
@@ -415,12 +428,18 @@ def _attempts(
                 driver.run(state, size, bar, stop)
                 break
             except RuntimeError as error:  # torch.OutOfMemoryError is one
-                if not out_of_memory(error):
+                memory = out_of_memory(error)
+                if not memory and not driver.channels_last:
                     raise
+                reason = "" if memory else f"{type(error).__name__}: {error}".splitlines()[0]
             # out of the handler: the failed batch's tensors went with the traceback
-            size = driver.back_off(size)
+            if memory:
+                size = driver.back_off(size)
             state = resume_state(job, listeners)  # nothing of the failed batch is kept
-            driver.tell(size, state)
+            if memory:
+                driver.tell(size, state)
+            else:
+                driver.leave_channels_last(reason, state)
             bar.reset(job.total)
             bar.update(state.done)
     bar.close()

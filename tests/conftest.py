@@ -56,6 +56,18 @@ def geometry_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> Pat
     return folder
 
 
+@pytest.fixture(scope="module")
+def contiguous_forward() -> Iterator[None]:
+    """The forward in the default memory format, for the modules whose tests compare passes
+    over other batches (other sizes, a per-image brute force) to the pixel. T is itself a
+    feature value, so some pixel sits at T; the tiny networks' convolutions round differently
+    from one batch size to another in either format (oneDNN picks its kernels by shape), and
+    in channels-last format that moves pixels at these thresholds across T."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISSECT_CHANNELS_LAST", "0")
+        yield
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")

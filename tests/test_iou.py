@@ -27,6 +27,8 @@ from dissect.models import load_model
 from dissect.streaming import run_dissection
 from dissect.upsample import upsample_maps
 
+pytestmark = pytest.mark.usefixtures("contiguous_forward")
+
 PREPROCESS = Preprocess(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 CONCEPTS = pd.DataFrame(
     {

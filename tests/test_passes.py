@@ -10,6 +10,7 @@ from dissect.checkpoint import Checkpoint
 from dissect.config import ResumeConfig
 from dissect.errors import DissectError
 from dissect.images import Batch
+from dissect.on_device import wants_channels_last
 from dissect.passes import BaseListener, KeptOutputs, PassJob, run_pass
 
 
@@ -270,7 +271,8 @@ def test_out_of_memory_with_one_image_is_one_clear_error():
 def test_other_runtime_errors_are_not_taken_for_out_of_memory():
     broken = job(batches=lambda start: sized_batches(start, 4))
     broken.module = nn.Sequential(nn.Conv2d(5, 4, 3)).eval()  # 3 channels come in
-    with pytest.raises(RuntimeError, match="channels"):
+    channels_last = pytest.warns(UserWarning, match="running it in the default format")
+    with pytest.raises(RuntimeError, match="channels"), channels_last:
         run_pass(
             PassJob(
                 broken.module,
@@ -319,11 +321,76 @@ def test_bfloat16_forward_feeds_float32_listeners(stream):
         )
 
 
+class Layouts(BaseListener):
+    """Whether each output it is handed is in channels-last memory format."""
+
+    def __init__(self):
+        self.channels_last: set[bool] = set()
+
+    def add(self, layer, output, batch):
+        self.channels_last.add(output.is_contiguous(memory_format=torch.channels_last))
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def merge(self, state):
+        pass
+
+
 def test_channels_last_memory_format_changes_nothing_but_rounding():
-    reference, kept = KeptOutputs(), KeptOutputs()
-    run_pass(job(), {"kept": reference})
-    forced = job(memory_format=True)
-    run_pass(forced, {"kept": kept})
+    reference, kept, layouts = KeptOutputs(), KeptOutputs(), Layouts()
+    run_pass(job(memory_format=False), {"kept": reference})
+    default = job()
+    run_pass(default, {"kept": kept, "layouts": layouts})
+    assert layouts.channels_last == {True}  # a convolutional network on the CPU: by default
     for layer in ("0", "2"):
         torch.testing.assert_close(kept.output(layer), reference.output(layer))
-    assert forced.module[0].weight.is_contiguous()  # the network is given back as it came
+    assert default.module[0].weight.is_contiguous()  # the network is given back as it came
+
+
+class Viewed(nn.Module):
+    """A network whose code assumes contiguous tensors (``view`` of a convolution's output)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 3)
+        self.head = nn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x):
+        y = self.conv2(torch.relu(self.conv1(x)))
+        return self.head(y.view(len(y), -1))
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_network_that_fails_in_channels_last_runs_in_the_default_format(tmp_path, stream):
+    """The fallback: the pass goes on from its last saved state in contiguous format and says
+    so once; the result is that of a contiguous pass."""
+    reference, kept = KeptOutputs(), KeptOutputs()
+    contiguous = job(memory_format=False, stream=stream)
+    contiguous.module, contiguous.layers = Viewed().eval(), ["conv1", "head"]
+    run_pass(contiguous, {"kept": reference})
+    viewed = job(stream=stream, checkpoint=Checkpoint(tmp_path, {"run": 1}))
+    viewed.module, viewed.layers = Viewed().eval(), ["conv1", "head"]
+    with pytest.warns(UserWarning, match="error in channels-last memory format .*view"):
+        state = run_pass(viewed, {"kept": kept})
+    assert state.done == len(IMAGES)
+    for layer in ("conv1", "head"):
+        assert torch.equal(kept.output(layer), reference.output(layer))
+    assert viewed.module.conv1.weight.is_contiguous()
+
+
+def test_the_environment_decides_the_memory_format(monkeypatch):
+    convolutional, cpu = network(), torch.device("cpu")
+    assert wants_channels_last(convolutional, cpu)
+    assert not wants_channels_last(nn.Sequential(nn.Linear(3, 3)), cpu)
+    monkeypatch.setenv("DISSECT_CHANNELS_LAST", "0")
+    assert not wants_channels_last(convolutional, cpu)
+    monkeypatch.setenv("DISSECT_CHANNELS_LAST", "1")
+    assert wants_channels_last(nn.Sequential(nn.Linear(3, 3)), cpu)
+    monkeypatch.setenv("DISSECT_CHANNELS_LAST", "yes")
+    with pytest.raises(DissectError, match="DISSECT_CHANNELS_LAST='yes': use 1"):
+        wants_channels_last(convolutional, cpu)

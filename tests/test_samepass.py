@@ -25,6 +25,8 @@ from dissect.iou.tally import IoUStats
 from dissect.running_stats import TailQuantile
 from dissect.streaming import run_dissection
 
+pytestmark = pytest.mark.usefixtures("contiguous_forward")
+
 LAYERS = ["conv1", "conv2"]
 BIG = Preprocess(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # conv1: 11 x 4096 values, sampled
 WIDE = Preprocess((24, 40), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
