@@ -12,7 +12,9 @@ included) on the same images.
   ``iou_vs_run``, and ``dissect run --iou`` with its default null (p-, z- and q-values of every
   label counted in the same pass) after it;
 - the floor: a bare forward loop (``model(x)`` under ``inference_mode``) over the same images,
-  with the same loader and batch size, timed before and after ours (the smaller is used);
+  with the same loader and batch size, timed before and after ours (the smaller is used); and
+  the same loop in channels-last memory format, as dissect runs a convolutional network (it
+  prints ``labelled_run_vs_channels_last_forward`` against it);
 - baseline, as NetDissect-Lite does it: one pass keeping the features of every image (float64,
   as its memmaps), the exact per-unit quantile over all of them, then a second pass reading the
   concept masks, upsampling every unit's map of every image with a plain bilinear resize
@@ -161,17 +163,20 @@ def ours(
         dissect.streaming.layer_geometry = probe
 
 
-def bare_loop(data: str, batch_size: int) -> tuple[float, float]:
-    """(wall, CPU) seconds of the same loader feeding ``model(x)`` with nothing else."""
+def bare_loop(data: str, batch_size: int, channels_last: bool = False) -> tuple[float, float]:
+    """(wall, CPU) seconds of the same loader feeding ``model(x)`` with nothing else (in
+    channels-last memory format, as dissect runs a convolutional network, if asked)."""
     from dissect.datasets import open_data
     from dissect.images import make_loader
 
     clock = Clock()
     loaded, source = loaded_model(), open_data(data)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    module = loaded.module.to(memory_format=layout)
     loader = make_loader(source, loaded.preprocess, range(len(source)), batch_size)
     with torch.inference_mode():
         for batch in loader:
-            loaded.module(batch.images)
+            module(batch.images.contiguous(memory_format=layout))
     return clock.read()
 
 
@@ -329,6 +334,7 @@ def main() -> None:
         null = ours(data, tmp / "null", layers, args.batch_size, True, args.permutations)
         bare.append(bare_loop(data, args.batch_size))
         bare_wall, bare_cpu = min(bare, key=lambda seconds: seconds[1])
+        nhwc_wall, nhwc_cpu = bare_loop(data, args.batch_size, channels_last=True)
         (plain_wall, plain_cpu), plain_iou, features = baseline(
             data, layers, args.batch_size, 0.005, False
         )
@@ -341,7 +347,9 @@ def main() -> None:
         print(f"bare_forward_seconds: wall {bare_wall:.2f} cpu {bare_cpu:.2f}")
         seconds = f"wall {null[0]:.2f} cpu {null[1]:.2f} (probe cpu {null[2]:.2f})"
         print(f"ours_run_iou_pvalues_seconds: {seconds}, permutations {args.permutations}")
+        print(f"bare_forward_channels_last_seconds: wall {nhwc_wall:.2f} cpu {nhwc_cpu:.2f}")
         print(f"labelled_run_vs_forward: {cpu / bare_cpu:.2f}")
+        print(f"labelled_run_vs_channels_last_forward: {cpu / nhwc_cpu:.2f}")
         print(f"labelled_run_with_pvalues_vs_forward: {null[1] / bare_cpu:.2f}")
         print(f"labelled_run_vs_forward_without_probe: {(cpu - probe_cpu) / bare_cpu:.2f}")
         without = (null[1] - null[2]) / bare_cpu

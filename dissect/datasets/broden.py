@@ -163,6 +163,12 @@ class BrodenDataset(SegmentedSource):
         return len(self.index)
 
     @functools.cached_property
+    def _rows(self) -> list[dict[str, str]]:
+        """index.csv's rows as dicts (a pandas row per image costs more than reading its
+        label images)."""
+        return self.index.to_dict("records")
+
+    @functools.cached_property
     def _images_root(self) -> Path:
         return self.images_dir.resolve()
 
@@ -177,7 +183,7 @@ class BrodenDataset(SegmentedSource):
         return path
 
     def image_id(self, index: int) -> str:
-        return self.index["image"].iloc[index]
+        return self._rows[index]["image"]
 
     def read_rgb(self, index: int) -> np.ndarray:
         return read_image_file(self._path(self.image_id(index), index))
@@ -187,7 +193,7 @@ class BrodenDataset(SegmentedSource):
 
         ``ih,iw`` of index.csv that disagree with the file are reported, not followed.
         """
-        row = self.index.iloc[index]
+        row = self._rows[index]
         try:
             with Image.open(self._path(row["image"], index)) as image:
                 size = image.size[1], image.size[0]
@@ -226,7 +232,7 @@ class BrodenDataset(SegmentedSource):
         return labels
 
     def segmentation(self, index: int) -> Segmentation:
-        row = self.index.iloc[index]
+        row = self._rows[index]
         size = None
         result = Segmentation()
         for category in self.categories:
