@@ -287,15 +287,8 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory():
         )
 
 
-class Float32Work(BaseListener):
-    """Records the dtype of what it is handed and of its own arithmetic."""
-
-    def __init__(self):
-        self.seen: set[torch.dtype] = set()
-
-    def add(self, layer, output, batch):
-        flat = output.flatten(1)
-        self.seen.update({output.dtype, (flat @ flat.T).dtype})
+class Recorder(BaseListener):
+    """A listener that records what it sees for the test and keeps no state to save."""
 
     def state_dict(self):
         return {}
@@ -305,6 +298,17 @@ class Float32Work(BaseListener):
 
     def merge(self, state):
         pass
+
+
+class Float32Work(Recorder):
+    """Records the dtype of what it is handed and of its own arithmetic."""
+
+    def __init__(self):
+        self.seen: set[torch.dtype] = set()
+
+    def add(self, layer, output, batch):
+        flat = output.flatten(1)
+        self.seen.update({output.dtype, (flat @ flat.T).dtype})
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -321,7 +325,7 @@ def test_bfloat16_forward_feeds_float32_listeners(stream):
         )
 
 
-class Layouts(BaseListener):
+class Layouts(Recorder):
     """Whether each output it is handed is in channels-last memory format."""
 
     def __init__(self):
@@ -329,15 +333,6 @@ class Layouts(BaseListener):
 
     def add(self, layer, output, batch):
         self.channels_last.add(output.is_contiguous(memory_format=torch.channels_last))
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-    def merge(self, state):
-        pass
 
 
 def test_channels_last_memory_format_changes_nothing_but_rounding():
