@@ -60,28 +60,6 @@ def _safe_relative(text: str, where: str) -> str:
     return normal
 
 
-class _NumberSet:
-    """A set of non-negative integers asked about whole arrays at once: a lookup table up to
-    ``TABLE`` (concept numbers are small), ``np.isin`` past it."""
-
-    TABLE = 2**20
-
-    def __init__(self, numbers: np.ndarray):
-        self.numbers = np.unique(np.asarray(numbers, dtype=np.int64))
-        top = int(self.numbers.max(initial=-1))
-        self.table = None
-        if top < self.TABLE:
-            self.table = np.zeros(top + 2, dtype=bool)  # the last entry: past the top, False
-            self.table[self.numbers[self.numbers >= 0]] = True
-
-    def holds(self, values: np.ndarray) -> np.ndarray:
-        """Elementwise: whether each value is in the set."""
-        if self.table is None:
-            return np.isin(values, self.numbers)
-        inside = np.clip(values, 0, len(self.table) - 1)
-        return self.table[inside] & (values >= 0)
-
-
 def decode_label_png(rgb: np.ndarray) -> np.ndarray:
     """Concept numbers ``R + 256 * G`` of a Broden label image (H, W, 3)."""
     rgb = np.asarray(rgb)
@@ -144,7 +122,7 @@ class BrodenDataset(SegmentedSource):
         for row, cell in enumerate(self.index["image"]):
             _safe_relative(cell, f"index.csv row {row + 1}")
         self.spec = str(self.root)
-        self._known = _NumberSet(self.concepts["number"].to_numpy())
+        self._known = np.unique(self.concepts["number"].to_numpy())
         #: Pixels (of the label images) of each concept number that label.csv does not list.
         self.unknown_codes: dict[int, int] = {}
         scenes = self.concepts[self.concepts["category"] == "scene"].sort_values("number")
@@ -216,7 +194,7 @@ class BrodenDataset(SegmentedSource):
             labels = decode_label_png(
                 np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
             )
-        unknown = (labels != 0) & ~self._known.holds(labels)
+        unknown = (labels != 0) & ~np.isin(labels, self._known)  # a lookup table: numbers are small
         if not unknown.any():
             return labels
         codes, counts = np.unique(labels[unknown], return_counts=True)
