@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 #: 2: the threshold sketch samples by a hash of (seed, image, position), not a generator state.
 #: 3: one layout for every pass (:mod:`dissect.passes`: the pass, then each listener's state).
 #: 4: the ablation pass on the same driver (its sums as a listener's state).
-CHECKPOINT_FORMAT = 4
+#: 5: `run --iou` keeps its pending maps sparsely (:mod:`dissect.iou.kept_maps`).
+CHECKPOINT_FORMAT = 5
 
 
 def module_digest(module: nn.Module) -> str:

@@ -4,10 +4,12 @@ The threshold T of a unit is only known once every image has been seen, but the 
 knows a lower bound L <= T at any time (:meth:`~dissect.running_stats.TailQuantile.lower_bound`).
 An (image, unit) pair whose map never exceeds L never exceeds T either, so its mask is empty and
 it adds nothing to any counter; the concept areas need no T at all. :class:`PendingIoU` reads the
-concept masks with the images, counts the concept areas as it goes, and keeps the feature maps of
-the pairs whose peak exceeds L (with the concept masks of their images, as int16/int32 columns),
-dropping those overtaken as L rises. What it holds beyond :data:`PENDING_BYTES` goes to numbered
-files under ``DIR/.checkpoint/iou-rank<r>/``, so memory stays flat in the number of images.
+concept masks with the images (:mod:`~dissect.iou.labelled_batches`), counts the concept areas as
+it goes, and keeps the feature maps of the pairs whose peak exceeds L (only the values a mask
+pixel can read: :mod:`~dissect.iou.kept_maps`; with the concept masks of their images, as
+regions), dropping those overtaken as L rises. What it holds beyond :data:`PENDING_BYTES` goes
+to numbered files under ``DIR/.checkpoint/iou-rank<r>/``, so memory stays flat in the number of
+images.
 Once T is written, :func:`label_run` counts the kept pairs exactly as ``dissect autolabel``
 counts every pair above T (:func:`~dissect.iou.tally.count_maps`, the same float32 operations),
 so the counters, ``iou/`` and the ``iou`` labels equal those of ``dissect autolabel
@@ -20,7 +22,6 @@ import hashlib
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,74 +33,20 @@ from ..config import ALIGN, IoUConfig, RunConfig, check_align
 from ..directory import CHECKPOINT_DIR
 from ..dissection import Dissection
 from ..errors import DissectError
-from ..images import (
-    Batch,
-    ImageReadError,
-    ImageSource,
-    Preprocess,
-    TensorDataset,
-    collate,
-    data_loader,
-)
+from ..images import Batch, ImageSource, Preprocess, data_loader
 from ..io import write_torch
 from ..passes import BaseListener
 from ..taxonomy import DEFAULT_TAXONOMY
 from .concepts import ConceptIndex, segmented_source
+from .kept_maps import KeptMaps
+from .labelled_batches import LabelledBatch, LabelledDataset, collate_labelled
 from .labelling import write_outputs
-from .regions import PairedCounts, RegionConcepts, RegionGroup, segmentation_regions
+from .regions import PairedCounts, RegionConcepts, RegionGroup
 from .significance import PermutationNull
-from .tally import IoUStats, count_maps
+from .tally import CHUNK_BYTES, IoUStats, count_maps
 
 #: Bytes of pending maps and masks a process holds in memory before it writes them to disk.
 PENDING_BYTES = 2**24
-
-
-@dataclass
-class LabelledBatch(Batch):
-    """A :class:`~dissect.images.Batch` with the concept masks of its readable images.
-
-    Attributes
-    ----------
-    concepts : list of RegionConcepts or None
-        One per readable image (row of ``images``), decoded by the loader (in its workers);
-        None where a label map could not be read.
-    unlabelled : list of (int, str)
-        (index, reason) of the readable images whose label maps could not be read.
-    """
-
-    concepts: list[RegionConcepts | None] = field(default_factory=list)
-    unlabelled: list[tuple[int, str]] = field(default_factory=list)
-
-
-class _LabelledDataset(TensorDataset):
-    """Preprocessed images with their concept masks; a mask that fails leaves the image in."""
-
-    def __init__(self, source, preprocess, indices, index: ConceptIndex):
-        super().__init__(source, preprocess, indices)
-        self.index = index
-
-    def __getitem__(self, position: int):
-        image, tensor, reason = super().__getitem__(position)
-        if tensor is None:
-            return image, tensor, reason, None, ""
-        try:
-            segmentation = self.source.segmentation(image)
-        except ImageReadError as error:
-            return image, tensor, reason, None, str(error)
-        regions = segmentation_regions(segmentation, self.index, self.preprocess)
-        return image, tensor, reason, regions, ""
-
-
-def _collate(items) -> LabelledBatch:
-    batch = collate([item[:3] for item in items])
-    readable = [item for item in items if item[1] is not None]
-    return LabelledBatch(
-        batch.indices,
-        batch.images,
-        batch.skipped,
-        [item[3] for item in readable],
-        [(item[0], item[4]) for item in readable if item[3] is None],
-    )
 
 
 class PendingIoU(BaseListener):
@@ -180,18 +127,19 @@ class PendingIoU(BaseListener):
         device: torch.device | None = None,
     ) -> torch.utils.data.DataLoader:
         """Like :func:`~dissect.images.make_loader`, yielding :class:`LabelledBatch` objects."""
-        dataset = _LabelledDataset(source, preprocess, indices, self.index)
-        return data_loader(dataset, batch_size, _collate, workers, device)
+        dataset = LabelledDataset(source, preprocess, indices, self.index)
+        return data_loader(dataset, batch_size, collate_labelled, workers, device)
 
     def begin(self, batch: LabelledBatch) -> None:
         """Count the concept areas of a batch's labelled images; keep their masks for now."""
         for image, reason in batch.unlabelled:
             warnings.warn(f"skipped image {self.source.image_id(image)!r}: {reason}", stacklevel=2)
         self.skipped.extend(batch.unlabelled)
-        self._rows = torch.tensor([c is not None for c in batch.concepts], dtype=torch.bool)
+        concepts = batch.concepts()
+        self._rows = torch.tensor([c is not None for c in concepts], dtype=torch.bool)
         self._indices = batch.indices.cpu()
         self._added = set()
-        rows = enumerate(batch.concepts)
+        rows = enumerate(concepts)
         labelled = {int(self._indices[row]): c for row, c in rows if c is not None}
         self._batch = set(labelled)
         if not labelled:
@@ -211,14 +159,17 @@ class PendingIoU(BaseListener):
         peaks = acts.flatten(2).amax(2)
         keep = (peaks > lower.to(peaks.device)[None, :]) & self._rows.to(peaks.device)[:, None]
         image, unit = keep.nonzero(as_tuple=True)
-        maps = acts[image, unit].float().cpu()
         images = self._indices[image.cpu()]
-        self._maps.setdefault(layer, []).append(
-            (maps, images, unit.cpu(), peaks[image, unit].float().cpu())
-        )
+        lower = lower.to(peaks.device)
+        step = max(1, CHUNK_BYTES // (4 * acts[0, 0].numel()))
+        for first in range(0, len(image), step):
+            part = slice(first, first + step)
+            maps = KeptMaps.of(acts[image[part], unit[part]].float(), lower[unit[part]])
+            chunk = (maps, images[part], unit[part].cpu(), peaks[image[part], unit[part]].float())
+            self._maps.setdefault(layer, []).append((*chunk[:3], chunk[3].cpu()))
+            self.held += maps.nbytes
         self._added.update(images.unique().tolist())
         self._lower[layer] = lower.cpu()
-        self.held += maps.nbytes
 
     def end(self, batch: Batch) -> None:
         """Forget the masks this batch's kept pairs do not need; prune or spill if full."""
@@ -241,10 +192,10 @@ class PendingIoU(BaseListener):
         packed = self._pack()
         self._clear()
         for layer, part in packed["layers"].items():
-            keep = part["peak"] > self._lower[layer][part["unit"]]
-            kept = tuple(part[key][keep] for key in ("maps", "image", "unit", "peak"))
-            self._maps[layer] = [kept]
-            self.held += kept[0].nbytes
+            maps, image, unit, peak = _unpack(part)
+            keep = peak > self._lower[layer][unit]
+            self._maps[layer] = [(maps.select(keep), image[keep], unit[keep], peak[keep])]
+            self.held += self._maps[layer][0][0].nbytes
         self._restore_concepts(packed["concepts"])
         chunks = [chunk[1] for chunks in self._maps.values() for chunk in chunks]
         referenced = set(torch.cat([*chunks, torch.zeros(0).long()]).unique().tolist())
@@ -261,7 +212,9 @@ class PendingIoU(BaseListener):
         """What is held, as tensors (for a file or a checkpoint)."""
         layers = {}
         for layer, chunks in self._maps.items():
-            maps, image, unit, peak = (torch.cat(column) for column in zip(*chunks, strict=True))
+            maps, *columns = zip(*chunks, strict=True)
+            image, unit, peak = (torch.cat(column) for column in columns)
+            maps = KeptMaps.cat(list(maps)).state_dict()
             layers[layer] = {"maps": maps, "image": image, "unit": unit, "peak": peak}
         order = sorted(self._concepts)
         return {
@@ -315,8 +268,8 @@ class PendingIoU(BaseListener):
         self._clear()
         if state["held"] is not None:
             for layer, part in state["held"]["layers"].items():
-                self._maps[layer] = [tuple(part[k] for k in ("maps", "image", "unit", "peak"))]
-                self.held += part["maps"].nbytes
+                self._maps[layer] = [_unpack(part)]
+                self.held += self._maps[layer][0][0].nbytes
             self._restore_concepts(state["held"]["concepts"])
 
     def remove(self, world_size: int = 1) -> None:
@@ -361,10 +314,11 @@ class PendingIoU(BaseListener):
         """Count the pairs of one file (or of what is held) above T, a batch at a time."""
         (geometry, size), concepts = grid, part["concepts"]
         kept = {}
-        for layer, maps in part["layers"].items():
-            above = maps["peak"] > thresholds[layer].cpu()[maps["unit"]]
-            kept[layer] = {key: value[above] for key, value in maps.items()}
-        needed = torch.cat([maps["image"] for maps in kept.values()] + [torch.zeros(0).long()])
+        for layer, columns in part["layers"].items():
+            maps, image, unit, peak = _unpack(columns)
+            above = peak > thresholds[layer].cpu()[unit]
+            kept[layer] = (maps.select(above), image[above], unit[above])
+        needed = torch.cat([image for _, image, _ in kept.values()] + [torch.zeros(0).long()])
         rows = torch.searchsorted(concepts["index"], needed.unique())
         for first in concepts["batch"][rows].unique().tolist():
             members = (concepts["batch"] == first).nonzero().squeeze(1).tolist()
@@ -375,21 +329,26 @@ class PendingIoU(BaseListener):
                 self.permutations,
                 self.seed,
             ).to(device)
-            for layer, maps in kept.items():
-                inside = torch.isin(maps["image"], indices)
+            for layer, (maps, image, unit) in kept.items():
+                inside = torch.isin(image, indices)
                 if inside.any():
                     count_maps(
                         counts[layer],
-                        maps["maps"][inside].to(device),
+                        maps.select(inside).dense(device),
                         (
-                            torch.searchsorted(indices, maps["image"][inside]).to(device),
-                            maps["unit"][inside].to(device),
+                            torch.searchsorted(indices, image[inside]).to(device),
+                            unit[inside].to(device),
                         ),
                         thresholds[layer],
                         geometry[layer],
                         size,
                         group,
                     )
+
+
+def _unpack(part: dict) -> tuple[KeptMaps, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(maps, image, unit, peak) of one layer's packed pairs (see ``PendingIoU._pack``)."""
+    return KeptMaps.from_state_dict(part["maps"]), part["image"], part["unit"], part["peak"]
 
 
 def null_config(permutations: int | None, config: RunConfig) -> tuple[int, int]:
