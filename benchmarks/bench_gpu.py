@@ -20,7 +20,8 @@ wall seconds of this one process (a GPU's work is not counted in CPU seconds):
 Prints ``name: value`` lines: ``*_images_per_second`` for each, and ``run_vs_forward``,
 ``labelled_run_vs_forward``, ``labelled_run_with_pvalues_vs_forward`` (whole calls over the bare
 loop; ``_without_probe`` the same less the probe). The geometry cache is off: every run probes, as a
-first run does. On a machine without CUDA it runs on the CPU (use a small ``--images``).
+first run does. On a machine without CUDA it runs on the CPU (use a small ``--images``, and
+``--no-bfloat16`` where the CPU has no bfloat16 instructions).
 
     python benchmarks/bench_gpu.py [--images 2048] [--batch-size 256] [--model ...] [--data DIR]
 """
@@ -112,6 +113,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeat", type=int, default=20, help="batches of the resident forward")
     parser.add_argument(
+        "--bfloat16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the bfloat16 forward, loop and run (--no-bfloat16 on a CPU without it)",
+    )
+    parser.add_argument(
         "--profile", type=int, default=0, help="then profile a run --iou: its N costliest calls"
     )
     args = parser.parse_args()
@@ -172,6 +179,8 @@ def main() -> None:
             stats.sort_stats("cumulative").print_stats(args.profile)
         again = images / bare_loop(loaded, source, args.batch_size, workers, device, float32)
         print(f"bare_again_images_per_second: {again:.0f}")
+        if not args.bfloat16:
+            return
         with autocast(device, bfloat16):
             rate = resident(loaded.module, args.batch_size, size, device, args.repeat)
         print(f"resident_bfloat16_images_per_second: {rate:.0f}")

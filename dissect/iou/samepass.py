@@ -154,19 +154,20 @@ class PendingIoU(BaseListener):
     def add(self, layer: str, output: torch.Tensor, batch: Batch) -> None:
         """Keep the maps of this batch's pairs of ``layer`` whose peak exceeds the lower bound
         of the unit's threshold."""
-        lower = self.bounds(layer)
         acts = output[:, :, None, None] if output.dim() == 2 else output
+        lower = self.bounds(layer).to(acts.device)
         peaks = acts.flatten(2).amax(2)
-        keep = (peaks > lower.to(peaks.device)[None, :]) & self._rows.to(peaks.device)[:, None]
+        keep = (peaks > lower[None, :]) & self._rows.to(peaks.device)[:, None]
         image, unit = keep.nonzero(as_tuple=True)
         images = self._indices[image.cpu()]
-        lower = lower.to(peaks.device)
-        step = max(1, CHUNK_BYTES // (4 * acts[0, 0].numel()))
+        step = max(1, CHUNK_BYTES // (4 * acts[0, 0].numel()))  # maps copied at once
         for first in range(0, len(image), step):
-            part = slice(first, first + step)
-            maps = KeptMaps.of(acts[image[part], unit[part]].float(), lower[unit[part]])
-            chunk = (maps, images[part], unit[part].cpu(), peaks[image[part], unit[part]].float())
-            self._maps.setdefault(layer, []).append((*chunk[:3], chunk[3].cpu()))
+            rows, units = image[first : first + step], unit[first : first + step]
+            maps = KeptMaps.of(acts[rows, units].float(), lower[units])
+            peak = peaks[rows, units].float().cpu()
+            self._maps.setdefault(layer, []).append(
+                (maps, images[first : first + step], units.cpu(), peak)
+            )
             self.held += maps.nbytes
         self._added.update(images.unique().tolist())
         self._lower[layer] = lower.cpu()
