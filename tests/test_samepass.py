@@ -171,10 +171,15 @@ def random_concepts(generator, maps: int, pixels: int, concepts: int) -> ImageCo
 
 @pytest.mark.parametrize("table_bytes", [2**28, 0])  # the pairing table whole, or looked up
 @pytest.mark.parametrize(("maps", "concepts"), [(4, 68), (12, 300)])  # 300**12: no int64 key
-def test_region_counts_equal_pixel_counts_and_the_null(maps, concepts, table_bytes, monkeypatch):
+@pytest.mark.parametrize("chunk", [2**22, 40])  # one chunk, or chunks of 8 pixels in any order
+def test_region_counts_equal_pixel_counts_and_the_null(
+    maps, concepts, table_bytes, chunk, monkeypatch
+):
     """Counting through regions (all pairings at once) gives IoUStats' and PermutationNull's
-    numbers, however many label maps an image has."""
+    numbers, however many label maps an image has, and in chunks of pixels of a few pairs
+    (counted in bins of those pairs only)."""
     monkeypatch.setattr(regions_module, "PAIRING_TABLE_BYTES", table_bytes)
+    monkeypatch.setattr(regions_module, "CHUNK", chunk)
     generator = torch.Generator().manual_seed(3)
     pixels, units, indices = 60, 5, [11, 4, 9, 30]
     images = [random_concepts(generator, maps, pixels, concepts) for _ in indices]
@@ -187,6 +192,9 @@ def test_region_counts_equal_pixel_counts_and_the_null(maps, concepts, table_byt
     unit = torch.tensor([0, 4, 2, 2, 1, 4])
     masks = torch.rand(len(image), pixels, generator=generator) > 0.6
     pair, position = masks.nonzero(as_tuple=True)
+    if chunk < 2**22:  # chunks of pairs in no order, some far from the first pair
+        order = torch.randperm(len(pair), generator=generator)
+        pair, position = pair[order], position[order]
     stats.add_pixels(pair, position, image, unit, batch)
     null.add_pixels(pair, position, image, unit, batch)
     regions = [region_concepts(concepts_of, concepts) for concepts_of in images]

@@ -238,17 +238,20 @@ class PairedCounts:
     ) -> None:
         """Count mask pixels given as (pair, position) lists (see ``IoUStats.add_pixels``)."""
         count = self.pairings
-        bins = len(images) * count * group.width  # (pair, pairing, region)
-        kind = torch.int32 if bins < 2**31 else torch.int64  # half the memory traffic
         step = max(1, CHUNK // count)
         for start in range(0, len(pair), step):
             some, where = pair[start : start + step], position[start : start + step]
+            # Bins for the pairs this chunk spans only (the pixels come grouped by pair), not for
+            # every pair: bincount zeroes and nonzero reads all of them, chunk after chunk.
+            first = int(some.min())
+            bins = (int(some.max()) - first + 1) * count * group.width  # (pair, pairing, region)
+            kind = torch.int32 if bins < 2**31 else torch.int64  # half the memory traffic
             met = group.met(images[some], where)  # (m, Q)
-            keys = (some.to(kind) * (count * group.width))[:, None] + met
+            keys = ((some - first).to(kind) * (count * group.width))[:, None] + met
             found = torch.bincount(keys.reshape(-1), minlength=bins)
             key = found.nonzero().squeeze(1)
             slot, region = key // group.width, key % group.width  # slot: pair * Q + pairing
-            which, pairing = slot // count, slot % count
+            which, pairing = slot // count + first, slot % count
             table_row = group.offset[group.rows[pairing, images[which]]] + region
             target = pairing * self.units + units[which]
             self.hits.index_add_(0, target, group.table[table_row] * found[key, None])
