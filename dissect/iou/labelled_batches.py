@@ -53,7 +53,7 @@ class LabelledBatch(Batch):
                 continue
             hits = self.hits[start : start + size].clone()
             kind = torch.int16 if size < 2**15 else torch.int32
-            found.append(RegionConcepts(self.regions[row].to(kind), hits))
+            found.append(RegionConcepts(self.regions[row].to(kind, copy=True), hits))
             row, start = row + 1, start + size
         return found
 
@@ -78,6 +78,7 @@ class LabelledDataset(TensorDataset):
 
 
 def collate_labelled(items) -> LabelledBatch:
+    """:func:`~dissect.images.collate`, with the readable images' regions packed."""
     batch = collate([item[:3] for item in items])
     readable = [item for item in items if item[1] is not None]
     labelled = [item[3] for item in readable if item[3] is not None]
