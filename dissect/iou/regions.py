@@ -243,8 +243,8 @@ class PairedCounts:
             some, where = pair[start : start + step], position[start : start + step]
             # Bins for the pairs this chunk spans only (the pixels come grouped by pair), not for
             # every pair: bincount zeroes and nonzero reads all of them, chunk after chunk.
-            first = int(some.min())
-            bins = (int(some.max()) - first + 1) * count * group.width  # (pair, pairing, region)
+            first, last = (int(end) for end in torch.aminmax(some))
+            bins = (last - first + 1) * count * group.width  # (pair, pairing, region)
             kind = torch.int32 if bins < 2**31 else torch.int64  # half the memory traffic
             met = group.met(images[some], where)  # (m, Q)
             keys = ((some - first).to(kind) * (count * group.width))[:, None] + met
