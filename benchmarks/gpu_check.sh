@@ -6,7 +6,7 @@
 #   benchmarks/gpu_check.sh [PYTHON]      # PYTHON defaults to .venv/bin/python, else python3
 #
 # GPU_CHECK_SECONDS (default 900) bounds each step; a step that runs out is named and the next
-# one runs. The benchmarks' `dissect run` takes --device auto, so the pass runs on the GPU; their
+# one runs (benchmarks/steps.sh). The benchmarks' `dissect run` takes --device auto, so the pass runs on the GPU; their
 # bare reference loops stay where each script puts them (bench_gpu's and bench_run's on the GPU
 # too; read the ratios with that in mind). bench_dtype gives the bfloat16 label agreement and
 # cost on the GPU.
@@ -24,15 +24,7 @@ print(f"device: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} vis
 print(f"torch: {torch.__version__} cuda {torch.version.cuda}; torch threads: {torch.get_num_threads()}")
 PY
 seconds=${GPU_CHECK_SECONDS:-900}
-status=0
-step() {  # step NAME COMMAND...: run it for at most $seconds, then say how it ended
-    echo "== $1"
-    local start=$(date +%s) code=0
-    timeout "$seconds" "${@:2}" || code=$?
-    [ $code -eq 124 ] && echo "$1: stopped after ${seconds} s (GPU_CHECK_SECONDS)"
-    [ $code -ne 0 ] && status=1
-    echo "wall_seconds: $(( $(date +%s) - start ))"
-}
+source benchmarks/steps.sh
 step "benchmarks/bench_gpu.py (defaults, with a profile)" "$python" benchmarks/bench_gpu.py --profile 30
 # only the GPU tests' file: the others import test-only packages a GPU image may lack
 step "GPU-marked tests" "$python" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
