@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 python=${1:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH=${PYTHONPATH:-$PWD} OMP_NUM_THREADS=1
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (modified)')"
-echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); cores: $(nproc)"
+echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); cores: $(nproc --all)"
 "$python" -c 'import torch; print(f"torch: {torch.__version__}; torch threads: {torch.get_num_threads()}")'
 seconds=${CPU_CHECK_SECONDS:-1200}
 source benchmarks/steps.sh
