@@ -2,7 +2,8 @@
 
 For each case, in fresh child processes (CPU seconds, and peak resident memory above what the
 process held before the measurement, after a warm-up on 2 images and 2 units that pages in the
-code each method runs: ``VmHWM`` reset through ``/proc/self/clear_refs``):
+code each method runs: ``VmHWM`` reset through ``/proc/self/clear_refs``; glibc's mmap threshold
+fixed at 64 KiB, ``MALLOC_MMAP_THRESHOLD_``, so that the peak is memory in use):
 
 - ``naive``: for each ablated unit, a whole forward of every batch with a hook that zeroes the
   unit (Captum's ``FeatureAblation`` over a layer's channels, or netdissect's per-unit loop);
@@ -136,6 +137,12 @@ def child(args) -> None:
     print("RESULT " + json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_mib": peak}))
 
 
+#: glibc's mmap threshold in the children: fixed, so that freed blocks of 64 KiB or more go back
+#: to the system at once and a peak is memory in use, not the allocator's slack (whose size
+#: moves from run to run); MALLOC_MMAP_THRESHOLD_ set outside wins.
+MMAP_THRESHOLD = os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536")
+
+
 def run_child(args, name: str, method: str, out: str) -> dict:
     argv = [
         sys.executable,
@@ -150,7 +157,7 @@ def run_child(args, name: str, method: str, out: str) -> dict:
     argv += ["--images", str(args.images), "--resnet-images", str(args.resnet_images)]
     argv += ["--resnet-units", str(args.resnet_units), "--batch-size", str(args.batch_size)]
     argv += ["--threads", str(args.threads)]
-    done = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy())
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD})
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
@@ -176,6 +183,7 @@ def main() -> None:
 
     omp = os.environ.get("OMP_NUM_THREADS")
     print(f"torch_threads: {args.threads} per child (OMP_NUM_THREADS={omp})")
+    print(f"malloc_mmap_threshold: {MMAP_THRESHOLD}")
     with tempfile.TemporaryDirectory() as out:
         for name in args.cases.split(","):
             figures = {
