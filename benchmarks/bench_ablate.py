@@ -157,7 +157,8 @@ def run_child(args, name: str, method: str, out: str) -> dict:
     argv += ["--images", str(args.images), "--resnet-images", str(args.resnet_images)]
     argv += ["--resnet-units", str(args.resnet_units), "--batch-size", str(args.batch_size)]
     argv += ["--threads", str(args.threads)]
-    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD})
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
