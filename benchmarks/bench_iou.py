@@ -24,7 +24,9 @@ included) on the same images.
 
 Prints ``name: value`` lines, ratios of CPU seconds of this one process, which decodes the images
 itself (``workers=0``; the machine may be shared; wall seconds are printed beside them, and the
-load average; first-call costs are paid before any clock starts): ``labelled_run_vs_forward``
+load average; first-call costs are paid before any clock starts; the system part of ours' and
+the baseline's CPU seconds, mostly page faults, is printed beside them: it moves with the
+machine's memory more than computing does): ``labelled_run_vs_forward``
 (ours, the whole call, over the bare loop), ``labelled_run_with_pvalues_vs_forward`` (the same with
 the null), each also ``_without_probe``, ``speedup_vs_baseline`` (baseline ``resize`` / ours, whole
 calls), ``speedup_vs_baseline_without_probe`` (ours less its geometry probe, a fixed cost every run
@@ -330,14 +332,18 @@ def main() -> None:
         warm_up(layers)
         bare = [bare_loop(data, args.batch_size)]
         run_wall, run_cpu, run_probe = ours(data, tmp / "plain", layers, args.batch_size, False)
+        system = os.times().system
         wall, cpu, probe_cpu = ours(data, tmp / "ours", layers, args.batch_size, iou=True)
+        ours_system = os.times().system - system
         null = ours(data, tmp / "null", layers, args.batch_size, True, args.permutations)
         bare.append(bare_loop(data, args.batch_size))
         bare_wall, bare_cpu = min(bare, key=lambda seconds: seconds[1])
         nhwc_wall, nhwc_cpu = bare_loop(data, args.batch_size, channels_last=True)
+        system = os.times().system
         (plain_wall, plain_cpu), plain_iou, features = baseline(
             data, layers, args.batch_size, 0.005, False
         )
+        baseline_system = os.times().system - system
         _, aligned_iou, _ = baseline(data, layers, args.batch_size, 0.005, True, features)
         print("ours: one pass, run_dissection(iou=True) (dissect run --iou); ratios of CPU seconds")
         print(f"images: {args.images}")
@@ -357,8 +363,10 @@ def main() -> None:
         print(
             f"ours_run_seconds: wall {run_wall:.2f} cpu {run_cpu:.2f} (probe cpu {run_probe:.2f})"
         )
-        print(f"ours_run_iou_seconds: wall {wall:.2f} cpu {cpu:.2f} (probe cpu {probe_cpu:.2f})")
-        print(f"baseline_seconds: wall {plain_wall:.2f} cpu {plain_cpu:.2f}")
+        print(f"ours_run_iou_seconds: wall {wall:.2f} cpu {cpu:.2f} (probe cpu {probe_cpu:.2f},"
+              f" system {ours_system:.2f})")  # fmt: skip
+        print(f"baseline_seconds: wall {plain_wall:.2f} cpu {plain_cpu:.2f}"
+              f" (system {baseline_system:.2f})")  # fmt: skip
         print(f"speedup_vs_baseline: {plain_cpu / cpu:.2f}")
         print(f"speedup_vs_baseline_without_probe: {plain_cpu / max(cpu - probe_cpu, 1e-9):.2f}")
         print(f"label_agreement: {agreement(tmp / 'ours', aligned_iou):.4f}")
