@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import TESTS, TINY_SPEC
 from PIL import Image
+from torch import nn
 
 from dissect.ablate import AblationConfig, AblationSums, TreeSum, ablate
 from dissect.ablate.sets import random_groups
@@ -261,6 +262,52 @@ def test_layers_the_stacked_copies_cannot_ablate_are_refused(tmp_path, factory, 
     config = AblationConfig(groups=(), batch_size=4)
     with pytest.raises(DissectError, match=message):
         ablate(out, str(tmp_path / "images"), [layer], config, device="cpu", progress=False)
+
+
+def test_the_check_runs_whole_forwards_on_a_few_images_only():
+    """The first batch's check against whole forwards holds the layer's kept output: run on the
+    whole batch, its peak memory was a forward's plus that output, above the naive method's."""
+    from dissect.ablate.copies import CHECK_IMAGES, StackedAblation
+    from dissect.ablate.listener import ablate_batch
+
+    torch.manual_seed(0)
+    network = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
+    seen = []
+    network.register_forward_pre_hook(lambda _module, inputs: seen.append(len(inputs[0])))
+    images = torch.randn(3 * CHECK_IMAGES, 3, 8, 8)
+    masks = {"0": torch.eye(4, dtype=torch.bool)}
+    config = AblationConfig(groups=(), batch_size=len(images))
+    with torch.inference_mode(), StackedAblation(network, "0", torch.zeros(4), False) as hook:
+        ((base, ablated),) = ablate_batch([hook], masks, images, config, check=True)
+        whole = [hook.forward_naive(images, mask) for mask in masks["0"]]
+    assert seen.count(len(images)) == 1 + len(whole)  # the normal forward, and ours below
+    assert seen.count(CHECK_IMAGES) == 2  # the check's two ablations
+    torch.testing.assert_close(ablated, torch.stack(whole))
+    torch.testing.assert_close(base, network(images))
+
+
+def test_the_check_on_a_few_images_still_refuses_a_network_that_mixes_them():
+    """The few images alone get other scores than among the whole batch's stacked copies."""
+    from dissect.ablate.copies import CHECK_IMAGES, StackedAblation
+    from dissect.ablate.listener import ablate_batch
+
+    class MeanOverBatch(nn.Module):
+        def forward(self, x):
+            return x - x.mean(0, keepdim=True)
+
+    torch.manual_seed(0)
+    network = nn.Sequential(
+        nn.Conv2d(3, 4, 3), MeanOverBatch(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    images = torch.randn(2 * CHECK_IMAGES, 3, 8, 8)
+    config = AblationConfig(groups=(), batch_size=len(images))
+    masks = {"0": torch.eye(4, dtype=torch.bool)}
+    with torch.inference_mode(), StackedAblation(network, "0", torch.zeros(4), False) as hook:
+        with pytest.raises(DissectError, match="mixes the images of a batch"):
+            ablate_batch([hook], masks, images, config, check=True)
 
 
 def test_bad_input_is_one_line(directory, tmp_path, capsys):

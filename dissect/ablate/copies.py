@@ -151,13 +151,21 @@ class StackedAblation:
         return outputs
 
 
+#: Images of the batch the check's whole forwards run on: enough to see images mix, few enough
+#: that the check, which holds the layer's kept output, needs less memory than a forward of the
+#: whole batch.
+CHECK_IMAGES = 4
+
+
 def check_against_naive(
     ablation: StackedAblation,
     images: torch.Tensor,
     masks: torch.Tensor,
     stacked: Callable[[torch.Tensor], torch.Tensor],
 ) -> None:
-    """Refuse the stacked method where it differs from a whole forward per ablation.
+    """Refuse the stacked method where it differs from a whole forward per ablation (of the
+    batch's first ``CHECK_IMAGES`` images: a network that mixes the images of a batch gives them
+    other scores alone than among the stacked copies).
 
     Parameters
     ----------
@@ -172,10 +180,11 @@ def check_against_naive(
     """
     kept = ablation.kept
     fast = stacked(masks)
+    few = images[:CHECK_IMAGES]
     for k, mask in enumerate(masks):
-        slow = ablation.forward_naive(images, mask)
+        slow = ablation.forward_naive(few, mask)
         scale = float(slow.abs().max()) + 1.0
-        difference = float((fast[k] - slow).abs().max())
+        difference = float((fast[k, : len(few)] - slow).abs().max())
         if not difference <= 1e-4 * scale:
             raise DissectError(
                 f"ablating layer {ablation.layer!r} by stacking copies after it changes the "
