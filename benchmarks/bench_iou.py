@@ -37,7 +37,10 @@ has returned), ``iou_vs_run`` (throughput of the labelling, images / the CPU sec
 to a run, over that of the plain run; both without their probes, whose cost varies by seconds
 between calls: >= 1 when labelling costs no more than the run itself) and ``torch_threads``. Every
 call probes the geometry (the geometry cache is turned off, so that each figure holds the probe, as
-a first run's does). The start-up split of a whole ``dissect run`` is ``bench_startup.py``'s.
+a first run's does). Every side runs under the ``dissect`` program's malloc setting (freed memory
+kept for the next batch, ``dissect.allocator``; ``--glibc-defaults``: glibc's own), so that no
+side pays page faults the others do not (``bench_allocator.py`` measures the setting itself).
+The start-up split of a whole ``dissect run`` is ``bench_startup.py``'s.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_iou.py [--images 192] [--memory-images 32]
 """
@@ -268,11 +271,13 @@ def _peak_kib() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
 
 
-def peak_memory(data: str, layers: str, batch_size: int) -> tuple[int, int]:
-    """Peak resident memory (bytes) of a fresh process running ours on ``data``: over the whole
-    run, and after the geometry probe (a fixed cost that can set the peak by itself)."""
+def peak_memory(data: str, layers: str, batch_size: int, flags: list[str]) -> tuple[int, int]:
+    """Peak resident memory (bytes) of a fresh process running ours on ``data`` (with this
+    process's ``flags``): over the whole run, and after the geometry probe (a fixed cost that can
+    set the peak by itself)."""
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, str(BENCH), "--child", data, out, layers, str(batch_size)]
+        command = [sys.executable, str(BENCH), *flags, "--child", data, out, layers]
+        command.append(str(batch_size))
         done = subprocess.run(command, check=True, capture_output=True, text=True)
     whole, after = done.stdout.strip().splitlines()[-1].split()
     return int(whole) * 1024, int(after) * 1024
@@ -314,9 +319,15 @@ def main() -> None:
     parser.add_argument("--layers", default=LAYERS)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--permutations", type=int, default=19, help="P of the null run")
+    parser.add_argument(
+        "--glibc-defaults", action="store_true", help="glibc's malloc, not the program's setting"
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    from dissect.allocator import keep_freed_memory
+
+    kept = not args.glibc_defaults and keep_freed_memory()
     os.environ["DISSECT_NO_CACHE"] = "1"  # every run probes (children too), as a first run does
     if args.child:
         data, out, layers, batch_size = args.child
@@ -349,6 +360,7 @@ def main() -> None:
         print(f"images: {args.images}")
         print(f"layers: {args.layers}")
         print(f"torch_threads: {torch.get_num_threads()}")
+        print(f"malloc: {'freed memory kept (the dissect program)' if kept else 'glibc defaults'}")
         print("load_average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
         print(f"bare_forward_seconds: wall {bare_wall:.2f} cpu {bare_cpu:.2f}")
         seconds = f"wall {null[0]:.2f} cpu {null[1]:.2f} (probe cpu {null[2]:.2f})"
@@ -378,7 +390,8 @@ def main() -> None:
         memory = {}
         for count in (small, large):
             path = export_broden(open_data(f"synthetic:{count}"), tmp / f"m{count}", False)
-            memory[count] = peak_memory(str(path), args.layers, args.batch_size)
+            flags = ["--glibc-defaults"] if args.glibc_defaults else []
+            memory[count] = peak_memory(str(path), args.layers, args.batch_size, flags)
         for name, which in (("", 0), ("_after_probe", 1)):
             print(f"peak_rss_mb{name}_{small}: {memory[small][which] / 2**20:.0f}")
             print(f"peak_rss_mb{name}_{large}: {memory[large][which] / 2**20:.0f}")

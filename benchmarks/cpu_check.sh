@@ -2,7 +2,7 @@
 # The CPU figures of README's "Benchmarks" section, measured back to back: every benchmark that
 # section quotes, one after the other with one torch thread (OMP_NUM_THREADS=1), each after a
 # header naming the commit, the machine and its load. Run it on a quiet machine (nothing else
-# on the cores: the load before and after each step is printed); about 40 minutes on 2 cores.
+# on the cores: the load before and after each step is printed); about 20 minutes on 2 cores.
 #
 #   benchmarks/cpu_check.sh [PYTHON] | tee cpu_check.log   # PYTHON: .venv/bin/python or python3
 #
@@ -21,6 +21,7 @@ step "bench_threshold.py (defaults)" "$python" benchmarks/bench_threshold.py
 step "bench_dtype.py (defaults)" "$python" benchmarks/bench_dtype.py
 step "bench_zoo.py --families resnet18" "$python" benchmarks/bench_zoo.py --families resnet18
 step "bench_iou.py (defaults)" "$python" benchmarks/bench_iou.py
+step "bench_allocator.py (defaults)" "$python" benchmarks/bench_allocator.py
 step "bench_rf.py (defaults)" "$python" benchmarks/bench_rf.py
 step "bench_startup.py (defaults)" "$python" benchmarks/bench_startup.py
 step "bench_startup.py --model bench_iou.py:resnet18" "$python" benchmarks/bench_startup.py \

@@ -59,13 +59,16 @@ def test_python_dash_m():
     assert "layers" in result.stdout and "run" in result.stdout
 
 
-def test_the_program_exits_with_main_s_status_after_freezing(monkeypatch):
-    frozen = []
-    monkeypatch.setattr("dissect.cli.main", lambda argv=None: 3)
-    monkeypatch.setattr("gc.freeze", lambda: frozen.append(True))
+def test_the_program_keeps_freed_memory_then_exits_with_main_s_status_after_freezing(
+    monkeypatch,
+):
+    steps = []
+    monkeypatch.setattr("dissect.cli.keep_freed_memory", lambda: steps.append("allocator"))
+    monkeypatch.setattr("dissect.cli.main", lambda argv=None: steps.append("main") or 3)
+    monkeypatch.setattr("gc.freeze", lambda: steps.append("freeze"))
     with pytest.raises(SystemExit) as stop:
         entry(["run"])
-    assert stop.value.code == 3 and frozen == [True]
+    assert stop.value.code == 3 and steps == ["allocator", "main", "freeze"]
 
 
 def test_python_m_dissect_passes_on_the_status_and_the_message(tmp_path):
