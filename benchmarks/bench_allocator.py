@@ -2,7 +2,9 @@
 changes, on bench_iou's ResNet-18 at 224 px.
 
 Each measurement runs in a fresh child process, with glibc's defaults or with the setting
-(``keep_freed_memory()`` first, as the program does), alternating, ``--repeat`` times each. A
+(``keep_freed_memory()`` first, as the program does; neither sees this environment's
+``MALLOC_*``, ``GLIBC_TUNABLES`` or ``DISSECT_KEEP_FREED_MEMORY``), alternating, ``--repeat``
+times each. A
 child pays first-call costs, then times a bare forward loop (``model(x)`` under
 ``inference_mode``, channels-last as dissect runs a convolutional network) and ``dissect run
 --iou --permutations 0`` (``run_dissection``, workers off, every run probing) on the same
@@ -34,7 +36,7 @@ def child(data: str, batch_size: int, kept: bool) -> None:
     from dissect.allocator import keep_freed_memory
 
     if kept and not keep_freed_memory():
-        raise SystemExit("keep_freed_memory() changed nothing here (not glibc, or MALLOC_* set)")
+        raise SystemExit("keep_freed_memory() changed nothing here (not glibc?)")
     import bench_iou
 
     layers = bench_iou.LAYERS.split(",")
@@ -55,7 +57,8 @@ def child(data: str, batch_size: int, kept: bool) -> None:
 
 
 def measure(data: str, batch_size: int, kept: bool) -> dict:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
+    unset = ("MALLOC_", "GLIBC_TUNABLES", "DISSECT_KEEP_FREED_MEMORY")
+    env = {name: value for name, value in os.environ.items() if not name.startswith(unset)}
     env["DISSECT_NO_CACHE"] = "1"
     command = [sys.executable, str(BENCH), "--child", data, str(batch_size), str(int(kept))]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)

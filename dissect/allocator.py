@@ -27,17 +27,19 @@ MMAP_THRESHOLD = 2**28
 TRIM_THRESHOLD = 2**30
 #: Environment variables through which a user sets glibc's malloc; where one is set, it stands.
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+#: ``0`` there leaves glibc's malloc as it is.
+SWITCH = "DISSECT_KEEP_FREED_MEMORY"
 
 
 def keep_freed_memory() -> bool:
     """Keep freed blocks in the process for reuse (see the module docstring); True where done.
 
-    Nothing changes off glibc (macOS, musl), nor where the user set malloc through
-    :data:`USER_SETTINGS` or ``GLIBC_TUNABLES`` (``MALLOC_TRIM_THRESHOLD_=131072`` restores
-    glibc's own behaviour). The ``dissect`` program calls it at start; a notebook or script that
-    runs passes may call it too: it changes malloc for the whole process, for as long as it runs.
+    Nothing changes off glibc (macOS, musl), with ``DISSECT_KEEP_FREED_MEMORY=0`` (glibc's
+    defaults), nor where the user set malloc through :data:`USER_SETTINGS` or ``GLIBC_TUNABLES``.
+    The ``dissect`` program calls it at start; a notebook or script that runs passes may call it
+    too: it changes malloc for the whole process, for as long as it runs.
     """
-    if platform.libc_ver()[0] != "glibc":
+    if platform.libc_ver()[0] != "glibc" or os.environ.get(SWITCH) == "0":
         return False
     if any(name in os.environ for name in USER_SETTINGS):
         return False

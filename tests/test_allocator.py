@@ -31,7 +31,8 @@ FRESH_PAGES = 4 * (2**26 + 3 * 2**24) // 4096
 
 
 def run_child(mode: str, **settings: str) -> tuple[str, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUN"))}
+    unset = ("MALLOC_", "GLIBC_TUN", "DISSECT_KEEP")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
     env["THP_MEM_ALLOC_ENABLE"] = "0"  # 4 KiB pages, torch's default
     done = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True,
                           env={**env, **settings}, check=True)  # fmt: skip
@@ -47,8 +48,11 @@ def test_freed_blocks_are_reused_without_faulting_pages_in_again():
         assert run_child("default")[1] > FRESH_PAGES * 0.9
 
 
-def test_a_user_s_own_malloc_settings_stand():
-    applied, faults = run_child("kept", MALLOC_TRIM_THRESHOLD_="131072")
+@pytest.mark.parametrize(
+    "setting", [{"DISSECT_KEEP_FREED_MEMORY": "0"}, {"MALLOC_TRIM_THRESHOLD_": "131072"}]
+)
+def test_the_switch_and_a_user_s_own_malloc_settings_stand(setting):
+    applied, faults = run_child("kept", **setting)
     assert applied == "False"
     if huge_page_mode() != "always":
         assert faults > FRESH_PAGES * 0.9
