@@ -271,13 +271,11 @@ def _peak_kib() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
 
 
-def peak_memory(data: str, layers: str, batch_size: int, flags: list[str]) -> tuple[int, int]:
-    """Peak resident memory (bytes) of a fresh process running ours on ``data`` (with this
-    process's ``flags``): over the whole run, and after the geometry probe (a fixed cost that can
-    set the peak by itself)."""
+def peak_memory(data: str, layers: str, batch_size: int) -> tuple[int, int]:
+    """Peak resident memory (bytes) of a fresh process running ours on ``data``: over the whole
+    run, and after the geometry probe (a fixed cost that can set the peak by itself)."""
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, str(BENCH), *flags, "--child", data, out, layers]
-        command.append(str(batch_size))
+        command = [sys.executable, str(BENCH), "--child", data, out, layers, str(batch_size)]
         done = subprocess.run(command, check=True, capture_output=True, text=True)
     whole, after = done.stdout.strip().splitlines()[-1].split()
     return int(whole) * 1024, int(after) * 1024
@@ -325,9 +323,11 @@ def main() -> None:
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    from dissect.allocator import keep_freed_memory
+    from dissect.allocator import SWITCH, keep_freed_memory
 
-    kept = not args.glibc_defaults and keep_freed_memory()
+    if args.glibc_defaults:
+        os.environ[SWITCH] = "0"  # children too
+    kept = keep_freed_memory()
     os.environ["DISSECT_NO_CACHE"] = "1"  # every run probes (children too), as a first run does
     if args.child:
         data, out, layers, batch_size = args.child
@@ -390,8 +390,7 @@ def main() -> None:
         memory = {}
         for count in (small, large):
             path = export_broden(open_data(f"synthetic:{count}"), tmp / f"m{count}", False)
-            flags = ["--glibc-defaults"] if args.glibc_defaults else []
-            memory[count] = peak_memory(str(path), args.layers, args.batch_size, flags)
+            memory[count] = peak_memory(str(path), args.layers, args.batch_size)
         for name, which in (("", 0), ("_after_probe", 1)):
             print(f"peak_rss_mb{name}_{small}: {memory[small][which] / 2**20:.0f}")
             print(f"peak_rss_mb{name}_{large}: {memory[large][which] / 2**20:.0f}")

@@ -8,8 +8,8 @@
 # GPU_CHECK_SECONDS (default 900) bounds each step; a step that runs out is named and the next
 # one runs (benchmarks/steps.sh). The benchmarks' `dissect run` takes --device auto, so the pass
 # runs on the GPU; their bare reference loops stay where each script puts them (bench_gpu's and
-# bench_run's on the GPU too; read the ratios with that in mind). bench_dtype gives the bfloat16 label agreement and
-# cost on the GPU.
+# bench_run's on the GPU too; read the ratios with that in mind). bench_dtype gives the bfloat16
+# label agreement and cost on the GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
